@@ -1,0 +1,229 @@
+"""Settings: every ``RELAYLINE_*`` variable, validated once at start-up.
+
+``load_settings()`` is the only entry point; it raises :class:`ConfigError` with a message that
+names the offending variable, and the CLI turns that into one fatal log line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from limits import parse_many
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_ADMIN_KEY = "dev-admin-key-change-me"
+DEV_SECRET_KEY = "dev-secret-key-change-me"
+MIN_SECRET_LEN = 32
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs"}
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed, or refused for the chosen environment."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """All settings; field ``foo_bar`` is read from ``RELAYLINE_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAYLINE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["development", "production", "test"] = "development"
+
+    # Store
+    database_url: str = "sqlite:///./relayline.db"
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_max_overflow: int = Field(5, ge=0, le=200)
+    db_pool_timeout_s: float = Field(10.0, gt=0, le=120)
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, le=120_000)
+    auto_migrate: bool = True
+
+    # Shared state for several instances (unset: in-process bus and limits)
+    redis_url: str | None = None
+
+    # Secrets
+    admin_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    metrics_token: SecretStr | None = None
+
+    # Browser access
+    allowed_origins: CsvList = ["http://127.0.0.1:8080", "http://localhost:8080"]
+    allow_credentials: bool = True
+
+    # Input limits
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_message_chars: int = Field(16_000, ge=1, le=1_000_000)
+    max_title_chars: int = Field(200, ge=1, le=10_000)
+    max_page_size: int = Field(200, ge=1, le=1000)
+    max_session_chats: int = Field(50, ge=1, le=1000)
+    session_ttl_s: int = Field(3600, ge=30, le=7 * 86400)
+    max_session_ttl_s: int = Field(86_400, ge=30, le=30 * 86400)
+    max_publish_events: int = Field(1000, ge=1, le=10_000)
+
+    # Rate limits (``limits`` notation, e.g. "100/minute;10/second")
+    rate_limit_storage_url: str | None = None
+    rate_limit_ip: str = "600/minute;60/second"
+    rate_limit_identity: str = "1200/minute;100/second"
+    rate_limit_chat: str = "60/minute;10/second"
+    rate_limit_health: str = "300/minute"
+    ipv6_prefix: int = Field(64, ge=16, le=128)
+    trusted_proxies: CsvList = []
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_file: Path | None = None
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(5, ge=0, le=100)
+    log_queue_size: int = Field(10_000, ge=10, le=1_000_000)
+    log_chat_events: bool = False
+
+    # Instances (used to warn when per-process backends are shared by several instances)
+    instances: int = Field(1, ge=1, le=1000)
+
+    @field_validator("allowed_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("rate_limit_ip", "rate_limit_identity", "rate_limit_chat", "rate_limit_health")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_many(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgres:",
+                                 "postgresql+asyncpg:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _pool(self) -> Settings:
+        if self.session_ttl_s > self.max_session_ttl_s:
+            raise ValueError("RELAYLINE_SESSION_TTL_S exceeds RELAYLINE_MAX_SESSION_TTL_S")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def limits_storage_url(self) -> str:
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.redis_url:
+            return "async+" + self.redis_url if not self.redis_url.startswith("async+") else self.redis_url
+        return "memory://"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    _, _, rest = url.partition(":///")
+    rest = rest.split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)
+
+
+def _on_network_fs(path: Path) -> bool:
+    raw = str(path)
+    if raw.startswith(("//", "\\\\")):
+        return True
+    try:
+        resolved = str(path.resolve())
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            mounts = [line.split()[:3] for line in fh if line.strip()]
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for _dev, mountpoint, kind in mounts:
+        if (resolved == mountpoint or resolved.startswith(mountpoint.rstrip("/") + "/")) and len(
+            mountpoint
+        ) > len(best):
+            best, fstype = mountpoint, kind
+    return fstype in _NETWORK_FS
+
+
+def check_settings(settings: Settings) -> list[str]:
+    """Refuse unsafe production settings; return warnings for risky but legal ones."""
+    warnings: list[str] = []
+    secrets = {"RELAYLINE_ADMIN_KEY": (settings.admin_key, DEV_ADMIN_KEY),
+               "RELAYLINE_SECRET_KEY": (settings.secret_key, DEV_SECRET_KEY)}
+    for name, (secret, default) in secrets.items():
+        value = secret.get_secret_value()
+        if settings.is_production and (value == default or len(value) < MIN_SECRET_LEN):
+            raise ConfigError(f"{name}: a default or short secret (< {MIN_SECRET_LEN} chars) is refused in production")
+        if not settings.is_production and value == default:
+            warnings.append(f"{name} uses the built-in development value")
+    if settings.metrics_token is not None and settings.is_production and len(
+        settings.metrics_token.get_secret_value()
+    ) < MIN_SECRET_LEN:
+        raise ConfigError(f"RELAYLINE_METRICS_TOKEN: shorter than {MIN_SECRET_LEN} chars in production")
+    if "*" in settings.allowed_origins:
+        if settings.is_production and settings.allow_credentials:
+            raise ConfigError("RELAYLINE_ALLOWED_ORIGINS: '*' is refused in production while credentials are used")
+        warnings.append("RELAYLINE_ALLOWED_ORIGINS contains '*': any site may open a connection")
+    if settings.uses_sqlite:
+        path = sqlite_path(settings.database_url)
+        if path is not None and _on_network_fs(path):
+            if settings.is_production:
+                raise ConfigError("RELAYLINE_DATABASE_URL: SQLite on a network file system is refused in production")
+            warnings.append("RELAYLINE_DATABASE_URL: SQLite on a network file system may corrupt data")
+        if settings.instances > 1:
+            warnings.append("RELAYLINE_DATABASE_URL: SQLite cannot be shared by several instances")
+    if settings.instances > 1 and not settings.redis_url:
+        warnings.append("RELAYLINE_REDIS_URL is unset: bus, limits and caps stay per process "
+                        "although RELAYLINE_INSTANCES > 1")
+    for net in settings.trusted_proxies:
+        if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+            warnings.append("RELAYLINE_TRUSTED_PROXIES trusts every address: X-Forwarded-For can be forged")
+    if settings.is_production and settings.log_chat_events:
+        warnings.append("RELAYLINE_LOG_CHAT_EVENTS is on: message content is written to the logs")
+    return warnings
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        loc = [str(p) for p in item.get("loc", ()) if p != "__root__"]
+        name = "RELAYLINE_" + loc[0].upper() if loc else "settings"
+        parts.append(f"{name}: {item.get('msg', 'invalid value')}")
+    return "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, raising :class:`ConfigError` naming the variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # malformed values that never reach a field validator
+        raise ConfigError(str(exc)) from None
+    check_settings(settings)
+    return settings

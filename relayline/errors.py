@@ -1,0 +1,89 @@
+"""Errors that reach a client, each with a stable ``code``.
+
+Hierarchy::
+
+    RelaylineError                      base; ``code``, ``status``, ``detail``
+    ├── ValidationFailed                422 validation_error
+    ├── PayloadTooLarge                 413 payload_too_large
+    ├── RateLimited                     429 rate_limited (``retry_after`` seconds)
+    ├── Unauthorized                    401 unauthorized (or a more specific code)
+    ├── Forbidden                       403 forbidden
+    ├── NotFound                        404 not_found
+    ├── Conflict                        409 conflict
+    ├── Unavailable                     503 unavailable
+    └── InternalError                   500 internal (detail never carries the cause)
+
+HTTP handlers render any of them as ``{"error": {"code", "detail", "request_id"}}``;
+the WebSocket hub renders them as ``error`` frames with the same ``code``.
+"""
+
+from __future__ import annotations
+
+
+class RelaylineError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, detail: str = "", *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail or self.__class__.default_detail()
+        if code is not None:
+            self.code = code
+
+    @classmethod
+    def default_detail(cls) -> str:
+        return cls.code.replace("_", " ")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, status={self.status}, detail={self.detail!r})"
+
+
+class ValidationFailed(RelaylineError):
+    status = 422
+    code = "validation_error"
+
+
+class PayloadTooLarge(RelaylineError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(RelaylineError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(detail or "rate limit exceeded")
+        self.retry_after = max(1, int(retry_after))
+
+
+class Unauthorized(RelaylineError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RelaylineError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RelaylineError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(RelaylineError):
+    status = 409
+    code = "conflict"
+
+
+class Unavailable(RelaylineError):
+    status = 503
+    code = "unavailable"
+
+
+class InternalError(RelaylineError):
+    status = 500
+    code = "internal"
