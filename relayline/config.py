@@ -14,10 +14,21 @@ from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEV_ADMIN_KEY = "dev-admin-key-change-me"
-DEV_SECRET_KEY = "dev-secret-key-change-me"
+DEV_ADMIN_KEY = "dev-admin-key-change-me-before-production"
+DEV_SECRET_KEY = "dev-secret-key-change-me-before-production"  # noqa: S105
 MIN_SECRET_LEN = 32
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs"}
+_NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "9p",
+    "afs",
+    "ceph",
+    "glusterfs",
+}
 
 
 class ConfigError(Exception):
@@ -114,8 +125,9 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgres:",
-                                 "postgresql+asyncpg:")):
+        if not value.startswith(
+            ("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")
+        ):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 
@@ -138,7 +150,11 @@ class Settings(BaseSettings):
         if self.rate_limit_storage_url:
             return self.rate_limit_storage_url
         if self.redis_url:
-            return "async+" + self.redis_url if not self.redis_url.startswith("async+") else self.redis_url
+            return (
+                "async+" + self.redis_url
+                if not self.redis_url.startswith("async+")
+                else self.redis_url
+            )
         return "memory://"
 
 
@@ -173,36 +189,56 @@ def _on_network_fs(path: Path) -> bool:
 def check_settings(settings: Settings) -> list[str]:
     """Refuse unsafe production settings; return warnings for risky but legal ones."""
     warnings: list[str] = []
-    secrets = {"RELAYLINE_ADMIN_KEY": (settings.admin_key, DEV_ADMIN_KEY),
-               "RELAYLINE_SECRET_KEY": (settings.secret_key, DEV_SECRET_KEY)}
+    secrets = {
+        "RELAYLINE_ADMIN_KEY": (settings.admin_key, DEV_ADMIN_KEY),
+        "RELAYLINE_SECRET_KEY": (settings.secret_key, DEV_SECRET_KEY),
+    }
     for name, (secret, default) in secrets.items():
         value = secret.get_secret_value()
         if settings.is_production and (value == default or len(value) < MIN_SECRET_LEN):
-            raise ConfigError(f"{name}: a default or short secret (< {MIN_SECRET_LEN} chars) is refused in production")
+            raise ConfigError(
+                f"{name}: a default or short secret (< {MIN_SECRET_LEN} chars) "
+                "is refused in production"
+            )
         if not settings.is_production and value == default:
             warnings.append(f"{name} uses the built-in development value")
-    if settings.metrics_token is not None and settings.is_production and len(
-        settings.metrics_token.get_secret_value()
-    ) < MIN_SECRET_LEN:
-        raise ConfigError(f"RELAYLINE_METRICS_TOKEN: shorter than {MIN_SECRET_LEN} chars in production")
+    if (
+        settings.metrics_token is not None
+        and settings.is_production
+        and len(settings.metrics_token.get_secret_value()) < MIN_SECRET_LEN
+    ):
+        raise ConfigError(
+            f"RELAYLINE_METRICS_TOKEN: shorter than {MIN_SECRET_LEN} chars in production"
+        )
     if "*" in settings.allowed_origins:
         if settings.is_production and settings.allow_credentials:
-            raise ConfigError("RELAYLINE_ALLOWED_ORIGINS: '*' is refused in production while credentials are used")
+            raise ConfigError(
+                "RELAYLINE_ALLOWED_ORIGINS: '*' is refused in production while credentials are used"
+            )
         warnings.append("RELAYLINE_ALLOWED_ORIGINS contains '*': any site may open a connection")
     if settings.uses_sqlite:
         path = sqlite_path(settings.database_url)
         if path is not None and _on_network_fs(path):
             if settings.is_production:
-                raise ConfigError("RELAYLINE_DATABASE_URL: SQLite on a network file system is refused in production")
-            warnings.append("RELAYLINE_DATABASE_URL: SQLite on a network file system may corrupt data")
+                raise ConfigError(
+                    "RELAYLINE_DATABASE_URL: SQLite on a network file system "
+                    "is refused in production"
+                )
+            warnings.append(
+                "RELAYLINE_DATABASE_URL: SQLite on a network file system may corrupt data"
+            )
         if settings.instances > 1:
             warnings.append("RELAYLINE_DATABASE_URL: SQLite cannot be shared by several instances")
     if settings.instances > 1 and not settings.redis_url:
-        warnings.append("RELAYLINE_REDIS_URL is unset: bus, limits and caps stay per process "
-                        "although RELAYLINE_INSTANCES > 1")
+        warnings.append(
+            "RELAYLINE_REDIS_URL is unset: bus, limits and caps stay per process "
+            "although RELAYLINE_INSTANCES > 1"
+        )
     for net in settings.trusted_proxies:
         if ipaddress.ip_network(net, strict=False).prefixlen == 0:
-            warnings.append("RELAYLINE_TRUSTED_PROXIES trusts every address: X-Forwarded-For can be forged")
+            warnings.append(
+                "RELAYLINE_TRUSTED_PROXIES trusts every address: X-Forwarded-For can be forged"
+            )
     if settings.is_production and settings.log_chat_events:
         warnings.append("RELAYLINE_LOG_CHAT_EVENTS is on: message content is written to the logs")
     return warnings

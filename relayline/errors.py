@@ -5,7 +5,8 @@ Hierarchy::
     RelaylineError                      base; ``code``, ``status``, ``detail``
     ├── ValidationFailed                422 validation_error
     ├── PayloadTooLarge                 413 payload_too_large
-    ├── RateLimited                     429 rate_limited (``retry_after`` seconds)
+    ├── RateLimited                     429 rate_limited (``retry_after`` seconds),
+    │                                       or too_many_connections for connection caps
     ├── Unauthorized                    401 unauthorized (or a more specific code)
     ├── Forbidden                       403 forbidden
     ├── NotFound                        404 not_found
@@ -37,7 +38,8 @@ class RelaylineError(Exception):
         return cls.code.replace("_", " ")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, status={self.status}, detail={self.detail!r})"
+        name = type(self).__name__
+        return f"{name}(code={self.code!r}, status={self.status}, detail={self.detail!r})"
 
 
 class ValidationFailed(RelaylineError):
@@ -54,8 +56,10 @@ class RateLimited(RelaylineError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
-        super().__init__(detail or "rate limit exceeded")
+    def __init__(self, detail: str = "", *, retry_after: int = 1, code: str | None = None) -> None:
+        # ``code`` lets a related refusal (``too_many_connections``) keep the 429 status and the
+        # ``Retry-After`` handling while telling the client what was exhausted.
+        super().__init__(detail or "rate limit exceeded", code=code)
         self.retry_after = max(1, int(retry_after))
 
 

@@ -1,0 +1,73 @@
+"""FastAPI dependencies: authentication, per-identity rate limit, scope checks, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from relayline.api.state import RelayState, relay_state
+from relayline.auth import Principal
+from relayline.errors import Forbidden, RateLimited, ValidationFailed
+from relayline.observability.metrics import RATE_LIMITED
+
+bearer = HTTPBearer(auto_error=False, description="admin key, tenant API key or session token")
+State = Annotated[RelayState, Depends(relay_state)]
+
+
+async def principal(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> Principal:
+    state = relay_state(request)
+    who = await state.auth.authenticate(creds.credentials if creds else None)
+    try:
+        await state.limiter.hit("identity", who.rate_key)
+    except RateLimited:
+        RATE_LIMITED.labels("identity").inc()
+        raise
+    return who
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+async def admin(who: Caller) -> Principal:
+    if who.kind != "admin":
+        raise Forbidden("admin key required")
+    return who
+
+
+def tenant(scope: str, *, sessions: bool) -> Callable[[Principal], Awaitable[Principal]]:
+    """A tenant key holding ``scope``, or (when ``sessions``) a browser session token."""
+
+    async def check(who: Caller) -> Principal:
+        if who.kind == "session" and sessions:
+            return who
+        if who.kind == "tenant" and (not who.scopes or scope in who.scopes):
+            return who
+        if who.kind == "tenant":
+            raise Forbidden(f"this key lacks the {scope!r} scope")
+        raise Forbidden(
+            "tenant API key required" if not sessions else "tenant key or session token required"
+        )
+
+    return check
+
+
+Admin = Annotated[Principal, Depends(admin)]
+TenantChats = Annotated[Principal, Depends(tenant("chats", sessions=True))]
+TenantOnlyChats = Annotated[Principal, Depends(tenant("chats", sessions=False))]
+TenantSessions = Annotated[Principal, Depends(tenant("sessions", sessions=False))]
+TenantPublish = Annotated[Principal, Depends(tenant("publish", sessions=False))]
+
+
+def check_max_len(field: str, value: str | None, limit: int) -> None:
+    if value is not None and len(value) > limit:
+        raise ValidationFailed(f"{field}: at most {limit} characters")
+
+
+def check_max(field: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise ValidationFailed(f"{field}: at most {limit}")

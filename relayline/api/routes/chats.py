@@ -1,0 +1,131 @@
+"""Tenant and session API: chats and their messages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+
+from relayline.api import schemas as s
+from relayline.api.deps import State, TenantChats, TenantOnlyChats, check_max, check_max_len
+from relayline.auth import Principal
+from relayline.errors import NotFound, RateLimited, ValidationFailed
+from relayline.observability.metrics import RATE_LIMITED
+from relayline.store import chats
+
+router = APIRouter(prefix="/v1/chats", tags=["chats"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _visible(who: Principal, chat_id: str) -> str:
+    """The caller's tenant, after checking that a session token covers the chat."""
+    if not who.allows_chat(chat_id):
+        raise NotFound("chat not found")
+    return who.require_tenant()
+
+
+@router.post("", status_code=201)
+async def create_chat(body: s.ChatIn, who: TenantOnlyChats, st: State) -> s.ChatOut:
+    check_max_len("title", body.title, st.settings.max_title_chars)
+    async with st.db.write() as session:
+        return s.ChatOut.of(await chats.create_chat(session, who.require_tenant(), body.title))
+
+
+@router.get("")
+async def list_chats(
+    who: TenantChats,
+    st: State,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    archived: bool = False,
+) -> s.ChatList:
+    check_max("limit", limit, st.settings.max_page_size)
+    async with st.db.read() as session:
+        rows = await chats.list_chats(
+            session,
+            who.require_tenant(),
+            after=after,
+            limit=limit,
+            include_archived=archived,
+            only=who.chat_ids,
+        )
+    return s.ChatList(
+        items=[s.ChatOut.of(r) for r in rows],
+        next_after=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+@router.get("/{chat_id}")
+async def get_chat(chat_id: str, who: TenantChats, st: State) -> s.ChatSnapshot:
+    tenant_id = _visible(who, chat_id)
+    async with st.db.read() as session:
+        chat = await chats.get_chat(session, tenant_id, chat_id)
+        turn = await chats.active_turn(session, chat_id)
+    return s.ChatSnapshot(
+        **s.ChatOut.of(chat).model_dump(),
+        turn=s.TurnOut.of(turn) if turn else None,
+        partial_text=None,
+        topic=f"chat:{chat_id}",
+        epoch=None,
+        seq=0,
+    )
+
+
+@router.post("/{chat_id}/archive")
+async def archive_chat(chat_id: str, who: TenantOnlyChats, st: State) -> s.ChatOut:
+    async with st.db.write() as session:
+        return s.ChatOut.of(await chats.archive_chat(session, who.require_tenant(), chat_id))
+
+
+@router.post("/{chat_id}/messages", status_code=202)
+async def post_message(
+    chat_id: str,
+    body: s.MessageIn,
+    who: TenantChats,
+    st: State,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> s.PostedOut:
+    tenant_id = _visible(who, chat_id)
+    check_max_len("content", body.content, st.settings.max_message_chars)
+    if idempotency_key is not None and not s.CLIENT_MSG_ID.fullmatch(idempotency_key):
+        raise ValidationFailed("Idempotency-Key: 1 to 128 of A-Z a-z 0-9 . _ : -")
+    client_msg_id = body.client_msg_id or idempotency_key
+    try:
+        await st.limiter.hit("chat", chat_id)
+    except RateLimited:
+        RATE_LIMITED.labels("chat").inc()
+        raise
+    posted = await chats.post_user_message(st.db, tenant_id, chat_id, body.content, client_msg_id)
+    return s.PostedOut(
+        message=s.MessageOut.of(posted.message),
+        turn_id=posted.turn.id if posted.turn else None,
+        duplicate=not posted.created,
+    )
+
+
+@router.get("/{chat_id}/messages")
+async def list_messages(
+    chat_id: str,
+    who: TenantChats,
+    st: State,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+) -> s.MessageList:
+    tenant_id = _visible(who, chat_id)
+    check_max("limit", limit, st.settings.max_page_size)
+    async with st.db.read() as session:
+        await chats.get_chat(session, tenant_id, chat_id)
+        rows = await chats.list_messages(session, chat_id, after_seq=after, limit=limit)
+    return s.MessageList(
+        items=[s.MessageOut.of(r) for r in rows],
+        next_after=rows[-1].seq if len(rows) == limit else None,
+    )
+
+
+@router.post("/{chat_id}/cancel")
+async def cancel_turn(chat_id: str, who: TenantChats, st: State) -> s.CancelOut:
+    tenant_id = _visible(who, chat_id)
+    async with st.db.write() as session:
+        await chats.get_chat(session, tenant_id, chat_id)
+        turn = await chats.cancel_active_turn(session, chat_id)
+    return s.CancelOut(cancelled=turn is not None, turn_id=turn.id if turn else None)

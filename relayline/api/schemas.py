@@ -1,0 +1,211 @@
+"""Request and response bodies of the HTTP API.
+
+Length limits that depend on settings (message length, title length, page size) are checked
+in the routes through :func:`relayline.api.deps.check_len` so the 422 names the field; the
+hard ceilings here keep the OpenAPI document honest and reject absurd input early.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relayline.store.models import ApiKey, Chat, Message, Tenant, Turn
+
+CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+Scope = Literal["chats", "sessions", "publish"]
+ChatId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    disabled: bool
+    created_at: int
+
+    @classmethod
+    def of(cls, row: Tenant) -> TenantOut:
+        return cls(id=row.id, name=row.name, disabled=row.disabled, created_at=row.created_at)
+
+
+class TenantList(BaseModel):
+    items: list[TenantOut]
+    next_after: str | None
+
+
+class KeyIn(_In):
+    scopes: list[Scope] | None = Field(default=None, max_length=3)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    prefix: str
+    name: str | None
+    scopes: list[str]
+    created_at: int
+    last_used_at: int | None
+    revoked_at: int | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyOut:
+        return cls(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            prefix=row.prefix,
+            name=row.name,
+            scopes=list(row.scopes),
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The secret key; shown only in this response.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class ChatIn(_In):
+    title: str | None = Field(default=None, max_length=10_000)
+
+
+class TurnOut(BaseModel):
+    id: str
+    state: str
+    attempt: int
+    error_category: str | None
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+
+    @classmethod
+    def of(cls, row: Turn) -> TurnOut:
+        return cls(
+            id=row.id,
+            state=row.state,
+            attempt=row.attempt,
+            error_category=row.error_category,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+
+class ChatOut(BaseModel):
+    id: str
+    title: str | None
+    created_at: int
+    archived_at: int | None
+    last_seq: int
+
+    @classmethod
+    def of(cls, row: Chat) -> ChatOut:
+        return cls(
+            id=row.id,
+            title=row.title,
+            created_at=row.created_at,
+            archived_at=row.archived_at,
+            last_seq=row.last_seq,
+        )
+
+
+class ChatSnapshot(ChatOut):
+    """A chat with what a reloaded page needs: the turn in progress and the topic position."""
+
+    turn: TurnOut | None
+    partial_text: str | None
+    topic: str
+    epoch: str | None
+    seq: int
+
+
+class ChatList(BaseModel):
+    items: list[ChatOut]
+    next_after: str | None
+
+
+class MessageIn(_In):
+    content: str = Field(min_length=1, max_length=1_000_000)
+    client_msg_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class MessageOut(BaseModel):
+    id: str
+    chat_id: str
+    seq: int
+    role: str
+    content: str
+    status: str
+    client_msg_id: str | None
+    turn_id: str | None
+    created_at: int
+
+    @classmethod
+    def of(cls, row: Message) -> MessageOut:
+        return cls(
+            id=row.id,
+            chat_id=row.chat_id,
+            seq=row.seq,
+            role=row.role,
+            content=row.content,
+            status=row.status,
+            client_msg_id=row.client_msg_id,
+            turn_id=row.turn_id,
+            created_at=row.created_at,
+        )
+
+
+class PostedOut(BaseModel):
+    message: MessageOut
+    turn_id: str | None
+    duplicate: bool
+
+
+class MessageList(BaseModel):
+    items: list[MessageOut]
+    next_after: int | None
+
+
+class CancelOut(BaseModel):
+    cancelled: bool
+    turn_id: str | None
+
+
+class SessionIn(_In):
+    chat_ids: list[ChatId] = Field(min_length=1, max_length=1000)
+    ttl_s: int | None = Field(default=None, ge=30, le=30 * 86400)
+
+
+class SessionOut(BaseModel):
+    token: str
+    expires_at: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    detail: str
+    request_id: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, Any] | None = None

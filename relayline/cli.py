@@ -1,0 +1,194 @@
+"""The ``relayline`` command: parses options and calls into the package; exits only here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from relayline.config import ConfigError, Settings, check_settings, load_settings
+
+log = structlog.get_logger("relayline.cli")
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 1
+
+
+def _fatal(message: str, code: int) -> None:
+    log.critical("fatal", detail=message)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        # Logging is not configured yet (its settings may be the bad ones): one plain line.
+        print(f"fatal: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def _run(coro_fn: Callable[[Settings], Coroutine[Any, Any, int]], settings: Settings) -> int:
+    from relayline.observability.logging import configure_logging
+
+    runtime = configure_logging(settings)
+    for warning in check_settings(settings):
+        log.warning("config_warning", detail=warning)
+    try:
+        return asyncio.run(coro_fn(settings))
+    finally:
+        runtime.close()
+
+
+async def _preflight(settings: Settings) -> int:
+    from relayline.api.app import open_store
+    from relayline.errors import Unavailable
+
+    try:
+        db = await open_store(settings)
+    except Unavailable as exc:
+        _fatal(f"RELAYLINE_DATABASE_URL: {exc.detail}", EXIT_UNAVAILABLE)
+    await db.dispose()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from relayline.api.app import create_app
+    from relayline.observability.logging import configure_logging
+
+    settings = _settings()
+    runtime = configure_logging(settings)
+    try:
+        for warning in check_settings(settings):
+            log.warning("config_warning", detail=warning)
+        asyncio.run(_preflight(settings))
+        config = uvicorn.Config(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            proxy_headers=False,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+        log.info("listening", url=f"http://{args.host}:{args.port}")
+        uvicorn.Server(config).run()
+    finally:
+        runtime.close()
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from relayline.store import migrate
+    from relayline.store.database import Database
+
+    db = Database(settings)
+    try:
+        await migrate.upgrade(db.engine)
+        log.info("migrated", revision=await migrate.current_revision(db.engine))
+    finally:
+        await db.dispose()
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    settings = _settings()
+    settings.auto_migrate = False
+    return _run(_migrate, settings)
+
+
+def _admin(
+    action: Callable[[Any], Coroutine[Any, Any, object]],
+) -> Callable[[Settings], Coroutine[Any, Any, int]]:
+    async def run(settings: Settings) -> int:
+        from relayline.api.app import open_store
+
+        db = await open_store(settings)
+        try:
+            async with db.write() as session:
+                result = await action(session)
+            print(json.dumps(result, indent=2))
+        finally:
+            await db.dispose()
+        return 0
+
+    return run
+
+
+def cmd_create_tenant(args: argparse.Namespace) -> int:
+    from relayline.store import tenants
+
+    async def action(session: Any) -> object:
+        row = await tenants.create_tenant(session, args.name)
+        return {"id": row.id, "name": row.name}
+
+    return _run(_admin(action), _settings())
+
+
+def cmd_create_key(args: argparse.Namespace) -> int:
+    from relayline.api_keys import SCOPES
+    from relayline.store import tenants
+
+    scopes = sorted(set(args.scopes.split(","))) if args.scopes else sorted(SCOPES)
+    unknown = set(scopes) - SCOPES
+    if unknown:
+        print(f"fatal: unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def action(session: Any) -> object:
+        row, key = await tenants.create_key(session, args.tenant_id, scopes, args.name)
+        return {"id": row.id, "tenant_id": row.tenant_id, "scopes": row.scopes, "key": key}
+
+    return _run(_admin(action), _settings())
+
+
+def cmd_list_tenants(_: argparse.Namespace) -> int:
+    from relayline.store import tenants
+
+    async def action(session: Any) -> object:
+        rows = await tenants.list_tenants(session, None, 1000)
+        return [{"id": r.id, "name": r.name, "disabled": r.disabled} for r in rows]
+
+    return _run(_admin(action), _settings())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relayline", description="Real-time relay for AI agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the relay")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser("admin", help="operator commands").add_subparsers(
+        dest="action", required=True
+    )
+    tenant = admin.add_parser("create-tenant", help="create a tenant")
+    tenant.add_argument("name")
+    tenant.set_defaults(func=cmd_create_tenant)
+    key = admin.add_parser("create-key", help="create an API key for a tenant (printed once)")
+    key.add_argument("tenant_id")
+    key.add_argument("--scopes", default=None, help="comma-separated: chats,sessions,publish")
+    key.add_argument("--name", default=None)
+    key.set_defaults(func=cmd_create_key)
+    admin.add_parser("list-tenants", help="list tenants").set_defaults(func=cmd_list_tenants)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

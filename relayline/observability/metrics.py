@@ -1,0 +1,23 @@
+"""Prometheus metrics of the relay (module-level, on the default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+HTTP_REQUESTS = Counter(
+    "relayline_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "relayline_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RATE_LIMITED = Counter(
+    "relayline_rate_limited_total", "Requests refused by a rate limit", ["category"]
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every registered metric and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST

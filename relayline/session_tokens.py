@@ -1,0 +1,60 @@
+"""Browser session tokens: short-lived HS256 JWTs scoped to one tenant and a list of chats.
+
+Tokens are never stored; revoking a tenant (disable) invalidates its tokens because every
+use re-checks the tenant.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import jwt
+
+from relayline.errors import Unauthorized
+
+_ALG = "HS256"
+_TYPE = "relayline.session"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaims:
+    tenant_id: str
+    chat_ids: frozenset[str]
+    expires_at: int  # unix seconds
+    token_id: str
+
+
+def mint(
+    secret: str, tenant_id: str, chat_ids: list[str], ttl_s: int, now_s: int
+) -> tuple[str, int]:
+    """Return the token and its expiry (unix seconds)."""
+    exp = now_s + ttl_s
+    payload = {
+        "typ": _TYPE,
+        "sub": tenant_id,
+        "chats": chat_ids,
+        "iat": now_s,
+        "exp": exp,
+        "jti": secrets.token_urlsafe(12),
+    }
+    return jwt.encode(payload, secret, algorithm=_ALG), exp
+
+
+def verify(secret: str, token: str) -> SessionClaims:
+    """Decode and check signature, expiry and type; raises ``Unauthorized`` otherwise."""
+    try:
+        payload = jwt.decode(token, secret, algorithms=[_ALG], options={"require": ["exp", "sub"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("session token expired") from None
+    except jwt.PyJWTError:
+        raise Unauthorized("invalid session token") from None
+    chats = payload.get("chats")
+    if payload.get("typ") != _TYPE or not isinstance(chats, list):
+        raise Unauthorized("invalid session token")
+    return SessionClaims(
+        tenant_id=str(payload["sub"]),
+        chat_ids=frozenset(str(c) for c in chats),
+        expires_at=int(payload["exp"]),
+        token_id=str(payload.get("jti", "")),
+    )

@@ -1,0 +1,181 @@
+"""Chats, their messages and turns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relayline.clock import now_ms
+from relayline.errors import Conflict, NotFound
+from relayline.ids import new_id
+from relayline.store.database import Database
+from relayline.store.models import Chat, Message, Turn
+
+ACTIVE_TURN_STATES = ("queued", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class PostedMessage:
+    message: Message
+    turn: Turn | None
+    created: bool
+
+
+async def create_chat(session: AsyncSession, tenant_id: str, title: str | None) -> Chat:
+    chat = Chat(id=new_id(), tenant_id=tenant_id, title=title, last_seq=0, created_at=now_ms())
+    session.add(chat)
+    await session.flush()
+    return chat
+
+
+async def list_chats(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    include_archived: bool,
+    only: frozenset[str] | None = None,
+) -> Sequence[Chat]:
+    """Newest first; ``after`` is the last id of the previous page."""
+    query = select(Chat).where(Chat.tenant_id == tenant_id).order_by(Chat.id.desc()).limit(limit)
+    if after:
+        query = query.where(Chat.id < after)
+    if not include_archived:
+        query = query.where(Chat.archived_at.is_(None))
+    if only is not None:
+        query = query.where(Chat.id.in_(sorted(only)))
+    return (await session.scalars(query)).all()
+
+
+async def get_chat(session: AsyncSession, tenant_id: str, chat_id: str) -> Chat:
+    chat = await session.get(Chat, chat_id)
+    if chat is None or chat.tenant_id != tenant_id:
+        raise NotFound("chat not found")
+    return chat
+
+
+async def archive_chat(session: AsyncSession, tenant_id: str, chat_id: str) -> Chat:
+    chat = await get_chat(session, tenant_id, chat_id)
+    if chat.archived_at is None:
+        chat.archived_at = now_ms()
+        await session.flush()
+    return chat
+
+
+async def find_by_client_msg_id(
+    session: AsyncSession, chat_id: str, client_msg_id: str
+) -> Message | None:
+    query = select(Message).where(
+        Message.chat_id == chat_id, Message.client_msg_id == client_msg_id
+    )
+    return (await session.scalars(query)).first()
+
+
+async def _next_seq(session: AsyncSession, chat_id: str) -> int:
+    # One UPDATE … RETURNING both allocates the number and takes the row lock, so concurrent
+    # posters to one chat (on any instance) get distinct, gap-free sequence numbers.
+    result = await session.execute(
+        update(Chat)
+        .where(Chat.id == chat_id)
+        .values(last_seq=Chat.last_seq + 1)
+        .returning(Chat.last_seq)
+    )
+    return int(result.scalar_one())
+
+
+async def post_user_message(
+    db: Database, tenant_id: str, chat_id: str, content: str, client_msg_id: str | None
+) -> PostedMessage:
+    """Store a user message and queue its turn, once per ``client_msg_id``.
+
+    A repeated ``client_msg_id`` returns the original message (and its turn), whether the
+    repeat arrives later or races the first one: the unique constraint decides the winner.
+    """
+    if client_msg_id is not None:
+        async with db.read() as session:
+            await get_chat(session, tenant_id, chat_id)
+            existing = await find_by_client_msg_id(session, chat_id, client_msg_id)
+            if existing is not None:
+                return PostedMessage(existing, await _turn_of(session, existing), created=False)
+    try:
+        async with db.write() as session:
+            chat = await get_chat(session, tenant_id, chat_id)
+            if chat.archived_at is not None:
+                raise Conflict("chat is archived")
+            now = now_ms()
+            message = Message(
+                id=new_id(),
+                chat_id=chat_id,
+                seq=await _next_seq(session, chat_id),
+                role="user",
+                content=content,
+                status="complete",
+                client_msg_id=client_msg_id,
+                created_at=now,
+            )
+            turn = Turn(
+                id=new_id(),
+                chat_id=chat_id,
+                tenant_id=tenant_id,
+                message_id=message.id,
+                state="queued",
+                attempt=0,
+                created_at=now,
+            )
+            message.turn_id = turn.id
+            session.add_all([message, turn])
+            await session.flush()
+            return PostedMessage(message, turn, created=True)
+    except IntegrityError:
+        if client_msg_id is None:
+            raise
+    async with db.read() as session:
+        existing = await find_by_client_msg_id(session, chat_id, client_msg_id)
+        if existing is None:  # the winner rolled back after all
+            raise Conflict("message could not be stored, retry")
+        return PostedMessage(existing, await _turn_of(session, existing), created=False)
+
+
+async def _turn_of(session: AsyncSession, message: Message) -> Turn | None:
+    return await session.get(Turn, message.turn_id) if message.turn_id else None
+
+
+async def list_messages(
+    session: AsyncSession, chat_id: str, *, after_seq: int, limit: int
+) -> Sequence[Message]:
+    query = (
+        select(Message)
+        .where(Message.chat_id == chat_id, Message.seq > after_seq)
+        .order_by(Message.seq)
+        .limit(limit)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def active_turn(session: AsyncSession, chat_id: str) -> Turn | None:
+    query = (
+        select(Turn)
+        .where(Turn.chat_id == chat_id, Turn.state.in_(ACTIVE_TURN_STATES))
+        .order_by(Turn.id)
+        .limit(1)
+    )
+    return (await session.scalars(query)).first()
+
+
+async def cancel_active_turn(session: AsyncSession, chat_id: str) -> Turn | None:
+    """Mark the turn in progress (the oldest queued or running one) cancelled.
+
+    Later queued turns keep waiting: cancel stops what is being answered, not what was asked
+    after it. Returns the cancelled turn, or None when nothing was in progress.
+    """
+    turn = await active_turn(session, chat_id)
+    if turn is not None:
+        turn.state = "cancelled"
+        turn.finished_at = now_ms()
+        await session.flush()
+    return turn

@@ -1,0 +1,65 @@
+"""The store's process-wide handle: one engine and pool, read and write sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from relayline.config import Settings
+from relayline.store.engine import create_engine
+
+_WRITE = "relayline_write"
+
+
+class Database:
+    """Owns the engine for the life of the process (created at start-up, disposed at shutdown).
+
+    ``write()`` sessions on SQLite begin with ``BEGIN IMMEDIATE`` so a transaction that reads
+    before it writes waits for the lock (busy timeout) instead of failing on lock upgrade.
+    """
+
+    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+        self.engine = engine or create_engine(settings)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        if self.is_sqlite:
+            self._take_over_sqlite_transactions()
+
+    def _take_over_sqlite_transactions(self) -> None:
+        # The sqlite3 driver issues its own deferred BEGIN; hand that to SQLAlchemy so that
+        # write transactions can start IMMEDIATE (the documented pysqlite recipe).
+        sync_engine = self.engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _no_driver_begin(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            immediate = conn.get_execution_options().get(_WRITE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for queries; rolled back at exit."""
+        async with self._sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A transaction committed at exit, rolled back on error."""
+        async with self._sessions.begin() as session:
+            await session.connection(execution_options={_WRITE: True})
+            yield session
+
+    async def ping(self) -> None:
+        """Round-trip to the database; raises when it is unreachable."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
