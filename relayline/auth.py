@@ -25,6 +25,7 @@ from relayline.store.models import Tenant
 CACHE_TTL_S = 5.0
 CACHE_SIZE = 10_000
 Kind = Literal["admin", "tenant", "session", "metrics"]
+SESSION_COOKIE = "relayline_session"
 
 
 @dataclass(frozen=True, slots=True)

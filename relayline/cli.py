@@ -60,8 +60,8 @@ async def _preflight(settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from relayline.api.app import create_app
     from relayline.observability.logging import configure_logging
+    from relayline.server import server_config
 
     settings = _settings()
     runtime = configure_logging(settings)
@@ -69,19 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for warning in check_settings(settings):
             log.warning("config_warning", detail=warning)
         asyncio.run(_preflight(settings))
-        config = uvicorn.Config(
-            create_app(settings),
-            host=args.host,
-            port=args.port,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            proxy_headers=False,
-            timeout_graceful_shutdown=10,
-            server_header=False,
-        )
+        config = server_config(settings, args.host, args.port)
         log.info("listening", url=f"http://{args.host}:{args.port}")
         uvicorn.Server(config).run()
     finally:

@@ -92,6 +92,27 @@ class Settings(BaseSettings):
     ipv6_prefix: int = Field(64, ge=16, le=128)
     trusted_proxies: CsvList = []
 
+    # Real-time hub
+    ws_max_frame_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    ws_max_subscriptions: int = Field(100, ge=1, le=10_000)
+    ws_auth_timeout_s: float = Field(5.0, gt=0, le=60)
+    ws_queue_max_bytes: int = Field(1024 * 1024, ge=4096)
+    ws_queue_max_events: int = Field(5000, ge=10)
+    ws_slow_policy: Literal["close", "drop"] = "close"
+    ws_write_high_water: int = Field(64 * 1024, ge=1024)
+    ws_send_buffer: int = Field(0, ge=0, description="SO_SNDBUF per socket; 0 keeps the OS default")
+    ws_op_rate: float = Field(20.0, gt=0)
+    ws_op_burst: int = Field(40, ge=1)
+    ws_op_violations: int = Field(20, ge=1)
+    max_ws_per_identity: int = Field(50, ge=1)
+    max_ws_per_ip: int = Field(200, ge=1)
+    heartbeat_interval_s: float = Field(20.0, gt=0)
+    heartbeat_timeout_s: float = Field(60.0, gt=0)
+    replay_max_events: int = Field(1000, ge=1)
+    history_max_events: int = Field(2000, ge=1)
+    history_max_age_s: float = Field(3600.0, gt=0)
+    shutdown_drain_s: float = Field(5.0, ge=0, le=120)
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -125,7 +125,7 @@ async def open_client(settings: Settings, client_ip: str = "127.0.0.1") -> Async
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
     async with (
-        app.router.lifespan_context(app),
+        app.http.router.lifespan_context(app.http),
         httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client,
     ):
         yield Api(client)

@@ -8,19 +8,26 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from relayline import __version__
 from relayline.api.errors import install_error_handlers
 from relayline.api.middleware.body_limit import BodyLimitMiddleware
 from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
 from relayline.api.middleware.request_context import RequestContextMiddleware
-from relayline.api.routes import admin, chats, health, sessions
+from relayline.api.routes import admin, chats, health, publish, sessions
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
+from relayline.bus import create_bus
+from relayline.chat_service import ChatService
 from relayline.config import Settings
 from relayline.errors import Unavailable
-from relayline.limits import ClientIpResolver, RateLimiter
+from relayline.hub import sse
+from relayline.hub.acl import TopicAcl
+from relayline.hub.gateway import Gateway
+from relayline.hub.hub import Hub
+from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.store import migrate
 from relayline.store.database import Database
 
@@ -44,25 +51,62 @@ async def open_store(settings: Settings) -> Database:
     return db
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the relay. Resources are opened in the lifespan, once per process."""
+class RelayApp:
+    """The relay's ASGI entry: ``/v1/ws`` goes straight to the hub's gateway (a plain ASGI
+    callable, so an idle socket carries no framework state); everything else is FastAPI."""
+
+    def __init__(self, http: FastAPI) -> None:
+        self.http = http
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+            state: RelayState | None = getattr(self.http.state, "relay", None)
+            if state is None:
+                await send({"type": "websocket.close", "code": 1013})
+                return
+            await state.gateway(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+
+def create_http_app(settings: Settings) -> FastAPI:
+    """Build the relay's FastAPI app. Resources are opened in the lifespan, once per process."""
     limiter = RateLimiter(settings)
     resolver = ClientIpResolver(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = await open_store(settings)
+        bus = create_bus(
+            settings.redis_url,
+            history_max_events=settings.history_max_events,
+            history_max_age_s=settings.history_max_age_s,
+        )
+        await bus.start()
+        auth = Authenticator(settings, db)
+        hub = Hub(bus, replay_max_events=settings.replay_max_events)
+        acl = TopicAcl(db)
+        chats_service = ChatService(settings, db, bus, limiter)
+        gateway = Gateway(settings, hub, auth, acl, chats_service, resolver, ConnectionCaps())
+        gateway.start()
         app.state.relay = RelayState(
             settings=settings,
             db=db,
             limiter=limiter,
             resolver=resolver,
-            auth=Authenticator(settings, db),
+            auth=auth,
+            bus=bus,
+            hub=hub,
+            acl=acl,
+            chats=chats_service,
+            gateway=gateway,
         )
         log.info("relay_started", version=__version__, database=db.engine.dialect.name)
         try:
             yield
         finally:
+            await gateway.stop()
+            await bus.close()
             await limiter.close()
             await db.dispose()
             log.info("relay_stopped")
@@ -76,7 +120,14 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for router in (admin.router, chats.router, sessions.router, health.router):
+    for router in (
+        admin.router,
+        chats.router,
+        sessions.router,
+        publish.router,
+        sse.router,
+        health.router,
+    ):
         app.include_router(router)
     # Added innermost first: the request context wraps everything, so even a refused request
     # gets an id and an access log line.
@@ -84,3 +135,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(IpRateLimitMiddleware, limiter=limiter, resolver=resolver)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def create_app(settings: Settings) -> RelayApp:
+    """The whole relay as one ASGI app (``.http`` is the FastAPI part)."""
+    return RelayApp(create_http_app(settings))

@@ -9,7 +9,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from relayline.api.state import RelayState, relay_state
-from relayline.auth import Principal
+from relayline.auth import SESSION_COOKIE, Principal
 from relayline.errors import Forbidden, RateLimited, ValidationFailed
 from relayline.observability.metrics import RATE_LIMITED
 
@@ -21,7 +21,11 @@ async def principal(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> Principal:
     state = relay_state(request)
-    who = await state.auth.authenticate(creds.credentials if creds else None)
+    credential = creds.credentials if creds else request.cookies.get(SESSION_COOKIE)
+    if credential is None and request.url.path == "/v1/events":
+        # EventSource cannot set headers; the query value is redacted from every log line.
+        credential = request.query_params.get("access_token")
+    who = await state.auth.authenticate(credential)
     try:
         await state.limiter.hit("identity", who.rate_key)
     except RateLimited:

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from relayline.auth import Authenticator
+from relayline.bus.base import Bus
+from relayline.chat_service import ChatService
 from relayline.config import Settings
+from relayline.hub.acl import TopicAcl
+from relayline.hub.gateway import Gateway
+from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, RateLimiter
 from relayline.store.database import Database
 
@@ -19,6 +24,11 @@ class RelayState:
     limiter: RateLimiter
     resolver: ClientIpResolver
     auth: Authenticator
+    bus: Bus
+    hub: Hub
+    acl: TopicAcl
+    chats: ChatService
+    gateway: Gateway
 
 
 def relay_state(conn: HTTPConnection) -> RelayState:

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Header, Query
 from relayline.api import schemas as s
 from relayline.api.deps import State, TenantChats, TenantOnlyChats, check_max, check_max_len
 from relayline.auth import Principal
-from relayline.errors import NotFound, RateLimited, ValidationFailed
-from relayline.observability.metrics import RATE_LIMITED
+from relayline.errors import NotFound, ValidationFailed
 from relayline.store import chats
 
 router = APIRouter(prefix="/v1/chats", tags=["chats"])
@@ -60,14 +59,20 @@ async def get_chat(chat_id: str, who: TenantChats, st: State) -> s.ChatSnapshot:
     tenant_id = _visible(who, chat_id)
     async with st.db.read() as session:
         chat = await chats.get_chat(session, tenant_id, chat_id)
+    # Read the topic position before the state: a client that resumes from (epoch, seq) may
+    # then see an event whose effect the snapshot already shows (it dedupes by message id),
+    # but never misses one.
+    topic = f"chat:{chat_id}"
+    epoch, seq = await st.bus.position(topic)
+    async with st.db.read() as session:
         turn = await chats.active_turn(session, chat_id)
     return s.ChatSnapshot(
         **s.ChatOut.of(chat).model_dump(),
         turn=s.TurnOut.of(turn) if turn else None,
         partial_text=None,
-        topic=f"chat:{chat_id}",
-        epoch=None,
-        seq=0,
+        topic=topic,
+        epoch=epoch,
+        seq=seq,
     )
 
 
@@ -85,17 +90,12 @@ async def post_message(
     st: State,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> s.PostedOut:
-    tenant_id = _visible(who, chat_id)
+    _visible(who, chat_id)
     check_max_len("content", body.content, st.settings.max_message_chars)
     if idempotency_key is not None and not s.CLIENT_MSG_ID.fullmatch(idempotency_key):
         raise ValidationFailed("Idempotency-Key: 1 to 128 of A-Z a-z 0-9 . _ : -")
     client_msg_id = body.client_msg_id or idempotency_key
-    try:
-        await st.limiter.hit("chat", chat_id)
-    except RateLimited:
-        RATE_LIMITED.labels("chat").inc()
-        raise
-    posted = await chats.post_user_message(st.db, tenant_id, chat_id, body.content, client_msg_id)
+    posted = await st.chats.post_message(who, chat_id, body.content, client_msg_id)
     return s.PostedOut(
         message=s.MessageOut.of(posted.message),
         turn_id=posted.turn.id if posted.turn else None,
@@ -124,8 +124,5 @@ async def list_messages(
 
 @router.post("/{chat_id}/cancel")
 async def cancel_turn(chat_id: str, who: TenantChats, st: State) -> s.CancelOut:
-    tenant_id = _visible(who, chat_id)
-    async with st.db.write() as session:
-        await chats.get_chat(session, tenant_id, chat_id)
-        turn = await chats.cancel_active_turn(session, chat_id)
+    turn = await st.chats.cancel(who, chat_id)
     return s.CancelOut(cancelled=turn is not None, turn_id=turn.id if turn else None)

@@ -1,0 +1,86 @@
+"""Chat actions shared by the REST API and the WebSocket ops, with the events they publish.
+
+One code path for "post a message" and "cancel the turn" whichever door a client came
+through: validation, per-chat rate limit, idempotency, storage, then the events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relayline.auth import Principal
+from relayline.bus.base import Bus
+from relayline.config import Settings
+from relayline.errors import NotFound, RateLimited, ValidationFailed
+from relayline.limits import RateLimiter
+from relayline.observability.metrics import RATE_LIMITED
+from relayline.store import chats
+from relayline.store.chats import PostedMessage
+from relayline.store.database import Database
+from relayline.store.models import Message, Turn
+
+
+def message_dict(row: Message) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "chat_id": row.chat_id,
+        "seq": row.seq,
+        "role": row.role,
+        "content": row.content,
+        "status": row.status,
+        "client_msg_id": row.client_msg_id,
+        "turn_id": row.turn_id,
+        "created_at": row.created_at,
+    }
+
+
+def chat_topic(chat_id: str) -> str:
+    return f"chat:{chat_id}"
+
+
+class ChatService:
+    def __init__(self, settings: Settings, db: Database, bus: Bus, limiter: RateLimiter) -> None:
+        self.settings = settings
+        self.db = db
+        self.bus = bus
+        self.limiter = limiter
+
+    def visible_tenant(self, who: Principal, chat_id: str) -> str:
+        """The caller's tenant, after checking that a session token covers the chat."""
+        if not who.allows_chat(chat_id):
+            raise NotFound("chat not found")
+        return who.require_tenant()
+
+    async def post_message(
+        self, who: Principal, chat_id: str, content: str, client_msg_id: str | None
+    ) -> PostedMessage:
+        tenant_id = self.visible_tenant(who, chat_id)
+        if not content:
+            raise ValidationFailed("content: must not be empty")
+        if len(content) > self.settings.max_message_chars:
+            raise ValidationFailed(f"content: at most {self.settings.max_message_chars} characters")
+        try:
+            await self.limiter.hit("chat", chat_id)
+        except RateLimited:
+            RATE_LIMITED.labels("chat").inc()
+            raise
+        posted = await chats.post_user_message(self.db, tenant_id, chat_id, content, client_msg_id)
+        if posted.created:
+            items: list[tuple[str, dict[str, Any]]] = [
+                ("message.created", {"message": message_dict(posted.message)})
+            ]
+            if posted.turn is not None:
+                items.append(
+                    ("turn.queued", {"turn_id": posted.turn.id, "message_id": posted.message.id})
+                )
+            await self.bus.publish_many(chat_topic(chat_id), items)
+        return posted
+
+    async def cancel(self, who: Principal, chat_id: str) -> Turn | None:
+        tenant_id = self.visible_tenant(who, chat_id)
+        async with self.db.write() as session:
+            await chats.get_chat(session, tenant_id, chat_id)
+            turn = await chats.cancel_active_turn(session, chat_id)
+        if turn is not None:
+            await self.bus.publish(chat_topic(chat_id), "turn.cancelled", {"turn_id": turn.id})
+        return turn

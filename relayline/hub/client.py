@@ -1,0 +1,253 @@
+"""One authenticated WebSocket client: its ops, its subscriptions, its op budget."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from relayline.auth import Principal
+from relayline.chat_service import ChatService, message_dict
+from relayline.close_codes import Close
+from relayline.config import Settings
+from relayline.envelope import Topic
+from relayline.errors import RelaylineError, Unavailable, ValidationFailed
+from relayline.hub.acl import TopicAcl
+from relayline.hub.hub import Hub, control_frame
+from relayline.hub.outbox import Outbox
+from relayline.hub.wire import Wire, text_frame
+from relayline.observability import hub_metrics as m
+
+log = structlog.get_logger("relayline.ws")
+
+_MAX_REF_LEN = 64
+
+
+class TokenBucket:
+    """Op budget of one connection: ``rate`` per second, bursts up to ``burst``."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def _text(
+    frame: dict[str, Any], name: str, *, required: bool = True, max_len: int = 256
+) -> str | None:
+    value = frame.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise ValidationFailed(f"{name}: a string of 1 to {max_len} characters is required")
+    return value
+
+
+def _int(frame: dict[str, Any], name: str) -> int | None:
+    value = frame.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationFailed(f"{name}: a non-negative integer is required")
+    return value
+
+
+class ClientConnection:
+    """Handles the ops of one socket, in arrival order."""
+
+    transport = "ws"
+
+    def __init__(
+        self,
+        *,
+        who: Principal,
+        wire: Wire,
+        hub: Hub,
+        acl: TopicAcl,
+        chats: ChatService,
+        settings: Settings,
+    ) -> None:
+        self.who = who
+        self.wire = wire
+        self.hub = hub
+        self.acl = acl
+        self.chats = chats
+        self.settings = settings
+        self.topics: set[str] = set()
+        self.bucket = TokenBucket(settings.ws_op_rate, settings.ws_op_burst)
+        self.violations = 0
+        self.last_ping = 0.0
+        self.outbox = Outbox(
+            wire,
+            max_bytes=settings.ws_queue_max_bytes,
+            max_events=settings.ws_queue_max_events,
+            policy=settings.ws_slow_policy,
+            on_dropped=self._dropped,
+        )
+        self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "subscribe": self.op_subscribe,
+            "unsubscribe": self.op_unsubscribe,
+            "send": self.op_send,
+            "cancel": self.op_cancel,
+            "ping": self.op_ping,
+            "approve": self.op_unavailable,
+            "term.input": self.op_unavailable,
+            "term.resize": self.op_unavailable,
+        }
+
+    # Plumbing
+
+    def send_control(self, kind: str, payload: dict[str, Any]) -> None:
+        self.outbox.push(control_frame(kind, payload))
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.outbox.close(code, reason)
+
+    def _dropped(self, topics: set[str]) -> None:
+        # The client reloads these topics' snapshots, then resubscribes from there.
+        for topic in topics:
+            epoch, seq = self.hub.position_of(self.outbox, "ws", topic)
+            missed = self.hub.missed_event(topic, epoch, seq, "overflow")
+            self.outbox.pending.append((text_frame(missed.frame), None))
+            m.EVENTS_MISSED.inc()
+
+    async def handle_text(self, text: str) -> bool:
+        """Handle one client frame; False when the connection must end."""
+        if not self.bucket.take():
+            self.violations += 1
+            m.OPS.labels("-", "rate_limited").inc()
+            if self.violations >= self.settings.ws_op_violations:
+                self.close(Close.RATE_LIMITED, "op rate exceeded")
+                return False
+            self.send_control(
+                "error",
+                {
+                    "ref": None,
+                    "data": {"code": "rate_limited", "detail": "op rate exceeded; slow down"},
+                },
+            )
+            return True
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            self.send_control(
+                "error",
+                {
+                    "ref": None,
+                    "data": {"code": "invalid_json", "detail": "frame is not valid JSON"},
+                },
+            )
+            return True
+        if not isinstance(frame, dict):
+            self.send_control(
+                "error",
+                {
+                    "ref": None,
+                    "data": {"code": "validation_error", "detail": "frame must be a JSON object"},
+                },
+            )
+            return True
+        ref = frame.get("ref")
+        if ref is not None and (
+            isinstance(ref, bool) or not isinstance(ref, str | int) or len(str(ref)) > _MAX_REF_LEN
+        ):
+            ref = None
+        op = frame.get("op")
+        handler = self.ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            m.OPS.labels("unknown", "error").inc()
+            self.send_control(
+                "error", {"ref": ref, "data": {"code": "unknown_op", "detail": "unknown op"}}
+            )
+            return True
+        try:
+            result = await handler(frame)
+        except RelaylineError as exc:
+            m.OPS.labels(op, exc.code).inc()
+            self.send_control(
+                "error", {"ref": ref, "data": {"code": exc.code, "detail": exc.detail}}
+            )
+            return True
+        m.OPS.labels(op, "ok").inc()
+        if ref is not None:
+            self.send_control("ack", {"ref": ref, "data": result})
+        elif op == "ping":
+            self.send_control("pong", {})
+        return True
+
+    def _topic(self, frame: dict[str, Any]) -> str:
+        topic = _text(frame, "topic", max_len=80)
+        assert topic is not None
+        Topic.parse(topic)
+        return topic
+
+    def _chat_of(self, topic: str) -> str:
+        parsed = Topic.parse(topic)
+        if parsed.kind != "chat" or parsed.id is None:
+            raise ValidationFailed("topic: a chat topic is required")
+        return parsed.id
+
+    # Ops
+
+    async def op_subscribe(self, frame: dict[str, Any]) -> dict[str, Any]:
+        topic = self._topic(frame)
+        epoch = _text(frame, "epoch", required=False, max_len=64)
+        after_seq = _int(frame, "after_seq")
+        if topic not in self.topics and len(self.topics) >= self.settings.ws_max_subscriptions:
+            raise ValidationFailed(f"at most {self.settings.ws_max_subscriptions} subscriptions")
+        await self.acl.check(self.who, topic)
+        result = await self.hub.subscribe(self.outbox, "ws", topic, epoch, after_seq)
+        self.topics.add(topic)
+        return result.as_dict()
+
+    async def op_unsubscribe(self, frame: dict[str, Any]) -> dict[str, Any]:
+        topic = self._topic(frame)
+        self.topics.discard(topic)
+        return {"topic": topic, "unsubscribed": self.hub.unsubscribe(self.outbox, "ws", topic)}
+
+    async def op_send(self, frame: dict[str, Any]) -> dict[str, Any]:
+        topic = self._topic(frame)
+        chat_id = self._chat_of(topic)
+        content = frame.get("content")
+        if not isinstance(content, str):
+            raise ValidationFailed("content: a string is required")
+        client_msg_id = _text(frame, "client_msg_id", required=False, max_len=128)
+        await self.acl.check(self.who, topic)
+        posted = await self.chats.post_message(self.who, chat_id, content, client_msg_id)
+        return {
+            "message": message_dict(posted.message),
+            "turn_id": posted.turn.id if posted.turn else None,
+            "duplicate": not posted.created,
+        }
+
+    async def op_cancel(self, frame: dict[str, Any]) -> dict[str, Any]:
+        topic = self._topic(frame)
+        chat_id = self._chat_of(topic)
+        await self.acl.check(self.who, topic)
+        turn = await self.chats.cancel(self.who, chat_id)
+        return {"cancelled": turn is not None, "turn_id": turn.id if turn else None}
+
+    async def op_ping(self, frame: dict[str, Any]) -> dict[str, Any]:
+        return {"ts": int(time.time() * 1000)}
+
+    async def op_unavailable(self, frame: dict[str, Any]) -> dict[str, Any]:
+        raise Unavailable("this op is not available on this relay yet")
+
+    def closed_by_peer(self) -> None:
+        self.hub.drop(self.outbox, "ws", self.topics)
+        self.topics.clear()

@@ -1,0 +1,237 @@
+"""The ``/v1/ws`` endpoint: handshake checks, authentication, caps, the op loop, heartbeats.
+
+It is a plain ASGI callable (the relay's dispatcher routes ``/v1/ws`` here before FastAPI), so
+an idle connection costs one small coroutine and no framework machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from http.cookies import SimpleCookie
+from typing import Any
+
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from relayline.auth import SESSION_COOKIE, Authenticator, Principal
+from relayline.chat_service import ChatService
+from relayline.close_codes import Close
+from relayline.config import Settings
+from relayline.errors import Unauthorized
+from relayline.hub.acl import TopicAcl
+from relayline.hub.client import ClientConnection
+from relayline.hub.hub import Hub
+from relayline.hub.wire import WIRE_EXTENSION, Wire
+from relayline.limits import ClientIpResolver, ConnectionCaps
+from relayline.observability import hub_metrics as m
+
+log = structlog.get_logger("relayline.ws")
+
+SUBPROTOCOL = "relayline.v1"
+BEARER_PREFIX = "bearer."
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return {name: value for name, value in scope.get("headers", ())}
+
+
+def credential_from(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
+    """A bearer credential from the subprotocol list, an Authorization header or a cookie."""
+    for proto in scope.get("subprotocols", ()):
+        if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
+            return str(proto[len(BEARER_PREFIX) :])
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    cookie = headers.get(b"cookie")
+    if cookie:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(cookie.decode("latin-1"))
+        except Exception:  # a malformed cookie header is simply no credential
+            return None
+        morsel = jar.get(SESSION_COOKIE)
+        if morsel is not None and morsel.value:
+            return morsel.value
+    return None
+
+
+class Gateway:
+    """Owns the live client connections of this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        auth: Authenticator,
+        acl: TopicAcl,
+        chats: ChatService,
+        resolver: ClientIpResolver,
+        caps: ConnectionCaps,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.auth = auth
+        self.acl = acl
+        self.chats = chats
+        self.resolver = resolver
+        self.caps = caps
+        self.clients: set[ClientConnection] = set()
+        self._allowed = frozenset(settings.allowed_origins)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for client in list(self.clients):
+            client.close(Close.RESTARTING, "relay restarting")
+
+    async def _sweep(self) -> None:
+        """One timer for every socket: ping the quiet ones, close the silent ones (4408)."""
+        interval = self.settings.heartbeat_interval_s
+        timeout = self.settings.heartbeat_timeout_s
+        loop = asyncio.get_running_loop()
+        tick = min(interval, timeout) / 4
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for client in list(self.clients):
+                wire = client.wire
+                if now - wire.last_seen > timeout:
+                    client.close(Close.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                elif now - max(wire.last_seen, client.last_ping) >= interval:
+                    client.last_ping = now
+                    wire.ping()
+
+    # The endpoint
+
+    def _origin_allowed(self, headers: dict[bytes, bytes]) -> bool:
+        origin = headers.get(b"origin")
+        if origin is None:
+            return True  # not a browser: nothing for the origin rule to protect
+        return "*" in self._allowed or origin.decode("latin-1") in self._allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        wire: Wire | None = scope.get("extensions", {}).get(WIRE_EXTENSION)
+        if wire is None:
+            log.error("ws_unsupported_server", detail="run the relay with `relayline serve`")
+            await send({"type": "websocket.close", "code": Close.INTERNAL})
+            return
+        headers = _headers(scope)
+        credential = credential_from(scope, headers)
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in scope.get("subprotocols", ()) else None
+        origin_ok = self._origin_allowed(headers)
+        _, ip_key = self.resolver.resolve(scope)
+        # Nothing after this point needs the handshake headers; let them go.
+        scope["headers"] = []
+        headers.clear()
+        who: Principal | None = None
+        failure: tuple[int, str] | None = None
+        if not origin_ok:
+            failure = (Close.FORBIDDEN, "origin not allowed")
+        elif credential is not None:
+            try:
+                who = await self.auth.authenticate(credential)
+            except Unauthorized:
+                failure = (Close.UNAUTHENTICATED, "unauthenticated")
+        # Accept even a refused handshake, then close: the close code is how a browser learns
+        # why (a rejected upgrade only says 'failed'). The op loop never starts for it.
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        if failure is not None:
+            self._refuse(wire, *failure)
+            return
+        if who is None:
+            who = await self._authenticate(wire, receive)
+            if who is None:
+                return
+        identity = who.rate_key
+        if not await self.caps.acquire("ws_identity", identity, self.settings.max_ws_per_identity):
+            self._refuse(wire, Close.RATE_LIMITED, "too many connections for this identity")
+            return
+        try:
+            if not await self.caps.acquire("ws_ip", ip_key, self.settings.max_ws_per_ip):
+                self._refuse(wire, Close.RATE_LIMITED, "too many connections from this address")
+                return
+            try:
+                await self._serve(wire, receive, who)
+            finally:
+                await self.caps.release("ws_ip", ip_key)
+        finally:
+            await self.caps.release("ws_identity", identity)
+
+    def _refuse(self, wire: Wire, code: int, reason: str) -> None:
+        m.CLOSE_CODES.labels(str(code)).inc()
+        wire.close(code, reason)
+
+    async def _authenticate(self, wire: Wire, receive: Receive) -> Principal | None:
+        """First-frame authentication, for clients that cannot set a header or subprotocol."""
+        credential = await self._first_frame_token(receive)
+        try:
+            return await self.auth.authenticate(credential)
+        except Unauthorized:
+            self._refuse(wire, Close.UNAUTHENTICATED, "unauthenticated")
+            return None
+
+    async def _first_frame_token(self, receive: Receive) -> str | None:
+        """The ``{"op": "auth", "token": …}`` frame, within the auth deadline."""
+        try:
+            async with asyncio.timeout(self.settings.ws_auth_timeout_s):
+                message = await receive()
+        except TimeoutError:
+            return None
+        text = message.get("text") if message["type"] == "websocket.receive" else None
+        if not text:
+            return None
+        try:
+            frame: Any = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(frame, dict) and frame.get("op") == "auth":
+            token = frame.get("token")
+            return token if isinstance(token, str) and 0 < len(token) <= 4096 else None
+        return None
+
+    async def _serve(self, wire: Wire, receive: Receive, who: Principal) -> None:
+        client = ClientConnection(
+            who=who, wire=wire, hub=self.hub, acl=self.acl, chats=self.chats, settings=self.settings
+        )
+        self.clients.add(client)
+        m.CONNECTIONS.labels("ws").inc()
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    client.send_control(
+                        "error",
+                        {
+                            "ref": None,
+                            "data": {
+                                "code": "validation_error",
+                                "detail": "binary frames are not accepted",
+                            },
+                        },
+                    )
+                    continue
+                if not await client.handle_text(text):
+                    break
+        finally:
+            self.clients.discard(client)
+            client.closed_by_peer()
+            m.CONNECTIONS.labels("ws").dec()

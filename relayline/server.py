@@ -1,0 +1,34 @@
+"""How the relay runs under uvicorn: one place for the server settings every entry point uses."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from relayline.api.app import create_app
+from relayline.config import Settings
+from relayline.hub.protocol import protocol_class
+
+
+def server_config(settings: Settings, host: str, port: int, **extra: object) -> uvicorn.Config:
+    """uvicorn settings: uvloop + httptools, the relay's WebSocket protocol, no uvicorn
+    keepalive pings (the hub runs its own heartbeat, closing with 4408), no access log (the
+    relay writes its own, redacted)."""
+    return uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws=protocol_class(settings.ws_send_buffer, settings.ws_write_high_water),
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_per_message_deflate=False,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_drain_s)),
+        **extra,  # type: ignore[arg-type]
+    )
