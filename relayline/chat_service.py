@@ -18,6 +18,7 @@ from relayline.store import chats
 from relayline.store.chats import PostedMessage
 from relayline.store.database import Database
 from relayline.store.models import Message, Turn
+from relayline.turns.dispatcher import TurnDispatcher
 
 
 def message_dict(row: Message) -> dict[str, Any]:
@@ -39,11 +40,19 @@ def chat_topic(chat_id: str) -> str:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, db: Database, bus: Bus, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        bus: Bus,
+        limiter: RateLimiter,
+        dispatcher: TurnDispatcher,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.bus = bus
         self.limiter = limiter
+        self.dispatcher = dispatcher
 
     def visible_tenant(self, who: Principal, chat_id: str) -> str:
         """The caller's tenant, after checking that a session token covers the chat."""
@@ -74,6 +83,8 @@ class ChatService:
                     ("turn.queued", {"turn_id": posted.turn.id, "message_id": posted.message.id})
                 )
             await self.bus.publish_many(chat_topic(chat_id), items)
+            if posted.turn is not None:
+                await self.dispatcher.enqueue(posted.turn.id, chat_id, tenant_id)
         return posted
 
     async def cancel(self, who: Principal, chat_id: str) -> Turn | None:
@@ -82,5 +93,11 @@ class ChatService:
             await chats.get_chat(session, tenant_id, chat_id)
             turn = await chats.cancel_active_turn(session, chat_id)
         if turn is not None:
+            await self.dispatcher.cancel_running(chat_id, turn.id)
             await self.bus.publish(chat_topic(chat_id), "turn.cancelled", {"turn_id": turn.id})
         return turn
+
+    async def approve(self, who: Principal, chat_id: str, approval_id: str, approve: bool) -> bool:
+        """Forward a human decision on a tool call; False when nothing awaits it any more."""
+        self.visible_tenant(who, chat_id)
+        return await self.dispatcher.resolve_approval(chat_id, approval_id, approve)

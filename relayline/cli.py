@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
 from relayline.config import ConfigError, Settings, check_settings, load_settings
+
+if TYPE_CHECKING:
+    from relayline.observability.logging import LogRuntime
 
 log = structlog.get_logger("relayline.cli")
 
@@ -19,7 +23,7 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1
 
 
-def _fatal(message: str, code: int) -> None:
+def _fatal(message: str, code: int) -> NoReturn:
     log.critical("fatal", detail=message)
     sys.exit(code)
 
@@ -33,14 +37,28 @@ def _settings() -> Settings:
         sys.exit(EXIT_CONFIG)
 
 
-def _run(coro_fn: Callable[[Settings], Coroutine[Any, Any, int]], settings: Settings) -> int:
+def _logging(settings: Settings) -> LogRuntime:
     from relayline.observability.logging import configure_logging
 
-    runtime = configure_logging(settings)
+    try:
+        return configure_logging(settings)
+    except ConfigError as exc:  # e.g. a log file that cannot be opened
+        print(f"fatal: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def _run(coro_fn: Callable[[Settings], Coroutine[Any, Any, int]], settings: Settings) -> int:
+    from relayline.errors import RelaylineError, Unavailable
+
+    runtime = _logging(settings)
     for warning in check_settings(settings):
         log.warning("config_warning", detail=warning)
     try:
         return asyncio.run(coro_fn(settings))
+    except Unavailable as exc:
+        _fatal(f"RELAYLINE_DATABASE_URL: {exc.detail}", EXIT_UNAVAILABLE)
+    except RelaylineError as exc:  # e.g. an unknown tenant id
+        _fatal(exc.detail, EXIT_UNAVAILABLE)
     finally:
         runtime.close()
 
@@ -60,28 +78,37 @@ async def _preflight(settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from relayline.observability.logging import configure_logging
     from relayline.server import server_config
 
     settings = _settings()
-    runtime = configure_logging(settings)
+    runtime = _logging(settings)
     try:
         for warning in check_settings(settings):
             log.warning("config_warning", detail=warning)
         asyncio.run(_preflight(settings))
         config = server_config(settings, args.host, args.port)
         log.info("listening", url=f"http://{args.host}:{args.port}")
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+
+        def stop(_signum: int, _frame: object) -> None:
+            server.should_exit = True
+
+        # uvicorn re-raises the signal that stopped it once it has shut down gracefully; under
+        # the default handler that would kill the process (status 143) before the log queue is
+        # flushed below. This handler only asks the server to stop, which it already has.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
+        server.run()
     finally:
         runtime.close()
     return 0
 
 
 async def _migrate(settings: Settings) -> int:
+    from relayline.api.app import open_store
     from relayline.store import migrate
-    from relayline.store.database import Database
 
-    db = Database(settings)
+    db = await open_store(settings)  # checks that the database answers; auto_migrate is off
     try:
         await migrate.upgrade(db.engine)
         log.info("migrated", revision=await migrate.current_revision(db.engine))
@@ -151,6 +178,46 @@ def cmd_list_tenants(_: argparse.Namespace) -> int:
     return _run(_admin(action), _settings())
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from relayline.observability.logging import configure_logging
+    from relayline.worker.daemon import run_worker
+    from relayline.worker.settings import WorkerSettings
+
+    overrides = {
+        name: value
+        for name, value in (
+            ("relay_url", args.relay),
+            ("worker_key_id", args.key_id),
+            ("worker_secret", args.secret),
+            ("llm_url", args.llm_url),
+            ("model", args.model),
+            ("worker_capacity", args.capacity),
+            ("worker_id", args.worker_id),
+        )
+        if value is not None
+    }
+    try:
+        worker_settings = WorkerSettings(**overrides)
+    except ValidationError as exc:
+        print(f"fatal: {exc.errors()[0].get('loc')}: {exc.errors()[0].get('msg')}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not worker_settings.worker_key_id or not worker_settings.worker_secret.get_secret_value():
+        print(
+            "fatal: RELAYLINE_WORKER_KEY_ID and RELAYLINE_WORKER_SECRET (or --key-id/--secret) "
+            "are required",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    runtime = configure_logging(_settings())
+    try:
+        asyncio.run(run_worker(worker_settings))
+    finally:
+        runtime.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayline", description="Real-time relay for AI agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    worker = sub.add_parser("worker", help="run an agent worker that connects out to a relay")
+    worker.add_argument("--relay", default=None, help="relay base URL (RELAYLINE_RELAY_URL)")
+    worker.add_argument("--key-id", default=None, help="RELAYLINE_WORKER_KEY_ID")
+    worker.add_argument("--secret", default=None, help="RELAYLINE_WORKER_SECRET")
+    worker.add_argument(
+        "--llm-url", default=None, help="OpenAI-compatible base URL; none: the built-in local model"
+    )
+    worker.add_argument("--model", default=None)
+    worker.add_argument("--capacity", type=int, default=None)
+    worker.add_argument("--worker-id", default=None)
+    worker.set_defaults(func=cmd_worker)
 
     admin = sub.add_parser("admin", help="operator commands").add_subparsers(
         dest="action", required=True

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, le=200)
     db_max_overflow: int = Field(5, ge=0, le=200)
     db_pool_timeout_s: float = Field(10.0, gt=0, le=120)
+    db_connect_timeout_s: float = Field(5.0, gt=0, le=120)
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, le=120_000)
     auto_migrate: bool = True
 
@@ -76,7 +77,7 @@ class Settings(BaseSettings):
     # Input limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_message_chars: int = Field(16_000, ge=1, le=1_000_000)
-    max_title_chars: int = Field(200, ge=1, le=10_000)
+    max_title_chars: int = Field(200, ge=1, le=1000)  # the column's width
     max_page_size: int = Field(200, ge=1, le=1000)
     max_session_chats: int = Field(50, ge=1, le=1000)
     session_ttl_s: int = Field(3600, ge=30, le=7 * 86400)
@@ -113,6 +114,20 @@ class Settings(BaseSettings):
     history_max_age_s: float = Field(3600.0, gt=0)
     shutdown_drain_s: float = Field(5.0, ge=0, le=120)
 
+    # Workers and turns
+    worker_keys: CsvList = []
+    worker_auth: Literal["hmac", "token", "both"] = "hmac"
+    worker_signature_window_s: int = Field(300, ge=10, le=3600)
+    turn_lease_s: float = Field(30.0, gt=0, le=3600)
+    turn_max_attempts: int = Field(3, ge=1, le=20)
+    turn_deadline_s: float = Field(600.0, gt=0, le=86_400)
+    turn_history_messages: int = Field(50, ge=1, le=10_000)
+    turn_history_chars: int = Field(32_000, ge=100, le=10_000_000)
+    delta_coalesce_ms: int = Field(40, ge=0, le=5000)
+    delta_coalesce_chars: int = Field(1024, ge=1, le=1_000_000)
+    approval_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    max_worker_capacity: int = Field(64, ge=1, le=10_000)
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -125,7 +140,7 @@ class Settings(BaseSettings):
     # Instances (used to warn when per-process backends are shared by several instances)
     instances: int = Field(1, ge=1, le=1000)
 
-    @field_validator("allowed_origins", "trusted_proxies", mode="before")
+    @field_validator("allowed_origins", "trusted_proxies", "worker_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -136,6 +151,19 @@ class Settings(BaseSettings):
         for item in value:
             ipaddress.ip_network(item, strict=False)
         return value
+
+    @field_validator("worker_keys")
+    @classmethod
+    def _worker_keys(cls, value: list[str]) -> list[str]:
+        for item in value:
+            key_id, sep, secret = item.partition(":")
+            if not sep or not key_id or len(secret) < 16:
+                raise ValueError("each entry is id:secret with a secret of at least 16 characters")
+        return value
+
+    @property
+    def worker_key_map(self) -> dict[str, str]:
+        return {k: v for k, _, v in (item.partition(":") for item in self.worker_keys)}
 
     @field_validator("rate_limit_ip", "rate_limit_identity", "rate_limit_chat", "rate_limit_health")
     @classmethod

@@ -30,6 +30,9 @@ from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.store import migrate
 from relayline.store.database import Database
+from relayline.turns.dispatcher import TurnDispatcher
+from relayline.turns.signing import MemoryNonceStore, SignatureVerifier
+from relayline.turns.worker_gateway import WorkerGateway
 
 log = structlog.get_logger("relayline.app")
 
@@ -66,6 +69,13 @@ class RelayApp:
                 return
             await state.gateway(scope, receive, send)
             return
+        if scope["type"] == "websocket" and scope["path"] == "/v1/worker/ws":
+            state = getattr(self.http.state, "relay", None)
+            if state is None:
+                await send({"type": "websocket.close", "code": 1013})
+                return
+            await state.workers(scope, receive, send)
+            return
         await self.http(scope, receive, send)
 
 
@@ -86,7 +96,13 @@ def create_http_app(settings: Settings) -> FastAPI:
         auth = Authenticator(settings, db)
         hub = Hub(bus, replay_max_events=settings.replay_max_events)
         acl = TopicAcl(db)
-        chats_service = ChatService(settings, db, bus, limiter)
+        dispatcher = TurnDispatcher(settings, db, bus)
+        await dispatcher.start()
+        verifier = SignatureVerifier(
+            settings.worker_key_map, MemoryNonceStore(), settings.worker_signature_window_s
+        )
+        workers = WorkerGateway(settings, dispatcher, verifier, bus)
+        chats_service = ChatService(settings, db, bus, limiter, dispatcher)
         gateway = Gateway(settings, hub, auth, acl, chats_service, resolver, ConnectionCaps())
         gateway.start()
         app.state.relay = RelayState(
@@ -100,12 +116,15 @@ def create_http_app(settings: Settings) -> FastAPI:
             acl=acl,
             chats=chats_service,
             gateway=gateway,
+            dispatcher=dispatcher,
+            workers=workers,
         )
         log.info("relay_started", version=__version__, database=db.engine.dialect.name)
         try:
             yield
         finally:
             await gateway.stop()
+            await dispatcher.stop()
             await bus.close()
             await limiter.close()
             await db.dispose()

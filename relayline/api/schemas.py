@@ -16,7 +16,11 @@ from relayline.store.models import ApiKey, Chat, Message, Tenant, Turn
 
 CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 Scope = Literal["chats", "sessions", "publish"]
-ChatId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+ChatId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
+# PostgreSQL cannot store NUL in text; refusing it here keeps both backends alike (422, not 500).
+NO_NUL = r"^[^\x00]*$"
+MAX_SEQ = 2**31 - 1  # messages.seq is a 32-bit integer column
 
 
 class _In(BaseModel):
@@ -24,7 +28,7 @@ class _In(BaseModel):
 
 
 class TenantIn(_In):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 class TenantOut(BaseModel):
@@ -44,8 +48,9 @@ class TenantList(BaseModel):
 
 
 class KeyIn(_In):
-    scopes: list[Scope] | None = Field(default=None, max_length=3)
-    name: str | None = Field(default=None, max_length=200)
+    # Omitted: every scope. An empty list is refused rather than read as "all".
+    scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=3)
+    name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 class KeyOut(BaseModel):
@@ -81,7 +86,7 @@ class KeyList(BaseModel):
 
 
 class ChatIn(_In):
-    title: str | None = Field(default=None, max_length=10_000)
+    title: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
 
 
 class TurnOut(BaseModel):
@@ -128,7 +133,11 @@ class ChatSnapshot(ChatOut):
     """A chat with what a reloaded page needs: the turn in progress and the topic position."""
 
     turn: TurnOut | None
-    partial_text: str | None
+    partial_message_id: str | None = Field(
+        default=None, description="The answer being generated, if any.")
+    partial_text: str | None = Field(
+        default=None, description="Its text so far; later `message.delta` events carry an "
+        "`offset` into this text, so a client appends only what it does not have.")
     topic: str
     epoch: str | None
     seq: int
@@ -140,7 +149,7 @@ class ChatList(BaseModel):
 
 
 class MessageIn(_In):
-    content: str = Field(min_length=1, max_length=1_000_000)
+    content: str = Field(min_length=1, max_length=1_000_000, pattern=NO_NUL)
     client_msg_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
 
 

@@ -15,6 +15,8 @@ from relayline.hub.gateway import Gateway
 from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, RateLimiter
 from relayline.store.database import Database
+from relayline.turns.dispatcher import TurnDispatcher
+from relayline.turns.worker_gateway import WorkerGateway
 
 
 @dataclass(slots=True)
@@ -29,6 +31,8 @@ class RelayState:
     acl: TopicAcl
     chats: ChatService
     gateway: Gateway
+    dispatcher: TurnDispatcher
+    workers: WorkerGateway
 
 
 def relay_state(conn: HTTPConnection) -> RelayState:

@@ -14,7 +14,7 @@ from relayline.chat_service import ChatService, message_dict
 from relayline.close_codes import Close
 from relayline.config import Settings
 from relayline.envelope import Topic
-from relayline.errors import RelaylineError, Unavailable, ValidationFailed
+from relayline.errors import NotFound, RelaylineError, Unavailable, ValidationFailed
 from relayline.hub.acl import TopicAcl
 from relayline.hub.hub import Hub, control_frame
 from relayline.hub.outbox import Outbox
@@ -105,7 +105,7 @@ class ClientConnection:
             "send": self.op_send,
             "cancel": self.op_cancel,
             "ping": self.op_ping,
-            "approve": self.op_unavailable,
+            "approve": self.op_approve,
             "term.input": self.op_unavailable,
             "term.resize": self.op_unavailable,
         }
@@ -241,6 +241,19 @@ class ClientConnection:
         await self.acl.check(self.who, topic)
         turn = await self.chats.cancel(self.who, chat_id)
         return {"cancelled": turn is not None, "turn_id": turn.id if turn else None}
+
+    async def op_approve(self, frame: dict[str, Any]) -> dict[str, Any]:
+        topic = self._topic(frame)
+        chat_id = self._chat_of(topic)
+        approval_id = _text(frame, "approval_id", max_len=64)
+        decision = frame.get("decision")
+        if decision not in ("approve", "deny"):
+            raise ValidationFailed("decision: 'approve' or 'deny'")
+        assert approval_id is not None
+        await self.acl.check(self.who, topic)
+        if not await self.chats.approve(self.who, chat_id, approval_id, decision == "approve"):
+            raise NotFound("no pending approval with this id")
+        return {"approval_id": approval_id, "decision": decision}
 
     async def op_ping(self, frame: dict[str, Any]) -> dict[str, Any]:
         return {"ts": int(time.time() * 1000)}

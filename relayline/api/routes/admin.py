@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from relayline.api import schemas as s
 from relayline.api.deps import Admin, State, check_max
+from relayline.api.params import AfterId, IdPath, Limit
 from relayline.api_keys import SCOPES
 from relayline.store import tenants
 
@@ -24,8 +23,8 @@ async def create_tenant(body: s.TenantIn, _: Admin, st: State) -> s.TenantOut:
 async def list_tenants(
     _: Admin,
     st: State,
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    after: AfterId = None,
+    limit: Limit = 50,
 ) -> s.TenantList:
     check_max("limit", limit, st.settings.max_page_size)
     async with st.db.read() as session:
@@ -37,7 +36,7 @@ async def list_tenants(
 
 
 @router.post("/tenants/{tenant_id}/disable")
-async def disable_tenant(tenant_id: str, _: Admin, st: State) -> s.TenantOut:
+async def disable_tenant(tenant_id: IdPath, _: Admin, st: State) -> s.TenantOut:
     async with st.db.write() as session:
         row = await tenants.set_disabled(session, tenant_id, True)
     st.auth.forget()
@@ -45,7 +44,7 @@ async def disable_tenant(tenant_id: str, _: Admin, st: State) -> s.TenantOut:
 
 
 @router.post("/tenants/{tenant_id}/enable")
-async def enable_tenant(tenant_id: str, _: Admin, st: State) -> s.TenantOut:
+async def enable_tenant(tenant_id: IdPath, _: Admin, st: State) -> s.TenantOut:
     async with st.db.write() as session:
         row = await tenants.set_disabled(session, tenant_id, False)
     st.auth.forget()
@@ -53,7 +52,7 @@ async def enable_tenant(tenant_id: str, _: Admin, st: State) -> s.TenantOut:
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201)
-async def create_key(tenant_id: str, body: s.KeyIn, _: Admin, st: State) -> s.NewKeyOut:
+async def create_key(tenant_id: IdPath, body: s.KeyIn, _: Admin, st: State) -> s.NewKeyOut:
     scopes: list[str] = sorted(set(body.scopes)) if body.scopes else sorted(SCOPES)
     async with st.db.write() as session:
         row, key = await tenants.create_key(session, tenant_id, scopes, body.name)
@@ -61,14 +60,14 @@ async def create_key(tenant_id: str, body: s.KeyIn, _: Admin, st: State) -> s.Ne
 
 
 @router.get("/tenants/{tenant_id}/keys")
-async def list_keys(tenant_id: str, _: Admin, st: State) -> s.KeyList:
+async def list_keys(tenant_id: IdPath, _: Admin, st: State) -> s.KeyList:
     async with st.db.read() as session:
         rows = await tenants.list_keys(session, tenant_id)
     return s.KeyList(items=[s.KeyOut.of(r) for r in rows])
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(key_id: str, _: Admin, st: State) -> s.KeyOut:
+async def revoke_key(key_id: IdPath, _: Admin, st: State) -> s.KeyOut:
     async with st.db.write() as session:
         row = await tenants.revoke_key(session, key_id)
     st.auth.forget()

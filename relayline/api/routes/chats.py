@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header
 
 from relayline.api import schemas as s
 from relayline.api.deps import State, TenantChats, TenantOnlyChats, check_max, check_max_len
+from relayline.api.params import AfterId, AfterSeq, IdPath, Limit
 from relayline.auth import Principal
 from relayline.errors import NotFound, ValidationFailed
 from relayline.store import chats
 
 router = APIRouter(prefix="/v1/chats", tags=["chats"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def _visible(who: Principal, chat_id: str) -> str:
@@ -34,7 +34,7 @@ async def create_chat(body: s.ChatIn, who: TenantOnlyChats, st: State) -> s.Chat
 async def list_chats(
     who: TenantChats,
     st: State,
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: AfterId = None,
     limit: Limit = 50,
     archived: bool = False,
 ) -> s.ChatList:
@@ -55,7 +55,7 @@ async def list_chats(
 
 
 @router.get("/{chat_id}")
-async def get_chat(chat_id: str, who: TenantChats, st: State) -> s.ChatSnapshot:
+async def get_chat(chat_id: IdPath, who: TenantChats, st: State) -> s.ChatSnapshot:
     tenant_id = _visible(who, chat_id)
     async with st.db.read() as session:
         chat = await chats.get_chat(session, tenant_id, chat_id)
@@ -64,12 +64,14 @@ async def get_chat(chat_id: str, who: TenantChats, st: State) -> s.ChatSnapshot:
     # but never misses one.
     topic = f"chat:{chat_id}"
     epoch, seq = await st.bus.position(topic)
+    partial = st.dispatcher.partial(chat_id)
     async with st.db.read() as session:
         turn = await chats.active_turn(session, chat_id)
     return s.ChatSnapshot(
         **s.ChatOut.of(chat).model_dump(),
         turn=s.TurnOut.of(turn) if turn else None,
-        partial_text=None,
+        partial_message_id=partial[0] if partial else None,
+        partial_text=partial[1] if partial else None,
         topic=topic,
         epoch=epoch,
         seq=seq,
@@ -77,14 +79,14 @@ async def get_chat(chat_id: str, who: TenantChats, st: State) -> s.ChatSnapshot:
 
 
 @router.post("/{chat_id}/archive")
-async def archive_chat(chat_id: str, who: TenantOnlyChats, st: State) -> s.ChatOut:
+async def archive_chat(chat_id: IdPath, who: TenantOnlyChats, st: State) -> s.ChatOut:
     async with st.db.write() as session:
         return s.ChatOut.of(await chats.archive_chat(session, who.require_tenant(), chat_id))
 
 
 @router.post("/{chat_id}/messages", status_code=202)
 async def post_message(
-    chat_id: str,
+    chat_id: IdPath,
     body: s.MessageIn,
     who: TenantChats,
     st: State,
@@ -105,10 +107,10 @@ async def post_message(
 
 @router.get("/{chat_id}/messages")
 async def list_messages(
-    chat_id: str,
+    chat_id: IdPath,
     who: TenantChats,
     st: State,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: AfterSeq = 0,
     limit: Limit = 50,
 ) -> s.MessageList:
     tenant_id = _visible(who, chat_id)
@@ -123,6 +125,6 @@ async def list_messages(
 
 
 @router.post("/{chat_id}/cancel")
-async def cancel_turn(chat_id: str, who: TenantChats, st: State) -> s.CancelOut:
+async def cancel_turn(chat_id: IdPath, who: TenantChats, st: State) -> s.CancelOut:
     turn = await st.chats.cancel(who, chat_id)
     return s.CancelOut(cancelled=turn is not None, turn_id=turn.id if turn else None)

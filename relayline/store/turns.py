@@ -1,0 +1,177 @@
+"""Turn lifecycle in the store. Every write after assignment is fenced by the attempt number,
+so a stale worker (an earlier attempt) can never overwrite the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from relayline.clock import now_ms
+from relayline.ids import new_id
+from relayline.store.chats import _next_seq
+from relayline.store.database import Database
+from relayline.store.models import Message, MessageMetric, Tenant, Turn
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    turn_id: str
+    chat_id: str
+    tenant_id: str
+    attempt: int
+    message_id: str
+    message_seq: int
+    history: list[dict[str, str]]
+    agent: dict[str, object]
+
+
+async def pending(db: Database) -> Sequence[Turn]:
+    """Turns that still need an answer (after a restart: queued and running ones)."""
+    async with db.read() as session:
+        query = select(Turn).where(Turn.state.in_(("queued", "running"))).order_by(Turn.id)
+        return (await session.scalars(query)).all()
+
+
+async def begin_attempt(
+    db: Database, turn_id: str, worker_id: str, *, max_messages: int, max_chars: int
+) -> Assignment | None:
+    """Mark the turn running under the next attempt; create its answer message on the first.
+
+    Returns None when the turn is no longer waiting (cancelled meanwhile).
+    """
+    async with db.write() as session:
+        turn = await session.get(Turn, turn_id)
+        if turn is None or turn.state not in ("queued", "running"):
+            return None
+        turn.attempt += 1
+        turn.state = "running"
+        turn.worker_id = worker_id
+        turn.started_at = now_ms()
+        if turn.response_message_id is None:
+            # The answer takes its place in the chat now, so messages posted while it streams
+            # come after it.
+            answer = Message(
+                id=new_id(),
+                chat_id=turn.chat_id,
+                seq=await _next_seq(session, turn.chat_id),
+                role="assistant",
+                content="",
+                status="streaming",
+                turn_id=turn.id,
+                created_at=now_ms(),
+            )
+            session.add(answer)
+            turn.response_message_id = answer.id
+        else:
+            answer_or_none = await session.get(Message, turn.response_message_id)
+            assert answer_or_none is not None
+            answer = answer_or_none
+            answer.content = ""
+            answer.status = "streaming"
+        await session.flush()
+        tenant = await session.get(Tenant, turn.tenant_id)
+        history = await _history(session, turn.chat_id, answer.seq, max_messages, max_chars)
+        return Assignment(
+            turn.id,
+            turn.chat_id,
+            turn.tenant_id,
+            turn.attempt,
+            answer.id,
+            answer.seq,
+            history,
+            dict(tenant.agent_settings) if tenant else {},
+        )
+
+
+async def _history(
+    session: object, chat_id: str, before_seq: int, max_messages: int, max_chars: int
+) -> list[dict[str, str]]:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    assert isinstance(session, AsyncSession)
+    query = (
+        select(Message.role, Message.content)
+        .where(Message.chat_id == chat_id, Message.seq < before_seq, Message.content != "")
+        .order_by(Message.seq.desc())
+        .limit(max_messages)
+    )
+    picked: list[dict[str, str]] = []
+    total = 0
+    for role, content in (await session.execute(query)).all():
+        if total + len(content) > max_chars:
+            break  # oldest are dropped first: we walk newest to oldest
+        total += len(content)
+        picked.append({"role": role, "content": content})
+    picked.reverse()
+    return picked
+
+
+async def finish(
+    db: Database,
+    turn_id: str,
+    attempt: int,
+    *,
+    state: str,
+    text: str,
+    message_status: str,
+    category: str | None = None,
+    detail: str | None = None,
+    metrics: dict[str, int | None] | None = None,
+) -> Message | None:
+    """Store the outcome of ``attempt``; None when that attempt no longer owns the turn."""
+    async with db.write() as session:
+        fenced = await session.execute(
+            update(Turn)
+            .where(
+                Turn.id == turn_id,
+                Turn.attempt == attempt,
+                Turn.state.in_(("running", "cancelled")),
+            )
+            .values(
+                state=state,
+                finished_at=now_ms(),
+                error_category=category,
+                error_detail=(detail or "")[:1000] or None,
+            )
+            .returning(Turn.response_message_id, Turn.tenant_id, Turn.chat_id)
+        )
+        row = fenced.first()
+        if row is None:
+            return None
+        message_id, tenant_id, chat_id = row
+        message = await session.get(Message, message_id) if message_id else None
+        if message is None:
+            return None
+        message.content = text
+        message.status = message_status
+        if metrics is not None:
+            session.add(
+                MessageMetric(
+                    id=new_id(),
+                    message_id=message.id,
+                    tenant_id=tenant_id,
+                    chat_id=chat_id,
+                    first_token_ms=metrics.get("first_token_ms"),
+                    latency_ms=metrics.get("latency_ms"),
+                    tokens_in=metrics.get("tokens_in"),
+                    tokens_out=metrics.get("tokens_out"),
+                    status=message_status,
+                    created_at=now_ms(),
+                )
+            )
+        await session.flush()
+        return message
+
+
+async def requeue(db: Database, turn_id: str, attempt: int) -> bool:
+    """Put a running attempt back in the queue (its worker was lost); fenced by attempt."""
+    async with db.write() as session:
+        result = await session.execute(
+            update(Turn)
+            .where(Turn.id == turn_id, Turn.attempt == attempt, Turn.state == "running")
+            .values(state="queued", worker_id=None)
+            .returning(Turn.id)
+        )
+        return result.first() is not None

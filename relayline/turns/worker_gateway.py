@@ -1,0 +1,210 @@
+"""``/v1/worker/ws``: workers connect out to the relay, authenticated by a signed handshake.
+
+A refused handshake is answered with HTTP 401 and the error shape, whose ``code`` names the
+failed check. After ``hello`` (worker id and capacity) the socket carries the worker protocol
+of the design: ``state``, ``turn.delta``, ``turn.done``, ``turn.failed``, ``turn.released``
+and ``tool.approval_request`` from the worker; ``turn.assigned``, ``turn.cancel`` and
+``tool.approval`` to it. Frames for an attempt the worker no longer holds are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any
+
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from relayline.bus.base import Bus
+from relayline.config import Settings
+from relayline.errors import Unauthorized
+from relayline.ids import new_id
+from relayline.turns.dispatcher import TurnDispatcher
+from relayline.turns.signing import SignatureVerifier
+from relayline.turns.worker_link import WorkerLink
+
+log = structlog.get_logger("relayline.workers")
+
+HELLO_TIMEOUT_S = 10.0
+_STATE_FIELDS = {"status": 32, "detail": 200, "breaker": 16, "last_error": 32}
+
+
+class WorkerGateway:
+    def __init__(
+        self, settings: Settings, dispatcher: TurnDispatcher, verifier: SignatureVerifier, bus: Bus
+    ) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.verifier = verifier
+        self.bus = bus
+
+    async def authenticate(self, scope: Scope) -> str:
+        headers: dict[str, str] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+        }
+        mode = self.settings.worker_auth
+        auth = headers.get("authorization", "")
+        if mode in ("token", "both") and auth[:7].lower() == "bearer ":
+            token_id, _, secret = auth[7:].strip().partition(":")
+            known = self.verifier.keys.get(token_id)
+            if known is None:
+                raise Unauthorized("unknown key id", code="unknown_key")
+            if not hmac.compare_digest(known.encode(), secret.encode()):
+                raise Unauthorized("invalid worker token", code="signature_invalid")
+            return token_id
+        if mode == "token":
+            raise Unauthorized("worker token required")
+        query = scope.get("query_string", b"").decode("latin-1")
+        path = scope["path"] + (f"?{query}" if query else "")
+        key_id: str = await self.verifier.verify(headers, "GET", path, b"")
+        return key_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            key_id = await self.authenticate(scope)
+        except Unauthorized as exc:
+            log.warning("worker_refused", code=exc.code)
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": exc.code,
+                        "detail": exc.detail,
+                        "request_id": scope.get("state", {}).get("request_id", ""),
+                    }
+                }
+            )
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body.encode()})
+            return
+        await send({"type": "websocket.accept"})
+        link = await self._hello(key_id, receive, send)
+        if link is None:
+            return
+        link.start()
+        self.dispatcher.attach(link)
+        link.send(
+            {"type": "welcome", "worker_id": link.worker_id, "lease_s": self.settings.turn_lease_s}
+        )
+        await self._publish_state(link)
+        log.info("worker_connected", worker_id=link.worker_id, capacity=link.capacity)
+        try:
+            await self._serve(link, receive)
+        finally:
+            await self.dispatcher.detach(link)
+            await link.stop()
+            link.state["status"] = "offline"
+            await self._publish_state(link)
+            log.info("worker_disconnected", worker_id=link.worker_id)
+
+    async def _hello(self, key_id: str, receive: Receive, send: Send) -> WorkerLink | None:
+        async def send_text(text: str) -> None:
+            await send({"type": "websocket.send", "text": text})
+
+        async def close(code: int, reason: str) -> None:
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                message = await receive()
+            frame = json.loads(message.get("text") or "null")
+        except (TimeoutError, ValueError):
+            frame = None
+        if not isinstance(frame, dict) or frame.get("type") != "hello":
+            await close(4400, "expected hello")
+            return None
+        capacity = frame.get("capacity")
+        if (
+            not isinstance(capacity, int)
+            or isinstance(capacity, bool)
+            or not (1 <= capacity <= self.settings.max_worker_capacity)
+        ):
+            await close(4400, "capacity out of range")
+            return None
+        raw_id = frame.get("worker_id")
+        worker_id = raw_id[:64] if isinstance(raw_id, str) and raw_id else new_id()
+        if worker_id in self.dispatcher.workers:
+            worker_id = f"{worker_id}-{new_id()[-6:]}"
+        return WorkerLink(worker_id, key_id, capacity, send_text, close)
+
+    async def _serve(self, link: WorkerLink, receive: Receive) -> None:
+        dispatcher = self.dispatcher
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                frame: Any = json.loads(message.get("text") or "null")
+            except ValueError:
+                link.send({"type": "error", "code": "invalid_json", "detail": "frame is not JSON"})
+                continue
+            if not isinstance(frame, dict):
+                continue
+            kind = frame.get("type")
+            if kind == "state":
+                self._update_state(link, frame)
+                dispatcher.renew(link)
+                await self._publish_state(link)
+                continue
+            if kind not in (
+                "turn.delta",
+                "turn.done",
+                "turn.failed",
+                "turn.released",
+                "tool.approval_request",
+            ):
+                link.send({"type": "error", "code": "unknown_type", "detail": "unknown frame type"})
+                continue
+            running = dispatcher.owned(link, frame)
+            if running is None:
+                link.send(
+                    {
+                        "type": "error",
+                        "code": "stale_attempt",
+                        "turn_id": frame.get("turn_id"),
+                        "detail": "this attempt no longer owns the turn",
+                    }
+                )
+                continue
+            if kind == "turn.delta":
+                text = frame.get("text")
+                await dispatcher.on_delta(running, text if isinstance(text, str) else "")
+            elif kind == "turn.done":
+                usage = frame.get("usage")
+                await dispatcher.on_done(running, usage if isinstance(usage, dict) else {})
+            elif kind == "turn.failed":
+                await dispatcher.on_failed(
+                    running,
+                    str(frame.get("category", "internal")),
+                    str(frame.get("detail", ""))[:1000],
+                )
+                link.state["last_error"] = str(frame.get("category", "internal"))[:32]
+            elif kind == "turn.released":
+                await dispatcher.on_released(running)
+            else:
+                await dispatcher.on_approval_request(running, frame)
+
+    def _update_state(self, link: WorkerLink, frame: dict[str, Any]) -> None:
+        for name, max_len in _STATE_FIELDS.items():
+            value = frame.get(name)
+            if value is None or isinstance(value, str):
+                link.state[name] = value[:max_len] if value else value
+        link.draining = frame.get("status") == "draining"
+
+    async def _publish_state(self, link: WorkerLink) -> None:
+        data = link.describe()
+        tenants = {r.tenant_id for r in self.dispatcher.running.values() if r.worker is link}
+        for topic in ["admin", *(f"tenant:{t}" for t in sorted(tenants))]:
+            try:
+                await self.bus.publish(topic, "worker.state", data)
+            except Exception:
+                log.warning("publish_failed", topic=topic, type="worker.state")

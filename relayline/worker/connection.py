@@ -1,0 +1,290 @@
+"""The worker's side of ``/v1/worker/ws``: connect out, announce capacity, run what is
+assigned, stream it back, and reconnect with exponential backoff and full jitter.
+
+Turns run as tasks; a lost connection cancels them (the relay re-queues them after the
+lease), a ``turn.cancel`` cancels one, and a graceful stop finishes what it can within the
+grace period and hands the rest back with ``turn.released``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from relayline.ids import new_id
+from relayline.turns.signing import signed_headers
+from relayline.worker.agent import AgentRunner
+from relayline.worker.llm.base import ChatMessage, LLMError
+from relayline.worker.settings import WorkerSettings
+
+log = structlog.get_logger("relayline.worker")
+
+PATH = "/v1/worker/ws"
+BreakerState = Callable[[], str]
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return (rng or random).uniform(0, ceiling)
+
+
+class RelayConnection:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        runner: AgentRunner,
+        breaker_state: BreakerState = lambda: "closed",
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.breaker_state = breaker_state
+        self.worker_id = settings.worker_id or f"worker-{new_id()[-8:].lower()}"
+        self.turns: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self.approvals: dict[str, asyncio.Future[bool]] = {}
+        self.ws: ClientConnection | None = None
+        self.last_error: str | None = None
+        self.draining = False
+        self.connected = asyncio.Event()
+
+    def _url(self) -> str:
+        parts = urlsplit(self.settings.relay_url)
+        scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
+        return f"{scheme}://{parts.netloc}{PATH}"
+
+    def _headers(self) -> dict[str, str]:
+        key_id = self.settings.worker_key_id
+        secret = self.settings.worker_secret.get_secret_value()
+        if self.settings.worker_token_auth:
+            return {"Authorization": f"Bearer {key_id}:{secret}"}
+        return signed_headers(key_id, secret, "GET", PATH)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set; then drain and return."""
+        failures = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self._session(stop)
+            except InvalidStatus as exc:
+                log.error(
+                    "relay_refused",
+                    status=exc.response.status_code,
+                    body=exc.response.body[:200].decode("utf-8", "replace"),
+                )
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                log.warning("relay_connection_lost", error=type(exc).__name__)
+            finally:
+                self.connected.clear()
+                await self._abandon_turns()
+            if stop.is_set():
+                break
+            failures = 0 if time.monotonic() - started > 30 else failures + 1
+            delay = backoff_delay(
+                failures, self.settings.reconnect_base_s, self.settings.reconnect_max_s
+            )
+            log.info("relay_reconnect", in_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        async with connect(
+            self._url(),
+            additional_headers=self._headers(),
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            max_size=16 * 1024 * 1024,
+            compression=None,
+        ) as ws:
+            self.ws = ws
+            self.draining = False
+            await self._send(
+                {
+                    "type": "hello",
+                    "worker_id": self.worker_id,
+                    "capacity": self.settings.worker_capacity,
+                    "models": [self.settings.model],
+                }
+            )
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            self.worker_id = welcome.get("worker_id", self.worker_id)
+            self.connected.set()
+            log.info("relay_connected", worker_id=self.worker_id)
+            ticker = asyncio.create_task(self._tick())
+            stopper = asyncio.create_task(self._stop_when(stop))
+            try:
+                async for raw in ws:
+                    await self._on_frame(json.loads(raw))
+            finally:
+                ticker.cancel()
+                stopper.cancel()
+                self.ws = None
+
+    async def _stop_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.draining = True
+        await self._send_state()
+        grace = self.settings.shutdown_grace_s
+        tasks = [task for _, task in self.turns.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for turn_id, (attempt, task) in list(self.turns.items()):
+            task.cancel()
+            await self._send({"type": "turn.released", "turn_id": turn_id, "attempt": attempt})
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await self._send_state()
+            await asyncio.sleep(self.settings.state_interval_s)
+
+    async def _send_state(self) -> None:
+        await self._send(
+            {
+                "type": "state",
+                "status": "draining" if self.draining else "ready",
+                "inflight": len(self.turns),
+                "capacity": self.settings.worker_capacity,
+                "breaker": self.breaker_state(),
+                "last_error": self.last_error,
+                "detail": None,
+            }
+        )
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+
+    async def _abandon_turns(self) -> None:
+        for _, task in self.turns.values():
+            task.cancel()
+        for _, task in list(self.turns.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        self.turns.clear()
+        for future in self.approvals.values():
+            if not future.done():
+                future.set_result(False)
+        self.approvals.clear()
+
+    async def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "turn.assigned":
+            turn_id = str(frame["turn_id"])
+            attempt = int(frame["attempt"])
+            if self.draining or len(self.turns) >= self.settings.worker_capacity:
+                await self._send({"type": "turn.released", "turn_id": turn_id, "attempt": attempt})
+                return
+            task = asyncio.create_task(self._run_turn(frame))
+            self.turns[turn_id] = (attempt, task)
+        elif kind == "turn.cancel":
+            held = self.turns.get(str(frame.get("turn_id")))
+            if held is not None and held[0] == frame.get("attempt"):
+                held[1].cancel()
+        elif kind == "tool.approval":
+            future = self.approvals.pop(str(frame.get("approval_id")), None)
+            if future is not None and not future.done():
+                future.set_result(frame.get("decision") == "approve")
+        elif kind == "error":
+            log.warning("relay_error", code=frame.get("code"), detail=frame.get("detail"))
+
+    async def _run_turn(self, frame: dict[str, Any]) -> None:
+        turn_id = str(frame["turn_id"])
+        attempt = int(frame["attempt"])
+        base = {"turn_id": turn_id, "attempt": attempt}
+        messages = [ChatMessage.from_dict(m) for m in frame.get("messages", [])]
+        if frame.get("system_prompt"):
+            messages.insert(0, ChatMessage(role="system", content=str(frame["system_prompt"])))
+        deadline_ms = frame.get("deadline")
+        timeout = (
+            max(1.0, deadline_ms / 1000 - time.time()) if isinstance(deadline_ms, int) else None
+        )
+
+        async def on_delta(text: str) -> None:
+            await self._send({"type": "turn.delta", **base, "text": text})
+
+        async def request_approval(tool: str, arguments: dict[str, Any]) -> bool:
+            approval_id = new_id()
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self.approvals[approval_id] = future
+            deadline = time.time() + self.settings.approval_timeout_s
+            await self._send(
+                {
+                    "type": "tool.approval_request",
+                    **base,
+                    "approval_id": approval_id,
+                    "tool": tool,
+                    "arguments": arguments,
+                    "deadline": int(deadline * 1000),
+                }
+            )
+            try:
+                return await asyncio.wait_for(future, self.settings.approval_timeout_s)
+            except TimeoutError:
+                return False  # no answer in time means denied
+            finally:
+                self.approvals.pop(approval_id, None)
+
+        log.info(
+            "turn_started",
+            turn_id=turn_id,
+            attempt=attempt,
+            correlation_id=frame.get("correlation_id"),
+        )
+        try:
+            result = await self.runner.run(
+                messages,
+                tools=frame.get("tools") or (),
+                timeout_s=timeout,
+                on_delta=on_delta,
+                request_approval=request_approval,
+                turn_id=turn_id,
+            )
+        except LLMError as exc:
+            self.last_error = exc.category
+            await self._send(
+                {
+                    "type": "turn.failed",
+                    **base,
+                    "category": exc.category,
+                    "detail": exc.detail[:500],
+                }
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must fail the turn, not leave it hanging
+            log.exception("turn_crashed", turn_id=turn_id)
+            self.last_error = "internal"
+            await self._send(
+                {
+                    "type": "turn.failed",
+                    **base,
+                    "category": "internal",
+                    "detail": type(exc).__name__,
+                }
+            )
+        else:
+            await self._send(
+                {
+                    "type": "turn.done",
+                    **base,
+                    "usage": {"tokens_in": result.tokens_in, "tokens_out": result.tokens_out},
+                }
+            )
+        finally:
+            held = self.turns.get(turn_id)
+            if held is not None and held[0] == attempt:
+                del self.turns[turn_id]

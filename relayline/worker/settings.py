@@ -1,0 +1,45 @@
+"""Settings of the worker daemon (``relayline worker``), from ``RELAYLINE_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELAYLINE_", env_file=".env", extra="ignore")
+
+    relay_url: str = "http://127.0.0.1:8080"
+    worker_key_id: str = ""
+    worker_secret: SecretStr = SecretStr("")
+    worker_token_auth: bool = False  # bearer "<key_id>:<secret>" instead of a signed handshake
+    worker_id: str | None = None
+    worker_capacity: int = Field(4, ge=1, le=1000)
+    llm_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    model: str = "local"
+    local_model_delay_s: float = Field(0.02, ge=0, le=10)
+    llm_connect_timeout_s: float = Field(5.0, gt=0)
+    llm_read_timeout_s: float = Field(60.0, gt=0)
+    llm_total_timeout_s: float = Field(300.0, gt=0)
+    llm_max_attempts: int = Field(3, ge=1, le=10)
+    llm_max_inflight: int = Field(4, ge=1, le=1000)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_recovery_s: float = Field(30.0, gt=0)
+    max_tool_rounds: int = Field(8, ge=0, le=100)
+    workspace_roots: Annotated[list[Path], NoDecode] = []
+    approval_timeout_s: float = Field(120.0, gt=0)
+    reconnect_base_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    state_interval_s: float = Field(5.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    @field_validator("workspace_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
