@@ -35,6 +35,8 @@ class Principal:
     key_id: str | None = None
     chat_ids: frozenset[str] | None = None  # a session's chats; None: every chat of the tenant
     scopes: frozenset[str] = frozenset()
+    can_create_chats: bool = False  # a session allowed to open chats of its own
+    expires_at: int | None = None  # a session's expiry (unix seconds)
 
     @property
     def rate_key(self) -> str:
@@ -117,6 +119,8 @@ class Authenticator:
             tenant_id=claims.tenant_id,
             key_id=claims.token_id,
             chat_ids=claims.chat_ids,
+            can_create_chats=claims.can_create_chats,
+            expires_at=claims.expires_at,
         )
 
     async def _tenant_enabled(self, tenant_id: str) -> bool:

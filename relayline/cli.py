@@ -218,6 +218,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relayline.demo import run_demo
+    from relayline.observability.logging import configure_logging
+
+    settings = _settings()
+    runtime = configure_logging(settings)
+    try:
+        for warning in check_settings(settings):
+            log.warning("config_warning", detail=warning)
+        asyncio.run(_preflight(settings))
+        asyncio.run(run_demo(settings, args.host, args.port, Path(args.workspace).resolve()))
+    finally:
+        runtime.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayline", description="Real-time relay for AI agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    demo = sub.add_parser("demo", help="relay + worker + built-in model, with a demo tenant")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--workspace",
+        default="./relayline-demo-workspace",
+        help="folder the demo agent's tools may use",
+    )
+    demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run an agent worker that connects out to a relay")
     worker.add_argument("--relay", default=None, help="relay base URL (RELAYLINE_RELAY_URL)")

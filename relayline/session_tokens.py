@@ -23,14 +23,25 @@ class SessionClaims:
     chat_ids: frozenset[str]
     expires_at: int  # unix seconds
     token_id: str
+    can_create_chats: bool = False
 
 
 def mint(
-    secret: str, tenant_id: str, chat_ids: list[str], ttl_s: int, now_s: int
+    secret: str,
+    tenant_id: str,
+    chat_ids: list[str],
+    ttl_s: int,
+    now_s: int,
+    *,
+    can_create_chats: bool = False,
 ) -> tuple[str, int]:
-    """Return the token and its expiry (unix seconds)."""
+    """Return the token and its expiry (unix seconds).
+
+    ``can_create_chats`` lets the holder create chats of its own (a visitor of a public chat,
+    the demo); each creation returns a new token that also covers the new chat.
+    """
     exp = now_s + ttl_s
-    payload = {
+    payload: dict[str, object] = {
         "typ": _TYPE,
         "sub": tenant_id,
         "chats": chat_ids,
@@ -38,6 +49,8 @@ def mint(
         "exp": exp,
         "jti": secrets.token_urlsafe(12),
     }
+    if can_create_chats:
+        payload["mk"] = True
     return jwt.encode(payload, secret, algorithm=_ALG), exp
 
 
@@ -57,4 +70,5 @@ def verify(secret: str, token: str) -> SessionClaims:
         chat_ids=frozenset(str(c) for c in chats),
         expires_at=int(payload["exp"]),
         token_id=str(payload.get("jti", "")),
+        can_create_chats=payload.get("mk") is True,
     )

@@ -15,7 +15,7 @@ from relayline.api.errors import install_error_handlers
 from relayline.api.middleware.body_limit import BodyLimitMiddleware
 from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
 from relayline.api.middleware.request_context import RequestContextMiddleware
-from relayline.api.routes import admin, chats, health, publish, sessions
+from relayline.api.routes import admin, agents, chats, health, publish, sessions
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
@@ -141,6 +141,7 @@ def create_http_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (
         admin.router,
+        agents.router,
         chats.router,
         sessions.router,
         publish.router,

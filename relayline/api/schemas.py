@@ -129,15 +129,24 @@ class ChatOut(BaseModel):
         )
 
 
+class NewChatOut(ChatOut):
+    session_token: str | None = Field(
+        default=None, description="For a session that created the chat: its new token."
+    )
+
+
 class ChatSnapshot(ChatOut):
     """A chat with what a reloaded page needs: the turn in progress and the topic position."""
 
     turn: TurnOut | None
     partial_message_id: str | None = Field(
-        default=None, description="The answer being generated, if any.")
+        default=None, description="The answer being generated, if any."
+    )
     partial_text: str | None = Field(
-        default=None, description="Its text so far; later `message.delta` events carry an "
-        "`offset` into this text, so a client appends only what it does not have.")
+        default=None,
+        description="Its text so far; later `message.delta` events carry an "
+        "`offset` into this text, so a client appends only what it does not have.",
+    )
     topic: str
     epoch: str | None
     seq: int
@@ -196,8 +205,13 @@ class CancelOut(BaseModel):
 
 
 class SessionIn(_In):
-    chat_ids: list[ChatId] = Field(min_length=1, max_length=1000)
+    chat_ids: list[ChatId] = Field(default_factory=list, max_length=1000)
     ttl_s: int | None = Field(default=None, ge=30, le=30 * 86400)
+    can_create_chats: bool = Field(
+        default=False,
+        description="The holder may create chats of its own; each creation "
+        "returns a new token that also covers the new chat.",
+    )
 
 
 class SessionOut(BaseModel):

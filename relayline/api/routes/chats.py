@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header
 
+from relayline import session_tokens
 from relayline.api import schemas as s
 from relayline.api.deps import State, TenantChats, TenantOnlyChats, check_max, check_max_len
 from relayline.api.params import AfterId, AfterSeq, IdPath, Limit
 from relayline.auth import Principal
-from relayline.errors import NotFound, ValidationFailed
+from relayline.errors import Forbidden, NotFound, ValidationFailed
 from relayline.store import chats
 
 router = APIRouter(prefix="/v1/chats", tags=["chats"])
@@ -24,10 +26,30 @@ def _visible(who: Principal, chat_id: str) -> str:
 
 
 @router.post("", status_code=201)
-async def create_chat(body: s.ChatIn, who: TenantOnlyChats, st: State) -> s.ChatOut:
+async def create_chat(body: s.ChatIn, who: TenantChats, st: State) -> s.NewChatOut:
+    """Create a chat. A session token may do so only when minted with ``can_create_chats``;
+    it then gets a new token in ``session_token`` that also covers the new chat."""
     check_max_len("title", body.title, st.settings.max_title_chars)
+    if who.kind == "session":
+        if not who.can_create_chats:
+            raise Forbidden("this session may not create chats")
+        owned = sorted(who.chat_ids or ())
+        check_max("chats of this session", len(owned) + 1, st.settings.max_session_chats)
     async with st.db.write() as session:
-        return s.ChatOut.of(await chats.create_chat(session, who.require_tenant(), body.title))
+        chat = await chats.create_chat(session, who.require_tenant(), body.title)
+    token = None
+    if who.kind == "session":
+        now = int(time.time())
+        ttl = max(1, (who.expires_at or now) - now)
+        token, _ = session_tokens.mint(
+            st.settings.secret_key.get_secret_value(),
+            who.require_tenant(),
+            [*owned, chat.id],
+            ttl,
+            now,
+            can_create_chats=True,
+        )
+    return s.NewChatOut(**s.ChatOut.of(chat).model_dump(), session_token=token)
 
 
 @router.get("")

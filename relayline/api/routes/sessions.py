@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from relayline import session_tokens
 from relayline.api import schemas as s
 from relayline.api.deps import State, TenantSessions, check_max
-from relayline.errors import NotFound
+from relayline.errors import NotFound, ValidationFailed
 from relayline.store.models import Chat
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -24,6 +24,8 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
     check_max("ttl_s", ttl, settings.max_session_ttl_s)
     tenant_id = who.require_tenant()
     wanted = sorted(set(body.chat_ids))
+    if not wanted and not body.can_create_chats:
+        raise ValidationFailed("chat_ids: at least one chat (or can_create_chats)")
     async with st.db.read() as session:
         owned = await session.scalar(
             select(func.count())
@@ -33,6 +35,11 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
     if owned != len(wanted):
         raise NotFound("chat not found")
     token, expires_at = session_tokens.mint(
-        settings.secret_key.get_secret_value(), tenant_id, wanted, ttl, int(time.time())
+        settings.secret_key.get_secret_value(),
+        tenant_id,
+        wanted,
+        ttl,
+        int(time.time()),
+        can_create_chats=body.can_create_chats,
     )
     return s.SessionOut(token=token, expires_at=expires_at)

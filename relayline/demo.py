@@ -1,0 +1,128 @@
+"""``relayline demo``: relay + worker + built-in model in one process, on the embedded
+defaults, with a demo tenant and a sign-in link for the browser."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from pathlib import Path
+
+import structlog
+import uvicorn
+from sqlalchemy import select
+
+from relayline import session_tokens
+from relayline.api.app import open_store
+from relayline.config import Settings
+from relayline.server import server_config
+from relayline.store import tenants
+from relayline.store.models import Chat, Tenant
+from relayline.worker.daemon import build_connection
+from relayline.worker.settings import WorkerSettings
+
+log = structlog.get_logger("relayline.demo")
+
+DEMO_TENANT = "Demo"
+DEMO_PROMPT = "You are relayline's demo agent. Be brief, friendly and use Markdown."
+DEMO_TOOLS = ["read_file", "list_dir", "edit_file", "run_command"]
+WORKSPACE_README = """# Demo workspace
+
+The demo agent's tools can read, list and (with your approval) edit files here and run
+commands in this folder. Try `/ls`, `/read README.md`, `/edit notes.md` or `/run ls -la`.
+"""
+
+
+def prepare(settings: Settings, host: str, port: int) -> tuple[Settings, str, str]:
+    """Settings for the demo: a worker key of its own and the demo's origin allowed."""
+    key_id, secret = "demo", secrets.token_urlsafe(32)
+    origin = f"http://{host}:{port}"
+    updates: dict[str, object] = {"worker_keys": [*settings.worker_keys, f"{key_id}:{secret}"]}
+    if origin not in settings.allowed_origins:
+        updates["allowed_origins"] = [*settings.allowed_origins, origin]
+    return settings.model_copy(update=updates), key_id, secret
+
+
+def prepare_workspace(workspace: Path) -> None:
+    workspace.mkdir(parents=True, exist_ok=True)
+    readme = workspace / "README.md"
+    if not readme.exists():
+        readme.write_text(WORKSPACE_README, encoding="utf-8")
+
+
+async def demo_session(settings: Settings, workspace: Path) -> str:
+    """Make sure the demo tenant exists; return a session token covering its chats."""
+    db = await open_store(settings)
+    try:
+        async with db.write() as session:
+            tenant = (
+                await session.scalars(select(Tenant).where(Tenant.name == DEMO_TENANT))
+            ).first()
+            if tenant is None:
+                tenant = await tenants.create_tenant(session, DEMO_TENANT)
+            tenant.agent_settings = {
+                "system_prompt": DEMO_PROMPT,
+                "model": "local",
+                "tools": DEMO_TOOLS,
+            }
+            query = (
+                select(Chat.id)
+                .where(Chat.tenant_id == tenant.id, Chat.archived_at.is_(None))
+                .order_by(Chat.id.desc())
+                .limit(settings.max_session_chats - 1)
+            )
+            chat_ids = list((await session.scalars(query)).all())
+            tenant_id = tenant.id
+    finally:
+        await db.dispose()
+    await asyncio.to_thread(prepare_workspace, workspace)
+    token, _ = session_tokens.mint(
+        settings.secret_key.get_secret_value(),
+        tenant_id,
+        chat_ids,
+        settings.max_session_ttl_s,
+        int(time.time()),
+        can_create_chats=True,
+    )
+    return token
+
+
+async def run_demo(settings: Settings, host: str, port: int, workspace: Path) -> None:
+    settings, key_id, secret = prepare(settings, host, port)
+    token = await demo_session(settings, workspace)
+    server = uvicorn.Server(server_config(settings, host, port))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            await serving
+            return
+        await asyncio.sleep(0.05)
+    worker_settings = WorkerSettings(
+        _env_file=None,
+        relay_url=f"http://{host}:{port}",
+        worker_key_id=key_id,
+        worker_secret=secret,
+        worker_id="demo-worker",
+        workspace_roots=[workspace],
+        local_model_delay_s=0.03,
+        worker_capacity=4,
+        shutdown_grace_s=2,
+    )
+    connection, llm = build_connection(worker_settings)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(connection.run(stop))
+    base = f"http://{host}:{port}"
+    print(
+        f"\n  relayline demo is running\n\n  Chat:   {base}/#session={token}\n"
+        f"  Admin:  {base}/admin  (admin key: RELAYLINE_ADMIN_KEY)\n"
+        f"  Health: {base}/health/ready\n\n  Press Ctrl+C to stop.\n",
+        flush=True,
+    )
+    try:
+        await serving
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(worker, 10)
+        await llm.aclose()
