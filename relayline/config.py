@@ -64,6 +64,7 @@ class Settings(BaseSettings):
 
     # Shared state for several instances (unset: in-process bus and limits)
     redis_url: str | None = None
+    redis_prefix: str = Field("relayline:", min_length=1, max_length=64)
 
     # Secrets
     admin_key: SecretStr = SecretStr(DEV_ADMIN_KEY)

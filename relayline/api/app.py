@@ -19,6 +19,7 @@ from relayline.api.routes import admin, agents, chats, health, publish, sessions
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
+from relayline.backends import open_backends
 from relayline.bus import create_bus
 from relayline.chat_service import ChatService
 from relayline.config import Settings
@@ -31,7 +32,7 @@ from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.store import migrate
 from relayline.store.database import Database
 from relayline.turns.dispatcher import TurnDispatcher
-from relayline.turns.signing import MemoryNonceStore, SignatureVerifier
+from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_gateway import WorkerGateway
 
 log = structlog.get_logger("relayline.app")
@@ -87,23 +88,28 @@ def create_http_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = await open_store(settings)
-        bus = create_bus(
-            settings.redis_url,
-            history_max_events=settings.history_max_events,
-            history_max_age_s=settings.history_max_age_s,
-        )
+        bus_opts: dict[str, Any] = {
+            "history_max_events": settings.history_max_events,
+            "history_max_age_s": settings.history_max_age_s,
+        }
+        if settings.redis_url:
+            bus_opts["key_prefix"] = settings.redis_prefix
+        bus = create_bus(settings.redis_url, **bus_opts)
         await bus.start()
+        backends = await open_backends(settings)
         auth = Authenticator(settings, db)
         hub = Hub(bus, replay_max_events=settings.replay_max_events)
         acl = TopicAcl(db)
         dispatcher = TurnDispatcher(settings, db, bus)
         await dispatcher.start()
         verifier = SignatureVerifier(
-            settings.worker_key_map, MemoryNonceStore(), settings.worker_signature_window_s
+            settings.worker_key_map, backends.nonces, settings.worker_signature_window_s
         )
         workers = WorkerGateway(settings, dispatcher, verifier, bus)
         chats_service = ChatService(settings, db, bus, limiter, dispatcher)
-        gateway = Gateway(settings, hub, auth, acl, chats_service, resolver, ConnectionCaps())
+        gateway = Gateway(
+            settings, hub, auth, acl, chats_service, resolver, ConnectionCaps(backends.caps)
+        )
         gateway.start()
         app.state.relay = RelayState(
             settings=settings,
@@ -118,6 +124,7 @@ def create_http_app(settings: Settings) -> FastAPI:
             gateway=gateway,
             dispatcher=dispatcher,
             workers=workers,
+            backends=backends,
         )
         log.info("relay_started", version=__version__, database=db.engine.dialect.name)
         try:
@@ -125,6 +132,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         finally:
             await gateway.stop()
             await dispatcher.stop()
+            await backends.close()
             await bus.close()
             await limiter.close()
             await db.dispose()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from relayline.auth import Authenticator
+from relayline.backends import SharedBackends
 from relayline.bus.base import Bus
 from relayline.chat_service import ChatService
 from relayline.config import Settings
@@ -33,6 +34,7 @@ class RelayState:
     gateway: Gateway
     dispatcher: TurnDispatcher
     workers: WorkerGateway
+    backends: SharedBackends
 
 
 def relay_state(conn: HTTPConnection) -> RelayState:

@@ -25,17 +25,24 @@ async def health() -> dict[str, str]:
 @router.get("/health/ready", responses={503: {"description": "a dependency is unavailable"}})
 async def ready(request: Request, st: State) -> JSONResponse:
     """Readiness: the store (and the shared bus and limits, when configured) answer."""
+
+    async def store_ok() -> bool:
+        await st.db.ping()
+        return True
+
+    probes = {
+        "store": store_ok(),
+        "bus": st.bus.ready(),
+        "limits": st.limiter.check_ready(),
+        "shared_state": st.backends.ready(),
+    }
     checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(st.db.ping(), CHECK_TIMEOUT_S)
-        checks["store"] = "ok"
-    except Exception:  # any failure means not ready; the cause is in the store's own logs
-        checks["store"] = "failed"
-    try:
-        limits_ok = await asyncio.wait_for(st.limiter.check_ready(), CHECK_TIMEOUT_S)
-    except Exception:
-        limits_ok = False
-    checks["limits"] = "ok" if limits_ok else "failed"
+    for name, probe in probes.items():
+        try:
+            ok = await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+        except Exception:  # any failure means not ready; the cause is in that part's own logs
+            ok = False
+        checks[name] = "ok" if ok else "failed"
     failed = [name for name, value in checks.items() if value != "ok"]
     if not failed:
         return JSONResponse({"status": "ready", "checks": checks})
