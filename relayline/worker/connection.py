@@ -205,7 +205,19 @@ class RelayConnection:
         turn_id = str(frame["turn_id"])
         attempt = int(frame["attempt"])
         base = {"turn_id": turn_id, "attempt": attempt}
-        messages = [ChatMessage.from_dict(m) for m in frame.get("messages", [])]
+        try:
+            messages = [ChatMessage.from_dict(m) for m in frame.get("messages", [])]
+        except (ValueError, TypeError, AttributeError):
+            await self._send(
+                {
+                    "type": "turn.failed",
+                    **base,
+                    "category": "internal",
+                    "detail": "malformed turn history",
+                }
+            )
+            self.turns.pop(turn_id, None)
+            return
         if frame.get("system_prompt"):
             messages.insert(0, ChatMessage(role="system", content=str(frame["system_prompt"])))
         deadline_ms = frame.get("deadline")

@@ -35,7 +35,9 @@ def build_llm(settings: WorkerSettings) -> tuple[LLMClient, CircuitBreaker | Non
             read_s=settings.llm_read_timeout_s,
             total_s=settings.llm_total_timeout_s,
         ),
-        retry=RetryPolicy(max_attempts=settings.llm_max_attempts),
+        retry=RetryPolicy(
+            max_attempts=settings.llm_max_attempts, max_total_s=settings.llm_retry_total_s
+        ),
         breaker=breaker,
         max_inflight=settings.llm_max_inflight,
     )

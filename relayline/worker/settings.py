@@ -26,6 +26,7 @@ class WorkerSettings(BaseSettings):
     llm_read_timeout_s: float = Field(60.0, gt=0)
     llm_total_timeout_s: float = Field(300.0, gt=0)
     llm_max_attempts: int = Field(3, ge=1, le=10)
+    llm_retry_total_s: float = Field(20.0, gt=0)
     llm_max_inflight: int = Field(4, ge=1, le=1000)
     breaker_failures: int = Field(5, ge=1)
     breaker_recovery_s: float = Field(30.0, gt=0)

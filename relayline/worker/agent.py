@@ -1,0 +1,248 @@
+"""One agent turn: model → tools → model … until the model answers in text.
+
+The worker connection builds an :class:`AgentRunner` once (model client, tool registry) and
+calls :meth:`AgentRunner.run` for each ``turn.assigned``, wiring ``on_delta`` to ``turn.delta``
+frames and ``request_approval`` to the ``tool.approval_request`` / ``tool.approval`` exchange.
+``run`` returning maps to ``turn.done``; :class:`LLMError` maps to ``turn.failed`` with its
+``category``; ``turn.cancel`` maps to cancelling the task that awaits ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from relayline.worker.llm.base import (
+    ChatMessage,
+    LLMClient,
+    LLMError,
+    StreamChunk,
+    ToolCall,
+    ToolSpec,
+)
+from relayline.worker.tools.registry import (
+    ApprovalCallback,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+    ToolResult,
+)
+
+log = logging.getLogger(__name__)
+
+DeltaCallback = Callable[[str], Awaitable[None]]
+"""``on_delta(text)``: forward a piece of the answer; awaited, so it can apply backpressure."""
+
+TurnStatus = Literal["completed", "tool_limit"]
+
+_PARAGRAPH_BREAK = "\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """A finished turn.
+
+    ``text`` is exactly the concatenation of every ``on_delta`` call. Token counts add up all
+    model calls of the turn (estimated at ~4 characters a token when the model reports none).
+    ``status`` is ``tool_limit`` when ``max_tool_rounds`` was used up and the last answer was
+    asked for without tools. ``new_messages`` are the assistant and tool messages the turn
+    added to the conversation, the final answer excluded (it is ``text``).
+    """
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    first_token_latency_s: float | None
+    status: TurnStatus
+    tool_rounds: int = 0
+    new_messages: tuple[ChatMessage, ...] = ()
+
+
+@dataclass(slots=True)
+class _Round:
+    text: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+class AgentRunner:
+    """Runs turns against one model with one tool registry; safe for concurrent turns."""
+
+    def __init__(
+        self,
+        llm: LLMClient,
+        registry: ToolRegistry,
+        *,
+        model: str,
+        max_tool_rounds: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_tool_rounds < 0:
+            raise ValueError("max_tool_rounds must be >= 0")
+        self.llm = llm
+        self.registry = registry
+        self.model = model
+        self.max_tool_rounds = max_tool_rounds
+        self._clock = clock
+
+    async def run(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Collection[str] = (),
+        timeout_s: float | None = None,
+        on_delta: DeltaCallback,
+        request_approval: ApprovalCallback,
+        turn_id: str = "",
+    ) -> TurnResult:
+        """Answer ``messages``, offering the enabled ``tools``, within ``timeout_s``.
+
+        Raises :class:`LLMError`: the model's failures with their category, ``timeout`` when
+        the turn outlives ``timeout_s``, ``tool_error`` for an unknown enabled tool name or a
+        model that keeps calling tools past the limit and gives no answer. A tool call that
+        fails is not fatal: the model gets the error as the tool's result and carries on.
+        Exceptions raised by ``on_delta`` propagate unchanged. Cancelling the awaiting task
+        stops the model stream and kills any running command before ``CancelledError``
+        propagates.
+        """
+        active = self.registry.subset(tools)
+        turn = _Turn(self, active, on_delta, ToolContext(request_approval, turn_id), turn_id)
+        scope = asyncio.timeout(timeout_s)
+        try:
+            async with scope:
+                return await turn.run(messages)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # someone else's timeout, e.g. from a callback
+            raise LLMError("timeout", f"turn did not finish within {timeout_s}s") from None
+
+
+class _Turn:
+    """The mutable state of one :meth:`AgentRunner.run` call."""
+
+    def __init__(
+        self,
+        runner: AgentRunner,
+        active: ToolRegistry,
+        on_delta: DeltaCallback,
+        ctx: ToolContext,
+        turn_id: str,
+    ) -> None:
+        self.runner = runner
+        self.active = active
+        self.on_delta = on_delta
+        self.ctx = ctx
+        self.turn_id = turn_id
+        self.started = runner._clock()
+        self.first_token_latency_s: float | None = None
+        self.text: list[str] = []
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    async def run(self, messages: Sequence[ChatMessage]) -> TurnResult:
+        runner = self.runner
+        specs = self.active.specs()
+        history = list(messages)
+        added: list[ChatMessage] = []
+        rounds = 0
+        while True:
+            # Past the limit the model is asked once more without tools, so it has to answer.
+            offered = specs if rounds < runner.max_tool_rounds else []
+            result = await self._call_model(history, offered, first_round=rounds == 0)
+            if not result.calls or not offered:
+                break
+            rounds += 1
+            assistant = ChatMessage("assistant", "".join(result.text), tuple(result.calls))
+            history.append(assistant)
+            added.append(assistant)
+            for call in result.calls:
+                outcome = await self._execute(call)
+                message = ChatMessage("tool", outcome.content, tool_call_id=call.id)
+                history.append(message)
+                added.append(message)
+        hit_limit = bool(specs) and runner.max_tool_rounds > 0 and rounds >= runner.max_tool_rounds
+        text = "".join(self.text)
+        if hit_limit and not text.strip():
+            raise LLMError("tool_error", f"no answer after {rounds} rounds of tool calls")
+        return TurnResult(
+            text=text,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            first_token_latency_s=self.first_token_latency_s,
+            status="tool_limit" if hit_limit else "completed",
+            tool_rounds=rounds,
+            new_messages=tuple(added),
+        )
+
+    async def _call_model(
+        self, history: list[ChatMessage], offered: list[ToolSpec], *, first_round: bool
+    ) -> _Round:
+        result = _Round()
+        chunks = self.runner.llm.stream(history, offered, model=self.runner.model)
+        try:
+            async for chunk in chunks:
+                await self._take(chunk, result, separate=not first_round)
+        finally:
+            # Stop the upstream request now, not whenever the generator is collected.
+            if isinstance(chunks, AsyncGenerator):
+                with contextlib.suppress(Exception):
+                    await chunks.aclose()
+        text = "".join(result.text)
+        self.tokens_in += (
+            result.tokens_in
+            if result.tokens_in is not None
+            else _estimate(sum(len(m.content) for m in history))
+        )
+        self.tokens_out += (
+            result.tokens_out
+            if result.tokens_out is not None
+            else _estimate(len(text) + sum(len(c.arguments) for c in result.calls))
+        )
+        return result
+
+    async def _take(self, chunk: StreamChunk, result: _Round, *, separate: bool) -> None:
+        if chunk.text:
+            if not result.text and separate and self.text:
+                # Text of a later round starts a new paragraph of the same message.
+                tail = "".join(self.text[-2:])[-2:]  # pieces are never empty
+                gap = _PARAGRAPH_BREAK[len(tail) - len(tail.rstrip("\n")) :]
+                if gap:
+                    await self._emit(gap)
+            result.text.append(chunk.text)
+            await self._emit(chunk.text)
+        elif chunk.tool_call is not None:
+            result.calls.append(chunk.tool_call)
+        elif chunk.usage is not None:
+            result.tokens_in = chunk.usage.prompt_tokens
+            result.tokens_out = chunk.usage.completion_tokens
+
+    async def _emit(self, text: str) -> None:
+        if self.first_token_latency_s is None:
+            self.first_token_latency_s = self.runner._clock() - self.started
+        self.text.append(text)
+        await self.on_delta(text)
+
+    async def _execute(self, call: ToolCall) -> ToolResult:
+        started = self.runner._clock()
+        try:
+            outcome = await self.active.execute(call.name, call.arguments, self.ctx)
+        except ToolError as exc:
+            outcome = ToolResult.error(exc.detail)
+        log.info(
+            "tool %s: %s in %.2fs (turn %s)",
+            call.name,
+            outcome.status,
+            self.runner._clock() - started,
+            self.turn_id,
+        )
+        return outcome
+
+
+def _estimate(chars: int) -> int:
+    return (chars + 3) // 4
