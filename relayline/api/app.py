@@ -15,7 +15,7 @@ from relayline.api.errors import install_error_handlers
 from relayline.api.middleware.body_limit import BodyLimitMiddleware
 from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
 from relayline.api.middleware.request_context import RequestContextMiddleware
-from relayline.api.routes import admin, agents, chats, health, publish, sessions
+from relayline.api.routes import admin, agents, chats, health, publish, sessions, web
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
@@ -82,7 +82,8 @@ class RelayApp:
 
 def create_http_app(settings: Settings) -> FastAPI:
     """Build the relay's FastAPI app. Resources are opened in the lifespan, once per process."""
-    limiter = RateLimiter(settings)
+    # Instances sharing a Redis share counters; the prefix keeps deployments apart.
+    limiter = RateLimiter(settings, key_prefix=settings.redis_prefix.rstrip(":"))
     resolver = ClientIpResolver(settings)
 
     @asynccontextmanager
@@ -155,6 +156,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         publish.router,
         sse.router,
         health.router,
+        web.router,
     ):
         app.include_router(router)
     # Added innermost first: the request context wraps everything, so even a refused request
