@@ -1,0 +1,404 @@
+"""Redis Streams bus: the shared log and cross-instance fan-out for several relay instances.
+
+Per topic: a stream ``{prefix}t:{topic}``, a seq counter ``{prefix}s:{topic}`` and an epoch
+``{prefix}e:{topic}``, changed only by the atomic scripts of :mod:`~relayline.bus.redis_scripts`,
+so seqs are contiguous across every instance. The epoch (Redis time in µs at log creation) is
+also the first half of each entry id, ``<epoch>-<seq>``: reading by seq is direct, and a new
+log's ids sort after the old one's, so no reader's cursor hides them. Losing the counter or
+epoch (flush, restart without persistence, eviction, idle expiry) starts a new log.
+
+Each instance runs one reader task: XREAD BLOCK over its listeners' streams plus a per-instance
+wake stream that ``subscribe`` appends to, so a blocked read takes a new topic within a round
+trip. Local listeners get every event through the reader (this instance's own too), so all
+instances see one order; the reader sends ``events.missed`` (see :mod:`relayline.bus.base`) on
+an epoch change or seq gap, and resyncs every topic after reconnecting with backoff. Known
+limit: if Redis's clock went back across a flush without a restart, readers see the new log
+only once they reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from typing import Any, cast
+
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import KeyT, StreamIdT
+
+from relayline.bus.base import (
+    DEFAULT_HISTORY_MAX_AGE_S,
+    DEFAULT_HISTORY_MAX_EVENTS,
+    BusContext,
+    History,
+    Listener,
+    Subscription,
+    check_bounds,
+    check_history_args,
+    check_publish_args,
+    fan_out,
+    missed_event,
+)
+from relayline.bus.redis_scripts import POSITION, PUBLISH, READ
+from relayline.envelope import Event, decode_event, encode_frame_parts, now_ms, validate_topic
+from relayline.errors import Unavailable, ValidationFailed
+from relayline.ids import new_id
+
+_log = structlog.get_logger(__name__)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+_XReadReply = list[tuple[bytes, _Entries]] | dict[bytes, _Entries] | None
+
+
+class _Feed:
+    """This instance's live view of one topic: reader cursor plus local subscriptions."""
+
+    __slots__ = ("epoch", "key", "last_id", "seq", "subscriptions", "topic")
+
+    def __init__(self, topic: str, key: bytes, epoch: str, seq: int) -> None:
+        self.topic = topic
+        self.key = key
+        self.subscriptions: tuple[Subscription, ...] = ()
+        self.move_to(epoch, seq)
+
+    def move_to(self, epoch: str, seq: int) -> None:
+        self.epoch = epoch
+        self.seq = seq
+        self.last_id = f"{epoch}-{seq}".encode()
+
+
+class RedisStreamsBus(BusContext):
+    """The Redis Streams :class:`~relayline.bus.base.Bus`; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        history_max_events: int = DEFAULT_HISTORY_MAX_EVENTS,
+        history_max_age_s: float = DEFAULT_HISTORY_MAX_AGE_S,
+        idle_ttl_s: float = 7 * 86400,
+        key_prefix: str = "relayline:",
+        block_ms: int = 2000,
+        socket_timeout_s: float = 5.0,
+        read_batch: int = 500,
+        max_connections: int = 32,
+    ) -> None:
+        check_bounds(history_max_events, history_max_age_s)
+        self._max_events = history_max_events
+        self._max_age_ms = int(history_max_age_s * 1000)
+        # The counter and epoch outlive the stream (whose entries all expire after the max age)
+        # so a quiet topic keeps its epoch and clients resume without a reload.
+        self._meta_ttl_ms = max(int(idle_ttl_s * 1000), self._max_age_ms + 1000)
+        self._stream_ttl_ms = self._max_age_ms + 1000
+        self._prefix = key_prefix
+        self._block_ms = block_ms
+        self._read_batch = read_batch
+        # A blocking pool makes a burst of publishes wait for a connection instead of failing;
+        # no automatic retry: re-sending a publish whose reply was lost would store it twice.
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._redis = Redis.from_pool(pool)
+        # The reader has its own client so the blocking XREAD never holds up a publish.
+        self.instance_id = new_id()
+        self._reader = Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s + block_ms / 1000,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"relayline-bus-reader-{self.instance_id}",  # visible in CLIENT LIST
+        )
+        self._publish_script = self._redis.register_script(PUBLISH)
+        self._read_script = self._redis.register_script(READ)
+        self._position_script = self._redis.register_script(POSITION)
+        self._wake_key = f"{key_prefix}w:{self.instance_id}".encode()
+        self._wake_id = b"0-0"
+        self._feeds: dict[str, _Feed] = {}
+        self._by_key: dict[bytes, _Feed] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connected = False
+        self._closed = False
+
+    def _keys(self, topic: str) -> list[str]:
+        return [f"{self._prefix}{kind}:{topic}" for kind in "tse"]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("event bus is closed")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._check_open()
+        try:
+            await self._redis.ping()
+            self._connected = True
+        except _UNREACHABLE as exc:
+            _log.warning("bus.redis_unreachable", error=str(exc))
+        self._ensure_reader()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._connected = False
+        task = self._reader_task
+        # On Python 3.11 redis-py can swallow a cancel that lands while it sends a command
+        # (asyncio.wait_for races the send); the loop also checks _closed, and we cancel again.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
+        for feed in self._feeds.values():
+            for sub in feed.subscriptions:
+                sub.active = False
+        self._feeds.clear()
+        self._by_key.clear()
+        try:
+            with contextlib.suppress(*_UNREACHABLE):
+                await asyncio.wait_for(self._redis.delete(self._wake_key), 1.0)
+        finally:
+            await self._reader.aclose()
+            await self._redis.aclose()
+
+    async def ready(self) -> bool:
+        if self._closed or not self._connected:
+            return False
+        try:
+            return bool(await self._redis.ping())
+        except _UNREACHABLE:
+            return False
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, topic: str, type: str, data: dict[str, Any]) -> Event:
+        return (await self.publish_many(topic, ((type, data),)))[0]
+
+    async def publish_many(
+        self, topic: str, items: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[Event]:
+        self._check_open()
+        validate_topic(topic)
+        if not items:
+            return []
+        ts = now_ms()
+        prepared: list[tuple[str, str, dict[str, Any], bytes, bytes]] = []
+        args: list[str | bytes | int] = [
+            self._meta_ttl_ms,
+            ts - self._max_age_ms,
+            self._max_events,
+            self._stream_ttl_ms,
+        ]
+        for type_, data in items:
+            check_publish_args(type_, data)
+            event_id = new_id()
+            head, tail = encode_frame_parts(event_id, topic, type_, ts, data)
+            prepared.append((event_id, type_, data, head, tail))
+            args += (head, tail, ts)
+        try:
+            raw_epoch, first = await self._publish_script(keys=self._keys(topic), args=args)
+        except _UNREACHABLE as exc:
+            raise Unavailable("event bus unavailable") from exc
+        epoch = raw_epoch.decode()
+        return [
+            Event(id_, topic, type_, seq, epoch, ts, data, b"%b%d%b" % (head, seq, tail))
+            for seq, (id_, type_, data, head, tail) in enumerate(prepared, first)
+        ]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def position(self, topic: str) -> tuple[str, int]:
+        self._check_open()
+        validate_topic(topic)
+        args = (self._meta_ttl_ms, 0, "", 0)
+        try:
+            epoch, last = await self._position_script(keys=self._keys(topic), args=args)
+        except _UNREACHABLE as exc:
+            raise Unavailable("event bus unavailable") from exc
+        return epoch.decode(), int(last)
+
+    async def history(self, topic: str, after_seq: int, limit: int) -> History:
+        self._check_open()
+        validate_topic(topic)
+        check_history_args(after_seq, limit)
+        cutoff = now_ms() - self._max_age_ms
+        # At least one entry, so that ``complete`` is known even for limit 0.
+        args = (self._meta_ttl_ms, cutoff, after_seq, max(limit, 1))
+        try:
+            raw_epoch, last, entries = await self._read_script(keys=self._keys(topic), args=args)
+        except _UNREACHABLE as exc:
+            raise Unavailable("event bus unavailable") from exc
+        epoch = raw_epoch.decode()
+        if after_seq >= last:
+            # Beyond the end can only be a client confused about the epoch: make it resync.
+            return History(epoch, [], after_seq == last, last)
+        events: list[Event] = []
+        first_seq = 0
+        for raw_id, fields in entries:
+            # fields is the flat [b"t", ts, b"f", frame] the script stored.
+            if not events and int(fields[1]) < cutoff:
+                continue  # expired but not yet trimmed (trimming is bounded per call)
+            try:
+                event = decode_event(fields[3], epoch)
+            except ValidationFailed:
+                # A damaged entry is a hole: stop before it, so the caller resynchronises.
+                _log.error("bus.bad_entry", topic=topic, entry_id=raw_id.decode())
+                break
+            if not events:
+                first_seq = int(raw_id.partition(b"-")[2])
+            events.append(event)
+        return History(epoch, events[:limit], first_seq == after_seq + 1, last)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, listener: Listener) -> Subscription:
+        self._check_open()
+        validate_topic(topic)
+        feed = self._feeds.get(topic)
+        if feed is None:
+            epoch, last = await self.position(topic)
+            feed = self._feeds.get(topic)  # a concurrent subscribe may have won the race
+            if feed is None:
+                key = f"{self._prefix}t:{topic}".encode()
+                feed = self._feeds[topic] = self._by_key[key] = _Feed(topic, key, epoch, last)
+                await self._wake_reader()
+        sub = Subscription(self, topic, listener)
+        feed.subscriptions = (*feed.subscriptions, sub)
+        self._ensure_reader()
+        return sub
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.active = False
+        feed = self._feeds.get(subscription.topic)
+        if feed is None or subscription not in feed.subscriptions:
+            return
+        feed.subscriptions = tuple(s for s in feed.subscriptions if s is not subscription)
+        if not feed.subscriptions:
+            # The reader drops the stream from its next XREAD; a reply already in flight for it
+            # finds no feed (or a fresh one that skips seqs it has passed).
+            del self._feeds[feed.topic]
+            del self._by_key[feed.key]
+
+    async def _wake_reader(self) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": 1}, maxlen=1, approximate=False)
+                pipe.pexpire(self._wake_key, 600_000)
+                await pipe.execute()
+        except _UNREACHABLE:
+            pass  # the reader is disconnected and will resync every feed when it is back
+
+    # -- the reader --------------------------------------------------------------------------
+
+    def _ensure_reader(self) -> None:
+        if self._reader_task is None or self._reader_task.done():
+            self._reader_task = asyncio.get_running_loop().create_task(
+                self._read_loop(), name="relayline-bus-reader"
+            )
+
+    async def _read_loop(self) -> None:
+        failures = 0
+        resync = False
+        while not self._closed:
+            try:
+                if resync:
+                    await self._resync()
+                    resync = False
+                    self._connected = True
+                streams: dict[KeyT, StreamIdT] = {self._wake_key: self._wake_id}
+                for key, feed in self._by_key.items():
+                    streams[key] = feed.last_id
+                reply = cast(
+                    "_XReadReply",
+                    await self._reader.xread(streams, count=self._read_batch, block=self._block_ms),
+                )
+            except _UNREACHABLE as exc:
+                if self._connected or failures == 0:
+                    _log.warning("bus.redis_disconnected", error=str(exc))
+                self._connected = False
+                resync = True
+                failures += 1
+                await asyncio.sleep(_backoff(failures))
+                continue
+            except RedisError:
+                _log.exception("bus.reader_failed")
+                failures += 1
+                await asyncio.sleep(_backoff(failures))
+                continue
+            if not self._connected and failures:
+                _log.info("bus.redis_reconnected")
+            self._connected = True
+            failures = 0
+            try:
+                self._dispatch(reply)
+            except Exception:
+                # Never let one malformed reply end cross-instance delivery for good.
+                _log.exception("bus.dispatch_failed")
+
+    def _dispatch(self, reply: _XReadReply) -> None:
+        # Depending on the protocol version redis-py gives a list of pairs or a dict.
+        for key, entries in reply.items() if isinstance(reply, dict) else reply or ():
+            if key == self._wake_key:
+                self._wake_id = entries[-1][0]
+            elif (feed := self._by_key.get(key)) is not None:
+                self._deliver(feed, entries)
+
+    async def _resync(self) -> None:
+        """After a reconnect: a feed whose log was replaced (or went back) gets the signal now."""
+        feeds = list(self._feeds.values())
+        for start in range(0, len(feeds), 500):
+            chunk = feeds[start : start + 500]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for feed in chunk:
+                    args = (self._meta_ttl_ms, 0, feed.epoch, feed.seq)
+                    await self._position_script(keys=self._keys(feed.topic), args=args, client=pipe)
+                results = await pipe.execute()
+            for feed, (raw_epoch, last) in zip(chunk, results, strict=True):
+                epoch = raw_epoch.decode()
+                if epoch != feed.epoch and self._feeds.get(feed.topic) is feed:
+                    feed.move_to(epoch, int(last))
+                    signal = missed_event(feed.topic, epoch, int(last), "epoch_changed")
+                    fan_out(feed.subscriptions, signal)
+
+    def _deliver(self, feed: _Feed, entries: _Entries) -> None:
+        """Fan out entries in order, once each, signalling an epoch change or a gap first."""
+        for raw_id, fields in entries:
+            raw_epoch, _, raw_seq = raw_id.partition(b"-")
+            seq = int(raw_seq)
+            epoch = raw_epoch.decode()
+            if epoch != feed.epoch:
+                if int(epoch) < int(feed.epoch):
+                    continue  # from a log already replaced (a reply that raced a re-subscribe)
+                feed.epoch, feed.seq = epoch, seq - 1
+                signal = missed_event(feed.topic, epoch, seq - 1, "epoch_changed")
+                fan_out(feed.subscriptions, signal)
+            elif seq <= feed.seq:
+                continue  # already delivered (a reply that raced a re-subscribe)
+            elif seq > feed.seq + 1:
+                feed.seq = seq - 1
+                fan_out(feed.subscriptions, missed_event(feed.topic, epoch, seq - 1, "gap"))
+            feed.last_id = raw_id
+            try:
+                event = decode_event(fields[b"f"], epoch)
+            except (KeyError, ValidationFailed):
+                # Leaving feed.seq behind makes the next entry signal a gap for this one.
+                _log.error("bus.bad_entry", topic=feed.topic, entry_id=raw_id.decode())
+                continue
+            feed.seq = seq
+            fan_out(feed.subscriptions, event)
+
+
+def _backoff(failures: int) -> float:
+    """Exponential backoff with full jitter, from 50 ms up to 5 s."""
+    return random.uniform(0, min(5.0, 0.05 * 2 ** min(failures, 10)))
