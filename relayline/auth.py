@@ -98,12 +98,16 @@ class Authenticator:
         cached = self._keys.get(cache_key)
         if isinstance(cached, Principal):
             return cached
-        async with self._db.write() as session:
+        # Looked up in a read: a wrong key must not take the write lock (SQLite's only one).
+        async with self._db.read() as session:
             found = await tenants.find_key(session, key)
-            if found is None:
-                raise Unauthorized("invalid API key")
-            row, tenant = found
-            await tenants.touch_key(session, row.id, now_ms())
+        if found is None:
+            raise Unauthorized("invalid API key")
+        row, tenant = found
+        now = now_ms()
+        if row.last_used_at is None or row.last_used_at < now - tenants.LAST_USED_RESOLUTION_MS:
+            async with self._db.write() as session:
+                await tenants.touch_key(session, row.id, now)
         principal = Principal(
             kind="tenant", tenant_id=tenant.id, key_id=row.id, scopes=frozenset(row.scopes)
         )

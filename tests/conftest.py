@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,16 @@ def make_settings(sqlite_url: str) -> SettingsFactory:
 class Api:
     """An httpx client bound to the app, with helpers for the usual set-up steps."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, app: Any = None) -> None:
         self.client = client
+        self.app = app
+
+    @asynccontextmanager
+    async def peer(self, client_ip: str, port: int = 40000) -> AsyncIterator[httpx.AsyncClient]:
+        """Another client of the same running app, connecting from ``client_ip``."""
+        transport = httpx.ASGITransport(app=self.app, client=(client_ip, port))
+        async with httpx.AsyncClient(transport=transport, base_url=self.client.base_url) as client:
+            yield client
 
     async def tenant_with_key(
         self, name: str = "acme", scopes: list[str] | None = None
@@ -113,6 +122,19 @@ class Api:
         return str(r.json()["id"])
 
 
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, str]:
+    """The response is the API's error shape, with ``X-Request-ID`` matching the body."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, str] = body["error"]
+    assert set(error) == {"code", "detail", "request_id"}, body
+    assert error["code"] == code, body
+    assert isinstance(error["detail"], str) and error["detail"]
+    assert error["request_id"] and response.headers["X-Request-ID"] == error["request_id"]
+    return error
+
+
 def admin_headers() -> dict[str, str]:
     return bearer(ADMIN_KEY)
 
@@ -128,7 +150,7 @@ async def open_client(settings: Settings, client_ip: str = "127.0.0.1") -> Async
         app.http.router.lifespan_context(app.http),
         httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client,
     ):
-        yield Api(client)
+        yield Api(client, app)
 
 
 @pytest.fixture

@@ -75,3 +75,15 @@ def check_max_len(field: str, value: str | None, limit: int) -> None:
 def check_max(field: str, value: int, limit: int) -> None:
     if value > limit:
         raise ValidationFailed(f"{field}: at most {limit}")
+
+
+DEFAULT_PAGE_SIZE = 50
+
+
+def page_size(limit: int | None, max_page_size: int) -> int:
+    """The requested page size, or the default capped by ``RELAYLINE_MAX_PAGE_SIZE`` (a fixed
+    default above a lowered maximum would make every request without ``limit`` a 422)."""
+    if limit is None:
+        return min(DEFAULT_PAGE_SIZE, max_page_size)
+    check_max("limit", limit, max_page_size)
+    return limit

@@ -15,4 +15,7 @@ from relayline.api.schemas import ID_PATTERN, MAX_SEQ
 IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 AfterId = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 AfterSeq = Annotated[int, Query(ge=0, le=MAX_SEQ)]
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = Annotated[
+    int | None,
+    Query(ge=1, le=1000, description="page size; default 50, at most RELAYLINE_MAX_PAGE_SIZE"),
+]

@@ -48,6 +48,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
+        # asyncpg waits 60 s by default; a start-up against an address that drops packets
+        # should fail with a clear message well before a supervisor gives up on the process.
+        connect_args={"timeout": settings.db_connect_timeout_s},
         pool_pre_ping=True,
         pool_recycle=1800,
     )

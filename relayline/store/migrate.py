@@ -1,7 +1,8 @@
 """Schema migrations (Alembic), run on the process's own engine.
 
 On PostgreSQL an advisory lock serialises instances that start together, so only one of them
-upgrades the schema and the others find it done.
+upgrades the schema and the others find it done. The lock is transaction-scoped: it is released
+by the commit that publishes the new schema, never before it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,10 @@ def head_revision() -> str | None:
 
 def _upgrade(connection: Connection, revision: str) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
-    try:
-        command.upgrade(_config(connection), revision)
-    finally:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
+        # A session lock released here would let the next instance in before this transaction
+        # commits; it would then find no schema, try to create it, and fail on the tables.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+    command.upgrade(_config(connection), revision)
 
 
 def _current(connection: Connection) -> str | None:

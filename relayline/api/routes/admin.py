@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from relayline.api import schemas as s
-from relayline.api.deps import Admin, State, check_max
+from relayline.api.deps import Admin, State, page_size
 from relayline.api.params import AfterId, IdPath, Limit
 from relayline.api_keys import SCOPES
 from relayline.store import tenants
@@ -24,9 +24,9 @@ async def list_tenants(
     _: Admin,
     st: State,
     after: AfterId = None,
-    limit: Limit = 50,
+    limit: Limit = None,
 ) -> s.TenantList:
-    check_max("limit", limit, st.settings.max_page_size)
+    limit = page_size(limit, st.settings.max_page_size)
     async with st.db.read() as session:
         rows = await tenants.list_tenants(session, after, limit)
     return s.TenantList(

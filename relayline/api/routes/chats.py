@@ -9,7 +9,14 @@ from fastapi import APIRouter, Header
 
 from relayline import session_tokens
 from relayline.api import schemas as s
-from relayline.api.deps import State, TenantChats, TenantOnlyChats, check_max, check_max_len
+from relayline.api.deps import (
+    State,
+    TenantChats,
+    TenantOnlyChats,
+    check_max,
+    check_max_len,
+    page_size,
+)
 from relayline.api.params import AfterId, AfterSeq, IdPath, Limit
 from relayline.auth import Principal
 from relayline.errors import Forbidden, NotFound, ValidationFailed
@@ -57,10 +64,10 @@ async def list_chats(
     who: TenantChats,
     st: State,
     after: AfterId = None,
-    limit: Limit = 50,
+    limit: Limit = None,
     archived: bool = False,
 ) -> s.ChatList:
-    check_max("limit", limit, st.settings.max_page_size)
+    limit = page_size(limit, st.settings.max_page_size)
     async with st.db.read() as session:
         rows = await chats.list_chats(
             session,
@@ -133,10 +140,10 @@ async def list_messages(
     who: TenantChats,
     st: State,
     after: AfterSeq = 0,
-    limit: Limit = 50,
+    limit: Limit = None,
 ) -> s.MessageList:
     tenant_id = _visible(who, chat_id)
-    check_max("limit", limit, st.settings.max_page_size)
+    limit = page_size(limit, st.settings.max_page_size)
     async with st.db.read() as session:
         await chats.get_chat(session, tenant_id, chat_id)
         rows = await chats.list_messages(session, chat_id, after_seq=after, limit=limit)

@@ -1,0 +1,309 @@
+"""The store on SQLite and PostgreSQL: migrations, keys, messages and turns."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event, func, select, text
+
+from relayline import api_keys
+from relayline.errors import Conflict, NotFound
+from relayline.store import chats, migrate, tenants
+from relayline.store.database import Database
+from relayline.store.models import Chat, Message, Tenant, Turn
+from tests.conftest import SettingsFactory
+
+
+@pytest.fixture
+async def db(make_settings: SettingsFactory, db_url: str) -> AsyncIterator[Database]:
+    database = Database(make_settings(database_url=db_url))
+    try:
+        await migrate.upgrade(database.engine)
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def _tenant(db: Database, name: str = "acme") -> Tenant:
+    async with db.write() as session:
+        return await tenants.create_tenant(session, name)
+
+
+async def _chat(db: Database, tenant_id: str) -> Chat:
+    async with db.write() as session:
+        return await chats.create_chat(session, tenant_id, "t")
+
+
+async def _turn_states(db: Database, turn_ids: list[str]) -> list[str]:
+    async with db.read() as session:
+        return [(await session.get_one(Turn, turn_id)).state for turn_id in turn_ids]
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+async def test_migrations_reach_head_and_rerunning_is_a_no_op(db: Database) -> None:
+    head = migrate.head_revision()
+    assert head is not None
+    assert await migrate.current_revision(db.engine) == head
+    tenant = await _tenant(db)
+
+    await migrate.upgrade(db.engine)
+
+    assert await migrate.current_revision(db.engine) == head
+    async with db.read() as session:
+        assert (await session.get_one(Tenant, tenant.id)).name == "acme"
+        versions = (await session.execute(text("SELECT version_num FROM alembic_version"))).all()
+    assert [row[0] for row in versions] == [head]
+
+
+@pytest.fixture
+def fresh_pg_url(pg_url: str) -> Iterator[str]:
+    """An empty database of its own on the test server (no schema yet)."""
+    server, _, _ = pg_url.rpartition("/")
+    name = f"relayline_migrate_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_url, timeout=3)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.postgres
+async def test_concurrent_upgrades_on_postgres_both_succeed(
+    make_settings: SettingsFactory, fresh_pg_url: str
+) -> None:
+    settings = make_settings(database_url=fresh_pg_url)
+
+    def slow_commit(_conn: Any) -> None:
+        # Hold the migration's transaction open a moment, as a slow commit would: an instance
+        # that got the lock before this commit would find no schema yet and fail on its tables.
+        time.sleep(0.3)
+
+    async def one_instance() -> str | None:
+        database = Database(settings)
+        event.listen(database.engine.sync_engine, "commit", slow_commit)
+        try:
+            await migrate.upgrade(database.engine)
+            return await migrate.current_revision(database.engine)
+        finally:
+            await database.dispose()
+
+    def in_own_thread() -> str | None:
+        # A loop per thread, like two processes: neither waits on the other's event loop.
+        return asyncio.run(one_instance())
+
+    revisions = await asyncio.gather(
+        asyncio.to_thread(in_own_thread), asyncio.to_thread(in_own_thread)
+    )
+
+    assert revisions == [migrate.head_revision()] * 2
+
+
+# --- tenants and keys -----------------------------------------------------------------------
+
+
+async def test_find_key_accepts_only_the_live_key_of_an_enabled_tenant(db: Database) -> None:
+    tenant = await _tenant(db)
+    async with db.write() as session:
+        row, key = await tenants.create_key(session, tenant.id, ["chats"], "server")
+        other_row, other_key = await tenants.create_key(session, tenant.id, ["chats"], None)
+
+    async with db.read() as session:
+        found = await tenants.find_key(session, key)
+        assert found is not None and found[0].id == row.id and found[1].id == tenant.id
+        prefix = api_keys.prefix_of(key)
+        assert prefix is not None
+        wrong_secret = f"rl_{prefix}_{'A' * 43}"
+        assert await tenants.find_key(session, wrong_secret) is None
+        assert await tenants.find_key(session, key[:-1]) is None
+        assert await tenants.find_key(session, "not-a-key") is None
+        assert await tenants.find_key(session, f"rl_{'0' * 12}_{key.split('_', 2)[2]}") is None
+
+    async with db.write() as session:
+        await tenants.revoke_key(session, row.id)
+    async with db.read() as session:
+        assert await tenants.find_key(session, key) is None
+        assert await tenants.find_key(session, other_key) is not None
+
+    async with db.write() as session:
+        await tenants.set_disabled(session, tenant.id, True)
+    async with db.read() as session:
+        assert await tenants.find_key(session, other_key) is None
+
+    async with db.write() as session:
+        await tenants.set_disabled(session, tenant.id, False)
+    async with db.read() as session:
+        found = await tenants.find_key(session, other_key)
+        assert found is not None and found[0].id == other_row.id
+
+
+async def test_key_is_stored_hashed(db: Database) -> None:
+    tenant = await _tenant(db)
+    async with db.write() as session:
+        row, key = await tenants.create_key(session, tenant.id, ["chats"], None)
+
+    async with db.read() as session:
+        query = text("SELECT * FROM api_keys WHERE id = :id")
+        stored = (await session.execute(query, {"id": row.id})).all()
+    assert len(stored) == 1
+    assert all(key not in str(value) for value in stored[0])
+    assert row.key_hash == api_keys.hash_key(key)
+
+
+async def test_unknown_tenant_is_not_found(db: Database) -> None:
+    async with db.write() as session:
+        with pytest.raises(NotFound):
+            await tenants.create_key(session, "01ARZ3NDEKTSV4RRFFQ69G5FAV", ["chats"], None)
+    async with db.write() as session:
+        with pytest.raises(NotFound):
+            await tenants.set_disabled(session, "01ARZ3NDEKTSV4RRFFQ69G5FAV", True)
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+async def test_post_user_message_allocates_seqs_and_dedupes(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat = await _chat(db, tenant.id)
+
+    plain = [await chats.post_user_message(db, tenant.id, chat.id, f"m{i}", None) for i in range(3)]
+    first = await chats.post_user_message(db, tenant.id, chat.id, "once", "c-1")
+    again = await chats.post_user_message(db, tenant.id, chat.id, "twice", "c-1")
+
+    assert [p.message.seq for p in plain] == [1, 2, 3]
+    assert all(p.created and p.turn is not None for p in plain)
+    assert first.created and first.message.seq == 4
+    assert not again.created
+    assert again.message.id == first.message.id and again.message.content == "once"
+    assert again.turn is not None and first.turn is not None
+    assert again.turn.id == first.turn.id
+    async with db.read() as session:
+        assert (await session.get_one(Chat, chat.id)).last_seq == 4
+        count = await session.scalar(
+            select(func.count()).select_from(Message).where(Message.chat_id == chat.id)
+        )
+        turns = await session.scalar(
+            select(func.count()).select_from(Turn).where(Turn.chat_id == chat.id)
+        )
+    assert count == 4 and turns == 4
+
+
+async def test_concurrent_duplicates_store_one_message(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat = await _chat(db, tenant.id)
+
+    results = await asyncio.gather(
+        *(chats.post_user_message(db, tenant.id, chat.id, f"try {i}", "dup") for i in range(10))
+    )
+
+    assert sum(r.created for r in results) == 1
+    assert len({r.message.id for r in results}) == 1
+    async with db.read() as session:
+        assert (await session.get_one(Chat, chat.id)).last_seq == 1
+
+
+async def test_post_user_message_checks_the_chat(db: Database) -> None:
+    tenant = await _tenant(db)
+    other = await _tenant(db, "other")
+    chat = await _chat(db, tenant.id)
+
+    with pytest.raises(NotFound):
+        await chats.post_user_message(db, other.id, chat.id, "x", None)
+    with pytest.raises(NotFound):
+        await chats.post_user_message(db, other.id, chat.id, "x", "with-id")
+    async with db.write() as session:
+        await chats.archive_chat(session, tenant.id, chat.id)
+    with pytest.raises(Conflict):
+        await chats.post_user_message(db, tenant.id, chat.id, "x", None)
+    async with db.read() as session:
+        assert (await session.get_one(Chat, chat.id)).last_seq == 0
+
+
+async def test_list_messages_pages_by_seq(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat, other = await _chat(db, tenant.id), await _chat(db, tenant.id)
+    for i in range(5):
+        await chats.post_user_message(db, tenant.id, chat.id, f"m{i}", None)
+    await chats.post_user_message(db, tenant.id, other.id, "elsewhere", None)
+
+    async with db.read() as session:
+
+        async def page(after: int, limit: int) -> list[str]:
+            rows = await chats.list_messages(session, chat.id, after_seq=after, limit=limit)
+            return [row.content for row in rows]
+
+        assert await page(0, 2) == ["m0", "m1"]
+        assert await page(2, 2) == ["m2", "m3"]
+        assert await page(4, 2) == ["m4"]
+        assert await page(5, 2) == []
+        assert await page(0, 100) == [f"m{i}" for i in range(5)]
+
+
+async def test_cancel_stops_only_the_oldest_active_turn(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat = await _chat(db, tenant.id)
+    posted = [
+        await chats.post_user_message(db, tenant.id, chat.id, f"m{i}", None) for i in range(3)
+    ]
+    turn_ids = [p.turn.id for p in posted if p.turn is not None]
+    assert len(turn_ids) == 3
+
+    async with db.write() as session:
+        cancelled = await chats.cancel_active_turn(session, chat.id)
+    assert cancelled is not None and cancelled.id == turn_ids[0]
+    assert await _turn_states(db, turn_ids) == ["cancelled", "queued", "queued"]
+
+    # A running turn is "in progress" just like a queued one.
+    async with db.write() as session:
+        (await session.get_one(Turn, turn_ids[1])).state = "running"
+    async with db.write() as session:
+        cancelled = await chats.cancel_active_turn(session, chat.id)
+    assert cancelled is not None and cancelled.id == turn_ids[1]
+    assert cancelled.finished_at is not None
+    assert await _turn_states(db, turn_ids) == ["cancelled", "cancelled", "queued"]
+
+    async with db.write() as session:
+        await chats.cancel_active_turn(session, chat.id)
+        assert await chats.cancel_active_turn(session, chat.id) is None
+    assert await _turn_states(db, turn_ids) == ["cancelled"] * 3
+
+
+async def test_chats_are_listed_per_tenant_newest_first(db: Database) -> None:
+    tenant, other = await _tenant(db), await _tenant(db, "other")
+    ids = [(await _chat(db, tenant.id)).id for _ in range(3)]
+    await _chat(db, other.id)
+    async with db.write() as session:
+        await chats.archive_chat(session, tenant.id, ids[1])
+
+    async with db.read() as session:
+        visible = await chats.list_chats(
+            session, tenant.id, after=None, limit=10, include_archived=False
+        )
+        everything = await chats.list_chats(
+            session, tenant.id, after=None, limit=10, include_archived=True
+        )
+        only = await chats.list_chats(
+            session, tenant.id, after=None, limit=10, include_archived=True, only=frozenset(ids[:1])
+        )
+        after = await chats.list_chats(
+            session, tenant.id, after=ids[2], limit=10, include_archived=True
+        )
+    assert [c.id for c in visible] == [ids[2], ids[0]]
+    assert [c.id for c in everything] == ids[::-1]
+    assert [c.id for c in only] == [ids[0]]
+    assert [c.id for c in after] == [ids[1], ids[0]]
