@@ -141,6 +141,15 @@ class Settings(BaseSettings):
     # Instances (used to warn when per-process backends are shared by several instances)
     instances: int = Field(1, ge=1, le=1000)
 
+    # Public chat widget (relayline/api/routes/public.py). A tenant mints an access code; a
+    # visitor trades it (after a proof-of-work when the challenge is on) for a session token
+    # scoped to one new chat of their own.
+    public_challenge: Literal["on", "off"] = "off"
+    public_challenge_bits: int = Field(16, ge=1, le=32)  # leading zero bits of sha256
+    public_challenge_ttl_s: int = Field(120, ge=10, le=3600)
+    public_session_ttl_s: int = Field(3600, ge=60, le=7 * 86400)
+    public_code_max_ttl_s: int = Field(365 * 86400, ge=60, le=5 * 365 * 86400)
+
     @field_validator("allowed_origins", "trusted_proxies", "worker_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates ./.venv and installs relayline with its development tools. Idempotent.
+# Creates ./.venv, installs relayline with its development tools, and builds the web UI's
+# vendor bundle (npm packages; Node.js 20+). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,3 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+if [ ! -s relayline/web/static/vendor/vendor.js ] || [ web/package-lock.json -nt relayline/web/static/vendor/vendor.js ]; then
+  bash scripts/build_web.sh
+fi

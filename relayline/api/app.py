@@ -15,7 +15,7 @@ from relayline.api.errors import install_error_handlers
 from relayline.api.middleware.body_limit import BodyLimitMiddleware
 from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
 from relayline.api.middleware.request_context import RequestContextMiddleware
-from relayline.api.routes import admin, agents, chats, health, publish, sessions, web
+from relayline.api.routes import admin, agents, chats, health, public, publish, sessions, web
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
@@ -156,6 +156,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         publish.router,
         sse.router,
         health.router,
+        public.router,
         web.router,
     ):
         app.include_router(router)

@@ -1,0 +1,239 @@
+// The admin console: sign-in with the admin key (kept in sessionStorage, so it leaves with
+// the tab), health and key figures, workers live over the `admin` topic, tenants and keys.
+
+import { Api } from "./api.js";
+import { TenantsPanel } from "./admin_tenants.js";
+import { badge, el } from "./dom.js";
+import { apiErrorText, connectionText } from "./errors.js";
+import { keyFigures, parseMetrics } from "./metrics.js";
+import { RelaySocket } from "./socket.js";
+
+const KEY = "relayline.admin";
+const REFRESH_MS = 10_000;
+const $ = (id) => document.getElementById(id);
+const number = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+
+const STATUS_TONE = { ready: "ok", busy: "info", draining: "warn", degraded: "warn", error: "bad" };
+const BREAKER_TONE = { closed: "ok", half_open: "warn", open: "bad" };
+
+class AdminApp {
+  constructor() {
+    this.key = sessionStorage.getItem(KEY);
+    this.api = new Api({ token: () => this.key });
+    this.workers = new Map();
+    this.liveEvents = 0;
+    this.queued = 0;
+    this.section = "overview";
+    this.socket = null;
+    this.timer = null;
+    this.tenants = new TenantsPanel({ api: this.api, toast: (t, k) => this.toast(t, k) });
+  }
+
+  start() {
+    $("login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.signIn($("admin-key").value.trim());
+    });
+    $("logout").addEventListener("click", () => this.signOut());
+    $("refresh-overview").addEventListener("click", () => this.refreshWorkers().then(() => this.refreshOverview()));
+    addEventListener("hashchange", () => this.show(location.hash.slice(1)));
+    if (this.key) this.enter();
+    else this.showLogin();
+  }
+
+  showLogin(error) {
+    $("console").hidden = true;
+    $("login").hidden = false;
+    $("login-error").hidden = !error;
+    $("login-error").textContent = error ?? "";
+    $("admin-key").focus();
+  }
+
+  async signIn(key) {
+    if (!key) return;
+    this.key = key;
+    try {
+      await this.api.get("/v1/admin/tenants?limit=1", { retries: 0 });
+    } catch (err) {
+      this.key = null;
+      this.showLogin(err.status === 401 || err.status === 403 ? "That key was not accepted." : apiErrorText(err));
+      return;
+    }
+    sessionStorage.setItem(KEY, key);
+    $("admin-key").value = "";
+    this.enter();
+  }
+
+  signOut() {
+    sessionStorage.removeItem(KEY);
+    this.key = null;
+    this.socket?.close();
+    this.socket = null;
+    clearInterval(this.timer);
+    this.showLogin();
+  }
+
+  enter() {
+    $("login").hidden = true;
+    $("console").hidden = false;
+    this.connect();
+    this.show(location.hash.slice(1) || "overview");
+    // The overview's worker card reads the worker list, so that comes first.
+    this.refreshWorkers().then(() => this.refreshOverview());
+    this.tenants.load().catch((err) => this.failed(err));
+    clearInterval(this.timer);
+    this.timer = setInterval(() => {
+      if (document.hidden) return;
+      this.refreshWorkers().then(() => this.section === "overview" && this.refreshOverview());
+    }, REFRESH_MS);
+  }
+
+  show(section) {
+    if (!["overview", "tenants", "workers"].includes(section)) section = "overview";
+    this.section = section;
+    for (const node of document.querySelectorAll("[data-section]")) node.hidden = node.dataset.section !== section;
+    for (const tab of document.querySelectorAll("[data-tab]")) {
+      const on = tab.dataset.tab === section;
+      tab.classList.toggle("is-active", on);
+      if (on) tab.setAttribute("aria-current", "page");
+      else tab.removeAttribute("aria-current");
+    }
+  }
+
+  failed(err) {
+    if (err?.status === 401) {
+      this.signOut();
+      this.showLogin("The admin key is no longer accepted. Sign in again.");
+      return;
+    }
+    this.toast(apiErrorText(err), "error");
+  }
+
+  toast(text, kind = "info") {
+    const node = el("div", `toast toast--${kind}`, text);
+    node.setAttribute("role", kind === "error" ? "alert" : "status");
+    $("toasts").append(node);
+    setTimeout(() => node.remove(), 5000);
+  }
+
+  // Live workers over the admin topic
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    this.socket = new RelaySocket({ url: `${scheme}://${location.host}/v1/ws`, token: () => this.key });
+    this.socket.on("state", (status) => {
+      $("conn").dataset.state = status.state;
+      $("conn").lastChild.textContent = status.state === "online" ? "Live" : connectionText(status);
+    });
+    this.socket.on("event", (event) => {
+      if (event.type === "worker.state" && event.data?.worker_id) {
+        this.liveEvents += 1;
+        this.workers.set(event.data.worker_id, { ...event.data, seen: Date.now() });
+        this.renderWorkers();
+      }
+    });
+    this.socket.on("ready", () => this.refreshWorkers());
+    this.socket.on("auth", () => this.failed({ status: 401 }));
+    this.socket.topics.set("admin", { epoch: null, seq: 0 });
+    this.socket.connect();
+  }
+
+  async refreshWorkers() {
+    try {
+      const body = await this.api.get("/v1/admin/workers");
+      this.workers = new Map(body.items.map((w) => [w.worker_id, w]));
+      this.queued = body.queued_turns;
+      this.renderWorkers();
+    } catch (err) {
+      this.failed(err);
+    }
+  }
+
+  renderWorkers() {
+    const rows = [...this.workers.values()].sort((a, b) => a.worker_id.localeCompare(b.worker_id)).map((w) => {
+      const tr = el("tr");
+      const name = el("td");
+      name.append(el("strong", "mono", w.worker_id), el("div", "sub", `key ${w.key_id}`));
+      const state = el("td");
+      const status = w.draining ? "draining" : w.status ?? "unknown";
+      state.append(badge(status, STATUS_TONE[status] ?? "muted"));
+      if (w.detail) state.append(el("div", "sub", w.detail));
+      const load = el("td");
+      const meter = el("div", "meter");
+      const fill = el("span", "meter__fill");
+      const ratio = w.capacity ? Math.min(1, w.inflight / w.capacity) : 0;
+      fill.style.width = `${Math.round(ratio * 100)}%`;
+      meter.append(fill);
+      load.append(el("span", "mono", `${w.inflight} / ${w.capacity}`), meter);
+      const breaker = el("td");
+      breaker.append(badge(w.breaker ?? "—", BREAKER_TONE[w.breaker] ?? "muted"));
+      const error = el("td", w.last_error ? "mono" : "muted", w.last_error ?? "none");
+      tr.append(name, state, load, breaker, error);
+      return tr;
+    });
+    $("worker-rows").replaceChildren(...rows);
+    $("workers-empty").hidden = rows.length > 0;
+    $("workers-note").textContent = `${rows.length} connected · ${this.queued} turns waiting`;
+  }
+
+  // Overview
+
+  async refreshOverview() {
+    const [health, ready, metrics] = await Promise.allSettled([
+      fetch("/health", { cache: "no-store" }).then((r) => r.json()),
+      fetch("/health/ready", { cache: "no-store" }).then((r) => r.json()),
+      this.api.get("/metrics"),
+    ]);
+    const row = [];
+    const live = health.status === "fulfilled" && health.value.status === "ok";
+    row.push(this.healthCard("Liveness", live ? "ok" : "down", live ? "The relay answers." : "No answer from /health."));
+    if (ready.status === "fulfilled") {
+      const checks = ready.value.checks ?? {};
+      const ok = ready.value.status === "ready";
+      const detail = Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join(" · ");
+      row.push(this.healthCard("Readiness", ok ? "ready" : "not ready", detail));
+    } else {
+      row.push(this.healthCard("Readiness", "unknown", "No answer from /health/ready."));
+    }
+    const workers = [...this.workers.values()];
+    const used = workers.reduce((t, w) => t + w.inflight, 0);
+    const capacity = workers.reduce((t, w) => t + w.capacity, 0);
+    row.push(this.healthCard("Workers", workers.length ? `${workers.length} online` : "none", `${used} of ${capacity} slots busy · ${this.queued} queued`));
+    $("health-row").replaceChildren(...row);
+    if (metrics.status !== "fulfilled") {
+      $("stats").replaceChildren();
+      $("metrics-note").textContent = `Metrics unavailable: ${apiErrorText(metrics.reason)}`;
+      return;
+    }
+    const f = keyFigures(parseMetrics(String(metrics.value)));
+    const stats = [
+      ["Live connections", f.connections, `${f.wsConnections} WebSocket · ${f.sseConnections} SSE`],
+      ["Published via API", f.published, "events pushed with /v1/publish"],
+      ["Events delivered", f.delivered, "to subscribers"],
+      ["HTTP requests", f.httpRequests, `${number.format(f.http5xx)} server errors`],
+      ["Rate-limited", f.rateLimited, "requests refused"],
+      ["Slow clients", f.slowClients, "disconnected for falling behind"],
+      ["Resumes", f.replays, `${number.format(f.missed)} could not replay (events.missed)`],
+      ["Queued frames", f.queuedFrames, "waiting for slow sockets now"],
+    ].map(([label, value, sub]) => {
+      const card = el("div", "stat");
+      card.append(el("span", "stat__label", label), el("strong", "stat__value", number.format(value)), el("span", "stat__sub", sub));
+      return card;
+    });
+    $("stats").replaceChildren(...stats);
+    $("metrics-note").textContent = `From /metrics of this relay instance · updated ${new Date().toLocaleTimeString()}`;
+  }
+
+  healthCard(title, value, detail) {
+    const tone = ["ok", "ready"].includes(value) || value.endsWith("online") ? "ok" : value === "unknown" || value === "none" ? "warn" : "bad";
+    const card = el("div", `health health--${tone}`);
+    const head = el("div", "health__head");
+    head.append(el("span", "health__dot"), el("span", "health__title", title));
+    card.append(head, el("strong", "health__value", value), el("span", "health__detail", detail));
+    return card;
+  }
+}
+
+const app = new AdminApp();
+globalThis.relaylineAdmin = app; // for the console and the browser tests
+app.start();

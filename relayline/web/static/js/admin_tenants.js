@@ -1,0 +1,310 @@
+// Admin console, tenants tab: tenants, their API keys (a new key is shown once, with a copy
+// button), revocation with a confirming second click, and the tenant's agent settings.
+
+import { badge, button, el } from "./dom.js";
+import { apiErrorText } from "./errors.js";
+
+const $ = (id) => document.getElementById(id);
+const SCOPES = ["chats", "sessions", "publish"];
+const TOOLS = ["read_file", "list_dir", "edit_file", "run_command"];
+const CONFIRM_MS = 4000;
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+function when(ms) {
+  return ms ? dateFormat.format(new Date(ms)) : "—";
+}
+
+function field(labelText, control) {
+  const label = el("label", "field");
+  label.append(el("span", "field__label", labelText), control);
+  return label;
+}
+
+function checkbox(name, value, checked) {
+  const label = el("label", "check");
+  const input = el("input");
+  input.type = "checkbox";
+  input.name = name;
+  input.value = value;
+  input.checked = checked;
+  label.append(input, el("span", "", value));
+  return label;
+}
+
+export class TenantsPanel {
+  constructor({ api, toast }) {
+    this.api = api;
+    this.toast = toast;
+    this.tenants = [];
+    this.selected = null;
+    this.newKey = null;
+    $("tenant-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.create($("tenant-name").value.trim());
+    });
+    $("tenant-rows").addEventListener("click", (ev) => {
+      const id = ev.target.closest("[data-tenant]")?.dataset.tenant;
+      if (id) this.select(id);
+    });
+    $("tenant-rows").addEventListener("keydown", (ev) => {
+      const id = ev.target.closest("[data-tenant]")?.dataset.tenant;
+      if (id && (ev.key === "Enter" || ev.key === " ")) {
+        ev.preventDefault();
+        this.select(id);
+      }
+    });
+  }
+
+  fail(err) {
+    this.toast(apiErrorText(err), "error");
+  }
+
+  async load() {
+    const all = [];
+    let after = null;
+    for (let page = 0; page < 20; page += 1) {
+      const q = after ? `?limit=200&after=${encodeURIComponent(after)}` : "?limit=200";
+      const body = await this.api.get(`/v1/admin/tenants${q}`);
+      all.push(...body.items);
+      after = body.next_after;
+      if (!after) break;
+    }
+    this.tenants = all.sort((a, b) => b.created_at - a.created_at);
+    this.renderList();
+  }
+
+  renderList() {
+    const rows = this.tenants.map((t) => {
+      const tr = el("tr", t.id === this.selected ? "is-selected" : "");
+      tr.dataset.tenant = t.id;
+      tr.tabIndex = 0;
+      tr.setAttribute("aria-selected", String(t.id === this.selected));
+      const name = el("td");
+      name.append(el("strong", "", t.name), el("div", "sub mono", t.id));
+      const status = el("td");
+      status.append(t.disabled ? badge("disabled", "bad") : badge("active", "ok"));
+      tr.append(name, status, el("td", "muted", when(t.created_at)));
+      return tr;
+    });
+    $("tenant-rows").replaceChildren(...rows);
+    $("tenants-empty").hidden = rows.length > 0;
+  }
+
+  async create(name) {
+    if (!name) return;
+    try {
+      const tenant = await this.api.post("/v1/admin/tenants", { name });
+      $("tenant-name").value = "";
+      this.tenants.unshift(tenant);
+      this.toast(`Tenant “${tenant.name}” created.`, "ok");
+      await this.select(tenant.id);
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  async select(id) {
+    this.selected = id;
+    this.newKey = null;
+    this.renderList();
+    await this.renderDetail();
+  }
+
+  async renderDetail() {
+    const tenant = this.tenants.find((t) => t.id === this.selected);
+    const root = $("tenant-detail");
+    if (!tenant) {
+      root.replaceChildren(el("p", "empty-note", "Select a tenant to manage its keys and agent."));
+      return;
+    }
+    let keys = [];
+    let agent = null;
+    try {
+      [keys, agent] = await Promise.all([
+        this.api.get(`/v1/admin/tenants/${tenant.id}/keys`).then((b) => b.items),
+        this.api.get(`/v1/admin/tenants/${tenant.id}/agent`),
+      ]);
+    } catch (err) {
+      this.fail(err);
+    }
+    if (tenant.id !== this.selected) return;
+    const head = el("div", "detail__head");
+    const titles = el("div");
+    titles.append(el("h2", "", tenant.name), el("div", "sub mono", tenant.id));
+    const toggle = button(tenant.disabled ? "Enable" : "Disable", null, tenant.disabled ? "btn btn--small" : "btn btn--small btn--danger");
+    toggle.addEventListener("click", () => this.setDisabled(tenant, !tenant.disabled));
+    head.append(titles, toggle);
+    root.replaceChildren(head, this.keysBlock(tenant, keys), this.agentBlock(tenant, agent));
+  }
+
+  keysBlock(tenant, keys) {
+    const block = el("section", "detail__block");
+    block.setAttribute("aria-label", "API keys");
+    block.append(el("h3", "", "API keys"));
+    if (this.newKey) {
+      // Shown in this rendering only: any later action redraws the panel without it.
+      block.append(this.secretBox(this.newKey));
+      this.newKey = null;
+    }
+    const table = el("table", "table table--compact");
+    const head = el("thead");
+    const hr = el("tr");
+    for (const name of ["Key", "Scopes", "Last used", ""]) hr.append(Object.assign(el("th", "", name), { scope: "col" }));
+    head.append(hr);
+    const body = el("tbody");
+    for (const key of keys) {
+      const tr = el("tr", key.revoked_at ? "is-revoked" : "");
+      const id = el("td");
+      id.append(el("span", "mono", `${key.prefix}…`), el("div", "sub", key.name || "unnamed"));
+      const scopes = el("td");
+      for (const s of key.scopes) scopes.append(badge(s, "muted"));
+      const actions = el("td", "actions");
+      if (key.revoked_at) actions.append(badge("revoked", "bad"));
+      else {
+        const revoke = button("Revoke", null, "btn btn--small btn--danger");
+        revoke.setAttribute("aria-label", `Revoke key ${key.prefix}`);
+        revoke.addEventListener("click", () => this.revoke(key, revoke));
+        actions.append(revoke);
+      }
+      tr.append(id, scopes, el("td", "muted", when(key.last_used_at)), actions);
+      body.append(tr);
+    }
+    table.append(head, body);
+    if (keys.length) block.append(table);
+    else block.append(el("p", "empty-note", "No keys yet."));
+    block.append(this.keyForm(tenant));
+    return block;
+  }
+
+  keyForm(tenant) {
+    const form = el("form", "key-form");
+    const name = el("input");
+    name.placeholder = "Key name (optional)";
+    name.maxLength = 200;
+    const scopes = el("fieldset", "checks");
+    scopes.append(el("legend", "sr-only", "Scopes"));
+    for (const s of SCOPES) scopes.append(checkbox("scope", s, true));
+    const submit = el("button", "btn btn--primary btn--small", "Create key");
+    submit.type = "submit";
+    form.append(field("Name", name), scopes, submit);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const chosen = [...scopes.querySelectorAll("input:checked")].map((i) => i.value);
+      if (!chosen.length) {
+        this.toast("Choose at least one scope.", "error");
+        return;
+      }
+      try {
+        const created = await this.api.post(`/v1/admin/tenants/${tenant.id}/keys`, {
+          scopes: chosen,
+          name: name.value.trim() || null,
+        });
+        this.newKey = created;
+        await this.renderDetail();
+        document.querySelector(".secret__copy")?.focus();
+      } catch (err) {
+        this.fail(err);
+      }
+    });
+    return form;
+  }
+
+  secretBox(created) {
+    const box = el("div", "secret");
+    box.setAttribute("role", "status");
+    box.append(el("strong", "", "New key. Copy it now: it will not be shown again."));
+    const row = el("div", "secret__row");
+    const value = el("code", "secret__value", created.key);
+    value.id = "new-key-value";
+    const copy = button("Copy", null, "btn btn--small secret__copy");
+    copy.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(created.key);
+        copy.textContent = "Copied";
+      } catch {
+        const range = document.createRange();
+        range.selectNodeContents(value);
+        getSelection().removeAllRanges();
+        getSelection().addRange(range);
+        copy.textContent = "Press Ctrl+C";
+      }
+    });
+    const done = button("Done", null, "btn btn--small btn--ghost");
+    done.addEventListener("click", () => box.remove());
+    row.append(value, copy, done);
+    box.append(row);
+    return box;
+  }
+
+  async revoke(key, btn) {
+    // Two clicks, no modal dialog: the second confirms within a few seconds.
+    if (btn.dataset.armed !== "1") {
+      btn.dataset.armed = "1";
+      btn.textContent = "Confirm revoke";
+      setTimeout(() => {
+        if (btn.isConnected) {
+          btn.dataset.armed = "";
+          btn.textContent = "Revoke";
+        }
+      }, CONFIRM_MS);
+      return;
+    }
+    try {
+      await this.api.delete(`/v1/admin/keys/${key.id}`);
+      this.toast(`Key ${key.prefix}… revoked.`, "ok");
+      await this.renderDetail();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  async setDisabled(tenant, disabled) {
+    try {
+      const updated = await this.api.post(`/v1/admin/tenants/${tenant.id}/${disabled ? "disable" : "enable"}`, {}, { idempotent: true });
+      Object.assign(tenant, updated);
+      this.renderList();
+      await this.renderDetail();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  agentBlock(tenant, agent) {
+    const block = el("section", "detail__block");
+    block.setAttribute("aria-label", "Agent settings");
+    block.append(el("h3", "", "Agent"));
+    if (!agent) {
+      block.append(el("p", "empty-note", "Agent settings could not be loaded."));
+      return block;
+    }
+    const form = el("form", "agent-form");
+    const model = el("input");
+    model.value = agent.model ?? "";
+    model.placeholder = "default model of the worker";
+    const prompt = el("textarea");
+    prompt.rows = 3;
+    prompt.value = agent.system_prompt ?? "";
+    prompt.placeholder = "System prompt (optional)";
+    const tools = el("fieldset", "checks");
+    tools.append(el("legend", "field__label", "Tools"));
+    for (const t of TOOLS) tools.append(checkbox("tool", t, agent.tools.includes(t)));
+    const save = el("button", "btn btn--small", "Save agent");
+    save.type = "submit";
+    form.append(field("Model", model), field("System prompt", prompt), tools, save);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        await this.api.put(`/v1/admin/tenants/${tenant.id}/agent`, {
+          model: model.value.trim() || null,
+          system_prompt: prompt.value.trim() || null,
+          tools: [...tools.querySelectorAll("input:checked")].map((i) => i.value),
+        });
+        this.toast("Agent settings saved.", "ok");
+      } catch (err) {
+        this.fail(err);
+      }
+    });
+    block.append(form);
+    return block;
+  }
+}

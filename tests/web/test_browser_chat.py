@@ -1,0 +1,251 @@
+"""The chat page in Chromium against a real relay and worker: streaming, Markdown, two tabs,
+reload mid-answer, scrolling, tool approvals, the debug overlay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.web.chatpage import (
+    WAIT_MS,
+    assistant_count,
+    chat_id,
+    current_token,
+    last_answer,
+    open_chat,
+    send,
+    wait_answers,
+    wait_streaming,
+)
+from tests.web.conftest import LiveRelay, screenshot
+
+QUESTION = "How do relays keep a **stream** going when a tab reloads? Please answer with code."
+
+
+def test_stream_is_rendered_as_markdown_in_two_pages(live: LiveRelay, new_page: Any) -> None:
+    _, key, token = live.tenant_session()
+    live.model.delay_s = 0.03
+    light = open_chat(new_page, live, token)
+    screenshot(light, "chat-empty-light")
+    send(light, QUESTION)
+    cid = chat_id(light)
+    dark = open_chat(new_page, live, current_token(light), cid, color_scheme="dark")
+    wait_streaming(light, 120)
+    wait_streaming(dark, 120)
+    screenshot(light, "chat-streaming-light")
+    screenshot(dark, "chat-streaming-dark")
+    assert light.locator(".msg--assistant.is-streaming").count() == 1
+    wait_answers(light, 1)
+    wait_answers(dark, 1)
+    screenshot(light, "chat-light")
+    screenshot(dark, "chat-dark")
+
+    stored = [m for m in live.messages(key, cid) if m["role"] == "assistant"]
+    assert len(stored) == 1
+    assert last_answer(light) == last_answer(dark) == stored[0]["content"]
+    answer = light.locator(".msg--assistant").last
+    # Markdown: quote, list, bold, highlighted code with a copy button.
+    assert answer.locator("blockquote strong").first.inner_text() == "stream"
+    assert answer.locator("ul li").count() == 3
+    code = answer.locator(".code-block")
+    assert code.locator(".code-block__lang").inner_text() == "python"
+    assert code.locator(".hljs-keyword").count() >= 1
+    assert code.locator("button[data-action=copy-code]").count() == 1
+    # The user's own message went through the same renderer.
+    assert light.locator(".msg--user .msg__body strong").inner_text() == "stream"
+    assert light.js_errors == [] and dark.js_errors == []
+
+
+def test_reload_mid_answer_continues_without_repeated_text(live: LiveRelay, new_page: Any) -> None:
+    _, key, token = live.tenant_session()
+    live.model.delay_s = 0.04
+    page = open_chat(new_page, live, token)
+    send(page, "Tell me about resuming streams after a reload, in detail please.")
+    cid = chat_id(page)
+    wait_streaming(page, 80)
+    page.reload()
+    # The snapshot's partial text shows at once; from then on the answer may only grow.
+    page.wait_for_function(
+        "() => (relayline.conversation?.activeTurn?.message_id && "
+        "relayline.conversation.get(relayline.conversation.activeTurn.message_id)"
+        "?.content.length) >= 80",
+        timeout=WAIT_MS,
+    )
+    page.evaluate(
+        """() => {
+            window.__seen = [];
+            const c = relayline.conversation;
+            const timer = setInterval(() => {
+                const id = c.activeTurn?.message_id;
+                if (id) window.__seen.push(c.get(id).content);
+                else clearInterval(timer);
+            }, 20);
+        }"""
+    )
+    wait_answers(page, 1)
+    final = last_answer(page)
+    stored = [m for m in live.messages(key, cid) if m["role"] == "assistant"]
+    assert final == stored[0]["content"]
+    seen: list[str] = page.evaluate("() => window.__seen")
+    assert seen, "the answer was still streaming after the reload"
+    assert all(final.startswith(text) for text in seen), "text was repeated or rewritten"
+    assert page.locator(".msg--assistant").count() == 1
+    assert page.js_errors == []
+
+
+def test_scrolling_up_during_a_stream_shows_the_badge(live: LiveRelay, new_page: Any) -> None:
+    _, _, token = live.tenant_session()
+    live.model.delay_s = 0.02
+    page = open_chat(new_page, live, token, viewport={"width": 900, "height": 460})
+    send(page, "First message, to have something to scroll back to.")
+    wait_answers(page, 1)
+    live.model.delay_s = 0.05
+    send(page, "Second message: a long answer is streaming while I scroll up.")
+    wait_streaming(page, 20)
+    assert page.locator("#new-badge").is_hidden()
+    page.mouse.move(450, 200)
+    page.mouse.wheel(0, -5000)
+    page.wait_for_selector("#new-badge", state="visible", timeout=WAIT_MS)
+    top = page.evaluate("() => document.getElementById('scroller').scrollTop")
+    assert top < 50, "auto-scroll must pause while the reader is scrolled up"
+    page.click("#new-badge")
+    page.wait_for_selector("#new-badge", state="hidden", timeout=WAIT_MS)
+    wait_answers(page, 2)
+    at_bottom = page.evaluate(
+        "() => { const s = document.getElementById('scroller');"
+        " return s.scrollHeight - s.scrollTop - s.clientHeight < 50; }"
+    )
+    assert at_bottom, "back at the bottom, auto-scroll follows the answer again"
+
+
+def test_tool_approval_approve_and_deny(live: LiveRelay, new_page: Any) -> None:
+    _, _, token = live.tenant_session()
+    page = open_chat(new_page, live, token)
+    send(page, "/edit notes.md Written from the browser test.")
+    card = page.locator(".approval--pending")
+    card.wait_for(timeout=WAIT_MS)
+    assert card.locator(".approval__tool").inner_text() == "edit_file"
+    assert "notes.md" in card.locator(".approval__args").inner_text()
+    assert "left" in card.locator(".approval__countdown").inner_text()
+    screenshot(page, "chat-approval")
+    card.locator("button[data-action=approve]").click()
+    page.locator(".approval--approved").wait_for(timeout=WAIT_MS)
+    wait_answers(page, 1)
+    assert (live.workspace / "notes.md").read_text() == "Written from the browser test."
+
+    send(page, "/run echo hi")
+    page.locator(".approval--pending").wait_for(timeout=WAIT_MS)
+    page.locator(".approval--pending button[data-action=deny]").click()
+    page.locator(".approval--denied").wait_for(timeout=WAIT_MS)
+    wait_answers(page, 2)
+    assert "declined" in last_answer(page)
+    assert page.js_errors == []
+
+
+def test_debug_overlay_lists_packets(live: LiveRelay, new_page: Any) -> None:
+    _, _, token = live.tenant_session()
+    page = open_chat(new_page, live, token)
+    # Shift+Enter is a new line, Enter sends.
+    page.fill("#input", "Hello,")
+    page.press("#input", "Shift+Enter")
+    page.keyboard.type("packets!")
+    assert page.input_value("#input") == "Hello,\npackets!"
+    assert page.locator(".msg").count() == 0
+    page.press("#input", "Enter")
+    wait_answers(page, 1)
+    assert page.input_value("#input") == ""
+    assert page.locator("#debug-overlay").count() == 0
+    page.keyboard.press("Control+Shift+D")
+    overlay = page.locator("#debug-overlay")
+    overlay.wait_for(state="visible", timeout=WAIT_MS)
+    rows = overlay.locator("tbody tr")
+    assert 5 <= rows.count() <= 200
+    types = overlay.locator("tbody td:nth-child(4)").all_inner_texts()
+    assert any(t.startswith("send") for t in types)
+    assert any(t.startswith("message.delta") for t in types)
+    assert any(t.startswith("message.completed") for t in types)
+    screenshot(page, "debug-overlay")
+    page.keyboard.press("Control+Shift+D")
+    overlay.wait_for(state="hidden", timeout=WAIT_MS)
+    assert assistant_count(page) == 1
+
+
+def test_phone_layout_has_a_drawer(live: LiveRelay, new_page: Any) -> None:
+    _, _, token = live.tenant_session()
+    page = open_chat(new_page, live, token, viewport={"width": 390, "height": 780}, is_mobile=True)
+    send(page, "Hi from a phone")
+    wait_answers(page, 1)
+    assert page.locator("#sidebar").bounding_box()["x"] < 0, "the chat list starts hidden"
+    screenshot(page, "chat-phone")
+    page.click("#menu-btn")
+    page.wait_for_function(
+        "() => document.getElementById('sidebar').getBoundingClientRect().x >= 0",
+        timeout=WAIT_MS,
+    )
+    assert page.locator(".chat-item").count() == 1
+
+
+def test_two_thousand_messages_stay_responsive(live: LiveRelay, new_page: Any) -> None:
+    _, key, _ = live.tenant_session()
+    with live.http() as http:
+        auth = {"Authorization": f"Bearer {key}"}
+        cid = http.post("/v1/chats", json={"title": "Long history"}, headers=auth).json()["id"]
+        token = http.post(
+            "/v1/sessions", json={"chat_ids": [cid], "can_create_chats": True}, headers=auth
+        ).json()["token"]
+    live.seed_messages(cid, 2000)
+    page = open_chat(new_page, live, token, cid)
+    page.wait_for_function("() => relayline.conversation?.order.length >= 100", timeout=WAIT_MS)
+    page.wait_for_selector(".msg--assistant", timeout=WAIT_MS)
+    # Only the latest messages are in the DOM; the newest is at the bottom, in view.
+    rows = page.locator("#messages .msg").count()
+    assert 40 <= rows <= 120, rows
+    assert "Answer 2000." in (page.locator("#messages .msg").last.text_content() or "")
+    # A frame stays short while typing and while the list scrolls.
+    budget = page.evaluate(
+        """async () => {
+            const s = document.getElementById('scroller');
+            const started = performance.now();
+            for (let i = 0; i < 30; i++) {
+                s.scrollTop = s.scrollHeight * (i % 2 ? 0.5 : 0.9);
+                await new Promise(requestAnimationFrame);
+            }
+            return (performance.now() - started) / 30;
+        }"""
+    )
+    assert budget < 100, f"{budget:.1f} ms per frame"
+    # Scrolling to the top brings in older messages, page by page, in order.
+    for _ in range(3):
+        page.mouse.move(600, 300)
+        page.mouse.wheel(0, -100_000)
+        page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#messages .msg').length > 150", timeout=WAIT_MS
+    )
+    seqs: list[int] = page.evaluate(
+        "() => relayline.conversation.order.map(id => relayline.conversation.get(id).seq)"
+    )
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    answers = assistant_count(page)
+    send(page, "And one more")
+    wait_answers(page, answers + 1, timeout=20_000)
+    assert "And one more" in (page.locator("#messages .msg--user").last.text_content() or "")
+    assert page.js_errors == []
+
+
+def test_stop_button_cancels_the_answer(live: LiveRelay, new_page: Any) -> None:
+    _, key, token = live.tenant_session()
+    live.model.delay_s = 0.05
+    page = open_chat(new_page, live, token)
+    send(page, "Write something long that I will stop halfway.")
+    cid = chat_id(page)
+    wait_streaming(page, 30)
+    page.click("#stop")
+    page.locator(".msg--assistant[data-status=cancelled]").wait_for(timeout=WAIT_MS)
+    assert page.locator("#stop").is_hidden()
+    assert "Stopped" in page.inner_text(".msg--assistant .msg__status")
+    shown = last_answer(page)
+    page.wait_for_timeout(300)
+    assert last_answer(page) == shown, "nothing is added after the stop"
+    answer = next(m for m in live.messages(key, cid) if m["role"] == "assistant")
+    assert answer["status"] == "cancelled"
+    assert shown.startswith(answer["content"]) or answer["content"].startswith(shown)

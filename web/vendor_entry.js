@@ -1,0 +1,6 @@
+// The third-party code the web UI uses, bundled into one ES module by scripts/build_web.sh.
+// Only highlight.js's common languages are registered: the full set would triple the bundle
+// for languages a chat rarely shows.
+export { Marked } from "marked";
+export { default as DOMPurify } from "dompurify";
+export { default as hljs } from "highlight.js/lib/common";
