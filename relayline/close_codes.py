@@ -11,6 +11,7 @@ from enum import IntEnum
 
 class Close(IntEnum):
     NORMAL = 1000
+    PROTOCOL_ERROR = 1002  # the peer broke RFC 6455 (unmasked frame, bad opcode, …)
     INVALID_DATA = 1007  # e.g. a text frame that is not UTF-8
     TOO_BIG = 1009  # frame too big: fix the sender, do not resend the same frame
     INTERNAL = 1011
@@ -24,6 +25,7 @@ class Close(IntEnum):
 
 RECONNECT: dict[int, str] = {
     Close.NORMAL: "no",
+    Close.PROTOCOL_ERROR: "no",
     Close.INVALID_DATA: "no",
     Close.TOO_BIG: "no",
     Close.INTERNAL: "backoff",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
@@ -67,10 +67,29 @@ def _int(frame: dict[str, Any], name: str) -> int | None:
     return value
 
 
+OpHandler = Callable[["ClientConnection", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class ClientConnection:
     """Handles the ops of one socket, in arrival order."""
 
     transport = "ws"
+
+    # Slots and a class-level op table: this object lives as long as the socket, so what it
+    # carries is multiplied by every idle connection.
+    __slots__ = (
+        "acl",
+        "bucket",
+        "chats",
+        "hub",
+        "last_ping",
+        "outbox",
+        "settings",
+        "topics",
+        "violations",
+        "who",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -99,16 +118,6 @@ class ClientConnection:
             policy=settings.ws_slow_policy,
             on_dropped=self._dropped,
         )
-        self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
-            "subscribe": self.op_subscribe,
-            "unsubscribe": self.op_unsubscribe,
-            "send": self.op_send,
-            "cancel": self.op_cancel,
-            "ping": self.op_ping,
-            "approve": self.op_approve,
-            "term.input": self.op_unavailable,
-            "term.resize": self.op_unavailable,
-        }
 
     # Plumbing
 
@@ -176,7 +185,7 @@ class ClientConnection:
             )
             return True
         try:
-            result = await handler(frame)
+            result = await handler(self, frame)
         except RelaylineError as exc:
             m.OPS.labels(op, exc.code).inc()
             self.send_control(
@@ -264,3 +273,14 @@ class ClientConnection:
     def closed_by_peer(self) -> None:
         self.hub.drop(self.outbox, "ws", self.topics)
         self.topics.clear()
+
+    ops: ClassVar[dict[str, OpHandler]] = {
+        "subscribe": op_subscribe,
+        "unsubscribe": op_unsubscribe,
+        "send": op_send,
+        "cancel": op_cancel,
+        "ping": op_ping,
+        "approve": op_approve,
+        "term.input": op_unavailable,
+        "term.resize": op_unavailable,
+    }

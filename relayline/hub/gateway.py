@@ -135,8 +135,10 @@ class Gateway:
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in scope.get("subprotocols", ()) else None
         origin_ok = self._origin_allowed(headers)
         _, ip_key = self.resolver.resolve(scope)
-        # Nothing after this point needs the handshake headers; let them go.
+        # Nothing after this point needs the handshake headers (nor the credential, which
+        # may travel as a subprotocol); let them go instead of keeping them per socket.
         scope["headers"] = []
+        scope["subprotocols"] = []
         headers.clear()
         who: Principal | None = None
         failure: tuple[int, str] | None = None
@@ -147,6 +149,7 @@ class Gateway:
                 who = await self.auth.authenticate(credential)
             except Unauthorized:
                 failure = (Close.UNAUTHENTICATED, "unauthenticated")
+        credential = None
         # Accept even a refused handshake, then close: the close code is how a browser learns
         # why (a rejected upgrade only says 'failed'). The op loop never starts for it.
         await send({"type": "websocket.accept", "subprotocol": subprotocol})

@@ -47,13 +47,19 @@ FRAMERS: dict[str, Callable[[Event], bytes]] = {
 }
 
 
+# Labelled metric children resolved once: ``labels()`` takes a lock on every call.
+_DELIVERED = {transport: m.EVENTS_DELIVERED.labels(transport) for transport in FRAMERS}
+_BYTES = {transport: m.BYTES_SENT.labels(transport) for transport in FRAMERS}
+
+
 class TopicSub:
     """One subscriber on one topic: the last seq it was given, and its replay buffer."""
 
-    __slots__ = ("buffer", "epoch", "last_seq", "sink")
+    __slots__ = ("buffer", "epoch", "last_seq", "push", "sink")
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self.push = sink.push  # bound once: the fan-out loop calls it per delivery
         self.epoch = ""
         self.last_seq = 0
         self.buffer: list[Event] | None = []
@@ -115,26 +121,23 @@ class Hub:
             self._dispatch_missed(state, event)
             return
         seq = event.seq
+        topic = event.topic
         for transport, subs in state.subs.items():
             if not subs:
                 continue
-            frame: bytes | None = None
+            # Framed once; every subscriber gets the same bytes object.
+            frame = FRAMERS[transport](event)
             sent = 0
             for sub in subs.values():
-                buffer = sub.buffer
-                if buffer is not None:
-                    buffer.append(event)
-                    continue
-                if seq <= sub.last_seq:
-                    continue
-                sub.last_seq = seq
-                if frame is None:
-                    frame = FRAMERS[transport](event)
-                sub.sink.push(frame, event.topic)
-                sent += 1
-            if sent and frame is not None:
-                m.EVENTS_DELIVERED.labels(transport).inc(sent)
-                m.BYTES_SENT.labels(transport).inc(sent * len(frame))
+                if sub.buffer is not None:
+                    sub.buffer.append(event)
+                elif seq > sub.last_seq:
+                    sub.last_seq = seq
+                    sub.push(frame, topic)
+                    sent += 1
+            if sent:
+                _DELIVERED[transport].inc(sent)
+                _BYTES[transport].inc(sent * len(frame))
 
     def _dispatch_missed(self, state: TopicState, event: Event) -> None:
         for transport, subs in state.subs.items():

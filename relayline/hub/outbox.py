@@ -7,7 +7,6 @@ so a queued frame costs a reference, not a copy.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -47,7 +46,9 @@ class Outbox:
         self.max_events = max_events
         self.policy = policy
         self.on_dropped = on_dropped
-        self.pending: deque[tuple[bytes, str | None]] = deque()
+        # A list, not a deque: it is drained whole, never popped from the left, and an empty
+        # deque costs ~600 bytes per idle socket against a list's 56.
+        self.pending: list[tuple[bytes, str | None]] = []
         self.pending_bytes = 0
         self.closed = False
         self.dropped = 0
@@ -57,19 +58,20 @@ class Outbox:
         """Send ``frame`` (a complete WebSocket frame) now, or queue it; never blocks."""
         if self.closed:
             return
-        if not self.pending and not self.wire.paused:
+        pending = self.pending
+        if not pending and not self.wire.paused:
             self.wire.write(frame)
             return
-        self.pending.append((frame, topic))
+        pending.append((frame, topic))
         self.pending_bytes += len(frame)
-        if len(self.pending) > self.max_events or self.pending_bytes > self.max_bytes:
+        if len(pending) > self.max_events or self.pending_bytes > self.max_bytes:
             self._overflow()
 
     def _drain(self) -> None:
         if self.closed or not self.pending:
             return
         frames = [frame for frame, _ in self.pending]
-        self.pending.clear()
+        self.pending = []
         self.pending_bytes = 0
         self.wire.writelines(frames)
 
@@ -78,7 +80,7 @@ class Outbox:
             # Keep control frames (acks, errors); drop the oldest events, then tell the
             # client which topics lost events so it reloads them.
             topics = {topic for _, topic in self.pending if topic is not None}
-            kept = deque(item for item in self.pending if item[1] is None)
+            kept = [item for item in self.pending if item[1] is None]
             self.dropped += len(self.pending) - len(kept)
             m.EVENTS_DROPPED.inc(len(self.pending) - len(kept))
             self.pending = kept
@@ -95,7 +97,7 @@ class Outbox:
         if self.closed:
             return
         self.closed = True
-        self.pending.clear()
+        self.pending = []
         self.pending_bytes = 0
         self.wire.on_drain = None
         m.CLOSE_CODES.labels(str(code)).inc()

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
@@ -72,7 +73,9 @@ async def begin_attempt(
             answer.status = "streaming"
         await session.flush()
         tenant = await session.get(Tenant, turn.tenant_id)
-        history = await _history(session, turn.chat_id, answer.seq, max_messages, max_chars)
+        question = await session.get(Message, turn.message_id)
+        asked_seq = question.seq if question is not None else answer.seq
+        history = await _history(session, turn.chat_id, asked_seq, max_messages, max_chars)
         return Assignment(
             turn.id,
             turn.chat_id,
@@ -86,15 +89,36 @@ async def begin_attempt(
 
 
 async def _history(
-    session: object, chat_id: str, before_seq: int, max_messages: int, max_chars: int
+    session: object, chat_id: str, asked_seq: int, max_messages: int, max_chars: int
 ) -> list[dict[str, str]]:
+    """The conversation up to the question at ``asked_seq``, in conversation order.
+
+    An answer takes its seq when its turn starts, so messages queued behind a turn are stored
+    before its answer. Each answer is therefore placed right after the question it answers,
+    and questions asked after this one are left out.
+    """
     from sqlalchemy.ext.asyncio import AsyncSession
 
     assert isinstance(session, AsyncSession)
+    question = aliased(Message)
+    anchor = func.coalesce(question.seq, Message.seq)
     query = (
         select(Message.role, Message.content)
-        .where(Message.chat_id == chat_id, Message.seq < before_seq, Message.content != "")
-        .order_by(Message.seq.desc())
+        .outerjoin(
+            question,
+            and_(
+                Message.role == "assistant",
+                question.chat_id == Message.chat_id,
+                question.turn_id == Message.turn_id,
+                question.role == "user",
+            ),
+        )
+        .where(
+            Message.chat_id == chat_id,
+            Message.content != "",
+            or_(anchor < asked_seq, Message.seq == asked_seq),
+        )
+        .order_by(anchor.desc(), Message.seq.desc())
         .limit(max_messages)
     )
     picked: list[dict[str, str]] = []

@@ -218,16 +218,25 @@ class TurnDispatcher:
             self.ready.append(chat_id)
         self._kick.set()
 
-    def _release(self, running: Running) -> None:
+    def _release(self, running: Running, *, hold_chat: bool = False) -> None:
+        """The attempt is over: refuse its frames from now on and free the worker's credit.
+
+        With ``hold_chat`` the chat's next turn still waits, until :meth:`_free_chat`: the
+        outcome has to be stored (or the turn queued again) before that turn is picked.
+        """
         if running.flush_handle is not None:
             running.flush_handle.cancel()
             running.flush_handle = None
         self.running.pop(running.turn_id, None)
-        if self.running_by_chat.get(running.chat_id) is running:
-            del self.running_by_chat[running.chat_id]
         running.worker.inflight.discard(running.turn_id)
         for approval_id in running.approvals:
             self.approvals.pop(approval_id, None)
+        if not hold_chat:
+            self._free_chat(running)
+
+    def _free_chat(self, running: Running) -> None:
+        if self.running_by_chat.get(running.chat_id) is running:
+            del self.running_by_chat[running.chat_id]
         self._mark_ready(running.chat_id)
 
     # Leases
@@ -252,19 +261,28 @@ class TurnDispatcher:
         """The attempt's worker is gone or silent: retry the turn, or fail it at the limit."""
         if self.running.get(running.turn_id) is not running:
             return
-        self._release(running)
-        if running.attempt < self.settings.turn_max_attempts:
-            if await store.requeue(self.db, running.turn_id, running.attempt):
-                self._enqueue(
-                    Queued(running.turn_id, running.chat_id, running.tenant_id), front=True
-                )
-                await self._publish(
-                    running.chat_id,
-                    "turn.retrying",
-                    {"turn_id": running.turn_id, "attempt": running.attempt + 1, "reason": reason},
-                )
-            return
-        await self._fail(running, category, f"{reason} after {running.attempt} attempts")
+        # Hold the chat until the turn is back at the head of its queue, or a later message
+        # would be answered first.
+        self._release(running, hold_chat=True)
+        try:
+            if running.attempt < self.settings.turn_max_attempts:
+                if await store.requeue(self.db, running.turn_id, running.attempt):
+                    self._enqueue(
+                        Queued(running.turn_id, running.chat_id, running.tenant_id), front=True
+                    )
+                    await self._publish(
+                        running.chat_id,
+                        "turn.retrying",
+                        {
+                            "turn_id": running.turn_id,
+                            "attempt": running.attempt + 1,
+                            "reason": reason,
+                        },
+                    )
+                return
+            await self._fail(running, category, f"{reason} after {running.attempt} attempts")
+        finally:
+            self._free_chat(running)
 
     # Worker frames
 
@@ -361,35 +379,43 @@ class TurnDispatcher:
         await self._flush(running)
         text = "".join(running.text)
         metrics = self._metrics(running, usage)
-        self._release(running)
-        message = await store.finish(
-            self.db,
-            running.turn_id,
-            running.attempt,
-            state="completed",
-            text=text,
-            message_status="complete",
-            metrics=metrics,
-        )
-        if message is not None:
-            await self._publish(
-                running.chat_id,
-                "message.completed",
-                {
-                    "message_id": message.id,
-                    "turn_id": running.turn_id,
-                    "seq": message.seq,
-                    "content": text,
-                    "metrics": metrics,
-                },
+        # The chat's next turn starts once this answer is stored (so its history has it) and
+        # announced (so subscribers see the turns one after the other).
+        self._release(running, hold_chat=True)
+        try:
+            message = await store.finish(
+                self.db,
+                running.turn_id,
+                running.attempt,
+                state="completed",
+                text=text,
+                message_status="complete",
+                metrics=metrics,
             )
+            if message is not None:
+                await self._publish(
+                    running.chat_id,
+                    "message.completed",
+                    {
+                        "message_id": message.id,
+                        "turn_id": running.turn_id,
+                        "seq": message.seq,
+                        "content": text,
+                        "metrics": metrics,
+                    },
+                )
+        finally:
+            self._free_chat(running)
 
     async def on_failed(self, running: Running, category: str, detail: str) -> None:
         await self._flush(running)
-        self._release(running)
-        await self._fail(
-            running, category if category in FAILURE_CATEGORIES else "internal", detail
-        )
+        self._release(running, hold_chat=True)
+        try:
+            await self._fail(
+                running, category if category in FAILURE_CATEGORIES else "internal", detail
+            )
+        finally:
+            self._free_chat(running)
 
     async def _fail(self, running: Running, category: str, detail: str) -> None:
         await store.finish(
@@ -469,16 +495,19 @@ class TurnDispatcher:
             return
         await self._flush(running)
         running.worker.send({"type": "turn.cancel", "turn_id": turn_id, "attempt": running.attempt})
-        self._release(running)
-        await store.finish(
-            self.db,
-            turn_id,
-            running.attempt,
-            state="cancelled",
-            text=running.published_text,
-            message_status="cancelled",
-            metrics=self._metrics(running, {}),
-        )
+        self._release(running, hold_chat=True)
+        try:
+            await store.finish(
+                self.db,
+                turn_id,
+                running.attempt,
+                state="cancelled",
+                text=running.published_text,
+                message_status="cancelled",
+                metrics=self._metrics(running, {}),
+            )
+        finally:
+            self._free_chat(running)
 
     def partial(self, chat_id: str) -> tuple[str, str] | None:
         """``(message_id, text published so far)`` of the chat's running turn."""

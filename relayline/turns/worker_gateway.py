@@ -67,21 +67,20 @@ class WorkerGateway:
         try:
             key_id = await self.authenticate(scope)
         except Unauthorized as exc:
-            log.warning("worker_refused", code=exc.code)
+            # This path skips the HTTP middleware, so the refusal gets its own request id.
+            request_id = scope.get("state", {}).get("request_id") or new_id()
+            log.warning("worker_refused", code=exc.code, request_id=request_id)
             body = json.dumps(
-                {
-                    "error": {
-                        "code": exc.code,
-                        "detail": exc.detail,
-                        "request_id": scope.get("state", {}).get("request_id", ""),
-                    }
-                }
+                {"error": {"code": exc.code, "detail": exc.detail, "request_id": request_id}}
             )
             await send(
                 {
                     "type": "websocket.http.response.start",
                     "status": 401,
-                    "headers": [(b"content-type", b"application/json")],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
                 }
             )
             await send({"type": "websocket.http.response.body", "body": body.encode()})

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from relayline.ids import new_id
 from relayline.turns.signing import signed_headers
@@ -82,7 +82,9 @@ class RelayConnection:
                     status=exc.response.status_code,
                     body=exc.response.body[:200].decode("utf-8", "replace"),
                 )
-            except (OSError, ConnectionClosed, TimeoutError) as exc:
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                # InvalidHandshake: the relay hung up or answered garbage mid-handshake (it
+                # is restarting, or a proxy is); retried like a lost connection.
                 log.warning("relay_connection_lost", error=type(exc).__name__)
             finally:
                 self.connected.clear()
@@ -256,6 +258,7 @@ class RelayConnection:
             attempt=attempt,
             correlation_id=frame.get("correlation_id"),
         )
+        final: dict[str, Any]
         try:
             result = await self.runner.run(
                 messages,
@@ -267,36 +270,37 @@ class RelayConnection:
             )
         except LLMError as exc:
             self.last_error = exc.category
-            await self._send(
-                {
-                    "type": "turn.failed",
-                    **base,
-                    "category": exc.category,
-                    "detail": exc.detail[:500],
-                }
-            )
+            final = {
+                "type": "turn.failed",
+                **base,
+                "category": exc.category,
+                "detail": exc.detail[:500],
+            }
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must fail the turn, not leave it hanging
             log.exception("turn_crashed", turn_id=turn_id)
             self.last_error = "internal"
-            await self._send(
-                {
-                    "type": "turn.failed",
-                    **base,
-                    "category": "internal",
-                    "detail": type(exc).__name__,
-                }
-            )
+            final = {
+                "type": "turn.failed",
+                **base,
+                "category": "internal",
+                "detail": type(exc).__name__,
+            }
         else:
-            await self._send(
-                {
-                    "type": "turn.done",
-                    **base,
-                    "usage": {"tokens_in": result.tokens_in, "tokens_out": result.tokens_out},
-                }
-            )
+            final = {
+                "type": "turn.done",
+                **base,
+                "usage": {"tokens_in": result.tokens_in, "tokens_out": result.tokens_out},
+            }
         finally:
+            # Free the slot before the relay hears the turn is over: it may send the next
+            # turn at once, and that one must not be refused for lack of room.
             held = self.turns.get(turn_id)
             if held is not None and held[0] == attempt:
                 del self.turns[turn_id]
+        await self._send(final)
+        if final["type"] == "turn.failed":
+            # The failure (and a breaker it may have opened) shows in the workers view now,
+            # not at the next periodic report.
+            await self._send_state()

@@ -1,0 +1,181 @@
+"""Reading a client's RFC 6455 frames: the parse loop under the relay's WebSocket protocol.
+
+:class:`FrameReader` turns received bytes into messages and control frames and leaves what to
+do with them to its subclass (:class:`relayline.hub.protocol.RelayWebSocketProtocol`). Client
+frames must be masked and carry no extension bits; control frames are final and at most 125
+bytes; a message over the size limit is refused on its frame header (1009) and the rest of its
+payload skipped as it arrives, never buffered; text must be UTF-8 (1007).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from relayline.close_codes import Close
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
+"""Connection states: before ``accept``; open; a close frame sent or received; gone (or an
+HTTP answer on its way out): nothing more is read."""
+
+# RFC 6455 §7.4: the codes a peer may put in a close frame.
+VALID_CLOSE_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
+VALID_CLOSE_CODES |= frozenset(range(3000, 5000))
+
+
+class FrameReader(asyncio.Protocol):
+    """Frame parsing state and loop; subclasses implement the ``_on_*`` hooks and ``_fail``."""
+
+    __slots__ = ("_buf", "_frag", "_frag_size", "_frag_text", "_max_size", "_skip", "_state")
+
+    def __init__(self, max_size: int) -> None:
+        self._state = CONNECTING
+        self._max_size = max_size
+        self._buf: bytearray | None = None  # an incomplete frame, kept for the next chunk
+        self._skip = 0  # bytes still to drop of a refused frame
+        self._frag: list[bytes] | None = None  # a fragmented message being collected
+        self._frag_size = 0
+        self._frag_text = False
+
+    # Hooks
+
+    def _hold(self) -> bool:
+        """True when the app is behind: stop parsing (and reading) for now."""
+        return False
+
+    def _on_message(self, text: str | None, data: bytes) -> None:
+        """A complete message: ``text`` for a text message, else ``data``."""
+
+    def _on_close_frame(self, code: int, reason: str) -> None:
+        """The peer's close frame (code 1005 when it carried none)."""
+
+    def _on_ping(self, payload: bytes) -> None:
+        """A ping to answer."""
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The peer broke the protocol; close with ``code``."""
+
+    # Parsing
+
+    def _feed(self, data: bytes) -> None:
+        held = self._buf
+        if held is None:
+            self._parse(data)
+        else:
+            held += data
+            self._buf = None
+            self._parse(held)
+
+    def _parse(self, buf: bytes | bytearray) -> None:
+        """Handle every complete frame in ``buf``; keep the rest for the next chunk."""
+        n = len(buf)
+        pos = min(self._skip, n)
+        self._skip -= pos
+        while n - pos >= 2 and self._state != CLOSED:
+            if self._hold():
+                break
+            first, second = buf[pos], buf[pos + 1]
+            size = second & 0x7F
+            at = pos + 2
+            if size == 126:
+                if n - at < 2:
+                    break
+                size = (buf[at] << 8) | buf[at + 1]
+                at += 2
+            elif size == 127:
+                if n - at < 8:
+                    break
+                size = int.from_bytes(buf[at : at + 8], "big")
+                at += 8
+            opcode = first & 0x0F
+            if not second & 0x80 or first & 0x70:
+                self._fail(Close.PROTOCOL_ERROR, "frames must be masked, without extensions")
+                return
+            if opcode >= 8:
+                if size > 125 or not first & 0x80 or opcode > 10:
+                    self._fail(Close.PROTOCOL_ERROR, "invalid control frame")
+                    return
+            elif opcode > 2:
+                self._fail(Close.PROTOCOL_ERROR, "unknown opcode")
+                return
+            elif size + (self._frag_size if opcode == 0 else 0) > self._max_size:
+                # Parsing goes on after the skipped payload, so the peer's answer to our
+                # close frame is still seen.
+                if self._state == OPEN:
+                    self._fail(Close.TOO_BIG, "frame too big")
+                end = at + 4 + size
+                pos = min(end, n)
+                self._skip = end - pos
+                continue
+            end = at + 4 + size
+            if end > n:
+                break
+            payload = bytes(buf[at + 4 : end])
+            if size:
+                payload = apply_mask(payload, bytes(buf[at : at + 4]))
+            pos = end
+            self._frame(first, opcode, payload)
+        if pos < n and self._state != CLOSED:
+            if isinstance(buf, bytearray):
+                del buf[:pos]
+                self._buf = buf
+            else:
+                self._buf = bytearray(buf[pos:])
+
+    def _frame(self, first: int, opcode: int, payload: bytes) -> None:
+        if opcode >= 8:
+            if opcode == 8:
+                self._close_frame(payload)
+            elif opcode == 9 and self._state == OPEN:
+                self._on_ping(payload)
+            return  # a pong: receiving it already counted as a sign of life
+        if self._state != OPEN:
+            return  # past a close frame the app reads no more messages
+        final = first & 0x80
+        if opcode:
+            if self._frag is not None:
+                self._fail(Close.PROTOCOL_ERROR, "expected a continuation frame")
+            elif final:
+                self._message(opcode == 1, payload)
+            else:
+                self._frag, self._frag_size, self._frag_text = [payload], len(payload), opcode == 1
+            return
+        frag = self._frag
+        if frag is None:
+            self._fail(Close.PROTOCOL_ERROR, "continuation frame without a message")
+            return
+        frag.append(payload)
+        self._frag_size += len(payload)
+        if final:
+            self._frag, self._frag_size = None, 0
+            self._message(self._frag_text, b"".join(frag))
+
+    def _message(self, text: bool, payload: bytes) -> None:
+        if not text:
+            self._on_message(None, payload)
+            return
+        try:
+            value = payload.decode()
+        except UnicodeDecodeError:
+            self._fail(Close.INVALID_DATA, "text is not valid UTF-8")
+            return
+        self._on_message(value, b"")
+
+    def _close_frame(self, payload: bytes) -> None:
+        if not payload:
+            self._on_close_frame(1005, "")
+            return
+        code = int.from_bytes(payload[:2], "big")
+        if len(payload) < 2 or code not in VALID_CLOSE_CODES:
+            self._fail(Close.PROTOCOL_ERROR, "invalid close code")
+            return
+        try:
+            reason = payload[2:].decode()
+        except UnicodeDecodeError:
+            self._fail(Close.INVALID_DATA, "close reason is not valid UTF-8")
+            return
+        self._on_close_frame(code, reason)

@@ -1,0 +1,324 @@
+"""Fixtures for turn tests: a relay that knows a worker key, real worker daemons run in this
+event loop, and a scripted fake worker that speaks the worker protocol frame by frame."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from relayline.testing import RelayServer, WsHarness
+from relayline.turns.signing import signed_headers
+from relayline.worker.connection import PATH, RelayConnection
+from relayline.worker.daemon import build_connection
+from relayline.worker.llm.base import ChatMessage, LLMClient, StreamChunk, ToolSpec
+from relayline.worker.settings import WorkerSettings
+from tests.conftest import ADMIN_KEY
+from tests.hub.conftest import RelayFactory, Tenant, new_tenant, start_relay
+
+# start_relay is a fixture of tests/hub; named here so that pytest offers it to these tests.
+__all__ = ["RelayFactory", "Tenant", "start_relay"]
+
+KEY_ID = "worker-key"
+SECRET = "worker-secret-" + "z" * 24
+Frame = dict[str, Any]
+
+
+# Relay side
+
+
+@pytest.fixture
+def turn_relay(start_relay: RelayFactory) -> RelayFactory:
+    """``await turn_relay(**settings)``: a relay that accepts the test worker key."""
+
+    async def start(**overrides: Any) -> RelayServer:
+        overrides.setdefault("worker_keys", [f"{KEY_ID}:{SECRET}"])
+        return await start_relay(**overrides)
+
+    return start
+
+
+class Tenants:
+    """Makes tenants on any relay of the test; closes their HTTP clients at teardown."""
+
+    def __init__(self) -> None:
+        self.clients: list[httpx.AsyncClient] = []
+
+    async def new(self, relay: RelayServer, name: str = "acme") -> Tenant:
+        return await new_tenant(relay, await self.client(relay), name)
+
+    async def client(self, relay: RelayServer) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(base_url=relay.url, timeout=10)
+        self.clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+@pytest.fixture
+async def tenants() -> AsyncIterator[Tenants]:
+    made = Tenants()
+    yield made
+    await made.close()
+
+
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def post(tenant: Tenant, chat_id: str, content: str) -> str:
+    """Post a user message; return its turn id."""
+    r = await tenant.http.post(
+        f"/v1/chats/{chat_id}/messages", json={"content": content}, headers=tenant.auth
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["turn_id"])
+
+
+async def messages(tenant: Tenant, chat_id: str) -> list[Frame]:
+    r = await tenant.http.get(f"/v1/chats/{chat_id}/messages", headers=tenant.auth)
+    assert r.status_code == 200, r.text
+    items: list[Frame] = r.json()["items"]
+    return items
+
+
+async def answers(tenant: Tenant, chat_id: str) -> list[Frame]:
+    return [m for m in await messages(tenant, chat_id) if m["role"] == "assistant"]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0
+) -> None:
+    """Poll ``check`` until it holds; fail the test when it never does."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def until_event(ws: WsHarness, type: str, timeout: float = 10.0, **data: Any) -> Frame:
+    """Skip frames until an event of ``type`` whose data contains ``data`` arrives."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.expect(type, timeout)
+            if all(frame["data"].get(k) == v for k, v in data.items()):
+                return frame
+
+
+async def completions(ws: WsHarness, *turn_ids: str, timeout: float = 10.0) -> dict[str, Frame]:
+    """``message.completed`` of each of ``turn_ids``, in whatever order they come."""
+    found: dict[str, Frame] = {}
+    async with asyncio.timeout(timeout):
+        while set(found) != set(turn_ids):
+            frame = await ws.expect("message.completed", timeout)
+            found[frame["data"]["turn_id"]] = frame
+    return found
+
+
+def dispatcher_of(relay: RelayServer) -> Any:
+    return relay.app.http.state.relay.dispatcher
+
+
+def local_answer(*history: tuple[str, str]) -> str:
+    """What the built-in model answers to this conversation (it is deterministic)."""
+    from relayline.worker.llm.local import respond
+
+    text, _ = respond([ChatMessage.from_dict({"role": r, "content": c}) for r, c in history], set())
+    return text
+
+
+# Real workers
+
+
+class SpyModel:
+    """Wraps a model client: records what each call was offered and whether a stream was
+    stopped before its end (a cancelled turn)."""
+
+    def __init__(self, inner: LLMClient) -> None:
+        self.inner = inner
+        self.calls: list[tuple[list[ChatMessage], list[str]]] = []
+        self.active = 0
+        self.max_active = 0
+        self.stopped_early = 0
+        self.finished = 0
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+    ) -> AsyncIterator[StreamChunk]:
+        self.calls.append((list(messages), [t.name for t in tools]))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        done = False
+        try:
+            async for chunk in self.inner.stream(messages, tools, model=model):
+                yield chunk
+            done = True
+        finally:
+            self.active -= 1
+            if done:
+                self.finished += 1
+            else:
+                self.stopped_early += 1
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class RunningWorker:
+    connection: RelayConnection
+    model: SpyModel
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def worker_id(self) -> str:
+        return self.connection.worker_id
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop: finish or hand back the turns, then return."""
+        self.stop_event.set()
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+    async def kill(self) -> None:
+        """Die at once, without handing anything back."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@dataclass
+class Workers:
+    workspace: Path
+    running: list[RunningWorker] = field(default_factory=list)
+
+    def settings(self, relay: RelayServer | str, **overrides: Any) -> WorkerSettings:
+        values: dict[str, Any] = {
+            "relay_url": relay if isinstance(relay, str) else relay.url,
+            "worker_key_id": KEY_ID,
+            "worker_secret": SECRET,
+            "worker_capacity": 4,
+            "local_model_delay_s": 0.002,
+            "workspace_roots": [self.workspace],
+            "reconnect_base_s": 0.05,
+            "reconnect_max_s": 0.5,
+            "shutdown_grace_s": 5.0,
+            "state_interval_s": 5.0,
+        }
+        values.update(overrides)
+        return WorkerSettings(_env_file=None, **values)
+
+    async def start(
+        self, relay: RelayServer | str, *, wait: bool = True, **overrides: Any
+    ) -> RunningWorker:
+        connection, llm = build_connection(self.settings(relay, **overrides))
+        spy = SpyModel(llm)
+        connection.runner.llm = spy
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(connection.run(stop))
+        worker = RunningWorker(connection, spy, stop, task)
+        self.running.append(worker)
+        if wait:
+            async with asyncio.timeout(10):
+                await connection.connected.wait()
+        return worker
+
+    async def close(self) -> None:
+        for worker in self.running:
+            await worker.kill()
+            await worker.model.aclose()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def workers(start_relay: RelayFactory, workspace: Path) -> AsyncIterator[Workers]:
+    # Depends on start_relay so that workers stop before the relays they talk to.
+    pool = Workers(workspace)
+    yield pool
+    await pool.close()
+
+
+# A worker scripted frame by frame
+
+
+class FakeWorker:
+    """Speaks the worker protocol by hand: takes turns and sends exactly what a test says."""
+
+    def __init__(self, relay: RelayServer, worker_id: str = "fake", capacity: int = 1) -> None:
+        self.relay = relay
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self.ws: ClientConnection | None = None
+        self.frames: asyncio.Queue[Frame] = asyncio.Queue()
+        self.seen: list[Frame] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self) -> Frame:
+        url = self.relay.url.replace("http", "ws", 1) + PATH
+        self.ws = await connect(
+            url, additional_headers=signed_headers(KEY_ID, SECRET, "GET", PATH), open_timeout=5
+        )
+        await self.send({"type": "hello", "worker_id": self.worker_id, "capacity": self.capacity})
+        welcome: Frame = json.loads(await asyncio.wait_for(self.ws.recv(), 5))
+        assert welcome["type"] == "welcome", welcome
+        self.worker_id = welcome["worker_id"]
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return welcome
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in self.ws:
+                frame: Frame = json.loads(raw)
+                self.seen.append(frame)
+                await self.frames.put(frame)
+
+    async def send(self, frame: Frame) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps(frame))
+
+    async def expect(self, type: str, timeout: float = 10.0) -> Frame:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.frames.get()
+                if frame.get("type") == type:
+                    return frame
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame."""
+        assert self.ws is not None
+        self.ws.transport.abort()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await self._reader
+
+    async def __aenter__(self) -> FakeWorker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
