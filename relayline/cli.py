@@ -76,9 +76,7 @@ async def _preflight(settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from relayline.server import server_config
+    from relayline.server import RelayServerProcess, server_config
 
     settings = _settings()
     runtime = _logging(settings)
@@ -88,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(_preflight(settings))
         config = server_config(settings, args.host, args.port)
         log.info("listening", url=f"http://{args.host}:{args.port}")
-        server = uvicorn.Server(config)
+        server = RelayServerProcess(config)
 
         def stop(_signum: int, _frame: object) -> None:
             server.should_exit = True

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import structlog
-import uvicorn
 from sqlalchemy import select
 
 from relayline import session_tokens
 from relayline.api.app import open_store
 from relayline.config import Settings
-from relayline.server import server_config
+from relayline.server import RelayServerProcess, server_config
 from relayline.store import tenants
 from relayline.store.models import Chat, Tenant
 from relayline.worker.daemon import build_connection
@@ -91,7 +90,7 @@ async def demo_session(settings: Settings, workspace: Path) -> str:
 async def run_demo(settings: Settings, host: str, port: int, workspace: Path) -> None:
     settings, key_id, secret = prepare(settings, host, port)
     token = await demo_session(settings, workspace)
-    server = uvicorn.Server(server_config(settings, host, port))
+    server = RelayServerProcess(server_config(settings, host, port))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
