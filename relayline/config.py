@@ -293,11 +293,6 @@ def check_settings(settings: Settings) -> list[str]:
             "RELAYLINE_REDIS_URL is unset: bus, limits and caps stay per process "
             "although RELAYLINE_INSTANCES > 1"
         )
-    if settings.instances > 1:
-        warnings.append(
-            "turn dispatch is per instance: connect workers to every instance "
-            "(see docs/deployment.md)"
-        )
     for net in settings.trusted_proxies:
         if ipaddress.ip_network(net, strict=False).prefixlen == 0:
             warnings.append(

@@ -31,6 +31,7 @@ from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.store import migrate
 from relayline.store.database import Database
+from relayline.turns.coordination import Coordinator, LocalCoordinator, RedisCoordinator
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_gateway import WorkerGateway
@@ -101,7 +102,12 @@ def create_http_app(settings: Settings) -> FastAPI:
         auth = Authenticator(settings, db)
         hub = Hub(bus, replay_max_events=settings.replay_max_events)
         acl = TopicAcl(db)
-        dispatcher = TurnDispatcher(settings, db, bus)
+        coordinator: Coordinator = (
+            RedisCoordinator(backends.redis, settings.redis_prefix)
+            if backends.redis is not None
+            else LocalCoordinator()
+        )
+        dispatcher = TurnDispatcher(settings, db, bus, coordinator)
         await dispatcher.start()
         verifier = SignatureVerifier(
             settings.worker_key_map, backends.nonces, settings.worker_signature_window_s

@@ -90,7 +90,10 @@ class Message(Base):
 
 class Turn(Base):
     __tablename__ = "turns"
-    __table_args__ = (Index("ix_turns_chat_id_state", "chat_id", "state"),)
+    __table_args__ = (
+        Index("ix_turns_chat_id_state", "chat_id", "state"),
+        Index("ix_turns_state_lease", "state", "lease_expires_at"),
+    )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     chat_id: Mapped[str] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
@@ -105,6 +108,9 @@ class Turn(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    # While running: until when the instance that holds the attempt vouches for it. Any
+    # instance re-queues a running turn whose lease ran out (its holder died).
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class MessageMetric(Base):

@@ -3,10 +3,10 @@ so a stale worker (an earlier attempt) can never overwrite the answer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
@@ -28,15 +28,14 @@ class Assignment:
     agent: dict[str, object]
 
 
-async def pending(db: Database) -> Sequence[Turn]:
-    """Turns that still need an answer (after a restart: queued and running ones)."""
-    async with db.read() as session:
-        query = select(Turn).where(Turn.state.in_(("queued", "running"))).order_by(Turn.id)
-        return (await session.scalars(query)).all()
-
-
 async def begin_attempt(
-    db: Database, turn_id: str, worker_id: str, *, max_messages: int, max_chars: int
+    db: Database,
+    turn_id: str,
+    worker_id: str,
+    *,
+    max_messages: int,
+    max_chars: int,
+    lease_ms: int | None = None,
 ) -> Assignment | None:
     """Mark the turn running under the next attempt; create its answer message on the first.
 
@@ -46,46 +45,68 @@ async def begin_attempt(
         turn = await session.get(Turn, turn_id)
         if turn is None or turn.state not in ("queued", "running"):
             return None
-        turn.attempt += 1
-        turn.state = "running"
-        turn.worker_id = worker_id
-        turn.started_at = now_ms()
-        if turn.response_message_id is None:
-            # The answer takes its place in the chat now, so messages posted while it streams
-            # come after it.
-            answer = Message(
-                id=new_id(),
-                chat_id=turn.chat_id,
-                seq=await _next_seq(session, turn.chat_id),
-                role="assistant",
-                content="",
-                status="streaming",
-                turn_id=turn.id,
-                created_at=now_ms(),
-            )
-            session.add(answer)
-            turn.response_message_id = answer.id
-        else:
-            answer_or_none = await session.get(Message, turn.response_message_id)
-            assert answer_or_none is not None
-            answer = answer_or_none
-            answer.content = ""
-            answer.status = "streaming"
-        await session.flush()
-        tenant = await session.get(Tenant, turn.tenant_id)
-        question = await session.get(Message, turn.message_id)
-        asked_seq = question.seq if question is not None else answer.seq
-        history = await _history(session, turn.chat_id, asked_seq, max_messages, max_chars)
-        return Assignment(
-            turn.id,
-            turn.chat_id,
-            turn.tenant_id,
-            turn.attempt,
-            answer.id,
-            answer.seq,
-            history,
-            dict(tenant.agent_settings) if tenant else {},
+        return await start_attempt(
+            session,
+            turn,
+            worker_id,
+            max_messages=max_messages,
+            max_chars=max_chars,
+            lease_ms=lease_ms,
         )
+
+
+async def start_attempt(
+    session: AsyncSession,
+    turn: Turn,
+    worker_id: str,
+    *,
+    max_messages: int,
+    max_chars: int,
+    lease_ms: int | None,
+) -> Assignment:
+    """The write half of an assignment, inside the caller's transaction (which chose the turn,
+    so choosing and starting it commit together)."""
+    turn.attempt += 1
+    turn.state = "running"
+    turn.worker_id = worker_id
+    turn.started_at = now_ms()
+    turn.lease_expires_at = now_ms() + lease_ms if lease_ms is not None else None
+    if turn.response_message_id is None:
+        # The answer takes its place in the chat now, so messages posted while it streams
+        # come after it.
+        answer = Message(
+            id=new_id(),
+            chat_id=turn.chat_id,
+            seq=await _next_seq(session, turn.chat_id),
+            role="assistant",
+            content="",
+            status="streaming",
+            turn_id=turn.id,
+            created_at=now_ms(),
+        )
+        session.add(answer)
+        turn.response_message_id = answer.id
+    else:
+        answer_or_none = await session.get(Message, turn.response_message_id)
+        assert answer_or_none is not None
+        answer = answer_or_none
+        answer.content = ""
+        answer.status = "streaming"
+    await session.flush()
+    tenant = await session.get(Tenant, turn.tenant_id)
+    question = await session.get(Message, turn.message_id)
+    asked_seq = question.seq if question is not None else answer.seq
+    history = await _history(session, turn.chat_id, asked_seq, max_messages, max_chars)
+    return Assignment(
+        turn.id,
+        turn.chat_id,
+        turn.tenant_id,
+        turn.attempt,
+        answer.id,
+        answer.seq,
+        history,
+        dict(tenant.agent_settings) if tenant else {},
+    )
 
 
 async def _history(
@@ -195,7 +216,7 @@ async def requeue(db: Database, turn_id: str, attempt: int) -> bool:
         result = await session.execute(
             update(Turn)
             .where(Turn.id == turn_id, Turn.attempt == attempt, Turn.state == "running")
-            .values(state="queued", worker_id=None)
+            .values(state="queued", worker_id=None, lease_expires_at=None)
             .returning(Turn.id)
         )
         return result.first() is not None

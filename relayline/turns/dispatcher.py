@@ -1,8 +1,13 @@
 """Turn dispatch: one turn at a time per chat, credit-based assignment to workers, leases,
 attempts as fencing tokens, delta coalescing, completion, cancel and tool approvals.
 
-State is held in this process and rebuilt from the store at start-up (queued and running
-turns are queued again), so a relay restart loses no turn.
+The queue is the store (:mod:`relayline.store.turn_queue`), shared by every instance: an
+instance claims the head turn of a chat when one of its own workers has free credit, and
+holds the running attempt (its worker, streamed text, approvals) in memory while renewing the
+turn's lease in the store. When an instance dies its leases run out and another instance
+queues the turn again; a restart loses no turn. A :class:`Coordinator` carries what the store
+cannot: wake-ups, cancels and approval decisions for the instance that holds a turn, the
+partial answer for snapshots, and whether any instance has a worker.
 """
 
 from __future__ import annotations
@@ -10,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 
 from relayline.bus.base import Bus
 from relayline.config import Settings
 from relayline.ids import new_id
+from relayline.store import turn_queue
 from relayline.store import turns as store
 from relayline.store.database import Database
+from relayline.store.models import Turn
+from relayline.turns.coordination import Coordinator, LocalCoordinator
 from relayline.turns.worker_link import WorkerLink
 
 log = structlog.get_logger("relayline.turns")
@@ -30,11 +39,10 @@ FAILURE_CATEGORIES = frozenset(
 )
 
 
-@dataclass(slots=True)
-class Queued:
-    turn_id: str
-    chat_id: str
-    tenant_id: str
+# A claim also runs this often with no wake-up, covering a broadcast that was lost.
+CLAIM_INTERVAL_S = 1.0
+# How often this instance tells the others how many workers it holds.
+REPORT_INTERVAL_S = 5.0
 
 
 @dataclass(slots=True)
@@ -62,24 +70,38 @@ class Running:
 
 
 class TurnDispatcher:
-    def __init__(self, settings: Settings, db: Database, bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        bus: Bus,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.bus = bus
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.workers: dict[str, WorkerLink] = {}
-        self.queues: dict[str, deque[Queued]] = {}
-        self.ready: deque[str] = deque()
         self.running: dict[str, Running] = {}
         self.running_by_chat: dict[str, Running] = {}
         self.approvals: dict[str, Running] = {}
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     # Lifecycle
 
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.turn_lease_s * 1000)
+
     async def start(self) -> None:
-        for turn in await store.pending(self.db):
-            self._enqueue(Queued(turn.id, turn.chat_id, turn.tenant_id))
+        if not self.coordinator.shared:
+            # The only instance: running turns in the store were this relay's before it
+            # stopped, so they are queued again now rather than when their leases run out.
+            await self._reclaim(everything=True)
+        await self.coordinator.start(self._on_control)
+        await self.coordinator.report_workers(0)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pump()), loop.create_task(self._sweep())]
         self._kick.set()
@@ -91,26 +113,27 @@ class TurnDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.coordinator.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a coordinator call without waiting on it (kept referenced until it ends)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # Queue
 
-    def _enqueue(self, item: Queued, *, front: bool = False) -> None:
-        queue = self.queues.setdefault(item.chat_id, deque())
-        if front:
-            queue.appendleft(item)
-        else:
-            queue.append(item)
-        if item.chat_id not in self.running_by_chat and item.chat_id not in self.ready:
-            self.ready.append(item.chat_id)
-        self._kick.set()
-
     async def enqueue(self, turn_id: str, chat_id: str, tenant_id: str) -> None:
         """A new turn was stored as queued; it runs after the chat's earlier turns."""
-        self._enqueue(Queued(turn_id, chat_id, tenant_id))
-        if not self.workers:
+        self._kick.set()
+        await self.coordinator.broadcast({"kind": "wake"})
+        if not await self._any_worker():
             await self._publish(
                 chat_id, "worker.state", {"status": "no_worker", "turn_id": turn_id}
             )
+
+    async def _any_worker(self) -> bool:
+        return bool(self.workers) or await self.coordinator.workers_elsewhere() > 0
 
     def _pick_worker(self) -> WorkerLink | None:
         best: WorkerLink | None = None
@@ -123,46 +146,43 @@ class TurnDispatcher:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            while self.ready:
+            while True:
                 worker = self._pick_worker()
                 if worker is None:
                     break
-                chat_id = self.ready.popleft()
-                queue = self.queues.get(chat_id)
-                if not queue or chat_id in self.running_by_chat:
-                    continue
-                item = queue.popleft()
-                if not queue:
-                    del self.queues[chat_id]
                 try:
-                    await self._assign(item, worker)
+                    claimed = await self._claim(worker)
                 except Exception:
-                    log.exception("assign_failed", turn_id=item.turn_id)
-                    self._enqueue(item, front=True)
+                    log.exception("claim_failed", worker_id=worker.worker_id)
                     await asyncio.sleep(0.5)
+                    self._kick.set()
+                    break
+                if not claimed:
+                    break
 
-    async def _assign(self, item: Queued, worker: WorkerLink) -> None:
-        worker.inflight.add(item.turn_id)  # hold the credit across the store round-trip
-        try:
-            assignment = await store.begin_attempt(
-                self.db,
-                item.turn_id,
-                worker.worker_id,
-                max_messages=self.settings.turn_history_messages,
-                max_chars=self.settings.turn_history_chars,
-            )
-        except BaseException:
-            worker.inflight.discard(item.turn_id)
-            raise
-        if assignment is None or worker.closed:
-            worker.inflight.discard(item.turn_id)
-            if assignment is not None:
-                await store.requeue(self.db, item.turn_id, assignment.attempt)
-                self._enqueue(item, front=True)
-            elif item.chat_id in self.queues:
-                self._mark_ready(item.chat_id)
-            return
+    async def _claim(self, worker: WorkerLink) -> bool:
+        """Claim the store's head turn for ``worker``; False when nothing is claimable."""
+        assignment = await turn_queue.claim_next(
+            self.db,
+            worker.worker_id,
+            self.lease_ms,
+            self.settings.turn_history_messages,
+            self.settings.turn_history_chars,
+            exclude_chats=set(self.running_by_chat),
+        )
+        if assignment is None:
+            return False
+        if worker.closed or worker.worker_id not in self.workers:
+            # The worker left during the round-trip: hand the turn straight back.
+            await store.requeue(self.db, assignment.turn_id, assignment.attempt)
+            return True
+        await self._assign(assignment, worker)
+        return True
+
+    async def _assign(self, assignment: store.Assignment, worker: WorkerLink) -> None:
+        worker.inflight.add(assignment.turn_id)
         now = time.monotonic()
+        item = assignment
         running = Running(
             item.turn_id,
             item.chat_id,
@@ -209,15 +229,6 @@ class TurnDispatcher:
             correlation_id=running.correlation_id,
         )
 
-    def _mark_ready(self, chat_id: str) -> None:
-        if (
-            self.queues.get(chat_id)
-            and chat_id not in self.running_by_chat
-            and chat_id not in self.ready
-        ):
-            self.ready.append(chat_id)
-        self._kick.set()
-
     def _release(self, running: Running, *, hold_chat: bool = False) -> None:
         """The attempt is over: refuse its frames from now on and free the worker's credit.
 
@@ -231,20 +242,41 @@ class TurnDispatcher:
         running.worker.inflight.discard(running.turn_id)
         for approval_id in running.approvals:
             self.approvals.pop(approval_id, None)
+        if self.coordinator.shared:
+            asyncio.get_running_loop().create_task(self.coordinator.clear_partial(running.chat_id))
         if not hold_chat:
             self._free_chat(running)
 
     def _free_chat(self, running: Running) -> None:
         if self.running_by_chat.get(running.chat_id) is running:
             del self.running_by_chat[running.chat_id]
-        self._mark_ready(running.chat_id)
+        self._kick.set()
+        if self.coordinator.shared:
+            # The chat's next turn may be for a worker of another instance.
+            self._spawn(self.coordinator.broadcast({"kind": "wake"}))
 
     # Leases
 
     async def _sweep(self) -> None:
         interval = max(0.05, min(1.0, self.settings.turn_lease_s / 4))
+        renew_every = self.settings.turn_lease_s / 3
+        last_renew = last_claim = last_report = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            now = time.monotonic()
+            try:
+                if now - last_renew >= renew_every:
+                    last_renew = now
+                    await self._renew_leases()
+                    await self._reclaim()
+                if now - last_claim >= CLAIM_INTERVAL_S:
+                    last_claim = now
+                    self._kick.set()
+                if now - last_report >= REPORT_INTERVAL_S:
+                    last_report = now
+                    await self.coordinator.report_workers(len(self.workers))
+            except Exception:  # the store is away for now: try again next round
+                log.exception("sweep_failed")
             now = time.monotonic()
             for running in list(self.running.values()):
                 if running.lease_expires < now:
@@ -257,19 +289,76 @@ class TurnDispatcher:
                     )
                     await self._lost(running, "lease expired", "timeout")
 
+    async def _renew_leases(self) -> None:
+        """Vouch in the store for the turns this instance runs; stop those cancelled there."""
+        cancelled = await turn_queue.renew(self.db, list(self.running), self.lease_ms)
+        for turn_id in cancelled:
+            running = self.running.get(turn_id)
+            if running is not None:
+                await self.cancel_running(running.chat_id, turn_id, broadcast=False)
+
+    async def _reclaim(self, *, everything: bool = False) -> None:
+        """Queue again the turns whose instance stopped renewing their lease (it died)."""
+        reclaimed = await turn_queue.reclaim_expired(
+            self.db,
+            exclude=set(self.running),
+            max_attempts=self.settings.turn_max_attempts,
+            everything=everything,
+        )
+        for turn in reclaimed:
+            log.warning("turn_reclaimed", turn_id=turn.turn_id, attempt=turn.attempt)
+            if turn.failed:
+                await self._publish(
+                    turn.chat_id,
+                    "turn.failed",
+                    {
+                        "turn_id": turn.turn_id,
+                        "message_id": turn.message_id,
+                        "category": "internal",
+                        "detail": f"relay instance lost after {turn.attempt} attempts",
+                    },
+                )
+            else:
+                await self._publish(
+                    turn.chat_id,
+                    "turn.retrying",
+                    {
+                        "turn_id": turn.turn_id,
+                        "attempt": turn.attempt + 1,
+                        "reason": "relay instance lost",
+                    },
+                )
+        if reclaimed:
+            self._kick.set()
+            await self.coordinator.broadcast({"kind": "wake"})
+
+    async def _on_control(self, message: dict[str, Any]) -> None:
+        """A broadcast from another instance."""
+        kind = message.get("kind")
+        if kind == "wake":
+            self._kick.set()
+        elif kind == "cancel":
+            await self.cancel_running(
+                str(message.get("chat_id")), str(message.get("turn_id")), broadcast=False
+            )
+        elif kind == "approval":
+            await self.resolve_approval(
+                str(message.get("chat_id")),
+                str(message.get("approval_id")),
+                bool(message.get("approve")),
+                broadcast=False,
+            )
+
     async def _lost(self, running: Running, reason: str, category: str) -> None:
         """The attempt's worker is gone or silent: retry the turn, or fail it at the limit."""
         if self.running.get(running.turn_id) is not running:
             return
-        # Hold the chat until the turn is back at the head of its queue, or a later message
-        # would be answered first.
+        # Hold the chat until the retry is announced: the store already keeps the turn at the
+        # head of its chat, but this instance must not start it again before saying so.
         self._release(running, hold_chat=True)
         try:
             if running.attempt < self.settings.turn_max_attempts:
                 if await store.requeue(self.db, running.turn_id, running.attempt):
-                    self._enqueue(
-                        Queued(running.turn_id, running.chat_id, running.tenant_id), front=True
-                    )
                     await self._publish(
                         running.chat_id,
                         "turn.retrying",
@@ -289,20 +378,23 @@ class TurnDispatcher:
     def attach(self, worker: WorkerLink) -> None:
         self.workers[worker.worker_id] = worker
         self._kick.set()
+        self._report_workers()
+
+    def _report_workers(self) -> None:
+        if self.coordinator.shared:
+            self._spawn(self.coordinator.report_workers(len(self.workers)))
 
     async def detach(self, worker: WorkerLink) -> None:
         if self.workers.get(worker.worker_id) is worker:
             del self.workers[worker.worker_id]
+            self._report_workers()
         for running in [r for r in self.running.values() if r.worker is worker]:
             await self._lost(running, "worker disconnected", "internal")
-        if not self.workers:
-            for chat_id, queue in self.queues.items():
-                if queue:
-                    await self._publish(
-                        chat_id,
-                        "worker.state",
-                        {"status": "no_worker", "turn_id": queue[0].turn_id},
-                    )
+        if not await self._any_worker():
+            for turn_id, chat_id in await turn_queue.queued_heads(self.db):
+                await self._publish(
+                    chat_id, "worker.state", {"status": "no_worker", "turn_id": turn_id}
+                )
 
     def owned(self, worker: WorkerLink, frame: dict[str, Any]) -> Running | None:
         """The running attempt this frame speaks for, or None for a stale or foreign one."""
@@ -348,6 +440,10 @@ class TurnDispatcher:
             running.pending.clear()
             offset = running.published_chars
             running.published_chars += len(text)
+            if self.coordinator.shared:
+                await self.coordinator.set_partial(
+                    running.chat_id, running.message_id, running.published_text
+                )
             await self._publish(
                 running.chat_id,
                 "message.delta",
@@ -462,10 +558,23 @@ class TurnDispatcher:
             },
         )
 
-    async def resolve_approval(self, chat_id: str, approval_id: str, approve: bool) -> bool:
+    async def resolve_approval(
+        self, chat_id: str, approval_id: str, approve: bool, *, broadcast: bool = True
+    ) -> bool:
         running = self.approvals.get(approval_id)
         if running is None or running.chat_id != chat_id:
-            return False
+            if not broadcast or not await self._running_elsewhere(chat_id):
+                return False
+            # The worker asking is connected to another instance: that one forwards it.
+            await self.coordinator.broadcast(
+                {
+                    "kind": "approval",
+                    "chat_id": chat_id,
+                    "approval_id": approval_id,
+                    "approve": approve,
+                }
+            )
+            return True
         del self.approvals[approval_id]
         running.approvals.discard(approval_id)
         decision = "approve" if approve else "deny"
@@ -485,13 +594,28 @@ class TurnDispatcher:
 
     # Cancel and snapshots
 
-    async def cancel_running(self, chat_id: str, turn_id: str) -> None:
-        """After the store marked ``turn_id`` cancelled: stop its worker and keep the partial."""
+    async def _running_elsewhere(self, chat_id: str) -> bool:
+        """Whether another instance may hold the chat's running turn."""
+        if not self.coordinator.shared or chat_id in self.running_by_chat:
+            return False
+        async with self.db.read() as session:
+            found = await session.scalar(
+                select(Turn.id).where(Turn.chat_id == chat_id, Turn.state == "running").limit(1)
+            )
+        return found is not None
+
+    async def cancel_running(self, chat_id: str, turn_id: str, *, broadcast: bool = True) -> None:
+        """After the store marked ``turn_id`` cancelled: stop its worker and keep the partial.
+
+        A queued turn needs nothing more (the store no longer offers it). A turn running on
+        another instance is stopped by that instance, told through the coordinator.
+        """
         running = self.running_by_chat.get(chat_id)
-        queue = self.queues.get(chat_id)
-        if queue:
-            self.queues[chat_id] = deque(q for q in queue if q.turn_id != turn_id)
         if running is None or running.turn_id != turn_id:
+            if broadcast and self.coordinator.shared:
+                await self.coordinator.broadcast(
+                    {"kind": "cancel", "chat_id": chat_id, "turn_id": turn_id}
+                )
             return
         await self._flush(running)
         running.worker.send({"type": "turn.cancel", "turn_id": turn_id, "attempt": running.attempt})
@@ -509,10 +633,15 @@ class TurnDispatcher:
         finally:
             self._free_chat(running)
 
-    def partial(self, chat_id: str) -> tuple[str, str] | None:
-        """``(message_id, text published so far)`` of the chat's running turn."""
+    async def partial(self, chat_id: str) -> tuple[str, str] | None:
+        """``(message_id, text published so far)`` of the chat's running turn, wherever it
+        runs."""
         running = self.running_by_chat.get(chat_id)
-        return (running.message_id, running.published_text) if running else None
+        if running is not None:
+            return running.message_id, running.published_text
+        if not self.coordinator.shared:
+            return None
+        return await self.coordinator.partial(chat_id)
 
     async def _publish(self, chat_id: str, type: str, data: dict[str, Any]) -> None:
         try:

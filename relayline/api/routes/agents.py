@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relayline.api.deps import Admin, State
 from relayline.api.params import IdPath
 from relayline.errors import ValidationFailed
-from relayline.store import tenants
+from relayline.store import tenants, turn_queue
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -64,7 +64,7 @@ async def put_agent(tenant_id: IdPath, body: AgentSettings, _: Admin, st: State)
 
 @router.get("/workers")
 async def list_workers(_: Admin, st: State) -> WorkerList:
-    queued = sum(len(q) for q in st.dispatcher.queues.values())
+    queued = await turn_queue.queued_count(st.db)
     return WorkerList(
         items=[WorkerOut.model_validate(w) for w in st.dispatcher.snapshot()], queued_turns=queued
     )

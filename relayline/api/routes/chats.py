@@ -93,7 +93,7 @@ async def get_chat(chat_id: IdPath, who: TenantChats, st: State) -> s.ChatSnapsh
     # but never misses one.
     topic = f"chat:{chat_id}"
     epoch, seq = await st.bus.position(topic)
-    partial = st.dispatcher.partial(chat_id)
+    partial = await st.dispatcher.partial(chat_id)
     async with st.db.read() as session:
         turn = await chats.active_turn(session, chat_id)
     return s.ChatSnapshot(

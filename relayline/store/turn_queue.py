@@ -1,0 +1,178 @@
+"""The turn queue, kept in the store so every instance shares it.
+
+A turn is claimable when it is queued and is its chat's oldest unfinished turn (one turn at a
+time per chat, in order: a retried turn keeps its place ahead of later messages). Claiming
+locks the row with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent instances never
+claim the same turn; SQLite has a single writer (write transactions begin IMMEDIATE), which
+gives the same guarantee there.
+
+Running turns carry a lease (``lease_expires_at``) that the holding instance renews while its
+worker is alive; :func:`reclaim_expired` lets any instance re-queue the turns of an instance
+that died. Attempt numbers fence every later write, so a turn is answered once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from relayline.clock import now_ms
+from relayline.store.database import Database
+from relayline.store.models import Message, Turn
+from relayline.store.turns import Assignment, start_attempt
+
+ACTIVE = ("queued", "running")
+
+
+async def claimable_turn_id(
+    session: AsyncSession, *, exclude_chats: Collection[str] = ()
+) -> str | None:
+    """The oldest queued turn that heads its chat, locked for this transaction.
+
+    ``exclude_chats``: chats this instance still holds while it stores and announces the
+    outcome of their previous turn, so the next one does not overtake that announcement.
+    """
+    other = aliased(Turn)
+    head = (
+        select(func.min(other.id))
+        .where(other.chat_id == Turn.chat_id, other.state.in_(ACTIVE))
+        .scalar_subquery()
+    )
+    query = select(Turn.id).where(Turn.state == "queued", Turn.id == head)
+    if exclude_chats:
+        query = query.where(Turn.chat_id.not_in(list(exclude_chats)))
+    query = query.order_by(Turn.id).limit(1).with_for_update(skip_locked=True)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def claim_next(
+    db: Database,
+    worker_id: str,
+    lease_ms: int,
+    max_messages: int,
+    max_chars: int,
+    *,
+    exclude_chats: Collection[str] = (),
+) -> Assignment | None:
+    """Claim the head turn for ``worker_id`` and start its next attempt, in one transaction."""
+    async with db.write() as session:
+        turn_id = await claimable_turn_id(session, exclude_chats=exclude_chats)
+        if turn_id is None:
+            return None
+        turn = await session.get(Turn, turn_id)
+        assert turn is not None
+        return await start_attempt(
+            session,
+            turn,
+            worker_id,
+            max_messages=max_messages,
+            max_chars=max_chars,
+            lease_ms=lease_ms,
+        )
+
+
+async def queued_heads(db: Database, limit: int = 1000) -> list[tuple[str, str]]:
+    """``(turn_id, chat_id)`` of queued turns that head their chat (what waits for a worker)."""
+    other = aliased(Turn)
+    head = (
+        select(func.min(other.id))
+        .where(other.chat_id == Turn.chat_id, other.state.in_(ACTIVE))
+        .scalar_subquery()
+    )
+    async with db.read() as session:
+        query = (
+            select(Turn.id, Turn.chat_id)
+            .where(Turn.state == "queued", Turn.id == head)
+            .order_by(Turn.id)
+            .limit(limit)
+        )
+        return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
+async def renew(db: Database, turn_ids: Collection[str], lease_ms: int) -> set[str]:
+    """Extend the leases of running turns this instance holds.
+
+    Returns the ids among ``turn_ids`` that were cancelled in the store meanwhile, so the
+    holder stops them even when the cancel broadcast did not reach it.
+    """
+    if not turn_ids:
+        return set()
+    ids = list(turn_ids)
+    async with db.write() as session:
+        await session.execute(
+            update(Turn)
+            .where(Turn.id.in_(ids), Turn.state == "running")
+            .values(lease_expires_at=now_ms() + lease_ms)
+        )
+        cancelled = await session.scalars(
+            select(Turn.id).where(Turn.id.in_(ids), Turn.state == "cancelled")
+        )
+        return set(cancelled.all())
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    turn_id: str
+    chat_id: str
+    tenant_id: str
+    attempt: int
+    message_id: str | None
+    failed: bool
+
+
+async def reclaim_expired(
+    db: Database, *, exclude: Collection[str], max_attempts: int, everything: bool = False
+) -> list[Reclaimed]:
+    """Re-queue running turns whose lease ran out (not those in ``exclude``: held here).
+
+    A turn already at ``max_attempts`` fails instead. ``everything`` takes every running turn
+    whatever its lease: for a relay that knows it is the only instance (after a restart).
+    """
+    async with db.write() as session:
+        query = select(Turn).where(Turn.state == "running")
+        if not everything:
+            # A running turn without a lease predates leases: nobody vouches for it.
+            query = query.where(
+                or_(Turn.lease_expires_at.is_(None), Turn.lease_expires_at < now_ms())
+            )
+        query = query.order_by(Turn.id).with_for_update(skip_locked=True)
+        rows = [t for t in (await session.scalars(query)).all() if t.id not in exclude]
+        reclaimed: list[Reclaimed] = []
+        for turn in rows:
+            failed = turn.attempt >= max_attempts
+            turn.worker_id = None
+            turn.lease_expires_at = None
+            if failed:
+                turn.state = "failed"
+                turn.finished_at = now_ms()
+                turn.error_category = "internal"
+                turn.error_detail = f"relay instance lost after {turn.attempt} attempts"
+                if turn.response_message_id is not None:
+                    answer = await session.get(Message, turn.response_message_id)
+                    if answer is not None:
+                        answer.status = "failed"
+            else:
+                turn.state = "queued"
+            reclaimed.append(
+                Reclaimed(
+                    turn.id,
+                    turn.chat_id,
+                    turn.tenant_id,
+                    turn.attempt,
+                    turn.response_message_id,
+                    failed,
+                )
+            )
+        await session.flush()
+        return reclaimed
+
+
+async def queued_count(db: Database) -> int:
+    """How many turns wait in the queue (every instance's)."""
+    async with db.read() as session:
+        count = await session.scalar(select(func.count()).where(Turn.state == "queued"))
+        return int(count or 0)

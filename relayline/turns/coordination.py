@@ -1,0 +1,191 @@
+"""What relay instances tell each other about turns, beyond the shared store.
+
+- ``broadcast``: a small control message to every *other* instance — wake up (a turn was
+  queued), cancel a turn, a tool-approval decision — for the instance whose worker holds the
+  turn. Delivery is best effort (at most once): a lost wake-up is covered by the periodic
+  claim, a lost cancel by the client's retry, and leases cover a lost instance.
+- ``set_partial``/``partial``: the text of a running answer published so far, so a snapshot
+  served by any instance shows it.
+- ``report_workers``/``workers_elsewhere``: how many workers other instances hold, so the relay
+  says ``no_worker`` only when no instance has one.
+
+:class:`LocalCoordinator` is the single-instance version (nothing to tell anyone);
+:class:`RedisCoordinator` shares it all through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+
+from relayline.ids import new_id
+
+log = structlog.get_logger("relayline.turns")
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Coordinator(Protocol):
+    instance_id: str
+    # Whether other instances may exist: a lone instance may take back every running turn
+    # at start-up instead of waiting for their leases to run out.
+    shared: bool
+
+    async def start(self, handler: Handler) -> None:
+        """Begin receiving other instances' broadcasts into ``handler``."""
+
+    async def close(self) -> None: ...
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        """Best-effort delivery to every other instance (never to this one)."""
+
+    async def set_partial(self, chat_id: str, message_id: str, text: str) -> None: ...
+
+    async def partial(self, chat_id: str) -> tuple[str, str] | None: ...
+
+    async def clear_partial(self, chat_id: str) -> None: ...
+
+    async def report_workers(self, count: int) -> None: ...
+
+    async def workers_elsewhere(self) -> int: ...
+
+
+class LocalCoordinator:
+    """One instance: there is nobody else to tell."""
+
+    def __init__(self) -> None:
+        self.instance_id = new_id()
+        self.shared = False
+
+    async def start(self, handler: Handler) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        return None
+
+    async def set_partial(self, chat_id: str, message_id: str, text: str) -> None:
+        return None
+
+    async def partial(self, chat_id: str) -> tuple[str, str] | None:
+        return None
+
+    async def clear_partial(self, chat_id: str) -> None:
+        return None
+
+    async def report_workers(self, count: int) -> None:
+        return None
+
+    async def workers_elsewhere(self) -> int:
+        return 0
+
+
+class RedisCoordinator:
+    """Pub/sub for broadcasts; plain keys (with expiry) for partial answers and worker counts."""
+
+    def __init__(self, redis: Any, key_prefix: str, *, ttl_s: float = 30.0) -> None:
+        self.instance_id = new_id()
+        self.shared = True
+        self._redis = redis
+        self._prefix = key_prefix
+        self._channel = f"{key_prefix}turns:control"
+        self._workers = f"{key_prefix}turns:workers"
+        self._ttl_s = ttl_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, handler: Handler) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen(handler))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._redis.hdel(self._workers, self.instance_id)
+
+    async def _listen(self, handler: Handler) -> None:
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    # Polled with a short timeout rather than ``listen()``: the shared client's
+                    # socket timeout would otherwise end an idle subscription every few seconds.
+                    item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if item is None or item.get("type") != "message":
+                        continue
+                    message = json.loads(item["data"])
+                    if message.get("from") == self.instance_id:
+                        continue
+                    try:
+                        await handler(message)
+                    except Exception:
+                        log.exception("control_message_failed", kind=message.get("kind"))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: leases and periodic claims keep things moving
+                log.warning("control_channel_lost")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis.publish(
+                self._channel, json.dumps({**message, "from": self.instance_id})
+            )
+
+    def _partial_key(self, chat_id: str) -> str:
+        return f"{self._prefix}turns:partial:{chat_id}"
+
+    async def set_partial(self, chat_id: str, message_id: str, text: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis.set(
+                self._partial_key(chat_id), f"{message_id}\n{text}", ex=int(self._ttl_s * 20)
+            )
+
+    async def partial(self, chat_id: str) -> tuple[str, str] | None:
+        try:
+            raw = await self._redis.get(self._partial_key(chat_id))
+        except Exception:
+            return None
+        if raw is None:
+            return None
+        message_id, _, text = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("\n")
+        return message_id, text
+
+    async def clear_partial(self, chat_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis.delete(self._partial_key(chat_id))
+
+    async def report_workers(self, count: int) -> None:
+        value = json.dumps({"count": count, "until": time.time() + self._ttl_s})
+        with contextlib.suppress(Exception):
+            await self._redis.hset(self._workers, self.instance_id, value)
+
+    async def workers_elsewhere(self) -> int:
+        try:
+            entries = await self._redis.hgetall(self._workers)
+        except Exception:
+            return 0
+        now = time.time()
+        total = 0
+        for instance, raw in entries.items():
+            name = instance.decode() if isinstance(instance, bytes) else str(instance)
+            if name == self.instance_id:
+                continue
+            entry = json.loads(raw)
+            if entry.get("until", 0) > now:
+                total += int(entry.get("count", 0))
+        return total

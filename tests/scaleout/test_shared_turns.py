@@ -1,0 +1,184 @@
+"""Turn dispatch shared by two relay instances on PostgreSQL and Redis: a turn posted to one
+instance is served by a worker of the other, survives the death of the instance that
+dispatched it, and is cancelled from either."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayline.store.models import Turn
+from relayline.testing import RelayServer, WsHarness
+from tests.conftest import SettingsFactory
+from tests.hub.conftest import new_tenant
+from tests.scaleout.test_shared_instances import REDIS, _redis_up
+from tests.turns.conftest import (
+    KEY_ID,
+    SECRET,
+    FakeWorker,
+    Tenants,
+    Workers,
+    answers,
+    dispatcher_of,
+    eventually,
+    local_answer,
+    post,
+    until_event,
+)
+
+pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"Redis not reachable at {REDIS}")
+
+PairFactory = Callable[..., Awaitable[tuple[RelayServer, RelayServer]]]
+
+
+@pytest.fixture
+async def make_pair(make_settings: SettingsFactory, pg_url: str) -> AsyncIterator[PairFactory]:
+    prefix = f"rltest:{secrets.token_hex(4)}:"
+    started: list[RelayServer] = []
+
+    async def make(**overrides: Any) -> tuple[RelayServer, RelayServer]:
+        values: dict[str, Any] = {
+            "database_url": pg_url,
+            "redis_url": REDIS,
+            "redis_prefix": prefix,
+            "worker_keys": [f"{KEY_ID}:{SECRET}"],
+            "instances": 2,
+            **overrides,
+        }
+        first = RelayServer(make_settings(**values))
+        second = RelayServer(make_settings(**values))
+        for server in (first, second):
+            await server.start()
+            started.append(server)
+        return first, second
+
+    yield make
+    for server in reversed(started):
+        await server.stop()
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(REDIS)
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[Workers]:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    made = Workers(workspace)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def tenants() -> AsyncIterator[Tenants]:
+    made = Tenants()
+    yield made
+    await made.close()
+
+
+async def stored_turn(relay: RelayServer, turn_id: str) -> Turn:
+    async with relay.app.http.state.relay.db.read() as session:
+        turn = await session.get(Turn, turn_id)
+    assert turn is not None
+    return turn
+
+
+async def test_turn_posted_on_one_instance_is_answered_by_a_worker_of_the_other(
+    make_pair: PairFactory, pool: Workers, tenants: Tenants
+) -> None:
+    a, b = await make_pair()
+    await pool.start(b)
+    tenant = await new_tenant(a, await tenants.client(a))
+    chat = await tenant.chat()
+    async with WsHarness(a, token=tenant.key, topics=[f"chat:{chat}"]) as ws:
+        turn_id = await post(tenant, chat, "hello there")
+        await until_event(ws, "message.delta", turn_id=turn_id)
+        completed = await until_event(ws, "message.completed", turn_id=turn_id)
+    expected = local_answer(("user", "hello there"))
+    assert completed["data"]["content"] == expected
+    (answer,) = await answers(tenant, chat)
+    assert answer["status"] == "complete" and answer["content"] == expected
+    assert dispatcher_of(a).running == {}
+
+
+async def test_turn_of_an_instance_that_died_is_reclaimed_and_answered_once(
+    make_pair: PairFactory, pool: Workers, tenants: Tenants
+) -> None:
+    a, b = await make_pair(turn_lease_s=1.0)
+    tenant = await new_tenant(b, await tenants.client(b))
+    chat = await tenant.chat()
+    async with (
+        FakeWorker(a, "doomed") as fake,
+        WsHarness(b, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
+    ):
+        turn_id = await post(tenant, chat, "survive this")
+        assigned = await fake.expect("turn.assigned", 10)
+        assert assigned["turn_id"] == turn_id and assigned["attempt"] == 1
+        # Instance A dies: nothing renews its lease or notices its worker any more.
+        await dispatcher_of(a).stop()
+        await pool.start(b)
+        retrying = await until_event(ws, "turn.retrying", turn_id=turn_id)
+        assert retrying["data"] == {
+            "turn_id": turn_id,
+            "attempt": 2,
+            "reason": "relay instance lost",
+        }
+        completed = await until_event(ws, "message.completed", turn_id=turn_id)
+        # The first attempt's worker answering late is refused by the attempt fence.
+        await fake.send({"type": "turn.delta", "turn_id": turn_id, "attempt": 1, "text": "x"})
+        await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
+    expected = local_answer(("user", "survive this"))
+    assert completed["data"]["content"] == expected
+    (answer,) = await answers(tenant, chat)
+    assert answer["status"] == "complete" and answer["content"] == expected
+    turn = await stored_turn(b, turn_id)
+    assert turn.state == "completed" and turn.attempt == 2
+
+
+async def test_cancel_posted_on_one_instance_stops_the_turn_running_on_the_other(
+    make_pair: PairFactory, tenants: Tenants
+) -> None:
+    a, b = await make_pair()
+    tenant = await new_tenant(a, await tenants.client(a))
+    chat = await tenant.chat()
+    async with (
+        FakeWorker(b, "holder") as fake,
+        WsHarness(a, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
+    ):
+        turn_id = await post(tenant, chat, "stop me")
+        assigned = await fake.expect("turn.assigned", 10)
+        await fake.send(
+            {
+                "type": "turn.delta",
+                "turn_id": turn_id,
+                "attempt": assigned["attempt"],
+                "text": "so far ",
+            }
+        )
+        await until_event(ws, "message.delta", turn_id=turn_id)
+        # A snapshot served by A shows the partial answer streamed through B.
+        snapshot = (await tenant.http.get(f"/v1/chats/{chat}", headers=tenant.auth)).json()
+        assert snapshot["partial_text"] == "so far "
+        r = await tenant.http.post(f"/v1/chats/{chat}/cancel", headers=tenant.auth)
+        assert r.json() == {"cancelled": True, "turn_id": turn_id}
+        cancel = await fake.expect("turn.cancel", 10)
+        assert cancel == {"type": "turn.cancel", "turn_id": turn_id, "attempt": 1}
+        await until_event(ws, "turn.cancelled", turn_id=turn_id)
+
+    async def partial_stored() -> bool:
+        found = await answers(tenant, chat)
+        return len(found) == 1 and found[0]["status"] == "cancelled"
+
+    await eventually(partial_stored)
+    (answer,) = await answers(tenant, chat)
+    assert answer["content"] == "so far "
+    assert (await stored_turn(a, turn_id)).state == "cancelled"
+    assert dispatcher_of(b).running == {}
