@@ -52,6 +52,22 @@ def pg_url() -> Iterator[str]:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+async def own_pg_url() -> AsyncIterator[str]:
+    """A PostgreSQL database of this test's own: for tests whose relays share a turn queue,
+    which would otherwise claim turns other tests left queued in the run's database."""
+    try:
+        await _pg_admin("SELECT 1")
+    except Exception:
+        pytest.skip(f"PostgreSQL not reachable at {PG_SERVER}")
+    name = f"relayline_test_{os.getpid()}_{secrets.token_hex(6)}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

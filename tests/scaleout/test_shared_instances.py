@@ -36,11 +36,11 @@ pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"Redis not reachable at
 
 @pytest.fixture
 async def pair(
-    make_settings: SettingsFactory, pg_url: str
+    make_settings: SettingsFactory, own_pg_url: str
 ) -> AsyncIterator[tuple[RelayServer, RelayServer]]:
     prefix = f"rltest:{secrets.token_hex(4)}:"
     overrides: dict[str, Any] = {
-        "database_url": pg_url,
+        "database_url": own_pg_url,
         "redis_url": REDIS,
         "redis_prefix": prefix,
         "worker_keys": [f"{WORKER[0]}:{WORKER[1]}"],
@@ -110,10 +110,10 @@ async def test_duplicate_client_msg_id_on_two_instances_creates_one_message(pair
         assert [m["content"] for m in listed.json()["items"]] == ["once"]
 
 
-async def test_connection_caps_are_shared(make_settings: SettingsFactory, pg_url: str) -> None:
+async def test_connection_caps_are_shared(make_settings: SettingsFactory, own_pg_url: str) -> None:
     prefix = f"rltest:{secrets.token_hex(4)}:"
     settings = make_settings(
-        database_url=pg_url, redis_url=REDIS, redis_prefix=prefix, max_ws_per_identity=1
+        database_url=own_pg_url, redis_url=REDIS, redis_prefix=prefix, max_ws_per_identity=1
     )
     async with (
         RelayServer(settings) as a,
@@ -127,10 +127,10 @@ async def test_connection_caps_are_shared(make_settings: SettingsFactory, pg_url
                 assert await second.expect_closed() == Close.RATE_LIMITED
 
 
-async def test_rate_limit_is_shared(make_settings: SettingsFactory, pg_url: str) -> None:
+async def test_rate_limit_is_shared(make_settings: SettingsFactory, own_pg_url: str) -> None:
     prefix = f"rltest:{secrets.token_hex(4)}:"
     settings = make_settings(
-        database_url=pg_url, redis_url=REDIS, redis_prefix=prefix, rate_limit_ip="6/minute"
+        database_url=own_pg_url, redis_url=REDIS, redis_prefix=prefix, rate_limit_ip="6/minute"
     )
     async with (
         RelayServer(settings) as a,

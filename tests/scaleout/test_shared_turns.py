@@ -36,13 +36,13 @@ PairFactory = Callable[..., Awaitable[tuple[RelayServer, RelayServer]]]
 
 
 @pytest.fixture
-async def make_pair(make_settings: SettingsFactory, pg_url: str) -> AsyncIterator[PairFactory]:
+async def make_pair(make_settings: SettingsFactory, own_pg_url: str) -> AsyncIterator[PairFactory]:
     prefix = f"rltest:{secrets.token_hex(4)}:"
     started: list[RelayServer] = []
 
     async def make(**overrides: Any) -> tuple[RelayServer, RelayServer]:
         values: dict[str, Any] = {
-            "database_url": pg_url,
+            "database_url": own_pg_url,
             "redis_url": REDIS,
             "redis_prefix": prefix,
             "worker_keys": [f"{KEY_ID}:{SECRET}"],
