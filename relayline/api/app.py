@@ -57,28 +57,25 @@ async def open_store(settings: Settings) -> Database:
 
 
 class RelayApp:
-    """The relay's ASGI entry: ``/v1/ws`` goes straight to the hub's gateway (a plain ASGI
-    callable, so an idle socket carries no framework state); everything else is FastAPI."""
+    """The relay's ASGI entry: the WebSocket endpoints go straight to their handlers (plain
+    ASGI callables, so an idle socket carries no framework state); everything else is FastAPI."""
+
+    # path -> the RelayState attribute that serves it
+    SOCKETS = {"/v1/ws": "gateway", "/v1/worker/ws": "workers"}
 
     def __init__(self, http: FastAPI) -> None:
         self.http = http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
-            state: RelayState | None = getattr(self.http.state, "relay", None)
-            if state is None:
-                await send({"type": "websocket.close", "code": 1013})
-                return
-            await state.gateway(scope, receive, send)
+        handler_name = self.SOCKETS.get(scope["path"]) if scope["type"] == "websocket" else None
+        if handler_name is None:
+            await self.http(scope, receive, send)
             return
-        if scope["type"] == "websocket" and scope["path"] == "/v1/worker/ws":
-            state = getattr(self.http.state, "relay", None)
-            if state is None:
-                await send({"type": "websocket.close", "code": 1013})
-                return
-            await state.workers(scope, receive, send)
+        state: RelayState | None = getattr(self.http.state, "relay", None)
+        if state is None:  # not started yet, or already stopped: try again later
+            await send({"type": "websocket.close", "code": 1013})
             return
-        await self.http(scope, receive, send)
+        await getattr(state, handler_name)(scope, receive, send)
 
 
 def create_http_app(settings: Settings) -> FastAPI:
