@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -79,6 +80,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    # A locked SQLite file (past its busy timeout) or an unreachable PostgreSQL: the request
+    # may succeed on a retry, so say so instead of answering 500.
+    log.warning(
+        "store_unavailable",
+        error=type(exc).__name__,
+        path=request.url.path,
+        request_id=request_id_of(request.scope),
+    )
+    return error_response(
+        503,
+        "unavailable",
+        "the store is busy or unreachable; retry",
+        request_id_of(request.scope),
+        {"Retry-After": "1"},
+    )
+
+
 async def _unhandled(request: Request, exc: Exception) -> Response:
     # The cause goes to the log (redacted), never to the client.
     log.error(
@@ -94,4 +113,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RelaylineError, _relayline_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _store_unavailable)
     app.add_exception_handler(Exception, _unhandled)
