@@ -383,8 +383,8 @@ def report(
             "into `message.delta` events (default 40 ms / 1024 characters). The relay's core "
             "is the limit; each turn costs it three SQLite write transactions (the message, "
             "the attempt, the answer) besides the frames. With other work on that core, "
-            "writers can starve past the 5 s busy timeout and a post fails with 500 "
-            '("database is locked"): such posts are the refused ones.',
+            'writers can starve past the 5 s busy timeout ("database is locked"); such a post '
+            "is answered 503 `unavailable` with `Retry-After`, and those are the refused ones.",
             "",
             f"Latency: {d['deltas']} deltas at {d['rate']:.0f}/s to one subscriber, "
             f"`RELAYLINE_DELTA_COALESCE_MS=0` (they arrived in {d['events']} events), after "

@@ -85,6 +85,7 @@ class TurnDispatcher:
         self.running: dict[str, Running] = {}
         self.running_by_chat: dict[str, Running] = {}
         self.approvals: dict[str, Running] = {}
+        self.approval_deadlines: dict[str, int] = {}  # unix ms; a decision after it is refused
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -242,6 +243,7 @@ class TurnDispatcher:
         running.worker.inflight.discard(running.turn_id)
         for approval_id in running.approvals:
             self.approvals.pop(approval_id, None)
+            self.approval_deadlines.pop(approval_id, None)
         if self.coordinator.shared:
             asyncio.get_running_loop().create_task(self.coordinator.clear_partial(running.chat_id))
         if not hold_chat:
@@ -279,15 +281,15 @@ class TurnDispatcher:
                 log.exception("sweep_failed")
             now = time.monotonic()
             for running in list(self.running.values()):
-                if running.lease_expires < now:
-                    running.worker.send(
-                        {
-                            "type": "turn.cancel",
-                            "turn_id": running.turn_id,
-                            "attempt": running.attempt,
-                        }
-                    )
+                if running.lease_expires >= now:
+                    continue
+                running.worker.send(
+                    {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+                )
+                try:
                     await self._lost(running, "lease expired", "timeout")
+                except Exception:  # keep sweeping; the store lease lets any instance retry it
+                    log.exception("lease_expiry_failed", turn_id=running.turn_id)
 
     async def _renew_leases(self) -> None:
         """Vouch in the store for the turns this instance runs; stop those cancelled there."""
@@ -544,8 +546,14 @@ class TurnDispatcher:
         approval_id = str(frame.get("approval_id") or "")[:64]
         if not approval_id:
             return
+        # The worker treats silence past its deadline as a denial; the relay's own timeout caps
+        # it too, and a decision arriving later is refused rather than forwarded.
+        latest = int((time.time() + self.settings.approval_timeout_s) * 1000)
+        asked = frame.get("deadline")
+        deadline = min(asked, latest) if isinstance(asked, int) and asked > 0 else latest
         running.approvals.add(approval_id)
         self.approvals[approval_id] = running
+        self.approval_deadlines[approval_id] = deadline
         await self._publish(
             running.chat_id,
             "tool.approval_requested",
@@ -554,7 +562,7 @@ class TurnDispatcher:
                 "turn_id": running.turn_id,
                 "tool": str(frame.get("tool", ""))[:100],
                 "arguments": frame.get("arguments"),
-                "deadline": frame.get("deadline"),
+                "deadline": deadline,
             },
         )
 
@@ -577,6 +585,8 @@ class TurnDispatcher:
             return True
         del self.approvals[approval_id]
         running.approvals.discard(approval_id)
+        if self.approval_deadlines.pop(approval_id, 0) < time.time() * 1000:
+            return False  # the worker has already counted it as denied
         decision = "approve" if approve else "deny"
         running.worker.send(
             {

@@ -4,6 +4,7 @@ worker, and browsers over WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -626,3 +627,40 @@ async def test_running_turn_is_answered_after_a_relay_restart(
         assert (await stored_turn(after, turn_id)).attempt == 2
     assert completed["data"]["content"] == local_answer(("user", "keep going"))
     assert answer["status"] == "complete" and answer["content"] == completed["data"]["content"]
+
+
+async def test_a_decision_after_the_approval_deadline_is_refused(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    relay = await turn_relay()
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+    async with (
+        WsHarness(relay, token=tenant.key, topics=[topic]) as ws,
+        FakeWorker(relay, "asker") as worker,
+    ):
+        turn_id = await post(tenant, chat, "/edit notes.md x")
+        await worker.expect("turn.assigned")
+        past = int(time.time() * 1000) - 1000  # the worker has already counted it as denied
+        for approval_id, deadline in (("late", past), ("timely", past + 60_000)):
+            await worker.send(
+                {
+                    "type": "tool.approval_request",
+                    "turn_id": turn_id,
+                    "attempt": 1,
+                    "approval_id": approval_id,
+                    "tool": "edit_file",
+                    "arguments": {"path": "notes.md"},
+                    "deadline": deadline,
+                }
+            )
+            asked = await ws.expect("tool.approval_requested", 5)
+            assert asked["data"]["deadline"] == deadline
+        with pytest.raises(OpError) as err:
+            await ws.send_op("approve", topic=topic, approval_id="late", decision="approve")
+        assert err.value.code == "not_found"
+        await ws.send_op("approve", topic=topic, approval_id="timely", decision="approve")
+        forwarded = await worker.expect("tool.approval", 5)
+        assert forwarded["approval_id"] == "timely"
+        assert all(f.get("approval_id") != "late" for f in worker.seen)
