@@ -60,6 +60,7 @@ class Running:
     text: list[str] = field(default_factory=list)
     published_chars: int = 0
     pending: list[str] = field(default_factory=list)
+    pending_chars: int = 0
     flush_handle: asyncio.TimerHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     approvals: set[str] = field(default_factory=set)
@@ -423,7 +424,8 @@ class TurnDispatcher:
             running.first_token = time.monotonic()
         running.text.append(text)
         running.pending.append(text)
-        if sum(len(t) for t in running.pending) >= self.settings.delta_coalesce_chars:
+        running.pending_chars += len(text)
+        if running.pending_chars >= self.settings.delta_coalesce_chars:
             await self._flush(running)
         elif running.flush_handle is None:
             delay = self.settings.delta_coalesce_ms / 1000
@@ -440,6 +442,7 @@ class TurnDispatcher:
                 return
             text = "".join(running.pending)
             running.pending.clear()
+            running.pending_chars = 0
             offset = running.published_chars
             running.published_chars += len(text)
             if self.coordinator.shared:
