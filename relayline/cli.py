@@ -256,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run an agent worker that connects out to a relay")
-    worker.add_argument("--relay", default=None, help="relay base URL (RELAYLINE_RELAY_URL)")
+    worker.add_argument(
+        "--relay",
+        default=None,
+        help="relay base URL, or several, comma-separated (RELAYLINE_RELAY_URL)",
+    )
     worker.add_argument("--key-id", default=None, help="RELAYLINE_WORKER_KEY_ID")
     worker.add_argument("--secret", default=None, help="RELAYLINE_WORKER_SECRET")
     worker.add_argument(

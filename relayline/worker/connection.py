@@ -56,11 +56,20 @@ class RelayConnection:
         self.last_error: str | None = None
         self.draining = False
         self.connected = asyncio.Event()
+        self._relay_index = 0
+
+    @property
+    def relay(self) -> str:
+        """The relay this connection uses (or tries) now."""
+        return self.settings.relay_urls[self._relay_index]
 
     def _url(self) -> str:
-        parts = urlsplit(self.settings.relay_url)
+        parts = urlsplit(self.relay)
         scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
         return f"{scheme}://{parts.netloc}{PATH}"
+
+    def _next_relay(self) -> None:
+        self._relay_index = (self._relay_index + 1) % len(self.settings.relay_urls)
 
     def _headers(self) -> dict[str, str]:
         key_id = self.settings.worker_key_id
@@ -91,11 +100,12 @@ class RelayConnection:
                 await self._abandon_turns()
             if stop.is_set():
                 break
+            self._next_relay()
             failures = 0 if time.monotonic() - started > 30 else failures + 1
             delay = backoff_delay(
                 failures, self.settings.reconnect_base_s, self.settings.reconnect_max_s
             )
-            log.info("relay_reconnect", in_s=round(delay, 2))
+            log.info("relay_reconnect", in_s=round(delay, 2), relay=self.relay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
@@ -122,7 +132,7 @@ class RelayConnection:
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
             self.worker_id = welcome.get("worker_id", self.worker_id)
             self.connected.set()
-            log.info("relay_connected", worker_id=self.worker_id)
+            log.info("relay_connected", worker_id=self.worker_id, relay=self.relay)
             ticker = asyncio.create_task(self._tick())
             stopper = asyncio.create_task(self._stop_when(stop))
             try:

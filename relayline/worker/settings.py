@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAYLINE_", env_file=".env", extra="ignore")
 
+    # One relay, or several separated by commas: after a lost connection the worker tries the
+    # next, so a relay instance that dies does not strand it (no load balancer needed).
     relay_url: str = "http://127.0.0.1:8080"
     worker_key_id: str = ""
     worker_secret: SecretStr = SecretStr("")
@@ -37,6 +40,23 @@ class WorkerSettings(BaseSettings):
     reconnect_max_s: float = Field(30.0, gt=0)
     state_interval_s: float = Field(5.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+
+    @field_validator("relay_url")
+    @classmethod
+    def _relay_urls_valid(cls, value: str) -> str:
+        urls = [part.strip() for part in value.split(",") if part.strip()]
+        if not urls:
+            raise ValueError("no relay URL")
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+                raise ValueError(f"not an http(s) or ws(s) URL: {url!r}")
+        return ",".join(urls)
+
+    @property
+    def relay_urls(self) -> list[str]:
+        """The relays to try, in order (``relay_url`` split at commas)."""
+        return self.relay_url.split(",")
 
     @field_validator("workspace_roots", mode="before")
     @classmethod

@@ -106,3 +106,30 @@ async def test_worker_keeps_retrying_through_refusals_and_broken_handshakes(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_worker_moves_to_the_next_relay_when_one_is_gone(
+    make_settings: SettingsFactory, tenants: Tenants, workers: Workers
+) -> None:
+    """With several relays in RELAYLINE_RELAY_URL, a worker whose relay is unreachable (or
+    dies) connects to the next one instead of waiting for the first to come back."""
+    settings = make_settings(worker_keys=[f"{KEY_ID}:{SECRET}"])
+    gone = f"http://127.0.0.1:{free_port()}"
+    async with RelayServer(settings) as relay:
+        worker = await workers.start(f"{gone}, {relay.url}", reconnect_base_s=0.01)
+        assert worker.connection.relay == relay.url
+        assert worker.worker_id in dispatcher_of(relay).workers
+        tenant = await tenants.new(relay)
+        chat = await tenant.chat()
+        async with WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws:
+            turn_id = await post(tenant, chat, "found you")
+            await until_event(ws, "message.completed", turn_id=turn_id)
+        await worker.kill()
+
+
+@pytest.mark.parametrize("value", ["", " , ", "127.0.0.1:8080", "http://a:1,ftp://b:2"])
+def test_a_relay_url_list_with_a_bad_entry_is_refused(value: str, workers: Workers) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="relay_url"):
+        workers.settings(value)
