@@ -10,6 +10,9 @@ expired). Stream entry ids are ``<epoch>-<seq>`` and entry fields are ``t`` (ts)
 - ``POSITION``: epoch and last seq; given the ``(epoch, seq)`` a reader had already delivered,
   it also replaces a log that went backwards (restored from an older snapshot, e.g. the last
   second of an AOF lost in a crash), whose seqs would otherwise be reused for new events.
+- ``RETIRE``: replace the log with a new one (new epoch) and tell every reader, through the
+  bus's resync stream ``KEYS[4]``, to re-check the topic: used after a publish whose outcome is
+  unknown, so that no reader can take the old log for complete.
 
 Every script first opens the log, creating it (new epoch) if it is missing or half missing.
 """
@@ -105,6 +108,17 @@ if epoch == ARGV[3] and last < tonumber(ARGV[4]) then
   redis.call('DEL', counter)
   epoch, last = open_log()
 end
+return {epoch, last}
+"""
+)
+
+# KEYS[4]: the resync stream; ARGV[3]: the topic. Returns {epoch, last} of the new log.
+RETIRE = (
+    PRELUDE
+    + """
+redis.call('DEL', counter)
+local epoch, last = open_log()
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'topic', ARGV[3])
 return {epoch, last}
 """
 )

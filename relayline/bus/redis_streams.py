@@ -11,9 +11,16 @@ Each instance runs one reader task: XREAD BLOCK over its listeners' streams plus
 wake stream that ``subscribe`` appends to, so a blocked read takes a new topic within a round
 trip. Local listeners get every event through the reader (this instance's own too), so all
 instances see one order; the reader sends ``events.missed`` (see :mod:`relayline.bus.base`) on
-an epoch change or seq gap, and resyncs every topic after reconnecting with backoff. Known
-limit: if Redis's clock went back across a flush without a restart, readers see the new log
-only once they reconnect.
+an epoch change or seq gap, and resyncs every topic after reconnecting with backoff.
+
+A publish that fails with Redis unreachable (or timing out: it may or may not have been stored)
+would otherwise be a silent hole, since the seqs after it stay contiguous. So the topic's log is
+*retired*: as soon as Redis answers again, a background task replaces it with a new epoch and
+appends the topic to a resync stream that every reader also follows; each reader re-checks the
+topic and sends ``events.missed``, and clients reload the snapshot. Reads (``position``,
+``history``) are retried once on a dead connection: one pooled connection per server restart
+fails its first command. Known limit: if Redis's clock went back across a flush without a
+restart, readers see the new log only once they reconnect.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,7 +54,7 @@ from relayline.bus.base import (
     fan_out,
     missed_event,
 )
-from relayline.bus.redis_scripts import POSITION, PUBLISH, READ
+from relayline.bus.redis_scripts import POSITION, PUBLISH, READ, RETIRE
 from relayline.envelope import Event, decode_event, encode_frame_parts, now_ms, validate_topic
 from relayline.errors import Unavailable, ValidationFailed
 from relayline.ids import new_id
@@ -123,8 +131,14 @@ class RedisStreamsBus(BusContext):
         self._publish_script = self._redis.register_script(PUBLISH)
         self._read_script = self._redis.register_script(READ)
         self._position_script = self._redis.register_script(POSITION)
+        self._retire_script = self._redis.register_script(RETIRE)
         self._wake_key = f"{key_prefix}w:{self.instance_id}".encode()
         self._wake_id = b"0-0"
+        self._resync_key = f"{key_prefix}resync".encode()
+        self._resync_id = b"0-0"
+        # topic -> failed publishes so far; the repair task retires each topic's log
+        self._damaged: dict[str, int] = {}
+        self._repair_task: asyncio.Task[None] | None = None
         self._feeds: dict[str, _Feed] = {}
         self._by_key: dict[bytes, _Feed] = {}
         self._reader_task: asyncio.Task[None] | None = None
@@ -154,6 +168,8 @@ class RedisStreamsBus(BusContext):
             return
         self._closed = True
         self._connected = False
+        if self._repair_task is not None:
+            self._repair_task.cancel()
         task = self._reader_task
         # On Python 3.11 redis-py can swallow a cancel that lands while it sends a command
         # (asyncio.wait_for races the send); the loop also checks _closed, and we cancel again.
@@ -209,6 +225,7 @@ class RedisStreamsBus(BusContext):
         try:
             raw_epoch, first = await self._publish_script(keys=self._keys(topic), args=args)
         except _UNREACHABLE as exc:
+            self._retire_later(topic)
             raise Unavailable("event bus unavailable") from exc
         epoch = raw_epoch.decode()
         return [
@@ -222,10 +239,7 @@ class RedisStreamsBus(BusContext):
         self._check_open()
         validate_topic(topic)
         args = (self._meta_ttl_ms, 0, "", 0)
-        try:
-            epoch, last = await self._position_script(keys=self._keys(topic), args=args)
-        except _UNREACHABLE as exc:
-            raise Unavailable("event bus unavailable") from exc
+        epoch, last = await self._read_twice(self._position_script, topic, args)
         return epoch.decode(), int(last)
 
     async def history(self, topic: str, after_seq: int, limit: int) -> History:
@@ -235,10 +249,7 @@ class RedisStreamsBus(BusContext):
         cutoff = now_ms() - self._max_age_ms
         # At least one entry, so that ``complete`` is known even for limit 0.
         args = (self._meta_ttl_ms, cutoff, after_seq, max(limit, 1))
-        try:
-            raw_epoch, last, entries = await self._read_script(keys=self._keys(topic), args=args)
-        except _UNREACHABLE as exc:
-            raise Unavailable("event bus unavailable") from exc
+        raw_epoch, last, entries = await self._read_twice(self._read_script, topic, args)
         epoch = raw_epoch.decode()
         if after_seq >= last:
             # Beyond the end can only be a client confused about the epoch: make it resync.
@@ -259,6 +270,48 @@ class RedisStreamsBus(BusContext):
                 first_seq = int(raw_id.partition(b"-")[2])
             events.append(event)
         return History(epoch, events[:limit], first_seq == after_seq + 1, last)
+
+    async def _read_twice(self, script: AsyncScript, topic: str, args: Sequence[Any]) -> Any:
+        """Run a read-only script, once more if the first try found the connection dead."""
+        for attempt in (1, 2):
+            try:
+                return await script(keys=self._keys(topic), args=args)
+            except _UNREACHABLE as exc:
+                if attempt == 2:
+                    raise Unavailable("event bus unavailable") from exc
+        raise AssertionError("unreachable")
+
+    # -- retiring a log after a failed publish ------------------------------------------------
+
+    def _retire_later(self, topic: str) -> None:
+        self._damaged[topic] = self._damaged.get(topic, 0) + 1
+        if self._repair_task is None or self._repair_task.done():
+            self._repair_task = asyncio.get_running_loop().create_task(
+                self._repair_loop(), name="relayline-bus-repair"
+            )
+
+    async def _repair_loop(self) -> None:
+        failures = 0
+        while self._damaged and not self._closed:
+            batch = dict(list(self._damaged.items())[:500])
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for topic in batch:
+                        keys = [*self._keys(topic), self._resync_key.decode()]
+                        args = (self._meta_ttl_ms, 0, topic)
+                        await self._retire_script(keys=keys, args=args, client=pipe)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                failures += 1
+                if not isinstance(exc, _UNREACHABLE):
+                    _log.exception("bus.retire_failed")
+                await asyncio.sleep(_backoff(failures))
+                continue
+            failures = 0
+            for topic, count in batch.items():
+                if self._damaged.get(topic) == count:  # no publish failed since: repaired
+                    del self._damaged[topic]
+            _log.warning("bus.logs_retired", topics=len(batch), reason="publish_failed")
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -309,14 +362,22 @@ class RedisStreamsBus(BusContext):
 
     async def _read_loop(self) -> None:
         failures = 0
-        resync = False
+        resync = True
+        recheck: set[str] = set()
         while not self._closed:
             try:
                 if resync:
-                    await self._resync()
+                    self._resync_id = await self._last_id(self._resync_key)
+                    await self._resync(list(self._feeds.values()))
                     resync = False
                     self._connected = True
-                streams: dict[KeyT, StreamIdT] = {self._wake_key: self._wake_id}
+                if recheck:
+                    await self._resync([f for t in recheck if (f := self._feeds.get(t))])
+                    recheck.clear()
+                streams: dict[KeyT, StreamIdT] = {
+                    self._wake_key: self._wake_id,
+                    self._resync_key: self._resync_id,
+                }
                 for key, feed in self._by_key.items():
                     streams[key] = feed.last_id
                 reply = cast(
@@ -341,22 +402,32 @@ class RedisStreamsBus(BusContext):
             self._connected = True
             failures = 0
             try:
-                self._dispatch(reply)
+                recheck = self._dispatch(reply)
             except Exception:
                 # Never let one malformed reply end cross-instance delivery for good.
                 _log.exception("bus.dispatch_failed")
 
-    def _dispatch(self, reply: _XReadReply) -> None:
+    def _dispatch(self, reply: _XReadReply) -> set[str]:
+        """Deliver a reply's entries; return the topics a resync entry asks to re-check."""
+        recheck: set[str] = set()
         # Depending on the protocol version redis-py gives a list of pairs or a dict.
         for key, entries in reply.items() if isinstance(reply, dict) else reply or ():
             if key == self._wake_key:
                 self._wake_id = entries[-1][0]
+            elif key == self._resync_key:
+                self._resync_id = entries[-1][0]
+                recheck.update(fields[b"topic"].decode() for _, fields in entries)
             elif (feed := self._by_key.get(key)) is not None:
                 self._deliver(feed, entries)
+        return recheck
 
-    async def _resync(self) -> None:
-        """After a reconnect: a feed whose log was replaced (or went back) gets the signal now."""
-        feeds = list(self._feeds.values())
+    async def _last_id(self, key: bytes) -> bytes:
+        newest = await self._reader.xrevrange(key, count=1)
+        return cast("bytes", newest[0][0]) if newest else b"0-0"
+
+    async def _resync(self, feeds: list[_Feed]) -> None:
+        """A feed whose log was replaced (or went back) gets the signal now: after a reconnect
+        (every feed), or when a resync entry names its topic."""
         for start in range(0, len(feeds), 500):
             chunk = feeds[start : start + 500]
             async with self._redis.pipeline(transaction=False) as pipe:

@@ -464,6 +464,44 @@ async def test_a_log_that_went_backwards_gets_a_new_epoch(backend: Backend) -> N
     assert (got[5].type, got[5].epoch, got[5].seq) == (EVENTS_MISSED, epoch, seq)
 
 
+@redis_only
+async def test_a_failed_publish_retires_the_log_and_every_reader_is_told(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish whose outcome is unknown (the connection died under it) must not leave a
+    silent hole: the log gets a new epoch and readers on every instance send events.missed
+    at once, without waiting for the topic's next event."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    sender, receiver = await backend.new(), await backend.new()
+    assert isinstance(sender, RedisStreamsBus)
+    got: list[Event] = []
+    await receiver.subscribe(TOPIC, got.append)
+    await receiver.subscribe("admin", lambda e: None)  # an untouched topic stays as it was
+    before = await sender.publish(TOPIC, "custom.f", {})
+    admin = await sender.publish("admin", "custom.f", {})
+    await eventually(lambda: len(got) == 1)
+
+    real = sender._publish_script
+
+    async def dies_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(sender, "_publish_script", real)
+        raise RedisConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(sender, "_publish_script", dies_once)
+    with pytest.raises(Unavailable):
+        await sender.publish(TOPIC, "custom.f", {"lost": True})
+    await eventually(lambda: len(got) == 2)
+    epoch, seq = await receiver.position(TOPIC)
+    assert epoch != before.epoch
+    assert (got[1].type, got[1].epoch, got[1].seq) == (EVENTS_MISSED, epoch, seq)
+    assert got[1].data["reason"] == "epoch_changed"
+    after = await sender.publish(TOPIC, "custom.f", {})
+    await eventually(lambda: len(got) == 3)
+    assert (got[2].id, got[2].epoch, got[2].seq) == (after.id, epoch, seq + 1)
+    assert (await receiver.position("admin")) == (admin.epoch, admin.seq)
+
+
 async def test_unreachable_redis_is_not_ready_and_refuses_work() -> None:
     bus = RedisStreamsBus("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
     await bus.start()  # does not raise: the reader keeps retrying in the background

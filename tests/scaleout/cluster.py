@@ -185,16 +185,6 @@ class Cluster:
         chat_id: str = r.json()["id"]
         return chat_id
 
-    async def post_raw(
-        self, relay: RelayProcess, key: str, chat: str, content: str, **extra: str
-    ) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
-            return await http.post(
-                f"/v1/chats/{chat}/messages",
-                json={"content": content, **extra},
-                headers=bearer(key),
-            )
-
     async def close(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
@@ -223,6 +213,23 @@ def admin() -> dict[str, str]:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def post_raw(
+    relay: RelayProcess, key: str, chat: str, content: str, **extra: str
+) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
+        return await http.post(
+            f"/v1/chats/{chat}/messages", json={"content": content, **extra}, headers=bearer(key)
+        )
+
+
+async def post(relay: RelayProcess, key: str, chat: str, content: str) -> str:
+    """Post a user message; the id of the turn it started."""
+    r = await post_raw(relay, key, chat, content)
+    assert r.status_code == 202, r.text
+    turn_id: str = r.json()["turn_id"]
+    return turn_id
 
 
 async def stored_messages(relay: RelayProcess, key: str, chat: str) -> list[Frame]:
@@ -283,6 +290,7 @@ class Watcher:
         self.connections = 0
         self.missed = 0
         self.reloads_for_gaps = 0
+        self.reload_failures = 0
         self.gaps: list[tuple[int, int]] = []
         self.duplicates: list[str] = []
         self.close_codes: list[int] = []
@@ -357,12 +365,21 @@ class Watcher:
             await self._reload(relay)
 
     async def _reload(self, relay: RelayProcess) -> None:
-        """Load the snapshot: the stored messages and the answer in progress so far."""
-        async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
-            r = await http.get(f"/v1/chats/{self.chat}", headers=bearer(self.key))
-            r.raise_for_status()
-            snapshot = r.json()
-            messages = await stored_messages(relay, self.key, self.chat)
+        """Load the snapshot (stored messages and the answer in progress so far), retrying
+        while the relay answers 503, as the web UI does."""
+        for attempt in range(100):
+            try:
+                async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
+                    r = await http.get(f"/v1/chats/{self.chat}", headers=bearer(self.key))
+                    r.raise_for_status()
+                    snapshot = r.json()
+                    messages = await stored_messages(relay, self.key, self.chat)
+                break
+            except (httpx.HTTPError, AssertionError):
+                self.reload_failures += 1
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+        else:
+            raise AssertionError(f"{self.name}: the snapshot could not be loaded")
         self.rendered = {m["id"]: (m["role"], m["content"]) for m in messages}
         if snapshot.get("partial_message_id"):
             partial = snapshot["partial_text"] or ""

@@ -12,13 +12,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.scaleout.cluster import (
     Cluster,
-    RelayProcess,
     Watcher,
+    post,
+    post_raw,
     render,
     stored_messages,
     wait_for,
@@ -40,18 +40,6 @@ async def cluster(tmp_path: Path, own_pg_url: str) -> AsyncIterator[Cluster]:
         yield made
     finally:
         await made.close()
-
-
-async def post(relay: RelayProcess, key: str, chat: str, content: str, **extra: str) -> str:
-    async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
-        r = await http.post(
-            f"/v1/chats/{chat}/messages",
-            json={"content": content, **extra},
-            headers={"Authorization": f"Bearer {key}"},
-        )
-    assert r.status_code == 202, r.text
-    turn_id: str = r.json()["turn_id"]
-    return turn_id
 
 
 def saw(watchers: list[Watcher], type: str, turn_id: str) -> bool:
@@ -132,7 +120,7 @@ async def test_a_rate_limit_and_client_msg_id_hold_across_instances(cluster: Clu
         first, second = relays[n % 3], relays[(n + 1) % 3]
         ids = await asyncio.gather(
             *(
-                cluster.post_raw(r, key, chat, f"once {n}", client_msg_id=f"dup-{n}")
+                post_raw(r, key, chat, f"once {n}", client_msg_id=f"dup-{n}")
                 for r in (first, second)
             )
         )
@@ -145,7 +133,7 @@ async def test_a_rate_limit_and_client_msg_id_hold_across_instances(cluster: Clu
     limited = await cluster.chat(relays[2], key)
     statuses = []
     for n in range(15):
-        r = await cluster.post_raw(relays[n % 3], key, limited, f"post {n}", client_msg_id=f"p{n}")
+        r = await post_raw(relays[n % 3], key, limited, f"post {n}", client_msg_id=f"p{n}")
         statuses.append(r.status_code)
         if r.status_code == 429:
             assert r.json()["error"]["code"] == "rate_limited"
