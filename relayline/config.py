@@ -288,10 +288,21 @@ def check_settings(settings: Settings) -> list[str]:
             )
         if settings.instances > 1:
             warnings.append("RELAYLINE_DATABASE_URL: SQLite cannot be shared by several instances")
+        elif settings.redis_url:
+            warnings.append(
+                "RELAYLINE_REDIS_URL is set but the store is SQLite: chats and the turn queue "
+                "stay on this machine; use PostgreSQL to run several instances"
+            )
     if settings.instances > 1 and not settings.redis_url:
         warnings.append(
             "RELAYLINE_REDIS_URL is unset: bus, limits and caps stay per process "
             "although RELAYLINE_INSTANCES > 1"
+        )
+    shared = settings.instances > 1 or settings.redis_url
+    if shared and settings.limits_storage_url.startswith("memory"):
+        warnings.append(
+            "RELAYLINE_RATE_LIMIT_STORAGE_URL is memory://: rate limits stay per process "
+            "while other state is shared"
         )
     for net in settings.trusted_proxies:
         if ipaddress.ip_network(net, strict=False).prefixlen == 0:

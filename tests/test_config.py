@@ -287,6 +287,22 @@ def test_several_instances_without_redis_are_warned_about() -> None:
     )
     shared_warnings = check_settings(shared)
     assert not any("RELAYLINE_REDIS_URL" in w or "SQLite" in w for w in shared_warnings)
+    assert not any("RATE_LIMIT_STORAGE" in w for w in shared_warnings)
+
+
+def test_a_shared_bus_over_a_private_store_or_private_limits_is_warned_about() -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    on_sqlite = Settings(_env_file=None, admin_key=STRONG, secret_key=STRONG, redis_url=redis)
+    assert any("SQLite" in w and "PostgreSQL" in w for w in check_settings(on_sqlite))
+    private_limits = Settings(
+        _env_file=None,
+        admin_key=STRONG,
+        secret_key=STRONG,
+        redis_url=redis,
+        database_url="postgresql://u@h/db",
+        rate_limit_storage_url="memory://",
+    )
+    assert any("rate limits stay per process" in w for w in check_settings(private_limits))
 
 
 def test_trusting_every_address_is_warned_about() -> None:
