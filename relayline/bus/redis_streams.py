@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
+from prometheus_client import Counter
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -60,6 +61,10 @@ from relayline.errors import Unavailable, ValidationFailed
 from relayline.ids import new_id
 
 _log = structlog.get_logger(__name__)
+LOGS_RETIRED = Counter(
+    "relayline_bus_logs_retired_total",
+    "Topic logs replaced by a new epoch after a publish whose outcome was unknown",
+)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _XReadReply = list[tuple[bytes, _Entries]] | dict[bytes, _Entries] | None
@@ -311,6 +316,7 @@ class RedisStreamsBus(BusContext):
             for topic, count in batch.items():
                 if self._damaged.get(topic) == count:  # no publish failed since: repaired
                     del self._damaged[topic]
+            LOGS_RETIRED.inc(len(batch))
             _log.warning("bus.logs_retired", topics=len(batch), reason="publish_failed")
 
     # -- subscriptions -----------------------------------------------------------------------
