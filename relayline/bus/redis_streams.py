@@ -27,19 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
-from prometheus_client import Counter
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import KeyT, StreamIdT
 
 from relayline.bus.base import (
@@ -55,36 +51,15 @@ from relayline.bus.base import (
     fan_out,
     missed_event,
 )
-from relayline.bus.redis_scripts import POSITION, PUBLISH, READ, RETIRE
+from relayline.bus.redis_feed import UNREACHABLE, Entries, Feed, backoff, deliver
+from relayline.bus.redis_repair import LogRepair
+from relayline.bus.redis_scripts import POSITION, PUBLISH, READ
 from relayline.envelope import Event, decode_event, encode_frame_parts, now_ms, validate_topic
 from relayline.errors import Unavailable, ValidationFailed
 from relayline.ids import new_id
 
 _log = structlog.get_logger(__name__)
-LOGS_RETIRED = Counter(
-    "relayline_bus_logs_retired_total",
-    "Topic logs replaced by a new epoch after a publish whose outcome was unknown",
-)
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-_Entries = list[tuple[bytes, dict[bytes, bytes]]]
-_XReadReply = list[tuple[bytes, _Entries]] | dict[bytes, _Entries] | None
-
-
-class _Feed:
-    """This instance's live view of one topic: reader cursor plus local subscriptions."""
-
-    __slots__ = ("epoch", "key", "last_id", "seq", "subscriptions", "topic")
-
-    def __init__(self, topic: str, key: bytes, epoch: str, seq: int) -> None:
-        self.topic = topic
-        self.key = key
-        self.subscriptions: tuple[Subscription, ...] = ()
-        self.move_to(epoch, seq)
-
-    def move_to(self, epoch: str, seq: int) -> None:
-        self.epoch = epoch
-        self.seq = seq
-        self.last_id = f"{epoch}-{seq}".encode()
+_XReadReply = list[tuple[bytes, Entries]] | dict[bytes, Entries] | None
 
 
 class RedisStreamsBus(BusContext):
@@ -136,16 +111,15 @@ class RedisStreamsBus(BusContext):
         self._publish_script = self._redis.register_script(PUBLISH)
         self._read_script = self._redis.register_script(READ)
         self._position_script = self._redis.register_script(POSITION)
-        self._retire_script = self._redis.register_script(RETIRE)
         self._wake_key = f"{key_prefix}w:{self.instance_id}".encode()
         self._wake_id = b"0-0"
         self._resync_key = f"{key_prefix}resync".encode()
         self._resync_id = b"0-0"
-        # topic -> failed publishes so far; the repair task retires each topic's log
-        self._damaged: dict[str, int] = {}
-        self._repair_task: asyncio.Task[None] | None = None
-        self._feeds: dict[str, _Feed] = {}
-        self._by_key: dict[bytes, _Feed] = {}
+        self._repair = LogRepair(
+            self._redis, self._keys, self._resync_key.decode(), self._meta_ttl_ms
+        )
+        self._feeds: dict[str, Feed] = {}
+        self._by_key: dict[bytes, Feed] = {}
         self._reader_task: asyncio.Task[None] | None = None
         self._connected = False
         self._closed = False
@@ -164,7 +138,7 @@ class RedisStreamsBus(BusContext):
         try:
             await self._redis.ping()
             self._connected = True
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             _log.warning("bus.redis_unreachable", error=str(exc))
         self._ensure_reader()
 
@@ -173,8 +147,7 @@ class RedisStreamsBus(BusContext):
             return
         self._closed = True
         self._connected = False
-        if self._repair_task is not None:
-            self._repair_task.cancel()
+        self._repair.close()
         task = self._reader_task
         # On Python 3.11 redis-py can swallow a cancel that lands while it sends a command
         # (asyncio.wait_for races the send); the loop also checks _closed, and we cancel again.
@@ -187,7 +160,7 @@ class RedisStreamsBus(BusContext):
         self._feeds.clear()
         self._by_key.clear()
         try:
-            with contextlib.suppress(*_UNREACHABLE):
+            with contextlib.suppress(*UNREACHABLE):
                 await asyncio.wait_for(self._redis.delete(self._wake_key), 1.0)
         finally:
             await self._reader.aclose()
@@ -198,7 +171,7 @@ class RedisStreamsBus(BusContext):
             return False
         try:
             return bool(await self._redis.ping())
-        except _UNREACHABLE:
+        except UNREACHABLE:
             return False
 
     # -- publishing --------------------------------------------------------------------------
@@ -229,8 +202,8 @@ class RedisStreamsBus(BusContext):
             args += (head, tail, ts)
         try:
             raw_epoch, first = await self._publish_script(keys=self._keys(topic), args=args)
-        except _UNREACHABLE as exc:
-            self._retire_later(topic)
+        except UNREACHABLE as exc:
+            self._repair.retire(topic)
             raise Unavailable("event bus unavailable") from exc
         epoch = raw_epoch.decode()
         return [
@@ -281,43 +254,10 @@ class RedisStreamsBus(BusContext):
         for attempt in (1, 2):
             try:
                 return await script(keys=self._keys(topic), args=args)
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 if attempt == 2:
                     raise Unavailable("event bus unavailable") from exc
         raise AssertionError("unreachable")
-
-    # -- retiring a log after a failed publish ------------------------------------------------
-
-    def _retire_later(self, topic: str) -> None:
-        self._damaged[topic] = self._damaged.get(topic, 0) + 1
-        if self._repair_task is None or self._repair_task.done():
-            self._repair_task = asyncio.get_running_loop().create_task(
-                self._repair_loop(), name="relayline-bus-repair"
-            )
-
-    async def _repair_loop(self) -> None:
-        failures = 0
-        while self._damaged and not self._closed:
-            batch = dict(list(self._damaged.items())[:500])
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for topic in batch:
-                        keys = [*self._keys(topic), self._resync_key.decode()]
-                        args = (self._meta_ttl_ms, 0, topic)
-                        await self._retire_script(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
-                failures += 1
-                if not isinstance(exc, _UNREACHABLE):
-                    _log.exception("bus.retire_failed")
-                await asyncio.sleep(_backoff(failures))
-                continue
-            failures = 0
-            for topic, count in batch.items():
-                if self._damaged.get(topic) == count:  # no publish failed since: repaired
-                    del self._damaged[topic]
-            LOGS_RETIRED.inc(len(batch))
-            _log.warning("bus.logs_retired", topics=len(batch), reason="publish_failed")
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -330,7 +270,7 @@ class RedisStreamsBus(BusContext):
             feed = self._feeds.get(topic)  # a concurrent subscribe may have won the race
             if feed is None:
                 key = f"{self._prefix}t:{topic}".encode()
-                feed = self._feeds[topic] = self._by_key[key] = _Feed(topic, key, epoch, last)
+                feed = self._feeds[topic] = self._by_key[key] = Feed(topic, key, epoch, last)
                 await self._wake_reader()
         sub = Subscription(self, topic, listener)
         feed.subscriptions = (*feed.subscriptions, sub)
@@ -355,7 +295,7 @@ class RedisStreamsBus(BusContext):
                 pipe.xadd(self._wake_key, {"w": 1}, maxlen=1, approximate=False)
                 pipe.pexpire(self._wake_key, 600_000)
                 await pipe.execute()
-        except _UNREACHABLE:
+        except UNREACHABLE:
             pass  # the reader is disconnected and will resync every feed when it is back
 
     # -- the reader --------------------------------------------------------------------------
@@ -390,18 +330,18 @@ class RedisStreamsBus(BusContext):
                     "_XReadReply",
                     await self._reader.xread(streams, count=self._read_batch, block=self._block_ms),
                 )
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 if self._connected or failures == 0:
                     _log.warning("bus.redis_disconnected", error=str(exc))
                 self._connected = False
                 resync = True
                 failures += 1
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
                 continue
             except RedisError:
                 _log.exception("bus.reader_failed")
                 failures += 1
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
                 continue
             if not self._connected and failures:
                 _log.info("bus.redis_reconnected")
@@ -424,14 +364,14 @@ class RedisStreamsBus(BusContext):
                 self._resync_id = entries[-1][0]
                 recheck.update(fields[b"topic"].decode() for _, fields in entries)
             elif (feed := self._by_key.get(key)) is not None:
-                self._deliver(feed, entries)
+                deliver(feed, entries)
         return recheck
 
     async def _last_id(self, key: bytes) -> bytes:
         newest = await self._reader.xrevrange(key, count=1)
         return cast("bytes", newest[0][0]) if newest else b"0-0"
 
-    async def _resync(self, feeds: list[_Feed]) -> None:
+    async def _resync(self, feeds: list[Feed]) -> None:
         """A feed whose log was replaced (or went back) gets the signal now: after a reconnect
         (every feed), or when a resync entry names its topic."""
         for start in range(0, len(feeds), 500):
@@ -447,35 +387,3 @@ class RedisStreamsBus(BusContext):
                     feed.move_to(epoch, int(last))
                     signal = missed_event(feed.topic, epoch, int(last), "epoch_changed")
                     fan_out(feed.subscriptions, signal)
-
-    def _deliver(self, feed: _Feed, entries: _Entries) -> None:
-        """Fan out entries in order, once each, signalling an epoch change or a gap first."""
-        for raw_id, fields in entries:
-            raw_epoch, _, raw_seq = raw_id.partition(b"-")
-            seq = int(raw_seq)
-            epoch = raw_epoch.decode()
-            if epoch != feed.epoch:
-                if int(epoch) < int(feed.epoch):
-                    continue  # from a log already replaced (a reply that raced a re-subscribe)
-                feed.epoch, feed.seq = epoch, seq - 1
-                signal = missed_event(feed.topic, epoch, seq - 1, "epoch_changed")
-                fan_out(feed.subscriptions, signal)
-            elif seq <= feed.seq:
-                continue  # already delivered (a reply that raced a re-subscribe)
-            elif seq > feed.seq + 1:
-                feed.seq = seq - 1
-                fan_out(feed.subscriptions, missed_event(feed.topic, epoch, seq - 1, "gap"))
-            feed.last_id = raw_id
-            try:
-                event = decode_event(fields[b"f"], epoch)
-            except (KeyError, ValidationFailed):
-                # Leaving feed.seq behind makes the next entry signal a gap for this one.
-                _log.error("bus.bad_entry", topic=feed.topic, entry_id=raw_id.decode())
-                continue
-            feed.seq = seq
-            fan_out(feed.subscriptions, event)
-
-
-def _backoff(failures: int) -> float:
-    """Exponential backoff with full jitter, from 50 ms up to 5 s."""
-    return random.uniform(0, min(5.0, 0.05 * 2 ** min(failures, 10)))
