@@ -165,6 +165,34 @@ test("reconnects with backoff and resumes subscriptions from the last seq seen",
   assert.deepEqual(ws.sent[0], { op: "subscribe", ref: ws.sent[0].ref, topic: "chat:1", epoch: "E1", after_seq: 7 });
 });
 
+test("a subscription refused as unavailable (the relay's bus is away) is asked again, paced", async () => {
+  const { socket, timers } = makeSocket();
+  socket.topics.set("chat:1", { epoch: "E1", seq: 4 });
+  socket.topics.set("chat:2", { epoch: "E1", seq: 9 });
+  const subscribed = [];
+  socket.on("subscribed", (e) => subscribed.push(e.topic));
+  socket.connect();
+  const ws = FakeWs.instances[0];
+  ws.open();
+  const refuse = (frame) => ws.receive({ type: "error", ref: frame.ref, data: { code: "unavailable", detail: "event bus unavailable" } });
+  for (const frame of ws.sent.splice(0)) refuse(frame);
+  await flush();
+  assert.equal(socket.state, "online"); // the relay answered: the link works
+  socket.unsubscribe("chat:2"); // no longer wanted: not asked again
+  ws.sent.splice(0);
+  timers.advance(10_000);
+  assert.deepEqual(ws.sent.map((f) => [f.op, f.topic, f.epoch, f.after_seq]), [["subscribe", "chat:1", "E1", 4]]);
+  refuse(ws.sent.shift()); // still away: again, later
+  await flush();
+  timers.advance(10_000);
+  assert.deepEqual(ws.sent.map((f) => [f.op, f.topic]), [["subscribe", "chat:1"]]);
+  ws.ackAll();
+  await flush();
+  assert.deepEqual(subscribed, ["chat:1"]);
+  timers.advance(60_000);
+  assert.equal(ws.sent.length, 0); // done: nothing more
+});
+
 test("consecutive failures back off exponentially; success resets the policy", async () => {
   const { socket, timers, states } = makeSocket();
   socket.connect();

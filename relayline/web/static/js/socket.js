@@ -14,6 +14,9 @@ function byteLength(text) {
   return textEncoder ? textEncoder.encode(text).length : text.length;
 }
 
+const SUBSCRIBE_RETRY_BASE_MS = 500;
+const SUBSCRIBE_RETRY_MAX_MS = 10_000;
+
 export class SocketError extends Error {
   constructor(code, detail) {
     super(detail || code);
@@ -355,21 +358,46 @@ export class RelaySocket {
     });
   }
 
-  sendSubscribe(topic, pos) {
+  sendSubscribe(topic, pos, attempt = 0) {
     const fields = { topic };
     if (pos.epoch) {
       fields.epoch = pos.epoch;
       fields.after_seq = pos.seq;
     }
-    return this.request("subscribe", fields).then((ack) => {
-      const current = this.topics.get(topic);
-      if (current) {
-        if (current.epoch !== ack.epoch) current.seq = ack.seq;
-        else current.seq = Math.max(current.seq, ack.seq);
-        current.epoch = ack.epoch;
-      }
-      return ack;
-    });
+    return this.request("subscribe", fields).then(
+      (ack) => {
+        const current = this.topics.get(topic);
+        if (current) {
+          if (current.epoch !== ack.epoch) current.seq = ack.seq;
+          else current.seq = Math.max(current.seq, ack.seq);
+          current.epoch = ack.epoch;
+        }
+        return ack;
+      },
+      (err) => {
+        if (err?.code === "unavailable") this.retrySubscribe(topic, attempt);
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * The relay could not reach its event bus (its Redis is away): ask again on this connection,
+   * paced with jittered backoff, for as long as the topic is wanted. "subscribed" tells the
+   * page once it worked, so it can reload what it missed meanwhile.
+   */
+  retrySubscribe(topic, attempt) {
+    const ws = this.ws;
+    const ceiling = Math.min(SUBSCRIBE_RETRY_MAX_MS, SUBSCRIBE_RETRY_BASE_MS * 2 ** attempt);
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    this.timers.setTimeout(() => {
+      const pos = this.topics.get(topic);
+      if (!pos || !ws || ws !== this.ws || ws.readyState !== 1) return;
+      this.sendSubscribe(topic, pos, attempt + 1).then(
+        (ack) => this.emit("subscribed", { topic, ack }),
+        () => {},
+      );
+    }, delay);
   }
 
   /**
