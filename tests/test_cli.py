@@ -238,3 +238,39 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(
     assert "relay_stopped" in stderr
     assert r.headers["X-Request-ID"] in stderr
     assert STRONG not in stderr
+
+
+def test_serve_says_at_start_up_what_stays_per_process_with_several_instances(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = clean_env(
+        tmp_path,
+        RELAYLINE_ADMIN_KEY=STRONG,
+        RELAYLINE_SECRET_KEY=STRONG,
+        RELAYLINE_INSTANCES="3",
+        RELAYLINE_LOG_FORMAT="json",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relayline", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_serving(proc, f"http://127.0.0.1:{port}")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=RUN_TIMEOUT_S)
+    warnings = [
+        json.loads(line)["detail"]
+        for line in stderr.splitlines()
+        if line.startswith("{") and '"config_warning"' in line
+    ]
+    assert any("RELAYLINE_REDIS_URL is unset" in w for w in warnings), stderr
+    assert any("SQLite cannot be shared" in w for w in warnings), stderr
