@@ -75,6 +75,8 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("chat_id", "seq", name="uq_messages_chat_seq"),
         UniqueConstraint("chat_id", "client_msg_id", name="uq_messages_chat_client_msg_id"),
+        # A turn's question and answer: the history sent with each attempt pairs them.
+        Index("ix_messages_turn_id", "turn_id"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -91,8 +93,11 @@ class Message(Base):
 class Turn(Base):
     __tablename__ = "turns"
     __table_args__ = (
-        Index("ix_turns_chat_id_state", "chat_id", "state"),
+        # A chat's active turns, oldest first: whether a turn heads its chat is one seek.
+        Index("ix_turns_chat_id_state_id", "chat_id", "state", "id"),
         Index("ix_turns_state_lease", "state", "lease_expires_at"),
+        # The claim walks queued turns oldest first and stops at the first that heads its chat.
+        Index("ix_turns_state_id", "state", "id"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -28,6 +28,19 @@ from relayline.store.turns import Assignment, start_attempt
 ACTIVE = ("queued", "running")
 
 
+def _heads_its_chat() -> ColumnElement[bool]:
+    """No earlier turn of the same chat is active: the turn is its chat's oldest active one.
+
+    Indexes keep the claim cheap however long the queue: ``(state, id)`` walks queued turns
+    oldest first (the walk stops at the first claimable one), and ``(chat_id, state, id)``
+    answers this test with one seek per active state.
+    """
+    earlier = aliased(Turn)
+    return ~exists().where(
+        earlier.chat_id == Turn.chat_id, earlier.state.in_(ACTIVE), earlier.id < Turn.id
+    )
+
+
 async def claimable_turn_id(
     session: AsyncSession, *, exclude_chats: Collection[str] = ()
 ) -> str | None:
@@ -36,13 +49,7 @@ async def claimable_turn_id(
     ``exclude_chats``: chats this instance still holds while it stores and announces the
     outcome of their previous turn, so the next one does not overtake that announcement.
     """
-    other = aliased(Turn)
-    head = (
-        select(func.min(other.id))
-        .where(other.chat_id == Turn.chat_id, other.state.in_(ACTIVE))
-        .scalar_subquery()
-    )
-    query = select(Turn.id).where(Turn.state == "queued", Turn.id == head)
+    query = select(Turn.id).where(Turn.state == "queued", _heads_its_chat())
     if exclude_chats:
         query = query.where(Turn.chat_id.not_in(list(exclude_chats)))
     query = query.order_by(Turn.id).limit(1).with_for_update(skip_locked=True)
@@ -77,20 +84,23 @@ async def claim_next(
 
 async def queued_heads(db: Database, limit: int = 1000) -> list[tuple[str, str]]:
     """``(turn_id, chat_id)`` of queued turns that head their chat (what waits for a worker)."""
-    other = aliased(Turn)
-    head = (
-        select(func.min(other.id))
-        .where(other.chat_id == Turn.chat_id, other.state.in_(ACTIVE))
-        .scalar_subquery()
-    )
     async with db.read() as session:
         query = (
             select(Turn.id, Turn.chat_id)
-            .where(Turn.state == "queued", Turn.id == head)
+            .where(Turn.state == "queued", _heads_its_chat())
             .order_by(Turn.id)
             .limit(limit)
         )
         return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
+async def has_running_turn(db: Database, chat_id: str) -> bool:
+    """Whether some instance runs a turn of the chat."""
+    async with db.read() as session:
+        found = await session.scalar(
+            select(Turn.id).where(Turn.chat_id == chat_id, Turn.state == "running").limit(1)
+        )
+    return found is not None
 
 
 async def renew(db: Database, turn_ids: Collection[str], lease_ms: int) -> set[str]:

@@ -1,0 +1,132 @@
+"""Claiming queued turns from the store for this instance's workers, and assigning them.
+
+The loop runs after every :meth:`ClaimLoop.kick` (a turn was queued, a chat or a worker's
+credit was freed, a worker connected, another instance broadcast a wake-up, or the periodic
+tick of the lease sweep). Guarantees: it claims only while some worker has free credit; it
+never claims a turn of a chat that this instance still holds; a turn claimed for a worker that
+left meanwhile goes straight back to the queue; an assigned attempt is held (in
+:class:`RunningTurns`) before its ``turn.assigned`` frame is sent, so none of its frames is
+refused; a failing store is retried after a short pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from relayline.ids import new_id
+from relayline.store import turn_queue
+from relayline.store import turns as store
+from relayline.turns.context import TurnContext
+from relayline.turns.running import Running, RunningTurns
+from relayline.turns.worker_link import WorkerLink
+from relayline.turns.workers import WorkerPool
+
+log = structlog.get_logger("relayline.turns")
+
+RETRY_AFTER_FAILURE_S = 0.5
+
+
+class ClaimLoop:
+    def __init__(self, ctx: TurnContext, turns: RunningTurns, pool: WorkerPool) -> None:
+        self.ctx = ctx
+        self.turns = turns
+        self.pool = pool
+        self._kick = asyncio.Event()
+
+    def kick(self) -> None:
+        """Look for claimable turns soon."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while True:
+                worker = self.pool.pick()
+                if worker is None:
+                    break
+                try:
+                    claimed = await self._claim(worker)
+                except Exception:
+                    log.exception("claim_failed", worker_id=worker.worker_id)
+                    await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                    self._kick.set()
+                    break
+                if not claimed:
+                    break
+
+    async def _claim(self, worker: WorkerLink) -> bool:
+        """Claim the store's head turn for ``worker``; False when nothing is claimable."""
+        settings = self.ctx.settings
+        assignment = await turn_queue.claim_next(
+            self.ctx.db,
+            worker.worker_id,
+            self.ctx.lease_ms,
+            settings.turn_history_messages,
+            settings.turn_history_chars,
+            exclude_chats=set(self.turns.by_chat),
+        )
+        if assignment is None:
+            return False
+        if not self.pool.connected(worker):
+            # The worker left during the round-trip: hand the turn straight back.
+            await store.requeue(self.ctx.db, assignment.turn_id, assignment.attempt)
+            return True
+        await self._assign(assignment, worker)
+        return True
+
+    async def _assign(self, assignment: store.Assignment, worker: WorkerLink) -> None:
+        settings = self.ctx.settings
+        worker.inflight.add(assignment.turn_id)
+        now = time.monotonic()
+        running = Running(
+            assignment.turn_id,
+            assignment.chat_id,
+            assignment.tenant_id,
+            assignment.attempt,
+            assignment.message_id,
+            worker,
+            now + settings.turn_lease_s,
+            now,
+            correlation_id=new_id(),
+        )
+        self.turns.add(running)
+        agent = assignment.agent
+        worker.send(
+            {
+                "type": "turn.assigned",
+                "turn_id": assignment.turn_id,
+                "attempt": assignment.attempt,
+                "chat_id": assignment.chat_id,
+                "messages": assignment.history,
+                "tools": _names(agent.get("tools")),
+                "model": agent.get("model"),
+                "system_prompt": agent.get("system_prompt"),
+                "correlation_id": running.correlation_id,
+                "deadline": int((time.time() + settings.turn_deadline_s) * 1000),
+            }
+        )
+        await self.ctx.publish(
+            assignment.chat_id,
+            "turn.started",
+            {
+                "turn_id": assignment.turn_id,
+                "attempt": assignment.attempt,
+                "message_id": assignment.message_id,
+                "worker_id": worker.worker_id,
+            },
+        )
+        log.info(
+            "turn_assigned",
+            turn_id=assignment.turn_id,
+            attempt=assignment.attempt,
+            worker_id=worker.worker_id,
+            correlation_id=running.correlation_id,
+        )
+
+
+def _names(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []

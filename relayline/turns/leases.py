@@ -1,0 +1,149 @@
+"""Leases: how long an attempt stays this instance's, in memory and in the store.
+
+Two clocks run. In memory, each attempt's ``lease_expires`` moves forward with every frame
+or ``state`` from its worker; an attempt whose worker stays silent past ``turn_lease_s`` is
+cancelled on the worker and handled as lost (retried, or failed at the attempt limit). In the
+store, this instance renews the leases of every attempt it holds each third of
+``turn_lease_s``, and re-queues the running turns whose lease ran out (their instance died).
+
+The sweep also ticks the periodic claim (covering a lost wake-up) and the periodic worker
+count report. Guarantees: a failing store never stops the sweep (it is retried next round);
+a turn cancelled in the store is stopped here even when the cancel broadcast was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from relayline.store import turn_queue
+from relayline.turns.claims import ClaimLoop
+from relayline.turns.context import TurnContext
+from relayline.turns.running import Running, RunningTurns
+from relayline.turns.worker_link import WorkerLink
+from relayline.turns.workers import WorkerPool
+
+log = structlog.get_logger("relayline.turns")
+
+# A claim also runs this often with no wake-up, covering a broadcast that was lost.
+CLAIM_INTERVAL_S = 1.0
+# How often this instance tells the others how many workers it holds.
+REPORT_INTERVAL_S = 5.0
+
+CancelRunning = Callable[[str, str], Awaitable[None]]  # (chat_id, turn_id), not broadcast
+Lost = Callable[[Running, str, str], Awaitable[None]]  # (running, reason, category)
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        ctx: TurnContext,
+        turns: RunningTurns,
+        pool: WorkerPool,
+        claims: ClaimLoop,
+        *,
+        cancel: CancelRunning,
+        lost: Lost,
+    ) -> None:
+        self.ctx = ctx
+        self.turns = turns
+        self.pool = pool
+        self.claims = claims
+        self._cancel = cancel
+        self._lost = lost
+
+    def extend(self, running: Running) -> None:
+        """The attempt's worker spoke for it: it has ``turn_lease_s`` more."""
+        running.lease_expires = time.monotonic() + self.ctx.settings.turn_lease_s
+
+    def extend_worker(self, worker: WorkerLink) -> None:
+        """The worker is alive: every attempt it runs has ``turn_lease_s`` more."""
+        deadline = time.monotonic() + self.ctx.settings.turn_lease_s
+        for running in self.turns.by_turn.values():
+            if running.worker is worker:
+                running.lease_expires = deadline
+
+    async def run(self) -> None:
+        lease_s = self.ctx.settings.turn_lease_s
+        interval = max(0.05, min(1.0, lease_s / 4))
+        renew_every = lease_s / 3
+        last_renew = last_claim = last_report = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            try:
+                if now - last_renew >= renew_every:
+                    last_renew = now
+                    await self._renew()
+                    await self.reclaim()
+                if now - last_claim >= CLAIM_INTERVAL_S:
+                    last_claim = now
+                    self.claims.kick()
+                if now - last_report >= REPORT_INTERVAL_S:
+                    last_report = now
+                    await self.pool.report()
+            except Exception:  # the store is away for now: try again next round
+                log.exception("sweep_failed")
+            await self._expire()
+
+    async def _expire(self) -> None:
+        now = time.monotonic()
+        for running in list(self.turns.by_turn.values()):
+            if running.lease_expires >= now:
+                continue
+            running.worker.send(
+                {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+            )
+            try:
+                await self._lost(running, "lease expired", "timeout")
+            except Exception:  # keep sweeping; the store lease lets any instance retry it
+                log.exception("lease_expiry_failed", turn_id=running.turn_id)
+
+    async def _renew(self) -> None:
+        """Vouch in the store for the turns this instance runs; stop those cancelled there."""
+        cancelled = await turn_queue.renew(self.ctx.db, list(self.turns.by_turn), self.ctx.lease_ms)
+        for turn_id in cancelled:
+            running = self.turns.by_turn.get(turn_id)
+            if running is not None:
+                await self._cancel(running.chat_id, turn_id)
+
+    async def reclaim(self, *, everything: bool = False) -> None:
+        """Queue again the turns whose instance stopped renewing their lease (it died).
+
+        ``everything``: every running turn in the store, for the only instance at start-up.
+        """
+        reclaimed = await turn_queue.reclaim_expired(
+            self.ctx.db,
+            exclude=set(self.turns.by_turn),
+            max_attempts=self.ctx.settings.turn_max_attempts,
+            everything=everything,
+        )
+        for turn in reclaimed:
+            log.warning("turn_reclaimed", turn_id=turn.turn_id, attempt=turn.attempt)
+            if turn.failed:
+                await self.ctx.publish(
+                    turn.chat_id,
+                    "turn.failed",
+                    {
+                        "turn_id": turn.turn_id,
+                        "message_id": turn.message_id,
+                        "category": "internal",
+                        "detail": f"relay instance lost after {turn.attempt} attempts",
+                    },
+                )
+            else:
+                await self.ctx.publish(
+                    turn.chat_id,
+                    "turn.retrying",
+                    {
+                        "turn_id": turn.turn_id,
+                        "attempt": turn.attempt + 1,
+                        "reason": "relay instance lost",
+                    },
+                )
+        if reclaimed:
+            self.claims.kick()
+            await self.ctx.coordinator.broadcast({"kind": "wake"})

@@ -1,0 +1,195 @@
+"""How an attempt ends: completed, failed, cancelled, or lost (retried or failed at the limit).
+
+Every ending follows the same order, which is what it guarantees:
+
+1. pending deltas are flushed (except for a lost attempt: its worker is gone);
+2. the attempt is released: its later frames are refused, its worker's credit is freed, its
+   open approvals are dropped and its shared partial answer is cleared;
+3. the outcome is written to the store, fenced by the attempt number (a stale attempt writes
+   nothing), and announced on the chat;
+4. only then is the chat freed, so its next turn is claimed after the outcome is stored (its
+   history has the answer) and announced (subscribers see the turns one after the other).
+   The chat is freed even when step 3 raises.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from relayline.store import turns as store
+from relayline.turns.approvals import Approvals
+from relayline.turns.claims import ClaimLoop
+from relayline.turns.context import TurnContext
+from relayline.turns.running import Running, RunningTurns
+from relayline.turns.streaming import DeltaStream
+
+FAILURE_CATEGORIES = frozenset(
+    {"timeout", "upstream_4xx", "upstream_5xx", "circuit_open", "tool_error", "internal"}
+)
+
+
+class Outcomes:
+    def __init__(
+        self,
+        ctx: TurnContext,
+        turns: RunningTurns,
+        stream: DeltaStream,
+        approvals: Approvals,
+        claims: ClaimLoop,
+    ) -> None:
+        self.ctx = ctx
+        self.turns = turns
+        self.stream = stream
+        self.approvals = approvals
+        self.claims = claims
+
+    async def done(self, running: Running, usage: dict[str, Any]) -> None:
+        """``turn.done``: store the whole answer and announce ``message.completed``."""
+        await self.stream.flush(running)
+        text = "".join(running.text)
+        measured = metrics(running, usage)
+        self._release(running)
+        try:
+            message = await store.finish(
+                self.ctx.db,
+                running.turn_id,
+                running.attempt,
+                state="completed",
+                text=text,
+                message_status="complete",
+                metrics=measured,
+            )
+            if message is not None:
+                await self.ctx.publish(
+                    running.chat_id,
+                    "message.completed",
+                    {
+                        "message_id": message.id,
+                        "turn_id": running.turn_id,
+                        "seq": message.seq,
+                        "content": text,
+                        "metrics": measured,
+                    },
+                )
+        finally:
+            self._free_chat(running)
+
+    async def failed(self, running: Running, category: str, detail: str) -> None:
+        """``turn.failed`` from the worker (an unknown category counts as ``internal``)."""
+        await self.stream.flush(running)
+        self._release(running)
+        try:
+            await self._fail(
+                running, category if category in FAILURE_CATEGORIES else "internal", detail
+            )
+        finally:
+            self._free_chat(running)
+
+    async def cancelled(self, running: Running) -> None:
+        """The store marked the turn cancelled: stop the worker and keep what was published."""
+        await self.stream.flush(running)
+        running.worker.send(
+            {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+        )
+        self._release(running)
+        try:
+            await store.finish(
+                self.ctx.db,
+                running.turn_id,
+                running.attempt,
+                state="cancelled",
+                text=running.published_text,
+                message_status="cancelled",
+                metrics=metrics(running, {}),
+            )
+        finally:
+            self._free_chat(running)
+
+    async def lost(self, running: Running, reason: str, category: str) -> None:
+        """The attempt's worker is gone or silent: retry the turn, or fail it at the limit.
+
+        Does nothing for an attempt that has already ended.
+        """
+        if not self.turns.holds(running):
+            return
+        # Hold the chat until the retry is announced: the store already keeps the turn at the
+        # head of its chat, but this instance must not start it again before saying so.
+        self._release(running)
+        try:
+            if running.attempt < self.ctx.settings.turn_max_attempts:
+                if await store.requeue(self.ctx.db, running.turn_id, running.attempt):
+                    await self.ctx.publish(
+                        running.chat_id,
+                        "turn.retrying",
+                        {
+                            "turn_id": running.turn_id,
+                            "attempt": running.attempt + 1,
+                            "reason": reason,
+                        },
+                    )
+                return
+            await self._fail(running, category, f"{reason} after {running.attempt} attempts")
+        finally:
+            self._free_chat(running)
+
+    async def _fail(self, running: Running, category: str, detail: str) -> None:
+        await store.finish(
+            self.ctx.db,
+            running.turn_id,
+            running.attempt,
+            state="failed",
+            text=running.published_text,
+            message_status="failed",
+            category=category,
+            detail=detail,
+            metrics=metrics(running, {}),
+        )
+        await self.ctx.publish(
+            running.chat_id,
+            "turn.failed",
+            {
+                "turn_id": running.turn_id,
+                "message_id": running.message_id,
+                "category": category,
+                "detail": detail[:500],
+            },
+        )
+
+    def _release(self, running: Running) -> None:
+        """The attempt is over: refuse its frames from now on and free the worker's credit.
+
+        The chat's next turn still waits, until :meth:`_free_chat`.
+        """
+        self.stream.cancel_timer(running)
+        self.turns.release(running)
+        running.worker.inflight.discard(running.turn_id)
+        self.approvals.forget(running)
+        coordinator = self.ctx.coordinator
+        if coordinator.shared:
+            self.ctx.spawn(coordinator.clear_partial(running.chat_id))
+
+    def _free_chat(self, running: Running) -> None:
+        self.turns.free_chat(running)
+        self.claims.kick()
+        if self.ctx.coordinator.shared:
+            # The chat's next turn may be for a worker of another instance.
+            self.ctx.spawn(self.ctx.coordinator.broadcast({"kind": "wake"}))
+
+
+def metrics(running: Running, usage: dict[str, Any]) -> dict[str, int | None]:
+    """The attempt's timings, and the token counts the worker reported (when valid)."""
+    now = time.monotonic()
+
+    def count(name: str) -> int | None:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value >= 0 else None
+
+    return {
+        "first_token_ms": int((running.first_token - running.started) * 1000)
+        if running.first_token
+        else None,
+        "latency_ms": int((now - running.started) * 1000),
+        "tokens_in": count("tokens_in"),
+        "tokens_out": count("tokens_out"),
+    }

@@ -1,0 +1,70 @@
+"""The attempts this instance runs: one :class:`Running` per attempt, indexed by turn and chat.
+
+An attempt is *held* (in :attr:`RunningTurns.by_turn`) from its claim until it is released;
+only a held attempt's worker frames are accepted. Its chat stays *busy* (in
+:attr:`RunningTurns.by_chat`) a little longer, until :meth:`RunningTurns.free_chat`, so the
+chat's next turn is not claimed before this one's outcome is stored and announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from relayline.turns.worker_link import WorkerLink
+
+
+@dataclass(slots=True)
+class Running:
+    """One attempt of a turn, assigned to one of this instance's workers."""
+
+    turn_id: str
+    chat_id: str
+    tenant_id: str
+    attempt: int
+    message_id: str
+    worker: WorkerLink
+    lease_expires: float  # monotonic; the attempt is lost when its worker is silent past it
+    started: float
+    correlation_id: str
+    first_token: float | None = None
+    # The answer streamed so far: ``text`` holds every delta, of which the first
+    # ``published_chars`` characters were published; ``pending`` waits for the next flush.
+    text: list[str] = field(default_factory=list)
+    published_chars: int = 0
+    pending: list[str] = field(default_factory=list)
+    pending_chars: int = 0
+    flush_handle: asyncio.TimerHandle | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    approvals: set[str] = field(default_factory=set)
+
+    @property
+    def published_text(self) -> str:
+        return "".join(self.text)[: self.published_chars]
+
+
+class RunningTurns:
+    def __init__(self) -> None:
+        self.by_turn: dict[str, Running] = {}
+        self.by_chat: dict[str, Running] = {}
+
+    def add(self, running: Running) -> None:
+        """Hold the attempt and mark its chat busy."""
+        self.by_turn[running.turn_id] = running
+        self.by_chat[running.chat_id] = running
+
+    def holds(self, running: Running) -> bool:
+        """Whether ``running`` is still held (not released, nor replaced by a later attempt)."""
+        return self.by_turn.get(running.turn_id) is running
+
+    def release(self, running: Running) -> None:
+        """Stop holding the attempt; its chat stays busy until :meth:`free_chat`."""
+        self.by_turn.pop(running.turn_id, None)
+
+    def free_chat(self, running: Running) -> None:
+        """Let the chat's next turn be claimed (unless a later attempt already took the chat)."""
+        if self.by_chat.get(running.chat_id) is running:
+            del self.by_chat[running.chat_id]
+
+    def on_worker(self, worker: WorkerLink) -> list[Running]:
+        return [r for r in self.by_turn.values() if r.worker is worker]

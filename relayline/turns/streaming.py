@@ -1,0 +1,71 @@
+"""Coalescing a running answer's deltas into ``message.delta`` events.
+
+A worker's ``turn.delta`` text is buffered and published once ``delta_coalesce_chars`` are
+pending or ``delta_coalesce_ms`` after the first pending delta, whichever comes first.
+Guarantees: events carry consecutive, gap-free ``offset``s (flushes of one attempt never
+interleave); :attr:`Running.published_text` is exactly what subscribers were sent; with a
+shared coordinator, that text is stored as the chat's partial answer before it is published,
+so a snapshot from any instance is never behind the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from relayline.turns.context import TurnContext
+from relayline.turns.running import Running
+
+
+class DeltaStream:
+    def __init__(self, ctx: TurnContext) -> None:
+        self.ctx = ctx
+
+    async def on_delta(self, running: Running, text: str) -> None:
+        if not text:
+            return
+        if running.first_token is None:
+            running.first_token = time.monotonic()
+        running.text.append(text)
+        running.pending.append(text)
+        running.pending_chars += len(text)
+        if running.pending_chars >= self.ctx.settings.delta_coalesce_chars:
+            await self.flush(running)
+        elif running.flush_handle is None:
+            delay = self.ctx.settings.delta_coalesce_ms / 1000
+            running.flush_handle = asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.ensure_future(self.flush(running))
+            )
+
+    async def flush(self, running: Running) -> None:
+        """Publish whatever is pending now (nothing when nothing is)."""
+        async with running.lock:
+            self.cancel_timer(running)
+            if not running.pending:
+                return
+            text = "".join(running.pending)
+            running.pending.clear()
+            running.pending_chars = 0
+            offset = running.published_chars
+            running.published_chars += len(text)
+            if self.ctx.coordinator.shared:
+                await self.ctx.coordinator.set_partial(
+                    running.chat_id, running.message_id, running.published_text
+                )
+            await self.ctx.publish(
+                running.chat_id,
+                "message.delta",
+                {
+                    "message_id": running.message_id,
+                    "turn_id": running.turn_id,
+                    "offset": offset,
+                    "text": text,
+                },
+            )
+
+    @staticmethod
+    def cancel_timer(running: Running) -> None:
+        """Drop a scheduled flush: what is pending then stays unpublished."""
+        if running.flush_handle is not None:
+            running.flush_handle.cancel()
+            running.flush_handle = None

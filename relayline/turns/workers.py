@@ -1,0 +1,57 @@
+"""The workers connected to this instance, their credit, and how many other instances hold.
+
+Guarantees: at most one link per worker id is registered; :meth:`WorkerPool.pick` returns a
+worker with free credit (the least loaded one) or None, never a draining or closed one; with a
+shared coordinator, every change in the count is reported to the other instances (and it is
+reported again periodically by the lease sweep), so ``no_worker`` is said only when no
+instance has a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relayline.turns.context import TurnContext
+from relayline.turns.worker_link import WorkerLink
+
+
+class WorkerPool:
+    def __init__(self, ctx: TurnContext) -> None:
+        self.ctx = ctx
+        self.workers: dict[str, WorkerLink] = {}
+
+    def add(self, worker: WorkerLink) -> None:
+        self.workers[worker.worker_id] = worker
+        self._report()
+
+    def remove(self, worker: WorkerLink) -> None:
+        """Unregister ``worker`` (not a newer link registered under its id)."""
+        if self.workers.get(worker.worker_id) is worker:
+            del self.workers[worker.worker_id]
+            self._report()
+
+    def connected(self, worker: WorkerLink) -> bool:
+        """Whether ``worker`` is still registered and open."""
+        return not worker.closed and worker.worker_id in self.workers
+
+    def pick(self) -> WorkerLink | None:
+        """The least loaded worker with free credit."""
+        best: WorkerLink | None = None
+        for worker in self.workers.values():
+            if worker.free > 0 and (best is None or worker.load < best.load):
+                best = worker
+        return best
+
+    async def any_worker(self) -> bool:
+        """Whether this or any other instance has a worker."""
+        return bool(self.workers) or await self.ctx.coordinator.workers_elsewhere() > 0
+
+    async def report(self) -> None:
+        await self.ctx.coordinator.report_workers(len(self.workers))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [w.describe() for w in self.workers.values()]
+
+    def _report(self) -> None:
+        if self.ctx.coordinator.shared:
+            self.ctx.spawn(self.ctx.coordinator.report_workers(len(self.workers)))
