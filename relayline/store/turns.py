@@ -165,14 +165,20 @@ async def finish(
     detail: str | None = None,
     metrics: dict[str, int | None] | None = None,
 ) -> Message | None:
-    """Store the outcome of ``attempt``; None when that attempt no longer owns the turn."""
+    """Store the outcome of ``attempt``; None when that attempt no longer owns the turn.
+
+    A turn the store already marked cancelled (a cancel request) only takes ``cancelled``: a
+    completion or failure that raced the cancel returns None and leaves it cancelled, so the
+    store agrees with the ``turn.cancelled`` the chat was told.
+    """
+    writable = ("running", "cancelled") if state == "cancelled" else ("running",)
     async with db.write() as session:
         fenced = await session.execute(
             update(Turn)
             .where(
                 Turn.id == turn_id,
                 Turn.attempt == attempt,
-                Turn.state.in_(("running", "cancelled")),
+                Turn.state.in_(writable),
             )
             .values(
                 state=state,

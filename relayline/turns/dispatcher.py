@@ -196,6 +196,8 @@ class TurnDispatcher:
         another instance is stopped by that instance, told through the coordinator.
         """
         running = self.turns.by_chat.get(chat_id)
+        if running is not None and running.turn_id == turn_id and not self.turns.holds(running):
+            return  # its attempt is ending here right now, and will store it as cancelled
         if running is None or running.turn_id != turn_id:
             if broadcast and self.coordinator.shared:
                 await self.coordinator.broadcast(

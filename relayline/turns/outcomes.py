@@ -60,7 +60,10 @@ class Outcomes:
                 message_status="complete",
                 metrics=measured,
             )
-            if message is not None:
+            if message is None:
+                # A cancel stored just before won the race: the chat was told turn.cancelled.
+                await self._keep_as_cancelled(running, text, measured)
+            else:
                 await self.ctx.publish(
                     running.chat_id,
                     "message.completed",
@@ -134,7 +137,8 @@ class Outcomes:
             self._free_chat(running)
 
     async def _fail(self, running: Running, category: str, detail: str) -> None:
-        await store.finish(
+        measured = metrics(running, {})
+        failed = await store.finish(
             self.ctx.db,
             running.turn_id,
             running.attempt,
@@ -143,8 +147,11 @@ class Outcomes:
             message_status="failed",
             category=category,
             detail=detail,
-            metrics=metrics(running, {}),
+            metrics=measured,
         )
+        if failed is None:
+            await self._keep_as_cancelled(running, running.published_text, measured)
+            return
         await self.ctx.publish(
             running.chat_id,
             "turn.failed",
@@ -154,6 +161,21 @@ class Outcomes:
                 "category": category,
                 "detail": detail[:500],
             },
+        )
+
+    async def _keep_as_cancelled(
+        self, running: Running, text: str, measured: dict[str, int | None]
+    ) -> None:
+        """Store the answer as cancelled when the turn was cancelled under a racing ending (a
+        stale attempt, fenced out, writes nothing)."""
+        await store.finish(
+            self.ctx.db,
+            running.turn_id,
+            running.attempt,
+            state="cancelled",
+            text=text,
+            message_status="cancelled",
+            metrics=measured,
         )
 
     def _release(self, running: Running) -> None:

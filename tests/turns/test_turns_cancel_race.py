@@ -1,0 +1,73 @@
+"""A cancel stored while the attempt's worker is finishing: the cancel wins, everywhere.
+
+The chat was told ``turn.cancelled`` as soon as the cancel was stored, so an answer that
+completes (or fails) a moment later must not turn into a completed (or failed) one in the store:
+it is kept, whole, as cancelled, and no ``message.completed`` or ``turn.failed`` follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relayline.store import chats
+from relayline.store.models import Turn
+from relayline.testing import RelayServer, WsHarness
+from tests.turns.conftest import (
+    FakeWorker,
+    RelayFactory,
+    Tenants,
+    answers,
+    eventually,
+    post,
+    until_event,
+)
+
+
+async def cancel_in_store_only(relay: RelayServer, chat: str) -> None:
+    """What a cancel request does first (on this or another instance), before the instance
+    holding the turn hears of it."""
+    async with relay.app.http.state.relay.db.write() as session:
+        assert await chats.cancel_active_turn(session, chat) is not None
+
+
+@pytest.mark.parametrize("ending", ["done", "failed"])
+async def test_an_ending_that_races_a_stored_cancel_is_kept_as_cancelled(
+    turn_relay: RelayFactory, tenants: Tenants, ending: str
+) -> None:
+    relay = await turn_relay(delta_coalesce_ms=0)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+    async with (
+        FakeWorker(relay, "racer") as fake,
+        WsHarness(relay, token=tenant.key, topics=[topic]) as ws,
+    ):
+        turn_id = await post(tenant, chat, "race me")
+        assigned = await fake.expect("turn.assigned", 10)
+        frame: dict[str, Any] = {"turn_id": turn_id, "attempt": assigned["attempt"]}
+        await fake.send({"type": "turn.delta", **frame, "text": "all of "})
+        await until_event(ws, "message.delta", turn_id=turn_id)
+        await cancel_in_store_only(relay, chat)
+        await fake.send({"type": "turn.delta", **frame, "text": "it"})
+        if ending == "done":
+            await fake.send({"type": "turn.done", **frame, "usage": {}})
+        else:
+            await fake.send({"type": "turn.failed", **frame, "category": "timeout", "detail": "x"})
+
+        async def settled() -> bool:
+            found = await answers(tenant, chat)
+            return len(found) == 1 and found[0]["status"] != "streaming"
+
+        await eventually(settled)
+        await ws.assert_silent(0.3, "message.completed")
+    assert not ws.events(topic, "turn.failed")
+    (answer,) = await answers(tenant, chat)
+    shown = "".join(e["data"]["text"] for e in ws.events(topic, "message.delta"))
+    assert answer["status"] == "cancelled"
+    assert answer["content"] == shown  # what the chat saw, nothing more, nothing less
+    assert shown == "all of it"
+    async with relay.app.http.state.relay.db.read() as session:
+        turn = await session.get(Turn, turn_id)
+    assert turn is not None and turn.state == "cancelled"
