@@ -92,7 +92,12 @@ class WorkerGateway:
         link.start()
         self.dispatcher.attach(link)
         link.send(
-            {"type": "welcome", "worker_id": link.worker_id, "lease_s": self.settings.turn_lease_s}
+            {
+                "type": "welcome",
+                "worker_id": link.worker_id,
+                "lease_s": self.settings.turn_lease_s,
+                "capacity": link.capacity,
+            }
         )
         await self._publish_state(link)
         log.info("worker_connected", worker_id=link.worker_id, capacity=link.capacity)
@@ -122,13 +127,18 @@ class WorkerGateway:
             await close(4400, "expected hello")
             return None
         capacity = frame.get("capacity")
-        if (
-            not isinstance(capacity, int)
-            or isinstance(capacity, bool)
-            or not (1 <= capacity <= self.settings.max_worker_capacity)
-        ):
-            await close(4400, "capacity out of range")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            await close(4400, "capacity must be a positive integer")
             return None
+        if capacity > self.settings.max_worker_capacity:
+            # Not a reason to refuse (the worker would only reconnect, forever): the relay
+            # assigns at most its own maximum, and says so in the welcome.
+            log.warning(
+                "worker_capacity_capped",
+                announced=capacity,
+                capacity=self.settings.max_worker_capacity,
+            )
+            capacity = self.settings.max_worker_capacity
         raw_id = frame.get("worker_id")
         worker_id = raw_id[:64] if isinstance(raw_id, str) and raw_id else new_id()
         if worker_id in self.dispatcher.workers:

@@ -131,6 +131,11 @@ class RelayConnection:
             )
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
             self.worker_id = welcome.get("worker_id", self.worker_id)
+            granted = welcome.get("capacity")
+            if isinstance(granted, int) and granted < self.settings.worker_capacity:
+                log.warning(
+                    "capacity_capped_by_relay", asked=self.settings.worker_capacity, granted=granted
+                )
             self.connected.set()
             log.info("relay_connected", worker_id=self.worker_id, relay=self.relay)
             ticker = asyncio.create_task(self._tick())

@@ -3,6 +3,7 @@ sockets against ``/v1/worker/ws`` (a refused handshake is HTTP 401 naming the ch
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relayline.errors import Unauthorized
 from relayline.testing import RelayServer
@@ -282,3 +283,35 @@ async def test_worker_daemon_connects_with_either_auth(
     connected = relay.app.http.state.relay.dispatcher.workers
     assert {signed_worker.worker_id, token_worker.worker_id} <= set(connected)
     assert connected["signed"].key_id == connected["token"].key_id == KEY_ID
+
+
+async def hello_with(
+    relay: RelayServer, capacity: object
+) -> tuple[dict[str, Any] | None, int | None]:
+    """Say hello with ``capacity``; the welcome (or None) and the close code (or None)."""
+    async with connect(worker_url(relay), additional_headers=signed(), open_timeout=5) as ws:
+        await ws.send(json.dumps({"type": "hello", "worker_id": "w", "capacity": capacity}))
+        try:
+            welcome: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        except ConnectionClosed as exc:
+            return None, exc.rcvd.code if exc.rcvd else None
+        return welcome, None
+
+
+async def test_a_capacity_above_the_relays_maximum_is_capped_not_refused(
+    turn_relay: RelayFactory,
+) -> None:
+    relay = await turn_relay(max_worker_capacity=8)
+    welcome, _ = await hello_with(relay, 500)
+    assert welcome is not None and welcome["capacity"] == 8
+    welcome, _ = await hello_with(relay, 3)
+    assert welcome is not None and welcome["capacity"] == 3
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 2.5, "4", True, None])
+async def test_a_capacity_that_is_not_a_positive_integer_closes_4400(
+    turn_relay: RelayFactory, capacity: object
+) -> None:
+    relay = await turn_relay()
+    welcome, code = await hello_with(relay, capacity)
+    assert welcome is None and code == 4400
