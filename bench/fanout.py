@@ -3,6 +3,10 @@
     .venv/bin/python bench/fanout.py            # full run (4-5 min); rewrites the results
                                                 # section of docs/benchmarks.md
     .venv/bin/python bench/fanout.py --quick    # small counts, < 60 s; prints only
+    .venv/bin/python bench/fanout.py --instances           # several relay instances (3-10 min);
+                                                           # rewrites only its own section
+    .venv/bin/python bench/fanout.py --instances --quick   # small counts, < 60 s; prints only
+    .venv/bin/python bench/fanout.py --instances 2,3       # other instance counts
 
 Each server runs as its own process pinned to CPU 0 (127.0.0.1 only); the load generator
 (``bench/loadgen.py``) runs in another, pinned to CPU 1, and reports its own CPU share and the
@@ -17,6 +21,14 @@ Scenarios, per server (the same clients, messages and payloads for all of them):
   that stop reading: healthy clients' p99 in both, 4009 closes, server RSS.
 
 Bursts go through the server's publish endpoint (≤ 1,000 events per call), one call at a time.
+
+``--instances [N,...]`` (default 3) measures S1 and S2 on relayline alone instead: 1 instance on
+the embedded defaults (in-process bus, SQLite), 1 instance on Redis (bus) + PostgreSQL (store),
+then N instances on Redis + PostgreSQL sharing one database and one Redis key prefix, with the
+subscribers spread over them and every event published through the first. All relay processes
+share CPU 0. It needs PostgreSQL (``--pg-admin-url``: a database to connect to for CREATE and
+DROP DATABASE of a fresh ``relayline_bench_<random>``) and Redis (``--redis-url``; its keys go
+under a fresh prefix, deleted at the end). See ``bench/instances.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,10 +44,19 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from servers import BENCH, ROOT, Server, machine, start_node, start_pyio, start_relay, versions
-from wsclient import busy_share, cpu_busy
+import instances
+from runner import (
+    cpu,
+    describe_load,
+    fmt_rate,
+    free_port,
+    loadgen,
+    median_run,
+    wait_quiet,
+    write_doc,
+)
+from servers import machine, start_node, start_pyio, start_relay, versions
 
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- fanout:results:begin -->", "<!-- fanout:results:end -->"
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -63,47 +82,6 @@ SLOW_RELAY_ENV = {
     "RELAYLINE_WS_QUEUE_MAX_BYTES": "32768",
 }
 NAMES = {"relayline": "relayline", "node": "Node socket.io", "pyio": "python-socketio"}
-
-
-def background_load(seconds: float = 2.0) -> dict[int, float]:
-    """Share of each CPU kept busy by everything else on the machine, over ``seconds``."""
-    before = cpu_busy()
-    time.sleep(seconds)
-    return busy_share(before, cpu_busy())
-
-
-def wait_quiet(limit_s: float, log: Callable[[str], None]) -> dict[int, float]:
-    """Wait (at most ``limit_s``) until no CPU is more than 20% busy; return the last reading."""
-    deadline = time.monotonic() + limit_s
-    load = background_load()
-    while max(load.values()) > 0.2 and time.monotonic() < deadline:
-        log("background load " + ", ".join(f"CPU {c} {v:.0%}" for c, v in load.items()))
-        time.sleep(3)
-        load = background_load()
-    return load
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def loadgen(server: Server, scenario: str, timeout: float, **spec: Any) -> dict[str, Any]:
-    full = {**server.spec(), "scenario": scenario, "timeout_s": timeout, **spec}
-    cmd = [sys.executable, str(BENCH / "loadgen.py"), json.dumps(full)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * 4 + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen {scenario} on {server.name} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
-def median_run(result: dict[str, Any]) -> dict[str, Any]:
-    runs = sorted(result["runs"], key=lambda r: r["deliveries_per_s"])
-    run: dict[str, Any] = runs[len(runs) // 2]
-    return {**run, "gaps": result["gaps"], "dups": result["dups"], "all_rates": runs}
 
 
 def measure(kind: str, profile: dict[str, Any], workdir: Path, log: Callable[[str], None]) -> Any:
@@ -149,10 +127,6 @@ def measure(kind: str, profile: dict[str, Any], workdir: Path, log: Callable[[st
     return out
 
 
-def fmt_rate(value: float) -> str:
-    return f"{value / 1000:,.0f}k" if value >= 10_000 else f"{value:,.0f}"
-
-
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -192,12 +166,6 @@ def table(results: dict[str, Any], profile: dict[str, Any]) -> list[str]:
         )
         row("healthy p99, 10% stalled vs all healthy", cells, "", "≤ 1.5x")
     return lines
-
-
-def cpu(r: dict[str, Any], who: str) -> str:
-    """Process share / whole-core share, e.g. ``62% / 100%``."""
-    core = r["server_core_busy"] if who == "server" else r["loadgen_core_busy"]
-    return f"{r[who + '_cpu']:.0%} / {core:.0%}"
 
 
 def details(results: dict[str, Any]) -> list[str]:
@@ -251,7 +219,7 @@ def report(
     load: dict[int, float],
 ) -> str:
     found = versions()
-    busy = ", ".join(f"CPU {cpu} {share:.0%}" for cpu, share in load.items())
+    busy = describe_load(load)
     parts = [
         BEGIN,
         f"Command: `{command}` (took {took:.0f} s, {time.strftime('%Y-%m-%d')}).",
@@ -278,15 +246,6 @@ def report(
     return "\n".join(parts)
 
 
-def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(head + section + tail)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
@@ -304,6 +263,22 @@ def main() -> None:
         metavar="SECONDS",
         help="first wait up to SECONDS for other processes to leave the CPUs idle",
     )
+    parser.add_argument(
+        "--instances",
+        nargs="?",
+        const=[3],
+        type=instances.parse_counts,
+        metavar="N[,N...]",
+        help="relayline on several instances (default 3) over Redis + PostgreSQL instead",
+    )
+    parser.add_argument(
+        "--redis-url", default=instances.REDIS_URL, help="--instances: the Redis to use"
+    )
+    parser.add_argument(
+        "--pg-admin-url",
+        default=instances.PG_ADMIN_URL,
+        help="--instances: PostgreSQL database to connect to for CREATE/DROP DATABASE",
+    )
     args = parser.parse_args()
     profile = PROFILES["quick" if args.quick else "full"]
     started = time.monotonic()
@@ -311,6 +286,9 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
+    if args.instances:
+        instances.run(args, started, log)
+        return
     load = wait_quiet(args.wait_quiet, log)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="relayline-bench-") as tmp:
@@ -323,7 +301,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.quick and not args.no_doc and "relayline" in results:
-        write_doc(section)
+        write_doc(section, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -116,33 +116,50 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"server at {url} not healthy after 60 s; see {log}")
 
 
-def start_relay(port: int, workdir: Path, env: dict[str, str] | None = None) -> Server:
-    """``relayline serve`` with a fresh SQLite database, a tenant, a chat and a session token."""
+def spawn_relay(
+    port: int, workdir: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A healthy ``relayline serve`` process (a fresh SQLite database unless ``env`` names
+    another) and its log."""
     db = workdir / f"relay-{port}.db"
     log = workdir / f"relay-{port}.log"
     full_env = {**RELAY_ENV, "RELAYLINE_DATABASE_URL": f"sqlite:///{db}", **(env or {})}
     cmd = [sys.executable, "-m", "relayline", "serve", "--host", HOST, "--port", str(port)]
     proc = _spawn(cmd, full_env, log)
-    url = f"http://{HOST}:{port}"
     try:
-        _wait_healthy(url, proc, log)
-        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        with httpx.Client(base_url=url, timeout=10) as client:
-            tenant = client.post("/v1/admin/tenants", json={"name": "bench"}, headers=admin)
-            tenant.raise_for_status()
-            tenant_id = tenant.json()["id"]
-            made = client.post(f"/v1/admin/tenants/{tenant_id}/keys", json={}, headers=admin)
-            made.raise_for_status()
-            key = made.json()["key"]
-            auth = {"Authorization": f"Bearer {key}"}
-            chat = client.post("/v1/chats", json={"title": "fan-out"}, headers=auth)
-            chat.raise_for_status()
-            chat_id = chat.json()["id"]
-            session = client.post(
-                "/v1/sessions", json={"chat_ids": [chat_id], "ttl_s": 86_400}, headers=auth
-            )
-            session.raise_for_status()
-            token = session.json()["token"]
+        _wait_healthy(f"http://{HOST}:{port}", proc, log)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, log
+
+
+def provision(url: str) -> tuple[str, str, str]:
+    """A tenant, its API key, a chat and a session token for it: (token, key, chat id)."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        tenant = client.post("/v1/admin/tenants", json={"name": "bench"}, headers=admin)
+        tenant.raise_for_status()
+        tenant_id = tenant.json()["id"]
+        made = client.post(f"/v1/admin/tenants/{tenant_id}/keys", json={}, headers=admin)
+        made.raise_for_status()
+        key = made.json()["key"]
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = client.post("/v1/chats", json={"title": "fan-out"}, headers=auth)
+        chat.raise_for_status()
+        chat_id = chat.json()["id"]
+        session = client.post(
+            "/v1/sessions", json={"chat_ids": [chat_id], "ttl_s": 86_400}, headers=auth
+        )
+        session.raise_for_status()
+        return session.json()["token"], key, chat_id
+
+
+def start_relay(port: int, workdir: Path, env: dict[str, str] | None = None) -> Server:
+    """``relayline serve`` with a fresh SQLite database, a tenant, a chat and a session token."""
+    proc, log = spawn_relay(port, workdir, env)
+    try:
+        token, key, chat_id = provision(f"http://{HOST}:{port}")
     except BaseException:
         proc.kill()
         raise

@@ -46,7 +46,25 @@ class Spec:
     slow_rcvbuf: int = 4096
     metrics_token: str = ""
     timeout_s: float = 120.0
+    # Several relay instances: subscribers go round robin over ``ports`` (publishing stays on
+    # ``port``) and the servers' CPU is the sum over ``server_pids``; ``redis_pid`` is watched
+    # too when set.
+    ports: list[int] = field(default_factory=list)
+    server_pids: list[int] = field(default_factory=list)
+    redis_pid: int = 0
+    # burst: with quiet_runs, stop repeating once that many runs had at most quiet_limit of a
+    # core of other work on the two cores (``repeats`` is then the most runs there will be).
+    quiet_runs: int = 0
+    quiet_limit: float = 0.3
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sub_ports(self) -> list[int]:
+        return self.ports or [self.port]
+
+    @property
+    def pids(self) -> list[int]:
+        return self.server_pids or [self.server_pid]
 
 
 class TopicStream:
@@ -93,10 +111,11 @@ class Subscriber(WsClient):
     """Counts one topic's events; ``lat`` collects latencies (µs) unless it is None."""
 
     def __init__(
-        self, spec: Spec, base: float, lat: array[int] | None, stream: TopicStream
+        self, spec: Spec, base: float, lat: array[int] | None, stream: TopicStream, port: int
     ) -> None:
-        super().__init__(spec.host, spec.port, PATHS[spec.dialect], self.protocols(spec), base)
+        super().__init__(spec.host, port, PATHS[spec.dialect], self.protocols(spec), base)
         self.spec = spec
+        self.port = port
         self.lat = lat
         self.stream = stream
         self.subscribed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -200,15 +219,18 @@ async def connect_all(
     stream: TopicStream,
     rcvbuf: int = 0,
 ) -> list[Subscriber]:
-    """Open and subscribe ``count`` clients, at most CONNECT_CONCURRENCY at a time."""
+    """Open and subscribe ``count`` clients, at most CONNECT_CONCURRENCY at a time, round robin
+    over the spec's subscriber ports."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    ports = spec.sub_ports
 
     async def one(index: int) -> Subscriber:
+        port = ports[index % len(ports)]
         async with gate:
-            sock = await open_socket(spec.host, spec.port, rcvbuf)
+            sock = await open_socket(spec.host, port, rcvbuf)
             _, client = await loop.create_connection(
-                lambda: Subscriber(spec, base, lat(index), stream), sock=sock
+                lambda: Subscriber(spec, base, lat(index), stream, port), sock=sock
             )
             async with asyncio.timeout(30):
                 await client.opened

@@ -319,7 +319,23 @@ def rss_kb(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` (all its threads), from /proc."""
+    """CPU seconds used so far by ``pid``'s live threads, from /proc: each thread's run time in
+    nanoseconds (``schedstat``) where the kernel keeps it, since at 100 ticks a second the
+    user + system ticks of ``/proc/<pid>/stat`` (the fallback) miss a lot of a 0.2 s window."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tids = []
+    total_ns, found = 0, False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as fh:
+                total_ns += int(fh.read().split()[0])
+                found = True
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended, or no scheduler statistics
+    if found:
+        return total_ns / 1e9
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime
