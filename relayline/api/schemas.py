@@ -135,8 +135,26 @@ class NewChatOut(ChatOut):
     )
 
 
+class PendingApprovalOut(BaseModel):
+    """A tool call waiting for the user's decision, as announced by `tool.approval_requested`."""
+
+    approval_id: str
+    turn_id: str
+    tool: str
+    arguments: Any = Field(
+        default=None,
+        description="What the tool would be called with. When the open requests of a chat "
+        "are large together, a value may be cut short: then it is the start of its JSON "
+        "text, ending in `…`.",
+    )
+    deadline: int = Field(
+        description="Unix time in milliseconds; no answer by then counts as a denial."
+    )
+
+
 class ChatSnapshot(ChatOut):
-    """A chat with what a reloaded page needs: the turn in progress and the topic position."""
+    """A chat with what a reloaded page needs: the turn in progress (with its answer so far
+    and its open tool approvals) and the topic position."""
 
     turn: TurnOut | None
     partial_message_id: str | None = Field(
@@ -146,6 +164,11 @@ class ChatSnapshot(ChatOut):
         default=None,
         description="Its text so far; later `message.delta` events carry an "
         "`offset` into this text, so a client appends only what it does not have.",
+    )
+    pending_approvals: list[PendingApprovalOut] = Field(
+        default_factory=list,
+        description="The tool calls of the running turn still waiting for a decision, oldest "
+        "first; later `tool.approval_resolved` events say which were decided.",
     )
     topic: str
     epoch: str | None

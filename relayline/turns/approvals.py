@@ -6,16 +6,31 @@ decided at most once; a decision after the deadline is refused, since the worker
 counted silence as a denial; a decision for an attempt that ended is refused. When the asking
 worker is connected to another instance, the decision is broadcast for that instance to
 forward.
+
+The requests still open are kept as announced, for the chat snapshot (:meth:`open_for`); with a
+shared coordinator, a copy is stored there on every change (before the change is announced) so
+that a snapshot served by any instance shows them. What a snapshot carries is bounded: all the
+``arguments`` together fit in one WebSocket frame (``ws_max_frame_bytes`` characters of JSON);
+a value over its share is replaced by the start of its JSON text.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from relayline.store import turn_queue
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
+
+
+@dataclass(slots=True)
+class _Writes:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class Approvals:
@@ -24,6 +39,8 @@ class Approvals:
         self.turns = turns
         self.pending: dict[str, Running] = {}
         self.deadlines: dict[str, int] = {}  # unix ms; a decision after it is refused
+        self.requests: dict[str, dict[str, Any]] = {}  # as announced, oldest first
+        self._writes: dict[str, _Writes] = {}  # by chat: writes of its shared copy
 
     async def request(self, running: Running, frame: dict[str, Any]) -> None:
         """The worker running ``running`` asks to run a tool (``tool.approval_request``)."""
@@ -35,20 +52,20 @@ class Approvals:
         latest = int((time.time() + self.ctx.settings.approval_timeout_s) * 1000)
         asked = frame.get("deadline")
         deadline = min(asked, latest) if isinstance(asked, int) and asked > 0 else latest
+        payload = {
+            "approval_id": approval_id,
+            "turn_id": running.turn_id,
+            "tool": str(frame.get("tool", ""))[:100],
+            "arguments": frame.get("arguments"),
+            "deadline": deadline,
+        }
         running.approvals.add(approval_id)
         self.pending[approval_id] = running
         self.deadlines[approval_id] = deadline
-        await self.ctx.publish(
-            running.chat_id,
-            "tool.approval_requested",
-            {
-                "approval_id": approval_id,
-                "turn_id": running.turn_id,
-                "tool": str(frame.get("tool", ""))[:100],
-                "arguments": frame.get("arguments"),
-                "deadline": deadline,
-            },
-        )
+        self.requests.pop(approval_id, None)
+        self.requests[approval_id] = payload
+        await self._share(running.chat_id)
+        await self.ctx.publish(running.chat_id, "tool.approval_requested", payload)
 
     async def resolve(
         self, chat_id: str, approval_id: str, approve: bool, *, broadcast: bool = True
@@ -69,8 +86,10 @@ class Approvals:
             )
             return True
         del self.pending[approval_id]
+        del self.requests[approval_id]
         running.approvals.discard(approval_id)
         if self.deadlines.pop(approval_id, 0) < time.time() * 1000:
+            await self._share(chat_id)
             return False  # the worker has already counted it as denied
         decision = "approve" if approve else "deny"
         running.worker.send(
@@ -82,6 +101,7 @@ class Approvals:
                 "decision": decision,
             }
         )
+        await self._share(chat_id)
         await self.ctx.publish(
             chat_id, "tool.approval_resolved", {"approval_id": approval_id, "decision": decision}
         )
@@ -89,12 +109,81 @@ class Approvals:
 
     def forget(self, running: Running) -> None:
         """The attempt ended: its open requests can no longer be decided."""
+        if not running.approvals:
+            return
         for approval_id in running.approvals:
             self.pending.pop(approval_id, None)
             self.deadlines.pop(approval_id, None)
+            self.requests.pop(approval_id, None)
+        if self.ctx.coordinator.shared:
+            self.ctx.spawn(self._share(running.chat_id))
+
+    def open_for(self, chat_id: str) -> list[dict[str, Any]]:
+        """The chat's requests that can still be decided, oldest first, as announced (with
+        ``arguments`` fitted into the snapshot's bound)."""
+        now = time.time() * 1000
+        items = [
+            payload
+            for approval_id, payload in self.requests.items()
+            if self.pending[approval_id].chat_id == chat_id and self.deadlines[approval_id] >= now
+        ]
+        return fit_arguments(items, self.ctx.settings.ws_max_frame_bytes)
+
+    async def _share(self, chat_id: str) -> None:
+        """Store the chat's open requests with the coordinator, when instances share turns.
+
+        One write at a time per chat, each taking the list as it is when its turn comes: the
+        last one stored is the newest.
+        """
+        if not self.ctx.coordinator.shared:
+            return
+        writes = self._writes.setdefault(chat_id, _Writes())
+        writes.users += 1
+        try:
+            async with writes.lock:
+                await self.ctx.coordinator.set_approvals(chat_id, self.open_for(chat_id))
+        finally:
+            writes.users -= 1
+            if not writes.users:
+                del self._writes[chat_id]
 
     async def _running_elsewhere(self, chat_id: str) -> bool:
         """Whether another instance may hold the chat's running turn."""
         if not self.ctx.coordinator.shared or chat_id in self.turns.by_chat:
             return False
         return await turn_queue.has_running_turn(self.ctx.db, chat_id)
+
+
+def still_open(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The well-formed requests among ``items`` (a coordinator's copy) whose deadline has not
+    passed, in their order."""
+    now = time.time() * 1000
+    return [
+        item
+        for item in items
+        if isinstance(item.get("approval_id"), str)
+        and isinstance(item.get("turn_id"), str)
+        and isinstance(item.get("tool"), str)
+        and isinstance(item.get("deadline"), int)
+        and item["deadline"] >= now
+    ]
+
+
+def fit_arguments(items: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """``items`` with their ``arguments`` fitted into ``budget`` characters of JSON in all.
+
+    Each item gets an equal share, and what a small one leaves unused goes to the others; a
+    value over its share is replaced by that many characters of its JSON text and "…".
+    """
+    texts = [json.dumps(item.get("arguments"), ensure_ascii=False) for item in items]
+    share = budget
+    left = budget
+    for n, size in enumerate(sorted(len(text) for text in texts)):
+        if size > left // (len(texts) - n):
+            share = left // (len(texts) - n)
+            break
+        left -= size
+    return [
+        item if len(text) <= share else {**item, "arguments": text[:share] + "…"}
+        for item, text in zip(items, texts, strict=True)
+    ]

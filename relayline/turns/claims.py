@@ -94,6 +94,11 @@ class ClaimLoop:
             correlation_id=new_id(),
         )
         self.turns.add(running)
+        if self.ctx.coordinator.shared:
+            # A new attempt starts with no open approval requests: an earlier attempt's, kept
+            # by an instance that died, can no longer be decided. Before the worker is told,
+            # so none of this attempt's requests can be wiped.
+            await self.ctx.coordinator.set_approvals(assignment.chat_id, [])
         agent = assignment.agent
         worker.send(
             {

@@ -6,6 +6,9 @@
   claim, a lost cancel by the client's retry, and leases cover a lost instance.
 - ``set_partial``/``partial``: the text of a running answer published so far, so a snapshot
   served by any instance shows it.
+- ``set_approvals``/``approvals``: the open tool-approval requests of a chat's running turn
+  (each as announced in ``tool.approval_requested``), for the same reason. The holder replaces
+  the whole list on every change; an empty list removes it.
 - ``report_workers``/``workers_elsewhere``: how many workers other instances hold, so the relay
   says ``no_worker`` only when no instance has one.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -51,6 +55,12 @@ class Coordinator(Protocol):
 
     async def clear_partial(self, chat_id: str) -> None: ...
 
+    async def set_approvals(self, chat_id: str, items: list[dict[str, Any]]) -> None:
+        """Store the chat's open approval requests, oldest first (none: forget them)."""
+
+    async def approvals(self, chat_id: str) -> list[dict[str, Any]]:
+        """The list last stored by :meth:`set_approvals`, as stored (empty when unknown)."""
+
     async def report_workers(self, count: int) -> None: ...
 
     async def workers_elsewhere(self) -> int: ...
@@ -81,6 +91,12 @@ class LocalCoordinator:
     async def clear_partial(self, chat_id: str) -> None:
         return None
 
+    async def set_approvals(self, chat_id: str, items: list[dict[str, Any]]) -> None:
+        return None
+
+    async def approvals(self, chat_id: str) -> list[dict[str, Any]]:
+        return []
+
     async def report_workers(self, count: int) -> None:
         return None
 
@@ -89,7 +105,8 @@ class LocalCoordinator:
 
 
 class RedisCoordinator:
-    """Pub/sub for broadcasts; plain keys (with expiry) for partial answers and worker counts."""
+    """Pub/sub for broadcasts; plain keys (with expiry) for partial answers, open approval
+    requests and worker counts."""
 
     def __init__(self, redis: Any, key_prefix: str, *, ttl_s: float = 30.0) -> None:
         self.instance_id = new_id()
@@ -168,6 +185,28 @@ class RedisCoordinator:
     async def clear_partial(self, chat_id: str) -> None:
         with contextlib.suppress(Exception):
             await self._redis.delete(self._partial_key(chat_id))
+
+    def _approvals_key(self, chat_id: str) -> str:
+        return f"{self._prefix}turns:approvals:{chat_id}"
+
+    async def set_approvals(self, chat_id: str, items: list[dict[str, Any]]) -> None:
+        key = self._approvals_key(chat_id)
+        with contextlib.suppress(Exception):
+            if not items:
+                await self._redis.delete(key)
+                return
+            # The partial answer's expiry, or the latest deadline when that is further away.
+            latest = max((i.get("deadline") or 0) for i in items) / 1000 - time.time()
+            ttl = max(int(self._ttl_s * 20), math.ceil(latest))
+            await self._redis.set(key, json.dumps(items), ex=ttl)
+
+    async def approvals(self, chat_id: str) -> list[dict[str, Any]]:
+        try:
+            raw = await self._redis.get(self._approvals_key(chat_id))
+            items = json.loads(raw) if raw is not None else []
+        except Exception:
+            return []
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
     async def report_workers(self, count: int) -> None:
         value = json.dumps({"count": count, "until": time.time() + self._ttl_s})

@@ -7,7 +7,8 @@ holds the running attempt (its worker, streamed text, approvals) in memory while
 turn's lease in the store. When an instance dies its leases run out and another instance
 queues the turn again; a restart loses no turn. A :class:`Coordinator` carries what the store
 cannot: wake-ups, cancels and approval decisions for the instance that holds a turn, the
-partial answer for snapshots, and whether any instance has a worker.
+partial answer and open approval requests for snapshots, and whether any instance has a
+worker.
 
 :class:`TurnDispatcher` is the entry point for the rest of the relay: it owns one of each
 part and routes to them.
@@ -31,7 +32,7 @@ from relayline.bus.base import Bus
 from relayline.config import Settings
 from relayline.store import turn_queue
 from relayline.store.database import Database
-from relayline.turns.approvals import Approvals
+from relayline.turns.approvals import Approvals, still_open
 from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
 from relayline.turns.coordination import Coordinator, LocalCoordinator
@@ -218,6 +219,20 @@ class TurnDispatcher:
         if not self.coordinator.shared:
             return None
         return await self.coordinator.partial(chat_id)
+
+    async def pending_approvals(self, chat_id: str) -> list[dict[str, Any]]:
+        """The open tool-approval requests of the chat's running turn, wherever it runs,
+        oldest first (each as announced in ``tool.approval_requested``)."""
+        if self.turns.by_chat.get(chat_id) is not None:
+            return self.approvals.open_for(chat_id)
+        if not self.coordinator.shared:
+            return []
+        items = still_open(await self.coordinator.approvals(chat_id))
+        # An instance that died holding a turn leaves its copy behind (until the turn's next
+        # attempt is assigned, which clears it): it counts only while a turn is running.
+        if not items or not await turn_queue.has_running_turn(self.db, chat_id):
+            return []
+        return items
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Connected workers and their state (the admin API and console)."""

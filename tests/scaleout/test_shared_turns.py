@@ -5,6 +5,7 @@ dispatched it, and is cancelled from either."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,97 @@ async def test_cancel_posted_on_one_instance_stops_the_turn_running_on_the_other
     assert answer["content"] == "so far "
     assert (await stored_turn(a, turn_id)).state == "cancelled"
     assert dispatcher_of(b).running == {}
+
+
+async def test_snapshot_served_by_one_instance_lists_approvals_asked_on_the_other(
+    make_pair: PairFactory, tenants: Tenants
+) -> None:
+    a, b = await make_pair()
+    tenant = await new_tenant(a, await tenants.client(a))
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+    prefix = dispatcher_of(a).settings.redis_prefix
+    import redis.asyncio as aredis
+
+    redis = aredis.Redis.from_url(REDIS)
+    key = f"{prefix}turns:approvals:{chat}"
+
+    async def pending() -> list[dict[str, Any]]:
+        r = await tenant.http.get(f"/v1/chats/{chat}", headers=tenant.auth)
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["pending_approvals"]
+        return items
+
+    async def ask(fake: FakeWorker, turn_id: str, approval_id: str) -> dict[str, Any]:
+        await fake.send(
+            {
+                "type": "tool.approval_request",
+                "turn_id": turn_id,
+                "attempt": 1,
+                "approval_id": approval_id,
+                "tool": "run_command",
+                "arguments": {"command": f"echo {approval_id}"},
+                "deadline": int(time.time() * 1000) + 60_000,
+            }
+        )
+        event = await until_event(ws, "tool.approval_requested", approval_id=approval_id)
+        data: dict[str, Any] = event["data"]
+        return data
+
+    try:
+        async with (
+            FakeWorker(b, "asker") as fake,
+            WsHarness(a, token=tenant.key, topics=[topic]) as ws,
+        ):
+            turn_id = await post(tenant, chat, "may I?")
+            await fake.expect("turn.assigned", 10)
+            assert turn_id in dispatcher_of(b).running and dispatcher_of(a).running == {}
+            first = await ask(fake, turn_id, "first")
+            # Served by A, which holds nothing of the turn: the request asked through B shows.
+            assert await pending() == [first]
+            assert await redis.ttl(key) > 0
+            # Decided through A and forwarded by B: no longer listed.
+            await ws.send_op("approve", topic=topic, approval_id="first", decision="approve")
+            assert (await fake.expect("tool.approval", 10))["approval_id"] == "first"
+            await until_event(ws, "tool.approval_resolved", approval_id="first")
+            assert await pending() == []
+            assert not await redis.exists(key)
+            # Still undecided when the turn ends: gone too, and so is the shared copy.
+            second = await ask(fake, turn_id, "second")
+            assert await pending() == [second]
+            await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
+            await until_event(ws, "message.completed", turn_id=turn_id)
+            assert await pending() == []
+
+            async def copy_dropped() -> bool:
+                return not await redis.exists(key)
+
+            await eventually(copy_dropped)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_new_attempt_drops_approvals_an_instance_that_died_left_behind(
+    make_pair: PairFactory, tenants: Tenants
+) -> None:
+    a, b = await make_pair()
+    tenant = await new_tenant(a, await tenants.client(a))
+    chat = await tenant.chat()
+    turn_id = await post(tenant, chat, "start over")  # queued: no worker yet
+    # What an instance that died mid-approval leaves in Redis for this turn: a request of its
+    # attempt, which nobody can decide any more.
+    stale = {
+        "approval_id": "orphan",
+        "turn_id": turn_id,
+        "tool": "run_command",
+        "arguments": {"command": "true"},
+        "deadline": int(time.time() * 1000) + 600_000,
+    }
+    await dispatcher_of(a).coordinator.set_approvals(chat, [stale])
+    async with FakeWorker(b, "fresh") as fake:
+        assigned = await fake.expect("turn.assigned", 10)
+        assert assigned["turn_id"] == turn_id
+        r = await tenant.http.get(f"/v1/chats/{chat}", headers=tenant.auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["turn"]["state"] == "running"
+        assert r.json()["pending_approvals"] == []

@@ -664,3 +664,59 @@ async def test_a_decision_after_the_approval_deadline_is_refused(
         forwarded = await worker.expect("tool.approval", 5)
         assert forwarded["approval_id"] == "timely"
         assert all(f.get("approval_id") != "late" for f in worker.seen)
+
+
+async def test_snapshot_lists_the_open_approval_requests_of_the_running_turn(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    relay = await turn_relay()
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+
+    async def pending() -> list[dict[str, Any]]:
+        r = await tenant.http.get(f"/v1/chats/{chat}", headers=tenant.auth)
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["pending_approvals"]
+        return items
+
+    async with (
+        WsHarness(relay, token=tenant.key, topics=[topic]) as ws,
+        FakeWorker(relay, "asker") as worker,
+    ):
+        turn_id = await post(tenant, chat, "/edit notes.md x")
+        await worker.expect("turn.assigned")
+        assert await pending() == []
+        deadline = int(time.time() * 1000) + 60_000
+        asked = {}
+        for approval_id in ("first", "second"):
+            await worker.send(
+                {
+                    "type": "tool.approval_request",
+                    "turn_id": turn_id,
+                    "attempt": 1,
+                    "approval_id": approval_id,
+                    "tool": "edit_file",
+                    "arguments": {"path": f"{approval_id}.md"},
+                    "deadline": deadline,
+                }
+            )
+            event = await until_event(ws, "tool.approval_requested", approval_id=approval_id)
+            asked[approval_id] = event["data"]
+        # Exactly what was announced, oldest first: a reloaded page shows the same cards.
+        assert await pending() == [asked["first"], asked["second"]]
+        assert asked["first"] == {
+            "approval_id": "first",
+            "turn_id": turn_id,
+            "tool": "edit_file",
+            "arguments": {"path": "first.md"},
+            "deadline": deadline,
+        }
+        # A decided request is no longer listed.
+        await ws.send_op("approve", topic=topic, approval_id="first", decision="deny")
+        assert (await worker.expect("tool.approval", 5))["approval_id"] == "first"
+        assert await pending() == [asked["second"]]
+        # Nor is one whose attempt ended, even undecided.
+        await worker.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
+        await until_event(ws, "message.completed", turn_id=turn_id)
+        assert await pending() == []

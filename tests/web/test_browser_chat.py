@@ -14,6 +14,7 @@ from tests.web.chatpage import (
     open_chat,
     send,
     wait_answers,
+    wait_online,
     wait_streaming,
 )
 from tests.web.conftest import LiveRelay, screenshot
@@ -127,6 +128,19 @@ def test_tool_approval_approve_and_deny(live: LiveRelay, new_page: Any) -> None:
     assert "notes.md" in card.locator(".approval__args").inner_text()
     assert "left" in card.locator(".approval__countdown").inner_text()
     screenshot(page, "chat-approval")
+    # Reloaded without the page's local copy (wiped before the app starts), and subscribed
+    # after the request's event: the card can only come from the snapshot.
+    page.context.add_init_script(
+        """for (const key of Object.keys(localStorage)) {
+            if (key.startsWith("relayline.history.")) localStorage.removeItem(key);
+        }"""
+    )
+    page.reload()
+    wait_online(page)
+    card.wait_for(timeout=WAIT_MS)
+    assert card.locator(".approval__tool").inner_text() == "edit_file"
+    assert "notes.md" in card.locator(".approval__args").inner_text()
+    assert "left" in card.locator(".approval__countdown").inner_text()
     card.locator("button[data-action=approve]").click()
     page.locator(".approval--approved").wait_for(timeout=WAIT_MS)
     wait_answers(page, 1)

@@ -94,13 +94,18 @@ async def get_chat(chat_id: IdPath, who: TenantChats, st: State) -> s.ChatSnapsh
     topic = f"chat:{chat_id}"
     epoch, seq = await st.bus.position(topic)
     partial = await st.dispatcher.partial(chat_id)
+    approvals = await st.dispatcher.pending_approvals(chat_id)
     async with st.db.read() as session:
         turn = await chats.active_turn(session, chat_id)
+    running = turn.id if turn is not None and turn.state == "running" else None
     return s.ChatSnapshot(
         **s.ChatOut.of(chat).model_dump(),
         turn=s.TurnOut.of(turn) if turn else None,
         partial_message_id=partial[0] if partial else None,
         partial_text=partial[1] if partial else None,
+        pending_approvals=[
+            s.PendingApprovalOut.model_validate(a) for a in approvals if a["turn_id"] == running
+        ],
         topic=topic,
         epoch=epoch,
         seq=seq,

@@ -9,6 +9,17 @@ import { SocketError } from "./socket.js";
 export const PAGE_SIZE = 100;
 const LOCAL_BASE = 1e15; // sort key of not-yet-stored messages: after every stored one
 
+function approvalOf(data, existing) {
+  return {
+    approval_id: data.approval_id,
+    turn_id: data.turn_id,
+    tool: String(data.tool ?? ""),
+    arguments: data.arguments ?? null,
+    deadline: typeof data.deadline === "number" ? data.deadline : null,
+    state: existing?.state ?? "pending",
+  };
+}
+
 function serverMessage(m) {
   return {
     id: m.id,
@@ -135,6 +146,7 @@ export class Conversation {
       for (const [id, a] of this.approvals) {
         if (!this.activeTurn || a.turn_id !== this.activeTurn.turn_id) this.approvals.delete(id);
       }
+      if (this.activeTurn && Array.isArray(snap.pending_approvals)) this.openApprovals(snap.pending_approvals);
       this.resort();
       this.syncLocal(false);
       this.reloading = false;
@@ -308,18 +320,27 @@ export class Conversation {
 
   onApprovalRequested(data) {
     if (!data.approval_id) return;
-    const existing = this.approvals.get(data.approval_id);
-    this.approvals.set(data.approval_id, {
-      approval_id: data.approval_id,
-      turn_id: data.turn_id,
-      tool: String(data.tool ?? ""),
-      arguments: data.arguments ?? null,
-      deadline: typeof data.deadline === "number" ? data.deadline : null,
-      state: existing?.state ?? "pending",
-    });
+    this.approvals.set(data.approval_id, approvalOf(data, this.approvals.get(data.approval_id)));
     this.view.approvalsChanged(data.turn_id);
     this.announce(`The assistant asks to use ${data.tool}. Approve or deny below.`);
     this.persistSoon();
+  }
+
+  /** The snapshot's open requests of the active turn: the relay's list wins over the local copy. */
+  openApprovals(open) {
+    const turnId = this.activeTurn.turn_id;
+    const listed = new Set();
+    for (const data of open) {
+      if (!data?.approval_id || data.turn_id !== turnId) continue;
+      listed.add(data.approval_id);
+      this.approvals.set(data.approval_id, approvalOf(data, this.approvals.get(data.approval_id)));
+    }
+    // A request the relay no longer waits on was decided elsewhere, expired or dropped.
+    for (const a of this.approvals.values()) {
+      if (a.state === "pending" && !listed.has(a.approval_id)) {
+        a.state = a.deadline != null && a.deadline <= Date.now() ? "expired" : "gone";
+      }
+    }
   }
 
   setApproval(approvalId, state) {
