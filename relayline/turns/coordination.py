@@ -9,8 +9,10 @@
 - ``set_approvals``/``approvals``: the open tool-approval requests of a chat's running turn
   (each as announced in ``tool.approval_requested``), for the same reason. The holder replaces
   the whole list on every change; an empty list removes it.
-- ``report_workers``/``workers_elsewhere``: how many workers other instances hold, so the relay
-  says ``no_worker`` only when no instance has one.
+- ``report_workers``/``workers_elsewhere``: the workers each instance holds (as the admin API
+  describes them), so the relay says ``no_worker`` only when no instance has one, and the
+  operator's worker list shows the workers of every instance. A report lives a little longer
+  than the periodic re-report interval: an instance that dies drops out of both by itself.
 
 :class:`LocalCoordinator` is the single-instance version (nothing to tell anyone);
 :class:`RedisCoordinator` shares it all through Redis.
@@ -61,9 +63,11 @@ class Coordinator(Protocol):
     async def approvals(self, chat_id: str) -> list[dict[str, Any]]:
         """The list last stored by :meth:`set_approvals`, as stored (empty when unknown)."""
 
-    async def report_workers(self, count: int) -> None: ...
+    async def report_workers(self, workers: list[dict[str, Any]]) -> None:
+        """Tell the other instances which workers this one holds now."""
 
-    async def workers_elsewhere(self) -> int: ...
+    async def workers_elsewhere(self) -> list[dict[str, Any]]:
+        """The workers the other live instances reported last, each with its ``instance``."""
 
 
 class LocalCoordinator:
@@ -97,11 +101,11 @@ class LocalCoordinator:
     async def approvals(self, chat_id: str) -> list[dict[str, Any]]:
         return []
 
-    async def report_workers(self, count: int) -> None:
+    async def report_workers(self, workers: list[dict[str, Any]]) -> None:
         return None
 
-    async def workers_elsewhere(self) -> int:
-        return 0
+    async def workers_elsewhere(self) -> list[dict[str, Any]]:
+        return []
 
 
 class RedisCoordinator:
@@ -208,23 +212,31 @@ class RedisCoordinator:
             return []
         return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
-    async def report_workers(self, count: int) -> None:
-        value = json.dumps({"count": count, "until": time.time() + self._ttl_s})
+    async def report_workers(self, workers: list[dict[str, Any]]) -> None:
+        value = json.dumps({"workers": workers, "until": time.time() + self._ttl_s})
         with contextlib.suppress(Exception):
-            await self._redis.hset(self._workers, self.instance_id, value)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self._workers, self.instance_id, value)
+                # Dead instances' entries are skipped when read; this bounds the hash too.
+                pipe.expire(self._workers, int(self._ttl_s * 20))
+                await pipe.execute()
 
-    async def workers_elsewhere(self) -> int:
+    async def workers_elsewhere(self) -> list[dict[str, Any]]:
         try:
             entries = await self._redis.hgetall(self._workers)
         except Exception:
-            return 0
+            return []
         now = time.time()
-        total = 0
+        found: list[dict[str, Any]] = []
         for instance, raw in entries.items():
             name = instance.decode() if isinstance(instance, bytes) else str(instance)
             if name == self.instance_id:
                 continue
-            entry = json.loads(raw)
-            if entry.get("until", 0) > now:
-                total += int(entry.get("count", 0))
-        return total
+            try:
+                entry = json.loads(raw)
+                if entry.get("until", 0) <= now:
+                    continue
+                found += [{**w, "instance": name} for w in entry.get("workers", [])]
+            except (ValueError, TypeError, AttributeError):
+                continue  # an entry in another format (an older relay during an upgrade)
+        return found

@@ -96,7 +96,7 @@ class TurnDispatcher:
             # stopped, so they are queued again now rather than when their leases run out.
             await self.leases.reclaim(everything=True)
         await self.coordinator.start(self._on_control)
-        await self.coordinator.report_workers(0)
+        await self.coordinator.report_workers([])
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.claims.run()), loop.create_task(self.leases.run())]
         self.claims.kick()
@@ -235,5 +235,10 @@ class TurnDispatcher:
         return items
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Connected workers and their state (the admin API and console)."""
+        """The workers connected to this instance and their state."""
         return self.pool.snapshot()
+
+    async def all_workers(self) -> list[dict[str, Any]]:
+        """The workers of every instance (the admin API and console): this instance's live
+        state, the others' as they last reported it."""
+        return await self.pool.everywhere()

@@ -2,9 +2,10 @@
 
 Guarantees: at most one link per worker id is registered; :meth:`WorkerPool.pick` returns a
 worker with free credit (the least loaded one) or None, never a draining or closed one; with a
-shared coordinator, every change in the count is reported to the other instances (and it is
-reported again periodically by the lease sweep), so ``no_worker`` is said only when no
-instance has a worker.
+shared coordinator, every change of the set is reported to the other instances (and the whole
+list is reported again periodically by the lease sweep, with fresh load figures), so
+``no_worker`` is said only when no instance has a worker and the operator sees every
+instance's workers.
 """
 
 from __future__ import annotations
@@ -44,14 +45,24 @@ class WorkerPool:
 
     async def any_worker(self) -> bool:
         """Whether this or any other instance has a worker."""
-        return bool(self.workers) or await self.ctx.coordinator.workers_elsewhere() > 0
+        return bool(self.workers) or bool(await self.ctx.coordinator.workers_elsewhere())
 
     async def report(self) -> None:
-        await self.ctx.coordinator.report_workers(len(self.workers))
+        await self.ctx.coordinator.report_workers(self.snapshot())
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """This instance's workers, as the admin API describes them."""
         return [w.describe() for w in self.workers.values()]
+
+    async def everywhere(self) -> list[dict[str, Any]]:
+        """This instance's workers, then those the other instances reported (each with its
+        ``instance``)."""
+        here = self.ctx.coordinator.instance_id
+        local = [{**w, "instance": here} for w in self.snapshot()]
+        if not self.ctx.coordinator.shared:
+            return local
+        return local + await self.ctx.coordinator.workers_elsewhere()
 
     def _report(self) -> None:
         if self.ctx.coordinator.shared:
-            self.ctx.spawn(self.ctx.coordinator.report_workers(len(self.workers)))
+            self.ctx.spawn(self.ctx.coordinator.report_workers(self.snapshot()))

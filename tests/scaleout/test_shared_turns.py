@@ -277,3 +277,45 @@ async def test_a_new_attempt_drops_approvals_an_instance_that_died_left_behind(
         assert r.status_code == 200, r.text
         assert r.json()["turn"]["state"] == "running"
         assert r.json()["pending_approvals"] == []
+
+
+async def test_the_operators_worker_list_shows_the_workers_of_every_instance(
+    make_pair: PairFactory,
+) -> None:
+    import httpx
+
+    from tests.conftest import ADMIN_KEY
+
+    a, b = await make_pair()
+
+    async def listed_by(relay: RelayServer) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=relay.url) as http:
+            r = await http.get(
+                "/v1/admin/workers", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    async with FakeWorker(a, "on-a") as on_a, FakeWorker(b, "on-b") as on_b:
+        ids = {on_a.worker_id: dispatcher_of(a), on_b.worker_id: dispatcher_of(b)}
+
+        async def both_listed_by_both() -> bool:
+            for relay in (a, b):
+                listed = {w["worker_id"]: w["instance"] for w in await listed_by(relay)}
+                expected = {w: d.coordinator.instance_id for w, d in ids.items()}
+                if listed != expected:
+                    return False
+            return True
+
+        await eventually(both_listed_by_both)
+        gone = on_b.worker_id
+        await on_b.close()
+
+        async def dropped() -> bool:
+            for relay in (a, b):
+                if gone in {w["worker_id"] for w in await listed_by(relay)}:
+                    return False
+            return True
+
+        await eventually(dropped)

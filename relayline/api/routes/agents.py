@@ -36,6 +36,10 @@ class WorkerOut(BaseModel):
     breaker: str | None = None
     last_error: str | None = None
     detail: str | None = None
+    instance: str | None = Field(
+        default=None,
+        description="The relay instance the worker is connected to (with several instances).",
+    )
 
 
 class WorkerList(BaseModel):
@@ -66,5 +70,6 @@ async def put_agent(tenant_id: IdPath, body: AgentSettings, _: Admin, st: State)
 async def list_workers(_: Admin, st: State) -> WorkerList:
     queued = await turn_queue.queued_count(st.db)
     return WorkerList(
-        items=[WorkerOut.model_validate(w) for w in st.dispatcher.snapshot()], queued_turns=queued
+        items=[WorkerOut.model_validate(w) for w in await st.dispatcher.all_workers()],
+        queued_turns=queued,
     )
