@@ -128,7 +128,9 @@ class AdminApp {
     this.socket.on("event", (event) => {
       if (event.type === "worker.state" && event.data?.worker_id) {
         this.liveEvents += 1;
-        this.workers.set(event.data.worker_id, { ...event.data, seen: Date.now() });
+        // Keep what the list said and the event does not (the instance it is connected to).
+        const known = this.workers.get(event.data.worker_id);
+        this.workers.set(event.data.worker_id, { ...known, ...event.data, seen: Date.now() });
         this.renderWorkers();
       }
     });
@@ -150,10 +152,13 @@ class AdminApp {
   }
 
   renderWorkers() {
+    // With several relay instances, say which one each worker is connected to.
+    const instances = new Set([...this.workers.values()].map((w) => w.instance).filter(Boolean));
     const rows = [...this.workers.values()].sort((a, b) => a.worker_id.localeCompare(b.worker_id)).map((w) => {
       const tr = el("tr");
       const name = el("td");
-      name.append(el("strong", "mono", w.worker_id), el("div", "sub", `key ${w.key_id}`));
+      const where = instances.size > 1 && w.instance ? ` · relay …${w.instance.slice(-6).toLowerCase()}` : "";
+      name.append(el("strong", "mono", w.worker_id), el("div", "sub", `key ${w.key_id}${where}`));
       const state = el("td");
       const status = w.draining ? "draining" : w.status ?? "unknown";
       state.append(badge(status, STATUS_TONE[status] ?? "muted"));
