@@ -6,13 +6,15 @@ tick of the lease sweep). Guarantees: it claims only while some worker has free 
 never claims a turn of a chat that this instance still holds; a turn claimed for a worker that
 left meanwhile goes straight back to the queue; an assigned attempt is held (in
 :class:`RunningTurns`) before its ``turn.assigned`` frame is sent, so none of its frames is
-refused; a failing store is retried after a short pause.
+refused; a turn cancelled between its claim and its assignment is ended as cancelled without
+its worker hearing of it; a failing store is retried after a short pause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -35,6 +37,8 @@ class ClaimLoop:
         self.turns = turns
         self.pool = pool
         self._kick = asyncio.Event()
+        # How an attempt cancelled before it was sent ends (set by the dispatcher).
+        self.cancelled: Callable[[Running], Awaitable[None]] | None = None
 
     def kick(self) -> None:
         """Look for claimable turns soon."""
@@ -99,6 +103,10 @@ class ClaimLoop:
             # by an instance that died, can no longer be decided. Before the worker is told,
             # so none of this attempt's requests can be wiped.
             await self.ctx.coordinator.set_approvals(assignment.chat_id, [])
+        if self.turns.take_cancel(assignment.turn_id) and self.cancelled is not None:
+            # Cancelled between the claim and now: the worker never hears of it.
+            await self.cancelled(running)
+            return
         agent = assignment.agent
         worker.send(
             {

@@ -71,6 +71,7 @@ class TurnDispatcher:
             cancel=self._cancel_here,
             lost=self.outcomes.lost,
         )
+        self.claims.cancelled = self.outcomes.cancelled
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -200,6 +201,8 @@ class TurnDispatcher:
         if running is not None and running.turn_id == turn_id and not self.turns.holds(running):
             return  # its attempt is ending here right now, and will store it as cancelled
         if running is None or running.turn_id != turn_id:
+            # It may be between its claim here and its assignment: that checks this note.
+            self.turns.note_cancel(turn_id)
             if broadcast and self.coordinator.shared:
                 await self.coordinator.broadcast(
                     {"kind": "cancel", "chat_id": chat_id, "turn_id": turn_id}

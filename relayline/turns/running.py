@@ -9,6 +9,7 @@ chat's next turn is not claimed before this one's outcome is stored and announce
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from relayline.turns.worker_link import WorkerLink
@@ -43,10 +44,32 @@ class Running:
         return "".join(self.text)[: self.published_chars]
 
 
+EARLY_CANCEL_TTL_S = 120.0
+EARLY_CANCEL_MAX = 10_000
+
+
 class RunningTurns:
     def __init__(self) -> None:
         self.by_turn: dict[str, Running] = {}
         self.by_chat: dict[str, Running] = {}
+        # Turns cancelled while this instance held no attempt of them: one it is claiming at
+        # that very moment must not be sent to its worker (by turn id: when, monotonic).
+        self._early_cancels: dict[str, float] = {}
+
+    def note_cancel(self, turn_id: str) -> None:
+        """A cancel for ``turn_id`` arrived while no attempt of it is held here (kept for
+        ``EARLY_CANCEL_TTL_S``, at most ``EARLY_CANCEL_MAX`` of them)."""
+        now = time.monotonic()
+        early = self._early_cancels
+        early.pop(turn_id, None)
+        early[turn_id] = now  # oldest first
+        cutoff = now - EARLY_CANCEL_TTL_S
+        while len(early) > EARLY_CANCEL_MAX or next(iter(early.values())) < cutoff:
+            del early[next(iter(early))]
+
+    def take_cancel(self, turn_id: str) -> bool:
+        """Whether a cancel for ``turn_id`` arrived before its attempt was held (forgets it)."""
+        return self._early_cancels.pop(turn_id, None) is not None
 
     def add(self, running: Running) -> None:
         """Hold the attempt and mark its chat busy."""

@@ -71,3 +71,70 @@ async def test_an_ending_that_races_a_stored_cancel_is_kept_as_cancelled(
     async with relay.app.http.state.relay.db.read() as session:
         turn = await session.get(Turn, turn_id)
     assert turn is not None and turn.state == "cancelled"
+
+
+async def test_a_turn_cancelled_between_its_claim_and_assignment_never_reaches_the_worker(
+    turn_relay: RelayFactory, tenants: Tenants, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relayline.store import turn_queue
+
+    relay = await turn_relay()
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+    real_claim = turn_queue.claim_next
+    cancels: list[dict[str, Any]] = []
+
+    async def claim_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        assignment = await real_claim(*args, **kwargs)
+        if assignment is not None and not cancels:
+            # The user presses stop right after this instance claimed the turn.
+            r = await tenant.http.post(f"/v1/chats/{chat}/cancel", headers=tenant.auth)
+            cancels.append(r.json())
+        return assignment
+
+    monkeypatch.setattr(turn_queue, "claim_next", claim_then_cancel)
+    async with (
+        FakeWorker(relay, "never-told", capacity=1) as fake,
+        WsHarness(relay, token=tenant.key, topics=[topic]) as ws,
+    ):
+        first = await post(tenant, chat, "stop before you start")
+        await until_event(ws, "turn.cancelled", turn_id=first)
+        assert cancels == [{"cancelled": True, "turn_id": first}]
+        # The chat is free again and the worker's credit too: the next turn is assigned.
+        second = await post(tenant, chat, "now go")
+        assigned = await fake.expect("turn.assigned", 10)
+        assert assigned["turn_id"] == second
+    assert [f["turn_id"] for f in fake.seen if f.get("type") == "turn.assigned"] == [second]
+    assert not [e for e in ws.events(topic, "turn.started") if e["data"]["turn_id"] == first]
+    async with relay.app.http.state.relay.db.read() as session:
+        turn = await session.get(Turn, first)
+    assert turn is not None and turn.state == "cancelled"
+    (answer, *_) = await answers(tenant, chat)
+    assert answer["turn_id"] == first and answer["status"] == "cancelled"
+
+
+def test_early_cancels_are_remembered_briefly_and_boundedly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relayline.turns import running
+
+    monkeypatch.setattr(running, "EARLY_CANCEL_MAX", 3)
+    turns = running.RunningTurns()
+    for n in range(5):
+        turns.note_cancel(f"t{n}")
+    assert not turns.take_cancel("t0") and not turns.take_cancel("t1")  # the oldest made room
+    assert turns.take_cancel("t4") and not turns.take_cancel("t4")  # taken once
+    clock = [1000.0]
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(running, "time", Clock)
+    turns = running.RunningTurns()
+    turns.note_cancel("old")
+    clock[0] += running.EARLY_CANCEL_TTL_S + 1
+    turns.note_cancel("new")
+    assert not turns.take_cancel("old") and turns.take_cancel("new")
