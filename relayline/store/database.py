@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,13 +20,19 @@ class Database:
     """Owns the engine for the life of the process (created at start-up, disposed at shutdown).
 
     ``write()`` sessions on SQLite begin with ``BEGIN IMMEDIATE`` so a transaction that reads
-    before it writes waits for the lock (busy timeout) instead of failing on lock upgrade.
+    before it writes waits for the lock (busy timeout) instead of failing on lock upgrade. On
+    SQLite, which takes one writer at a time anyway, this process's writers also queue on an
+    asyncio lock first: they are served in order as soon as the previous one commits, instead
+    of polling the file lock with the busy handler's growing sleeps (and failing after the busy
+    timeout under a burst). The busy timeout still covers other processes (``relayline admin``).
+    Write transactions must not nest.
     """
 
     def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
         self.engine = engine or create_engine(settings)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             self._take_over_sqlite_transactions()
 
@@ -52,7 +59,12 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction committed at exit, rolled back on error."""
-        async with self._sessions.begin() as session:
+        if self._write_lock is None:
+            async with self._sessions.begin() as session:
+                await session.connection(execution_options={_WRITE: True})
+                yield session
+            return
+        async with self._write_lock, self._sessions.begin() as session:
             await session.connection(execution_options={_WRITE: True})
             yield session
 
