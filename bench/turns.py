@@ -382,9 +382,10 @@ def report(
             "A built-in answer is ~80 words, each a `turn.delta` frame, coalesced by the relay "
             "into `message.delta` events (default 40 ms / 1024 characters). The relay's core "
             "is the limit; each turn costs it three SQLite write transactions (the message, "
-            "the attempt, the answer) besides the frames. With other work on that core, "
-            'writers can starve past the 5 s busy timeout ("database is locked"); such a post '
-            "is answered 503 `unavailable` with `Retry-After`, and those are the refused ones.",
+            "the attempt, the answer) besides the frames, and the relay's writers take turns "
+            "on one lock. A post that still cannot get the store in time (another process "
+            "holding it past the 5 s busy timeout) is answered 503 `unavailable` with "
+            "`Retry-After`: those are the refused ones.",
             "",
             f"Latency: {d['deltas']} deltas at {d['rate']:.0f}/s to one subscriber, "
             f"`RELAYLINE_DELTA_COALESCE_MS=0` (they arrived in {d['events']} events), after "
