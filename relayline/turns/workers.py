@@ -1,4 +1,4 @@
-"""The workers connected to this instance, their credit, and how many other instances hold.
+"""The workers connected to this instance, their credit, and those the other instances hold.
 
 Guarantees: at most one link per worker id is registered; :meth:`WorkerPool.pick` returns a
 worker with free credit (the least loaded one) or None, never a draining or closed one; with a
