@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -181,10 +182,11 @@ def test_admin_errors_are_one_fatal_line(tmp_path: Path) -> None:
 # --- serve ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+@contextlib.contextmanager
+def serving(tmp_path: Path, **settings: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``relayline serve`` on a free port, killed at exit if still running."""
     port = free_port()
-    env = clean_env(tmp_path, RELAYLINE_ADMIN_KEY=STRONG, RELAYLINE_SECRET_KEY=STRONG)
+    env = clean_env(tmp_path, RELAYLINE_ADMIN_KEY=STRONG, RELAYLINE_SECRET_KEY=STRONG, **settings)
     proc = subprocess.Popen(
         [sys.executable, "-m", "relayline", "serve", "--port", str(port)],
         env=env,
@@ -193,13 +195,18 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        yield proc, base
+        yield proc, f"http://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=RUN_TIMEOUT_S)
+            proc.communicate(timeout=RUN_TIMEOUT_S)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with serving(tmp_path) as running:
+        yield running
 
 
 def wait_until_serving(proc: subprocess.Popen[str], base: str, within_s: float = 15.0) -> None:
@@ -243,30 +250,10 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(
 def test_serve_says_at_start_up_what_stays_per_process_with_several_instances(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    env = clean_env(
-        tmp_path,
-        RELAYLINE_ADMIN_KEY=STRONG,
-        RELAYLINE_SECRET_KEY=STRONG,
-        RELAYLINE_INSTANCES="3",
-        RELAYLINE_LOG_FORMAT="json",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relayline", "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_serving(proc, f"http://127.0.0.1:{port}")
+    with serving(tmp_path, RELAYLINE_INSTANCES="3", RELAYLINE_LOG_FORMAT="json") as (proc, base):
+        wait_until_serving(proc, base)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=RUN_TIMEOUT_S)
     warnings = [
         json.loads(line)["detail"]
         for line in stderr.splitlines()

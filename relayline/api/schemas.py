@@ -250,8 +250,3 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
-
-
-class HealthOut(BaseModel):
-    status: str
-    checks: dict[str, Any] | None = None

@@ -28,33 +28,6 @@ class Assignment:
     agent: dict[str, object]
 
 
-async def begin_attempt(
-    db: Database,
-    turn_id: str,
-    worker_id: str,
-    *,
-    max_messages: int,
-    max_chars: int,
-    lease_ms: int | None = None,
-) -> Assignment | None:
-    """Mark the turn running under the next attempt; create its answer message on the first.
-
-    Returns None when the turn is no longer waiting (cancelled meanwhile).
-    """
-    async with db.write() as session:
-        turn = await session.get(Turn, turn_id)
-        if turn is None or turn.state not in ("queued", "running"):
-            return None
-        return await start_attempt(
-            session,
-            turn,
-            worker_id,
-            max_messages=max_messages,
-            max_chars=max_chars,
-            lease_ms=lease_ms,
-        )
-
-
 async def start_attempt(
     session: AsyncSession,
     turn: Turn,
