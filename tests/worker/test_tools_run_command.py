@@ -45,10 +45,20 @@ async def test_output_and_exit_code(tmp_path: Path) -> None:
 
 
 async def test_stdin_is_closed(tmp_path: Path) -> None:
-    started = time.monotonic()
-    result = await run(tmp_path, "cat; echo done")
-    assert result.content.startswith("done")
-    assert time.monotonic() - started < 5
+    # Under pytest fd 0 is already /dev/null; make it a pipe that never reaches EOF, so a
+    # command that inherited the worker's stdin would block in ``cat`` until the timeout.
+    saved = os.dup(0)
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(read_end, 0)
+        limits = SandboxLimits(command_timeout_s=10, kill_grace_s=0.5)
+        result = await run(tmp_path, "cat; echo done", limits)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+    assert result.status == "ok"
+    assert result.content.splitlines() == ["done", "[exit code 0]"]
 
 
 async def test_environment_carries_no_worker_secrets(
@@ -74,7 +84,8 @@ async def test_ignoring_sigterm_still_dies_within_timeout_plus_grace(tmp_path: P
     elapsed = time.monotonic() - started
     assert outcome.timed_out and outcome.exit_code is None
     assert int(outcome.output.split()[0]) == outcome.pgid
-    assert 0.9 <= elapsed < 0.5 + 0.5 + 1.0
+    # Only the time shows the group was killed rather than left to finish ``sleep 30``.
+    assert 0.9 <= elapsed < 15
     assert live_group_members(outcome.pgid) == []
 
 
@@ -106,9 +117,8 @@ async def test_background_jobs_do_not_survive_a_normal_exit(tmp_path: Path) -> N
 
 async def test_output_cap_stops_the_command(tmp_path: Path) -> None:
     limits = SandboxLimits(max_output_bytes=1000, command_timeout_s=10, kill_grace_s=0.5)
-    started = time.monotonic()
+    # Stopped by the cap, not the timeout: a timed-out run would carry the timeout footer.
     result = await run(tmp_path, "yes", limits)
-    assert time.monotonic() - started < 3
     body, footer = result.content.rsplit("\n", 1)
     assert len(body.encode()) <= 1000
     assert footer == "[output truncated at 1000 bytes; the command was stopped]"
@@ -126,8 +136,8 @@ async def test_cancellation_kills_the_group_at_once(tmp_path: Path) -> None:
             "echo $$ > pid; trap '' TERM; sleep 30 & wait",
             cwd=tmp_path,
             env={},
-            timeout_s=30,
-            kill_grace_s=10,
+            timeout_s=60,
+            kill_grace_s=20,
             max_output_bytes=1000,
         )
     )
@@ -142,7 +152,8 @@ async def test_cancellation_kills_the_group_at_once(tmp_path: Path) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 2  # no grace period on cancel
+    # No grace period on cancel: with one, TERM-ignoring members would live on for 20s.
+    assert time.monotonic() - started < 10
     assert live_group_members(pgid) == []
 
 
