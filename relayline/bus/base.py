@@ -40,7 +40,9 @@ from relayline.errors import ValidationFailed
 EVENTS_MISSED: Final = "events.missed"
 DEFAULT_HISTORY_MAX_EVENTS: Final = 1000
 DEFAULT_HISTORY_MAX_AGE_S: Final = 3600.0
-MissedReason = Literal["epoch_changed", "gap"]
+MissedReason = Literal["epoch_changed", "gap", "overflow"]
+"""Why ``events.missed`` was sent; ``overflow`` only comes from the hub (a slow client's queue
+overflowed), never from a bus."""
 
 _log = structlog.get_logger("relayline.bus")
 

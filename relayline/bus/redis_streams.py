@@ -121,6 +121,12 @@ class RedisStreamsBus(BusContext):
         self._feeds: dict[str, Feed] = {}
         self._by_key: dict[bytes, Feed] = {}
         self._reader_task: asyncio.Task[None] | None = None
+        # Set by the subscribe that sends a wake entry, cleared by the reader right before it
+        # builds its next XREAD: a subscribe that finds it set needs no wake of its own,
+        # because that XREAD (built after the feed was added) already names its stream, or a
+        # wake sent after the last clear makes the reader build a new one that does. So a
+        # burst of subscribes costs one wake and one XREAD rebuild, not one per topic.
+        self._wake_pending = False
         self._connected = False
         self._closed = False
 
@@ -205,6 +211,13 @@ class RedisStreamsBus(BusContext):
         except UNREACHABLE as exc:
             self._repair.retire(topic)
             raise Unavailable("event bus unavailable") from exc
+        except RedisError as exc:
+            # Redis answered with an error (READONLY after a failover, OOM, BUSY): the script
+            # was refused before it wrote (Redis denies OOM only before a script's first
+            # write), so no event is half stored and the log need not be retired. A runtime
+            # error in the middle of the script would be different; the script has none to
+            # raise on a sound log, and this keeps it simple.
+            raise Unavailable("event bus unavailable") from exc
         epoch = raw_epoch.decode()
         return [
             Event(id_, topic, type_, seq, epoch, ts, data, b"%b%d%b" % (head, seq, tail))
@@ -257,6 +270,8 @@ class RedisStreamsBus(BusContext):
             except UNREACHABLE as exc:
                 if attempt == 2:
                     raise Unavailable("event bus unavailable") from exc
+            except RedisError as exc:  # an error reply (READONLY, OOM, BUSY): no retry
+                raise Unavailable("event bus unavailable") from exc
         raise AssertionError("unreachable")
 
     # -- subscriptions -----------------------------------------------------------------------
@@ -271,7 +286,10 @@ class RedisStreamsBus(BusContext):
             if feed is None:
                 key = f"{self._prefix}t:{topic}".encode()
                 feed = self._feeds[topic] = self._by_key[key] = Feed(topic, key, epoch, last)
-                await self._wake_reader()
+                # No await between adding the feed and this check (see _wake_pending).
+                if not self._wake_pending:
+                    self._wake_pending = True
+                    await self._wake_reader()
         sub = Subscription(self, topic, listener)
         feed.subscriptions = (*feed.subscriptions, sub)
         self._ensure_reader()
@@ -297,6 +315,10 @@ class RedisStreamsBus(BusContext):
                 await pipe.execute()
         except UNREACHABLE:
             pass  # the reader is disconnected and will resync every feed when it is back
+        except RedisError as exc:
+            # E.g. READONLY: the reader still takes the new feed on its next round (at most
+            # block_ms away), which also clears _wake_pending.
+            _log.warning("bus.wake_failed", error=str(exc))
 
     # -- the reader --------------------------------------------------------------------------
 
@@ -320,6 +342,8 @@ class RedisStreamsBus(BusContext):
                 if recheck:
                     await self._resync([f for t in recheck if (f := self._feeds.get(t))])
                     recheck.clear()
+                # No await from here to the XREAD call (see _wake_pending).
+                self._wake_pending = False
                 streams: dict[KeyT, StreamIdT] = {
                     self._wake_key: self._wake_id,
                     self._resync_key: self._resync_id,

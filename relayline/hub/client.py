@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import structlog
 
 from relayline.auth import Principal
+from relayline.bus.base import missed_event
 from relayline.chat_service import ChatService, message_dict
 from relayline.close_codes import Close
 from relayline.config import Settings
@@ -131,7 +132,7 @@ class ClientConnection:
         # The client reloads these topics' snapshots, then resubscribes from there.
         for topic in topics:
             epoch, seq = self.hub.position_of(self.outbox, "ws", topic)
-            missed = self.hub.missed_event(topic, epoch, seq, "overflow")
+            missed = missed_event(topic, epoch, seq, "overflow")
             self.outbox.pending.append((text_frame(missed.frame), None))
             m.EVENTS_MISSED.inc()
 

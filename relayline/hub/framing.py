@@ -114,9 +114,13 @@ class FrameReader(asyncio.Protocol):
             end = at + 4 + size
             if end > n:
                 break
-            payload = bytes(buf[at + 4 : end])
             if size:
-                payload = apply_mask(payload, bytes(buf[at : at + 4]))
+                # Unmasked straight from a view (one copy, not two). The view is released
+                # before the loop goes on, so the buffer below can still be resized.
+                with memoryview(buf)[at + 4 : end] as masked:
+                    payload = apply_mask(masked, bytes(buf[at : at + 4]))
+            else:
+                payload = b""
             pos = end
             self._frame(first, opcode, payload)
         if pos < n and self._state != CLOSED:

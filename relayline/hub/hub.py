@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from relayline.bus.base import EVENTS_MISSED, Bus, Subscription
-from relayline.envelope import Event, make_event
+from relayline.bus.base import EVENTS_MISSED, Bus, MissedReason, Subscription, missed_event
+from relayline.envelope import Event
 from relayline.hub.wire import text_frame
 from relayline.observability import hub_metrics as m
 
@@ -141,13 +141,16 @@ class Hub:
 
     def _dispatch_missed(self, state: TopicState, event: Event) -> None:
         for transport, subs in state.subs.items():
+            if not subs:
+                continue
+            frame = FRAMERS[transport](event)  # framed once, as in dispatch
             for sub in subs.values():
                 if sub.buffer is not None:
                     sub.buffer.append(event)
                     continue
                 sub.last_seq = event.seq
                 sub.epoch = event.epoch
-                sub.sink.push(FRAMERS[transport](event), event.topic)
+                sub.push(frame, event.topic)
                 m.EVENTS_MISSED.inc()
 
     async def _topic(self, topic: str) -> TopicState:
@@ -204,10 +207,8 @@ class Hub:
                 else:
                     missed = True
                     sub.last_seq = history.last_seq
-                    reason = "epoch_changed" if history.epoch != epoch else "gap"
-                    sink.push(
-                        framer(self.missed_event(topic, current, history.last_seq, reason)), topic
-                    )
+                    reason: MissedReason = "epoch_changed" if history.epoch != epoch else "gap"
+                    sink.push(framer(missed_event(topic, current, history.last_seq, reason)), topic)
                     m.EVENTS_MISSED.inc()
             else:
                 current, sub.last_seq = await self.bus.position(topic)
@@ -223,16 +224,6 @@ class Hub:
                 sub.epoch = event.epoch
                 sink.push(framer(event), topic)
         return SubscribeResult(topic, current, sub.last_seq, replayed, missed)
-
-    @staticmethod
-    def missed_event(topic: str, epoch: str, seq: int, reason: str) -> Event:
-        return make_event(
-            topic,
-            EVENTS_MISSED,
-            {"epoch": epoch, "seq": seq, "reason": reason},
-            seq=seq,
-            epoch=epoch,
-        )
 
     def unsubscribe(self, sink: Sink, transport: str, topic: str) -> bool:
         state = self.topics.get(topic)

@@ -502,6 +502,91 @@ async def test_a_failed_publish_retires_the_log_and_every_reader_is_told(
     assert (await receiver.position("admin")) == (admin.epoch, admin.seq)
 
 
+@redis_only
+async def test_an_error_reply_from_redis_is_unavailable(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READONLY (after a failover), OOM, BUSY: Redis answers, but with an error. Callers get
+    Unavailable like for an unreachable Redis, not a raw redis-py exception."""
+    from redis.exceptions import ResponseError
+
+    bus = await backend.new()
+    assert isinstance(bus, RedisStreamsBus)
+    before = await bus.publish(TOPIC, "custom.r", {})
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ResponseError("READONLY You can't write against a read only replica.")
+
+    for script in ("_publish_script", "_read_script", "_position_script"):
+        monkeypatch.setattr(bus, script, refused)
+    with pytest.raises(Unavailable):
+        await bus.publish(TOPIC, "custom.r", {})
+    with pytest.raises(Unavailable):
+        await bus.publish_many(TOPIC, [("custom.r", {}), ("custom.r", {})])
+    with pytest.raises(Unavailable):
+        await bus.position(TOPIC)
+    with pytest.raises(Unavailable):
+        await bus.history(TOPIC, 0, 10)
+    with pytest.raises(Unavailable):
+        await bus.subscribe("chat:new", lambda e: None)
+    monkeypatch.undo()
+    # Nothing was stored and the log was not retired: same epoch, next seq.
+    after = await bus.publish(TOPIC, "custom.r", {})
+    assert (after.epoch, after.seq) == (before.epoch, before.seq + 1)
+
+
+@redis_only
+async def test_a_burst_of_subscribes_wakes_the_reader_once(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waking the blocked reader costs a round trip and an XREAD naming every stream: while a
+    wake is pending, further new topics ride on it."""
+    bus = await backend.new()
+    assert isinstance(bus, RedisStreamsBus)
+    got: dict[str, list[Event]] = {}
+    await bus.subscribe("chat:first", got.setdefault("chat:first", []).append)
+    await bus.publish("chat:first", "custom.w", {})
+    await eventually(lambda: bool(got["chat:first"]))
+    await asyncio.sleep(0.05)  # the reader is blocked again, its wake handled
+
+    real = bus._wake_reader
+    wakes = 0
+
+    async def counted() -> None:  # counts, but leaves the reader blocked
+        nonlocal wakes
+        wakes += 1
+
+    monkeypatch.setattr(bus, "_wake_reader", counted)
+    topics = [f"chat:burst{i}" for i in range(10)]
+    for topic in topics:
+        await bus.subscribe(topic, got.setdefault(topic, []).append)
+    assert wakes == 1
+    await real()  # the one wake covers every topic subscribed meanwhile
+    for topic in topics:
+        await bus.publish(topic, "custom.w", {})
+    await eventually(lambda: all(got[t] for t in topics), timeout=1.0)
+
+
+@redis_only
+async def test_concurrent_subscribes_are_all_live_at_once(backend: Backend) -> None:
+    """Whatever the interleaving of subscribes and reader rounds, no new topic waits for the
+    reader's blocking timeout (made long here so that it cannot hide a missed wake)."""
+    bus = await backend.new(block_ms=10_000)
+    sender = await peer(backend, bus)
+    await bus.subscribe("chat:first", lambda e: None)
+    await asyncio.sleep(0.05)
+    for round_ in range(3):
+        got: dict[str, list[Event]] = {}
+        topics = [f"chat:c{round_}x{i}" for i in range(30)]
+
+        async def sub(topic: str, got: dict[str, list[Event]] = got) -> None:
+            await bus.subscribe(topic, got.setdefault(topic, []).append)
+            await sender.publish(topic, "custom.c", {})
+
+        await asyncio.gather(*(sub(t) for t in topics))
+        await eventually(lambda got=got, topics=topics: all(got[t] for t in topics), timeout=2.0)
+
+
 async def test_unreachable_redis_is_not_ready_and_refuses_work() -> None:
     bus = RedisStreamsBus("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
     await bus.start()  # does not raise: the reader keeps retrying in the background
@@ -522,7 +607,7 @@ async def test_close_leaves_no_instance_keys(backend: Backend) -> None:
     assert backend.redis is not None
     bus = await backend.new()
     await bus.subscribe(TOPIC, lambda e: None)
-    await bus.subscribe("admin", lambda e: None)  # a second topic writes the wake stream
+    await bus.subscribe("admin", lambda e: None)  # subscribing writes the wake stream
     await bus.close()
     keys = [k async for k in backend.redis.scan_iter(match=f"{backend.prefix}w:*")]
     assert keys == []

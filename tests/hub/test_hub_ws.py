@@ -291,3 +291,50 @@ async def test_shutdown_closes_clients_with_1012(start_relay: RelayFactory) -> N
         await ws.send_op("ping")
         await relay.stop()
         assert await ws.expect_closed() == Close.RESTARTING
+
+
+@pytest.mark.redis
+async def test_a_redis_error_reply_is_an_unavailable_error_frame(
+    start_relay: RelayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that answers with an error (READONLY after a failover) fails the op with the
+    stable code ``unavailable``; the socket stays open."""
+    import os
+    import uuid
+
+    from redis.asyncio import Redis
+    from redis.exceptions import ResponseError
+
+    from relayline.bus.redis_streams import RedisStreamsBus
+
+    url = os.environ.get("RELAYLINE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    client = Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:  # no server to test against
+        await client.aclose()
+        pytest.skip(f"Redis not reachable at {url}: {exc}")
+    prefix = f"rltest:{uuid.uuid4().hex}:"
+    try:
+        relay = await start_relay(redis_url=url, redis_prefix=prefix)
+        bus = relay.app.http.state.relay.bus
+        assert isinstance(bus, RedisStreamsBus)
+
+        async def refused(*args: object, **kwargs: object) -> object:
+            raise ResponseError("READONLY You can't write against a read only replica.")
+
+        async with __import__("httpx").AsyncClient(base_url=relay.url) as http:
+            tenant = await new_tenant(relay, http)
+            async with WsHarness(relay, token=tenant.key) as ws:
+                monkeypatch.setattr(bus, "_position_script", refused)
+                with pytest.raises(OpError) as err:
+                    await ws.subscribe(f"tenant:{tenant.id}")
+                assert err.value.code == "unavailable"
+                assert (await ws.send_op("ping"))["ts"] > 0  # still serving
+                monkeypatch.undo()
+                await ws.subscribe(f"tenant:{tenant.id}")
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
