@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     rate_limit_identity: str = "1200/minute;100/second"
     rate_limit_chat: str = "60/minute;10/second"
     rate_limit_health: str = "300/minute"
+    rate_limit_public_sessions: str = "120/minute;10/second"
     ipv6_prefix: int = Field(64, ge=16, le=128)
     trusted_proxies: CsvList = []
 
@@ -128,6 +129,7 @@ class Settings(BaseSettings):
     delta_coalesce_chars: int = Field(1024, ge=1, le=1_000_000)
     approval_timeout_s: float = Field(120.0, gt=0, le=86_400)
     max_worker_capacity: int = Field(64, ge=1, le=10_000)
+    max_answer_chars: int = Field(200_000, ge=1_000, le=10_000_000)
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -175,7 +177,13 @@ class Settings(BaseSettings):
     def worker_key_map(self) -> dict[str, str]:
         return {k: v for k, _, v in (item.partition(":") for item in self.worker_keys)}
 
-    @field_validator("rate_limit_ip", "rate_limit_identity", "rate_limit_chat", "rate_limit_health")
+    @field_validator(
+        "rate_limit_ip",
+        "rate_limit_identity",
+        "rate_limit_chat",
+        "rate_limit_health",
+        "rate_limit_public_sessions",
+    )
     @classmethod
     def _rate(cls, value: str) -> str:
         parse_many(value)

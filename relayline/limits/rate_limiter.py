@@ -1,4 +1,5 @@
-"""Request rate limits per category (``ip``, ``identity``, ``chat``, ``health``).
+"""Request rate limits per category (``ip``, ``identity``, ``chat``, ``health``,
+``public_sessions``).
 
 Built on the asynchronous API of :pypi:`limits`. The storage is picked by URL scheme from
 ``Settings.limits_storage_url``: ``memory://`` keeps counters in this process, ``redis://``
@@ -29,7 +30,7 @@ from prometheus_client import Counter
 from relayline.config import ConfigError, Settings
 from relayline.errors import RateLimited
 
-CATEGORIES: Final = ("ip", "identity", "chat", "health")
+CATEGORIES: Final = ("ip", "identity", "chat", "health", "public_sessions")
 """The rate-limit categories; each reads ``Settings.rate_limit_<category>``."""
 
 STORAGE_ERRORS: Final = Counter(
@@ -145,6 +146,7 @@ class RateLimiter:
             "identity": _parse_limits(settings.rate_limit_identity),
             "chat": _parse_limits(settings.rate_limit_chat),
             "health": _parse_limits(settings.rate_limit_health),
+            "public_sessions": _parse_limits(settings.rate_limit_public_sessions),
         }
         self._namespace = f"{key_prefix}:rl" if key_prefix else "rl"
         self._timeout_s = timeout_s

@@ -83,6 +83,25 @@ async def test_only_tenant_keys_with_the_sessions_scope_mint_codes(api: Api) -> 
     assert_error(r, 403, "forbidden")
 
 
+async def test_visitor_sessions_are_rate_limited_per_tenant(make_settings: SettingsFactory) -> None:
+    async for api in open_client(make_settings(rate_limit_public_sessions="3/minute")):
+        _, key = await api.tenant_with_key()
+        codes = [
+            (await api.client.post("/v1/public/codes", json={}, headers=bearer(key))).json()["code"]
+            for _ in range(2)
+        ]
+        # Every code of the tenant draws on the same budget: minting a new one does not reset it.
+        for code in (codes[0], codes[0], codes[1]):
+            r = await api.client.post("/v1/public/sessions", json={"code": code})
+            assert r.status_code == 201, r.text
+        refused = await api.client.post("/v1/public/sessions", json={"code": codes[1]})
+        assert_error(refused, 429, "rate_limited")
+        assert int(refused.headers["Retry-After"]) >= 1
+        _, other_code = await code_for(api)
+        other = await api.client.post("/v1/public/sessions", json={"code": other_code})
+        assert other.status_code == 201, other.text
+
+
 async def test_challenge_is_required_signed_and_single_use(challenged: Api) -> None:
     api = challenged
     _, code = await code_for(api)

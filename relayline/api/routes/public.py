@@ -9,8 +9,10 @@ their own and nothing else (``POST /v1/public/sessions``). With
 ``sha256(challenge + ":" + solution)`` starts with ``RELAYLINE_PUBLIC_CHALLENGE_BITS`` zero bits.
 
 Codes and challenges are signed tokens, so nothing is stored for them: a code is valid until
-it expires or its tenant is disabled. Spent challenges go into the shared nonce store
-(in-process, or Redis when configured), which makes each one single-use across instances.
+it expires or its tenant is disabled, so the visitor sessions traded per tenant are
+rate-limited (``RELAYLINE_RATE_LIMIT_PUBLIC_SESSIONS``, 429 ``rate_limited``). Spent challenges
+go into the shared nonce store (in-process, or Redis when configured), which makes each one
+single-use across instances.
 """
 
 from __future__ import annotations
@@ -171,6 +173,11 @@ async def visitor_session(body: VisitorIn, st: State) -> VisitorOut:
     tenant_id = str(claims["sub"])
     if settings.public_challenge == "on":
         await _check_challenge(st, body)
+    # A code is long-lived and cannot be revoked short of disabling the tenant, and every trade
+    # creates a chat that stays: the tenant's budget bounds that, whoever holds the code and
+    # from however many addresses. Counted after the challenge, so a caller who has not solved
+    # one cannot spend the tenant's budget.
+    await st.limiter.hit("public_sessions", tenant_id)
     async with st.db.write() as session:
         tenant = await session.get(Tenant, tenant_id)
         if tenant is None or tenant.disabled:
