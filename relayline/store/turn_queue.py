@@ -8,15 +8,18 @@ gives the same guarantee there.
 
 Running turns carry a lease (``lease_expires_at``) that the holding instance renews while its
 worker is alive; :func:`reclaim_expired` lets any instance re-queue the turns of an instance
-that died. Attempt numbers fence every later write, so a turn is answered once.
+that died. Attempt numbers fence every later write, so a turn is answered once. Renewal is
+fenced too: it extends only the attempt the instance holds, and tells it which of its turns
+were cancelled or taken over by another attempt meanwhile (its lease ran out while it could
+not renew), so that it stops them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -103,25 +106,55 @@ async def has_running_turn(db: Database, chat_id: str) -> bool:
     return found is not None
 
 
-async def renew(db: Database, turn_ids: Collection[str], lease_ms: int) -> set[str]:
-    """Extend the leases of running turns this instance holds.
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What renewing told the holder about the attempts it sent, by turn id."""
 
-    Returns the ids among ``turn_ids`` that were cancelled in the store meanwhile, so the
-    holder stops them even when the cancel broadcast did not reach it.
+    # Cancelled in the store while this attempt held it: the holder ends it as cancelled.
+    cancelled: set[str] = field(default_factory=set)
+    # No longer this attempt's: a later attempt started (another instance reclaimed the turn
+    # when its lease ran out), the turn was re-queued or ended without it, or it is gone. The
+    # holder stops it without writing to the store.
+    lost: set[str] = field(default_factory=set)
+
+
+async def renew(db: Database, held: Mapping[str, int], lease_ms: int) -> Renewal:
+    """Extend the leases of the attempts this instance holds (``held``: attempt by turn id).
+
+    Only a row that is still running under the held attempt is extended; the others are
+    reported back, so the holder stops them even when the cancel broadcast did not reach it,
+    and stops streaming an attempt that another instance has replaced.
     """
-    if not turn_ids:
-        return set()
-    ids = list(turn_ids)
+    if not held:
+        return Renewal()
+    ids = list(held)
     async with db.write() as session:
         await session.execute(
             update(Turn)
-            .where(Turn.id.in_(ids), Turn.state == "running")
+            .where(
+                Turn.id.in_(ids),
+                tuple_(Turn.id, Turn.attempt).in_(list(held.items())),
+                Turn.state == "running",
+            )
             .values(lease_expires_at=now_ms() + lease_ms)
         )
-        cancelled = await session.scalars(
-            select(Turn.id).where(Turn.id.in_(ids), Turn.state == "cancelled")
+        # In the same transaction: a row renewed above stays locked (PostgreSQL) or unchanged
+        # (SQLite's single writer) until the commit, and one that was not can never run under
+        # the held attempt again (attempts only grow), so this reads a consistent answer.
+        rows = await session.execute(
+            select(Turn.id, Turn.state, Turn.attempt).where(Turn.id.in_(ids))
         )
-        return set(cancelled.all())
+        found = {row[0]: (row[1], row[2]) for row in rows.all()}
+    renewal = Renewal()
+    for turn_id, attempt in held.items():
+        state, stored_attempt = found.get(turn_id, (None, None))
+        if stored_attempt == attempt and state == "running":
+            continue
+        if stored_attempt == attempt and state == "cancelled":
+            renewal.cancelled.add(turn_id)
+        else:
+            renewal.lost.add(turn_id)
+    return renewal
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 Guarantees: a request is announced as ``tool.approval_requested`` with a deadline no later
 than ``approval_timeout_s`` from now (earlier when the worker asked for less); each request is
 decided at most once; a decision after the deadline is refused, since the worker has already
-counted silence as a denial; a decision for an attempt that ended is refused. When the asking
-worker is connected to another instance, the decision is broadcast for that instance to
+counted silence as a denial; a decision for an attempt that ended is refused. An attempt has
+at most ``MAX_OPEN_PER_ATTEMPT`` open requests, and an id another attempt holds is not taken
+over: such requests are denied to the worker at once. When the asking worker is connected to
+another instance, a decision for a request that instance lists as open is broadcast for it to
 forward.
 
 The requests still open are kept as announced, for the chat snapshot (:meth:`open_for`); with a
@@ -22,9 +24,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from relayline.store import turn_queue
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
+
+log = structlog.get_logger("relayline.turns")
+
+MAX_OPEN_PER_ATTEMPT = 8
+"""Open approval requests one attempt may have at once; more are denied without asking."""
 
 
 @dataclass(slots=True)
@@ -46,6 +55,22 @@ class Approvals:
         """The worker running ``running`` asks to run a tool (``tool.approval_request``)."""
         approval_id = str(frame.get("approval_id") or "")[:64]
         if not approval_id:
+            return
+        owner = self.pending.get(approval_id)
+        if (owner is not None and owner is not running) or (
+            owner is None and len(running.approvals) >= MAX_OPEN_PER_ATTEMPT
+        ):
+            # Another attempt's id, or too many open at once: denied at once, not announced.
+            log.warning("approval_request_refused", turn_id=running.turn_id, id=approval_id)
+            running.worker.send(
+                {
+                    "type": "tool.approval",
+                    "turn_id": running.turn_id,
+                    "attempt": running.attempt,
+                    "approval_id": approval_id,
+                    "decision": "deny",
+                }
+            )
             return
         # The worker treats silence past its deadline as a denial; the relay's own timeout caps
         # it too, and a decision arriving later is refused rather than forwarded.
@@ -74,6 +99,10 @@ class Approvals:
         running = self.pending.get(approval_id)
         if running is None or running.chat_id != chat_id:
             if not broadcast or not await self._running_elsewhere(chat_id):
+                return False
+            # Only what the holding instance lists as open: the same answer on every instance.
+            listed = still_open(await self.ctx.coordinator.approvals(chat_id))
+            if approval_id not in {item["approval_id"] for item in listed}:
                 return False
             # The worker asking is connected to another instance: that one forwards it.
             await self.ctx.coordinator.broadcast(
@@ -107,15 +136,16 @@ class Approvals:
         )
         return True
 
-    def forget(self, running: Running) -> None:
-        """The attempt ended: its open requests can no longer be decided."""
+    def forget(self, running: Running, *, share: bool = True) -> None:
+        """The attempt ended: its open requests can no longer be decided. ``share=False``
+        leaves the shared copy alone (it belongs to an instance that took the turn over)."""
         if not running.approvals:
             return
         for approval_id in running.approvals:
             self.pending.pop(approval_id, None)
             self.deadlines.pop(approval_id, None)
             self.requests.pop(approval_id, None)
-        if self.ctx.coordinator.shared:
+        if share and self.ctx.coordinator.shared:
             self.ctx.spawn(self._share(running.chat_id))
 
     def open_for(self, chat_id: str) -> list[dict[str, Any]]:

@@ -97,12 +97,15 @@ class ClaimLoop:
             now,
             correlation_id=new_id(),
         )
-        self.turns.add(running)
         if self.ctx.coordinator.shared:
             # A new attempt starts with no open approval requests: an earlier attempt's, kept
-            # by an instance that died, can no longer be decided. Before the worker is told,
-            # so none of this attempt's requests can be wiped.
+            # by an instance that died, can no longer be decided. Before the attempt is held
+            # (a cancel arriving meanwhile is noted, and taken below) and before the worker is
+            # told (so none of this attempt's requests can be wiped).
             await self.ctx.coordinator.set_approvals(assignment.chat_id, [])
+        # From here to the assignment frame nothing awaits: a cancel either was noted before,
+        # or finds the attempt held and ends it after the worker was told.
+        self.turns.add(running)
         if self.turns.take_cancel(assignment.turn_id) and self.cancelled is not None:
             # Cancelled between the claim and now: the worker never hears of it.
             await self.cancelled(running)

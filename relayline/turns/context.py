@@ -44,7 +44,7 @@ class TurnContext:
             log.warning("publish_failed", chat_id=chat_id, type=type)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run a coordinator call without waiting on it (kept referenced until it ends)."""
+        """Run ``work`` without waiting on it (kept referenced until it ends)."""
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

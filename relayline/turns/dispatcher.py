@@ -70,6 +70,7 @@ class TurnDispatcher:
             self.claims,
             cancel=self._cancel_here,
             lost=self.outcomes.lost,
+            forget_approvals=lambda running: self.approvals.forget(running, share=False),
         )
         self.claims.cancelled = self.outcomes.cancelled
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,11 +84,6 @@ class TurnDispatcher:
     def running(self) -> dict[str, Running]:
         """The attempts this instance holds, by turn id."""
         return self.turns.by_turn
-
-    @property
-    def running_by_chat(self) -> dict[str, Running]:
-        """The same attempts by chat id, kept until the chat's next turn may start."""
-        return self.turns.by_chat
 
     # Lifecycle
 
@@ -169,6 +165,15 @@ class TurnDispatcher:
         self.leases.extend_worker(worker)
 
     async def on_delta(self, running: Running, text: str) -> None:
+        limit = self.settings.max_answer_chars
+        if running.published_chars + running.pending_chars + len(text) > limit:
+            # An answer past the limit ends here: the worker stops, the text so far is kept.
+            running.worker.send(
+                {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+            )
+            detail = f"the answer is longer than RELAYLINE_MAX_ANSWER_CHARS ({limit})"
+            await self.outcomes.failed(running, "internal", detail)
+            return
         await self.stream.on_delta(running, text)
 
     async def on_done(self, running: Running, usage: dict[str, Any]) -> None:

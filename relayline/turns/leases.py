@@ -9,6 +9,12 @@ store, this instance renews the leases of every attempt it holds each third of
 The sweep also ticks the periodic claim (covering a lost wake-up) and the periodic worker
 count report. Guarantees: a failing store never stops the sweep (it is retried next round);
 a turn cancelled in the store is stopped here even when the cancel broadcast was lost.
+Renewal is fenced by attempt: when this instance could not renew for longer than
+``turn_lease_s`` (a slow store, a paused process) and another instance took the turn over,
+the next renewal that reaches the store finds the attempt replaced, and the attempt is
+stopped here without any store write: its worker is told ``turn.cancel``, its later frames
+and unpublished deltas are dropped, and its chat is freed, so it stops streaming into the
+chat and the shared partial answer that now belong to the other instance's attempt.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from relayline.store import turn_queue
 from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
+from relayline.turns.streaming import DeltaStream
 from relayline.turns.worker_link import WorkerLink
 from relayline.turns.workers import WorkerPool
 
@@ -47,6 +54,7 @@ class LeaseKeeper:
         *,
         cancel: CancelRunning,
         lost: Lost,
+        forget_approvals: Callable[[Running], None],
     ) -> None:
         self.ctx = ctx
         self.turns = turns
@@ -54,6 +62,7 @@ class LeaseKeeper:
         self.claims = claims
         self._cancel = cancel
         self._lost = lost
+        self._forget_approvals = forget_approvals
 
     def extend(self, running: Running) -> None:
         """The attempt's worker spoke for it: it has ``turn_lease_s`` more."""
@@ -103,12 +112,47 @@ class LeaseKeeper:
                 log.exception("lease_expiry_failed", turn_id=running.turn_id)
 
     async def _renew(self) -> None:
-        """Vouch in the store for the turns this instance runs; stop those cancelled there."""
-        cancelled = await turn_queue.renew(self.ctx.db, list(self.turns.by_turn), self.ctx.lease_ms)
-        for turn_id in cancelled:
+        """Vouch in the store for the attempts this instance runs; stop those cancelled there
+        and those another instance took over."""
+        held = dict(self.turns.by_turn)
+        renewal = await turn_queue.renew(
+            self.ctx.db, {turn_id: r.attempt for turn_id, r in held.items()}, self.ctx.lease_ms
+        )
+        for turn_id in renewal.cancelled:
             running = self.turns.by_turn.get(turn_id)
             if running is not None:
                 await self._cancel(running.chat_id, turn_id)
+        for turn_id in renewal.lost:
+            running = held[turn_id]
+            if self.turns.holds(running):  # not ended here meanwhile
+                self._stop_lost(running)
+
+    def _stop_lost(self, running: Running) -> None:
+        """The turn is no longer this attempt's in the store: stop it here, writing nothing.
+
+        The store, the chat's shared partial answer and its announcements now belong to
+        whoever holds the turn (or to the instance that re-queued it), so none is touched.
+        """
+        log.warning(
+            "turn_lost_to_another_attempt",
+            turn_id=running.turn_id,
+            attempt=running.attempt,
+            chat_id=running.chat_id,
+            worker_id=running.worker.worker_id,
+            correlation_id=running.correlation_id,
+        )
+        # Refuse its later frames, and drop what it streamed but was not published yet.
+        self.turns.release(running)
+        self._forget_approvals(running)  # here only: the shared copy is the new holder's
+        DeltaStream.cancel_timer(running)
+        running.pending.clear()
+        running.pending_chars = 0
+        running.worker.send(
+            {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+        )
+        running.worker.inflight.discard(running.turn_id)
+        self.turns.free_chat(running)
+        self.claims.kick()
 
     async def reclaim(self, *, everything: bool = False) -> None:
         """Queue again the turns whose instance stopped renewing their lease (it died).

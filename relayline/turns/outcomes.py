@@ -47,7 +47,7 @@ class Outcomes:
     async def done(self, running: Running, usage: dict[str, Any]) -> None:
         """``turn.done``: store the whole answer and announce ``message.completed``."""
         await self.stream.flush(running)
-        text = "".join(running.text)
+        text = running.published_text  # all of it: the flush above published the rest
         measured = metrics(running, usage)
         self._release(running)
         try:

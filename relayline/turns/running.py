@@ -29,9 +29,9 @@ class Running:
     started: float
     correlation_id: str
     first_token: float | None = None
-    # The answer streamed so far: ``text`` holds every delta, of which the first
-    # ``published_chars`` characters were published; ``pending`` waits for the next flush.
-    text: list[str] = field(default_factory=list)
+    # The answer streamed so far: ``published`` holds what went out as ``message.delta``
+    # events (``published_chars`` characters), ``pending`` what waits for the next flush.
+    published: list[str] = field(default_factory=list)
     published_chars: int = 0
     pending: list[str] = field(default_factory=list)
     pending_chars: int = 0
@@ -41,7 +41,7 @@ class Running:
 
     @property
     def published_text(self) -> str:
-        return "".join(self.text)[: self.published_chars]
+        return "".join(self.published)
 
 
 EARLY_CANCEL_TTL_S = 120.0

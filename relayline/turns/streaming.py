@@ -26,7 +26,6 @@ class DeltaStream:
             return
         if running.first_token is None:
             running.first_token = time.monotonic()
-        running.text.append(text)
         running.pending.append(text)
         running.pending_chars += len(text)
         if running.pending_chars >= self.ctx.settings.delta_coalesce_chars:
@@ -34,7 +33,7 @@ class DeltaStream:
         elif running.flush_handle is None:
             delay = self.ctx.settings.delta_coalesce_ms / 1000
             running.flush_handle = asyncio.get_running_loop().call_later(
-                delay, lambda: asyncio.ensure_future(self.flush(running))
+                delay, lambda: self.ctx.spawn(self.flush(running))
             )
 
     async def flush(self, running: Running) -> None:
@@ -47,6 +46,7 @@ class DeltaStream:
             running.pending.clear()
             running.pending_chars = 0
             offset = running.published_chars
+            running.published.append(text)
             running.published_chars += len(text)
             if self.ctx.coordinator.shared:
                 await self.ctx.coordinator.set_partial(

@@ -33,6 +33,19 @@ PATH = "/v1/worker/ws"
 BreakerState = Callable[[], str]
 
 
+FRAME_TEXT_CHARS = 8192
+"""Text per frame: at most 6 bytes per character once JSON-encoded (``\u001f``), so a frame
+stays well within the relay's default 64 KiB frame limit."""
+
+
+def shown_arguments(arguments: dict[str, Any]) -> dict[str, Any] | str:
+    """What a person deciding on a tool call is shown: the arguments, or when they would not
+    fit in one frame, the start of their JSON text ending in ``…`` (the tool still runs with
+    all of them)."""
+    text = json.dumps(arguments, ensure_ascii=False)
+    return arguments if len(text) <= FRAME_TEXT_CHARS else text[:FRAME_TEXT_CHARS] + "…"
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     ceiling = min(cap, base * (2 ** min(attempt, 30)))
@@ -243,7 +256,10 @@ class RelayConnection:
         )
 
         async def on_delta(text: str) -> None:
-            await self._send({"type": "turn.delta", **base, "text": text})
+            # The relay caps frames (64 KiB by default): a long chunk goes out in pieces.
+            for start in range(0, len(text), FRAME_TEXT_CHARS):
+                piece = text[start : start + FRAME_TEXT_CHARS]
+                await self._send({"type": "turn.delta", **base, "text": piece})
 
         async def request_approval(tool: str, arguments: dict[str, Any]) -> bool:
             approval_id = new_id()
@@ -256,7 +272,7 @@ class RelayConnection:
                     **base,
                     "approval_id": approval_id,
                     "tool": tool,
-                    "arguments": arguments,
+                    "arguments": shown_arguments(arguments),
                     "deadline": int(deadline * 1000),
                 }
             )

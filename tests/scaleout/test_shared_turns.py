@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from relayline.store.models import Turn
-from relayline.testing import RelayServer, WsHarness
+from relayline.testing import OpError, RelayServer, WsHarness
 from tests.conftest import SettingsFactory
 from tests.hub.conftest import new_tenant
 from tests.scaleout.test_shared_instances import REDIS, _redis_up
@@ -232,6 +232,10 @@ async def test_snapshot_served_by_one_instance_lists_approvals_asked_on_the_othe
             # Served by A, which holds nothing of the turn: the request asked through B shows.
             assert await pending() == [first]
             assert await redis.ttl(key) > 0
+            # An id B does not list is refused by A as B would refuse it: not found.
+            with pytest.raises(OpError) as unknown:
+                await ws.send_op("approve", topic=topic, approval_id="made-up", decision="deny")
+            assert unknown.value.code == "not_found"
             # Decided through A and forwarded by B: no longer listed.
             await ws.send_op("approve", topic=topic, approval_id="first", decision="approve")
             assert (await fake.expect("tool.approval", 10))["approval_id"] == "first"

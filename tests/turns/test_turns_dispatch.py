@@ -720,3 +720,87 @@ async def test_snapshot_lists_the_open_approval_requests_of_the_running_turn(
         await worker.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
         await until_event(ws, "message.completed", turn_id=turn_id)
         assert await pending() == []
+
+
+async def test_approval_requests_past_the_cap_or_with_a_taken_id_are_denied_unannounced(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    from relayline.turns.approvals import MAX_OPEN_PER_ATTEMPT
+
+    relay = await turn_relay()
+    tenant = await tenants.new(relay)
+    topic_of = {}
+    async with FakeWorker(relay, "asker", capacity=2) as worker:
+        turns = []
+        for n in range(2):
+            chat = await tenant.chat()
+            turn_id = await post(tenant, chat, f"/edit notes{n}.md x")
+            topic_of[turn_id] = f"chat:{chat}"
+            turns.append(turn_id)
+        assigned = {(await worker.expect("turn.assigned"))["turn_id"] for _ in range(2)}
+        assert assigned == set(turns)
+        first, second = turns
+
+        async def ask(turn_id: str, approval_id: str) -> None:
+            await worker.send(
+                {
+                    "type": "tool.approval_request",
+                    "turn_id": turn_id,
+                    "attempt": 1,
+                    "approval_id": approval_id,
+                    "tool": "edit_file",
+                    "arguments": {"path": "x.md"},
+                    "deadline": int(time.time() * 1000) + 60_000,
+                }
+            )
+
+        async with WsHarness(relay, token=tenant.key, topics=list(topic_of.values())) as ws:
+            for n in range(MAX_OPEN_PER_ATTEMPT + 1):
+                await ask(first, f"a{n}")
+            denied = await worker.expect("tool.approval", 5)
+            assert denied["approval_id"] == f"a{MAX_OPEN_PER_ATTEMPT}"
+            assert denied["decision"] == "deny" and denied["turn_id"] == first
+            # The other turn cannot take over an id the first one holds.
+            await ask(second, "a0")
+            taken = await worker.expect("tool.approval", 5)
+            assert (taken["approval_id"], taken["turn_id"], taken["decision"]) == (
+                "a0",
+                second,
+                "deny",
+            )
+            await ws.assert_silent(0.3, "tool.approval_resolved")
+            requested = ws.events(type="tool.approval_requested")
+            announced = [e["data"]["approval_id"] for e in requested]
+            assert announced == [f"a{n}" for n in range(MAX_OPEN_PER_ATTEMPT)]
+            # The first turn's a0 is still its own, and still decidable.
+            ack = await ws.send_op(
+                "approve", topic=topic_of[first], approval_id="a0", decision="approve"
+            )
+            assert ack
+            decided = await worker.expect("tool.approval", 5)
+            assert (decided["approval_id"], decided["turn_id"]) == ("a0", first)
+
+
+async def test_an_answer_past_the_length_limit_ends_the_attempt_and_keeps_the_text(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    relay = await turn_relay(max_answer_chars=1000, delta_coalesce_ms=0)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+    async with (
+        FakeWorker(relay, "talker") as worker,
+        WsHarness(relay, token=tenant.key, topics=[topic]) as ws,
+    ):
+        turn_id = await post(tenant, chat, "say a lot")
+        assigned = await worker.expect("turn.assigned")
+        frame = {"type": "turn.delta", "turn_id": turn_id, "attempt": assigned["attempt"]}
+        for part in ("a" * 400, "b" * 400, "c" * 400):
+            await worker.send({**frame, "text": part})
+        stop = await worker.expect("turn.cancel", 5)
+        assert (stop["turn_id"], stop["attempt"]) == (turn_id, assigned["attempt"])
+        failed = await until_event(ws, "turn.failed", turn_id=turn_id)
+        assert failed["data"]["category"] == "internal"
+        assert "RELAYLINE_MAX_ANSWER_CHARS" in failed["data"]["detail"]
+    (answer,) = await answers(tenant, chat)
+    assert answer["status"] == "failed" and answer["content"] == "a" * 400 + "b" * 400

@@ -133,3 +133,21 @@ def test_a_relay_url_list_with_a_bad_entry_is_refused(value: str, workers: Worke
 
     with pytest.raises(ValidationError, match="relay_url"):
         workers.settings(value)
+
+
+def test_what_a_worker_sends_fits_the_relays_default_frame_limit() -> None:
+    import json
+
+    from relayline.config import Settings
+    from relayline.worker.connection import FRAME_TEXT_CHARS, shown_arguments
+
+    limit = Settings(_env_file=None).ws_max_frame_bytes
+    worst = "\x1f" * FRAME_TEXT_CHARS  # the longest escape JSON writes for one character
+    assert len(json.dumps({"type": "turn.delta", "text": worst}, ensure_ascii=False)) < limit
+    small = {"path": "notes.md", "content": "hi"}
+    assert shown_arguments(small) is small
+    big = {"path": "notes.md", "content": "é" * (FRAME_TEXT_CHARS * 2)}
+    shown = shown_arguments(big)
+    assert isinstance(shown, str) and shown.endswith("…")
+    assert json.dumps(big, ensure_ascii=False).startswith(shown[:-1])
+    assert len(json.dumps({"arguments": shown}, ensure_ascii=False).encode()) < limit
