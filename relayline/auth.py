@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,10 @@ CACHE_TTL_S = 5.0
 CACHE_SIZE = 10_000
 Kind = Literal["admin", "tenant", "session", "metrics"]
 SESSION_COOKIE = "relayline_session"
+# The query parameter that may carry a session token (SSE and WebSocket handshakes), and what a
+# key found there is told.
+URL_CREDENTIAL = "access_token"
+KEY_IN_URL = "only a session token may be sent in a URL; send keys in the Authorization header"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,16 @@ class Authenticator:
             return await self._tenant_key(credential)
         return await self._session(credential)
 
+    def is_long_lived(self, credential: str) -> bool:
+        """Whether this is a key (admin, metrics or tenant) rather than a session token: keys
+        may not travel in a URL, where proxy logs, history and ``Referer`` keep them."""
+        raw = credential.encode()
+        if hmac.compare_digest(raw, self._admin):
+            return True
+        if self._metrics is not None and hmac.compare_digest(raw, self._metrics):
+            return True
+        return credential.startswith("rl_")
+
     async def _tenant_key(self, key: str) -> Principal:
         cache_key = api_keys.hash_key(key)
         cached = self._keys.get(cache_key)
@@ -136,6 +151,14 @@ class Authenticator:
             enabled = tenant is not None and not tenant.disabled
         self._tenants.put(tenant_id, enabled)
         return enabled
+
+    async def still_valid(
+        self, key_ids: Collection[str], tenant_ids: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        """Which of these tenant keys and tenants are still good, read from the store (never
+        from the cache): the re-validation of live connections."""
+        async with self._db.read() as session:
+            return await tenants.still_valid(session, key_ids, tenant_ids)
 
     def forget(self) -> None:
         """Drop cached decisions (after a key revocation or tenant change on this instance)."""

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     admin_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     metrics_token: SecretStr | None = None
+    # How long a live WebSocket or SSE stream may outlive its credential (a revoked key, a
+    # disabled tenant, an expired session) when the revocation broadcast did not reach it.
+    auth_revalidate_s: float = Field(10.0, ge=0.5, le=300)
 
     # Browser access
     allowed_origins: CsvList = ["http://127.0.0.1:8080", "http://localhost:8080"]

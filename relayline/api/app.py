@@ -29,6 +29,7 @@ from relayline.hub.acl import TopicAcl
 from relayline.hub.gateway import Gateway
 from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
+from relayline.live_credentials import CONTROL_KIND, LiveCredentials
 from relayline.store import migrate
 from relayline.store.database import Database
 from relayline.turns.coordination import Coordinator, LocalCoordinator, RedisCoordinator
@@ -105,14 +106,29 @@ def create_http_app(settings: Settings) -> FastAPI:
             else LocalCoordinator()
         )
         dispatcher = TurnDispatcher(settings, db, bus, coordinator)
+        credentials = LiveCredentials(
+            revalidate_s=settings.auth_revalidate_s,
+            check=auth.still_valid,
+            broadcast=coordinator.broadcast,
+            on_change=auth.forget,
+        )
+        dispatcher.control_handlers[CONTROL_KIND] = credentials.on_control
         await dispatcher.start()
+        credentials.start()
         verifier = SignatureVerifier(
             settings.worker_key_map, backends.nonces, settings.worker_signature_window_s
         )
         workers = WorkerGateway(settings, dispatcher, verifier, bus)
         chats_service = ChatService(settings, db, bus, limiter, dispatcher)
         gateway = Gateway(
-            settings, hub, auth, acl, chats_service, resolver, ConnectionCaps(backends.caps)
+            settings,
+            hub,
+            auth,
+            acl,
+            chats_service,
+            resolver,
+            ConnectionCaps(backends.caps),
+            credentials,
         )
         gateway.start()
         app.state.relay = RelayState(
@@ -129,12 +145,14 @@ def create_http_app(settings: Settings) -> FastAPI:
             dispatcher=dispatcher,
             workers=workers,
             backends=backends,
+            credentials=credentials,
         )
         log.info("relay_started", version=__version__, database=db.engine.dialect.name)
         try:
             yield
         finally:
             await gateway.stop()
+            await credentials.close()
             await dispatcher.stop()
             await backends.close()
             await bus.close()

@@ -9,8 +9,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from relayline.api.state import RelayState, relay_state
-from relayline.auth import SESSION_COOKIE, Principal
-from relayline.errors import Forbidden, RateLimited, ValidationFailed
+from relayline.auth import KEY_IN_URL, SESSION_COOKIE, URL_CREDENTIAL, Principal
+from relayline.errors import Forbidden, RateLimited, Unauthorized, ValidationFailed
 from relayline.observability.metrics import RATE_LIMITED
 
 bearer = HTTPBearer(auto_error=False, description="admin key, tenant API key or session token")
@@ -22,9 +22,14 @@ async def principal(
 ) -> Principal:
     state = relay_state(request)
     credential = creds.credentials if creds else request.cookies.get(SESSION_COOKIE)
-    if credential is None and request.url.path == "/v1/events":
-        # EventSource cannot set headers; the query value is redacted from every log line.
-        credential = request.query_params.get("access_token")
+    in_url = request.query_params.get(URL_CREDENTIAL)
+    if in_url is not None:
+        # EventSource cannot set headers, so a session token may ride in the query string
+        # (redacted from every log line); a key never may, wherever it is sent.
+        if state.auth.is_long_lived(in_url):
+            raise Unauthorized(KEY_IN_URL)
+        if credential is None and request.url.path == "/v1/events":
+            credential = in_url
     who = await state.auth.authenticate(credential)
     try:
         await state.limiter.hit("identity", who.rate_key)

@@ -15,6 +15,7 @@ from relayline.hub.acl import TopicAcl
 from relayline.hub.gateway import Gateway
 from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, RateLimiter
+from relayline.live_credentials import LiveCredentials
 from relayline.store.database import Database
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.worker_gateway import WorkerGateway
@@ -35,6 +36,7 @@ class RelayState:
     dispatcher: TurnDispatcher
     workers: WorkerGateway
     backends: SharedBackends
+    credentials: LiveCredentials
 
 
 def relay_state(conn: HTTPConnection) -> RelayState:

@@ -15,7 +15,13 @@ from relayline.chat_service import ChatService, message_dict
 from relayline.close_codes import Close
 from relayline.config import Settings
 from relayline.envelope import Topic
-from relayline.errors import NotFound, RelaylineError, Unavailable, ValidationFailed
+from relayline.errors import (
+    NotFound,
+    RelaylineError,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+)
 from relayline.hub.acl import TopicAcl
 from relayline.hub.hub import Hub, control_frame
 from relayline.hub.outbox import Outbox
@@ -206,6 +212,12 @@ class ClientConnection:
         Topic.parse(topic)
         return topic
 
+    def _still_open(self) -> None:
+        """Before an op changes anything: a connection the relay closed meanwhile (its
+        credential revoked while the op awaited the store, say) does nothing more."""
+        if self.outbox.closed:
+            raise Unauthorized("connection closed")
+
     def _chat_of(self, topic: str) -> str:
         parsed = Topic.parse(topic)
         if parsed.kind != "chat" or parsed.id is None:
@@ -238,6 +250,7 @@ class ClientConnection:
             raise ValidationFailed("content: a string is required")
         client_msg_id = _text(frame, "client_msg_id", required=False, max_len=128)
         await self.acl.check(self.who, topic)
+        self._still_open()
         posted = await self.chats.post_message(self.who, chat_id, content, client_msg_id)
         return {
             "message": message_dict(posted.message),
@@ -249,6 +262,7 @@ class ClientConnection:
         topic = self._topic(frame)
         chat_id = self._chat_of(topic)
         await self.acl.check(self.who, topic)
+        self._still_open()
         turn = await self.chats.cancel(self.who, chat_id)
         return {"cancelled": turn is not None, "turn_id": turn.id if turn else None}
 
@@ -261,6 +275,7 @@ class ClientConnection:
             raise ValidationFailed("decision: 'approve' or 'deny'")
         assert approval_id is not None
         await self.acl.check(self.who, topic)
+        self._still_open()
         if not await self.chats.approve(self.who, chat_id, approval_id, decision == "approve"):
             raise NotFound("no pending approval with this id")
         return {"approval_id": approval_id, "decision": decision}

@@ -11,11 +11,12 @@ import contextlib
 import json
 from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import unquote_plus
 
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from relayline.auth import SESSION_COOKIE, Authenticator, Principal
+from relayline.auth import KEY_IN_URL, SESSION_COOKIE, URL_CREDENTIAL, Authenticator, Principal
 from relayline.chat_service import ChatService
 from relayline.close_codes import Close
 from relayline.config import Settings
@@ -25,11 +26,13 @@ from relayline.hub.client import ClientConnection
 from relayline.hub.hub import Hub
 from relayline.hub.wire import WIRE_EXTENSION, Wire
 from relayline.limits import ClientIpResolver, ConnectionCaps
+from relayline.live_credentials import LiveCredentials
 from relayline.observability import hub_metrics as m
 
 log = structlog.get_logger("relayline.ws")
 
 SUBPROTOCOL = "relayline.v1"
+_URL_CREDENTIAL_B = URL_CREDENTIAL.encode()
 BEARER_PREFIX = "bearer."
 
 
@@ -58,6 +61,19 @@ def credential_from(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
+def url_credential(scope: Scope) -> str | None:
+    """A session token in the query string (``?access_token=``), for clients that can set
+    neither a header nor a subprotocol; keys found there are refused by the caller."""
+    query: bytes = scope.get("query_string", b"")
+    if not query or _URL_CREDENTIAL_B not in query:
+        return None
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == _URL_CREDENTIAL_B and value:
+            return unquote_plus(value.decode("latin-1"))
+    return None
+
+
 class Gateway:
     """Owns the live client connections of this process."""
 
@@ -70,6 +86,7 @@ class Gateway:
         chats: ChatService,
         resolver: ClientIpResolver,
         caps: ConnectionCaps,
+        credentials: LiveCredentials,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -78,6 +95,7 @@ class Gateway:
         self.chats = chats
         self.resolver = resolver
         self.caps = caps
+        self.credentials = credentials
         self.clients: set[ClientConnection] = set()
         self._allowed = frozenset(settings.allowed_origins)
         self._sweeper: asyncio.Task[None] | None = None
@@ -132,6 +150,7 @@ class Gateway:
             return
         headers = _headers(scope)
         credential = credential_from(scope, headers)
+        in_url = url_credential(scope)
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in scope.get("subprotocols", ()) else None
         origin_ok = self._origin_allowed(headers)
         _, ip_key = self.resolver.resolve(scope)
@@ -144,12 +163,15 @@ class Gateway:
         failure: tuple[int, str] | None = None
         if not origin_ok:
             failure = (Close.FORBIDDEN, "origin not allowed")
-        elif credential is not None:
+        elif in_url is not None and self.auth.is_long_lived(in_url):
+            failure = (Close.UNAUTHENTICATED, KEY_IN_URL)
+        elif credential is not None or in_url is not None:
+            credential = credential if credential is not None else in_url
             try:
                 who = await self.auth.authenticate(credential)
             except Unauthorized:
                 failure = (Close.UNAUTHENTICATED, "unauthenticated")
-        credential = None
+        credential = in_url = None
         # Accept even a refused handshake, then close: the close code is how a browser learns
         # why (a rejected upgrade only says 'failed'). The op loop never starts for it.
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
@@ -212,12 +234,15 @@ class Gateway:
             who=who, wire=wire, hub=self.hub, acl=self.acl, chats=self.chats, settings=self.settings
         )
         self.clients.add(client)
+        watch = self.credentials.watch(who, client.close)
         m.CONNECTIONS.labels("ws").inc()
         try:
             while True:
                 message = await receive()
                 kind = message["type"]
-                if kind == "websocket.disconnect":
+                if kind == "websocket.disconnect" or client.outbox.closed:
+                    # Closed by the relay (a revoked credential, say): frames that were still
+                    # on their way are not acted on.
                     break
                 text = message.get("text")
                 if text is None:
@@ -235,6 +260,7 @@ class Gateway:
                 if not await client.handle_text(text):
                     break
         finally:
+            self.credentials.unwatch(watch)
             self.clients.discard(client)
             client.closed_by_peer()
             m.CONNECTIONS.labels("ws").dec()

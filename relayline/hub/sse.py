@@ -47,6 +47,11 @@ class SseSink:
             self.frames.clear()
         self.wakeup.set()
 
+    def end(self, code: int = 0, reason: str = "") -> None:
+        """End the stream now (its credential stopped being good); nothing queued is sent."""
+        self.closed = True
+        self.wakeup.set()
+
     def take(self) -> list[bytes]:
         frames = list(self.frames)
         self.frames.clear()
@@ -101,6 +106,7 @@ async def events(
 
     async def stream() -> AsyncIterator[bytes]:
         m.CONNECTIONS.labels("sse").inc()
+        watch = st.credentials.watch(who, sink.end)
         try:
             yield b"retry: 2000\n\n"
             while not sink.closed:
@@ -110,9 +116,10 @@ async def events(
                     yield b": ping\n\n"
                     continue
                 frames = sink.take()
-                if frames:
+                if frames and not sink.closed:
                     yield b"".join(frames)
         finally:
+            st.credentials.unwatch(watch)
             hub.drop(sink, "sse", subscribed)
             m.CONNECTIONS.labels("sse").dec()
 

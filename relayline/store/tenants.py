@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -104,3 +104,29 @@ async def touch_key(session: AsyncSession, key_id: str, now: int) -> None:
         )
         .values(last_used_at=now)
     )
+
+
+async def still_valid(
+    session: AsyncSession, key_ids: Collection[str], tenant_ids: Collection[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``key_ids``, the keys neither revoked nor of a disabled tenant; of ``tenant_ids``, the
+    tenants still enabled. One query per family, whatever the number of ids."""
+    keys: set[str] = set()
+    enabled: set[str] = set()
+    if key_ids:
+        query = (
+            select(ApiKey.id)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.id.in_(list(key_ids)))
+            .where(ApiKey.revoked_at.is_(None))
+            .where(Tenant.disabled.is_(False))
+        )
+        keys = set((await session.scalars(query)).all())
+    if tenant_ids:
+        query_t = (
+            select(Tenant.id)
+            .where(Tenant.id.in_(list(tenant_ids)))
+            .where(Tenant.disabled.is_(False))
+        )
+        enabled = set((await session.scalars(query_t)).all())
+    return keys, enabled

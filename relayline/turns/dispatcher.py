@@ -35,7 +35,7 @@ from relayline.store.database import Database
 from relayline.turns.approvals import Approvals, still_open
 from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
-from relayline.turns.coordination import Coordinator, LocalCoordinator
+from relayline.turns.coordination import Coordinator, Handler, LocalCoordinator
 from relayline.turns.leases import LeaseKeeper
 from relayline.turns.outcomes import Outcomes
 from relayline.turns.running import Running, RunningTurns
@@ -74,6 +74,9 @@ class TurnDispatcher:
         )
         self.claims.cancelled = self.outcomes.cancelled
         self._tasks: list[asyncio.Task[None]] = []
+        # Other parts of the relay that talk to the other instances over the same channel,
+        # by message kind (e.g. credential revocations).
+        self.control_handlers: dict[str, Handler] = {}
 
     @property
     def workers(self) -> dict[str, WorkerLink]:
@@ -132,6 +135,8 @@ class TurnDispatcher:
                 bool(message.get("approve")),
                 broadcast=False,
             )
+        elif isinstance(kind, str) and kind in self.control_handlers:
+            await self.control_handlers[kind](message)
 
     # Workers and their frames
 

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"Redis not reachable at
 
 @pytest.fixture
 async def pair(
-    make_settings: SettingsFactory, own_pg_url: str
+    request: pytest.FixtureRequest, make_settings: SettingsFactory, own_pg_url: str
 ) -> AsyncIterator[tuple[RelayServer, RelayServer]]:
     prefix = f"rltest:{secrets.token_hex(4)}:"
     overrides: dict[str, Any] = {
@@ -45,6 +45,7 @@ async def pair(
         "redis_prefix": prefix,
         "worker_keys": [f"{WORKER[0]}:{WORKER[1]}"],
         "instances": 2,
+        **getattr(request, "param", {}),  # a test's own settings, through indirect parametrize
     }
     first = RelayServer(make_settings(**overrides))
     second = RelayServer(make_settings(**overrides))

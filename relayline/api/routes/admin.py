@@ -39,7 +39,7 @@ async def list_tenants(
 async def disable_tenant(tenant_id: IdPath, _: Admin, st: State) -> s.TenantOut:
     async with st.db.write() as session:
         row = await tenants.set_disabled(session, tenant_id, True)
-    st.auth.forget()
+    await st.credentials.tenant_disabled(tenant_id)
     return s.TenantOut.of(row)
 
 
@@ -47,7 +47,7 @@ async def disable_tenant(tenant_id: IdPath, _: Admin, st: State) -> s.TenantOut:
 async def enable_tenant(tenant_id: IdPath, _: Admin, st: State) -> s.TenantOut:
     async with st.db.write() as session:
         row = await tenants.set_disabled(session, tenant_id, False)
-    st.auth.forget()
+    await st.credentials.tenant_enabled(tenant_id)
     return s.TenantOut.of(row)
 
 
@@ -70,5 +70,6 @@ async def list_keys(tenant_id: IdPath, _: Admin, st: State) -> s.KeyList:
 async def revoke_key(key_id: IdPath, _: Admin, st: State) -> s.KeyOut:
     async with st.db.write() as session:
         row = await tenants.revoke_key(session, key_id)
-    st.auth.forget()
+    # Ends the live connections that use it, here and (broadcast) on every other instance.
+    await st.credentials.key_revoked(key_id)
     return s.KeyOut.of(row)

@@ -1,0 +1,268 @@
+"""Live connections end when their credential does.
+
+A WebSocket or SSE stream is authenticated once, at its start; :class:`LiveCredentials` keeps
+each one's :class:`~relayline.auth.Principal` so that a credential that stops being good ends
+the connections that use it (WebSocket close 4401, SSE stream ended):
+
+- a tenant key revoked, or a tenant disabled, through the admin API: at once on the instance
+  that made the change, and on every other instance as soon as the broadcast it sends reaches
+  them (the turn coordinator's control channel: Redis pub/sub when shared);
+- a session token's expiry: at the next tick after it passes (ticks are at most a second
+  apart);
+- anything the broadcast missed (a lost pub/sub message, a change made by another tool on the
+  database): each instance re-checks the distinct keys and tenants its connections use every
+  ``RELAYLINE_AUTH_REVALIDATE_S``, in one batched store read per family — never per socket or
+  per frame.
+
+A connection that registers just after a revocation it did not see (it authenticated from a
+cache, or raced the admin call) is ended on registration: revoked ids are remembered for long
+enough to cover the credential cache and one re-validation interval.
+
+While the store cannot be read, re-validation keeps the connections it cannot judge (failing
+open for live streams; new requests still need the store or the short credential cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+
+from relayline.auth import CACHE_TTL_S, Principal
+from relayline.close_codes import Close
+
+log = structlog.get_logger("relayline.auth")
+
+ENDED = Counter(
+    "relayline_connections_ended_by_auth_total",
+    "Live WebSocket and SSE connections ended because their credential stopped being good",
+    ["reason"],
+)
+
+End = Callable[[int, str], None]  # (close code, reason): ends one connection, never blocks
+Check = Callable[[Collection[str], Collection[str]], Awaitable[tuple[set[str], set[str]]]]
+Broadcast = Callable[[dict[str, Any]], Awaitable[None]]
+
+CONTROL_KIND = "auth.revoked"
+# Expiry is checked this often (at most); the store only every ``revalidate_s``.
+TICK_S = 1.0
+
+
+class Watch:
+    """One live connection's registration; :meth:`LiveCredentials.unwatch` when it ends."""
+
+    __slots__ = ("end", "ended", "who")
+
+    def __init__(self, who: Principal, end: End) -> None:
+        self.who = who
+        self.end = end
+        self.ended = False
+
+
+class LiveCredentials:
+    """The credentials this process's live connections use, indexed by what can revoke them."""
+
+    def __init__(
+        self,
+        *,
+        revalidate_s: float,
+        check: Check,
+        broadcast: Broadcast | None = None,
+        on_change: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.revalidate_s = revalidate_s
+        self._check = check
+        self._broadcast = broadcast
+        self._on_change = on_change
+        self._clock = clock
+        self._by_key: dict[str, set[Watch]] = {}
+        self._by_tenant: dict[str, set[Watch]] = {}
+        self._expiries: list[tuple[int, int, Watch]] = []
+        self._order = itertools.count()
+        # id -> when it may be forgotten: covers a connection registering with a credential
+        # authenticated just before (or from a cache that had not heard of) the revocation.
+        self._revoked: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def watched(self) -> int:
+        return sum(len(w) for w in self._by_tenant.values())
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # Connections
+
+    def watch(self, who: Principal, end: End) -> Watch:
+        """Register a live connection; ``end`` is called once if its credential goes bad."""
+        watch = Watch(who, end)
+        if who.tenant_id is None:
+            return watch  # admin and metrics keys change only with the configuration (restart)
+        reason = self._already_bad(who)
+        if reason is not None:
+            self._end(watch, reason)
+            return watch
+        self._by_tenant.setdefault(who.tenant_id, set()).add(watch)
+        if who.kind == "tenant" and who.key_id is not None:
+            self._by_key.setdefault(who.key_id, set()).add(watch)
+        if who.expires_at is not None:
+            heapq.heappush(self._expiries, (who.expires_at, next(self._order), watch))
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        who = watch.who
+        if who.tenant_id is None:
+            return
+        _discard(self._by_tenant, who.tenant_id, watch)
+        if who.kind == "tenant" and who.key_id is not None:
+            _discard(self._by_key, who.key_id, watch)
+        # An expiry entry stays in the heap until its time; it is skipped once unwatched.
+        watch.ended = True
+
+    # Revocations
+
+    async def key_revoked(self, key_id: str) -> None:
+        """A tenant key was revoked here: end its connections, then tell the other instances."""
+        self._revoke(key_id=key_id)
+        await self._tell({"kind": CONTROL_KIND, "key_id": key_id})
+
+    async def tenant_disabled(self, tenant_id: str) -> None:
+        self._revoke(tenant_id=tenant_id)
+        await self._tell({"kind": CONTROL_KIND, "tenant_id": tenant_id})
+
+    async def tenant_enabled(self, tenant_id: str) -> None:
+        """A tenant was enabled again: its credentials are good from now on, everywhere."""
+        self._enable(tenant_id)
+        await self._tell({"kind": CONTROL_KIND, "enabled": tenant_id})
+
+    async def on_control(self, message: dict[str, Any]) -> None:
+        """A revocation (or re-enabling) broadcast by another instance."""
+        key_id, tenant_id = message.get("key_id"), message.get("tenant_id")
+        enabled = message.get("enabled")
+        if isinstance(enabled, str):
+            self._enable(enabled)
+            return
+        self._revoke(
+            key_id=key_id if isinstance(key_id, str) else None,
+            tenant_id=tenant_id if isinstance(tenant_id, str) else None,
+        )
+
+    def _enable(self, tenant_id: str) -> None:
+        self._revoked.pop(tenant_id, None)
+        if self._on_change is not None:
+            self._on_change()
+
+    async def _tell(self, message: dict[str, Any]) -> None:
+        if self._broadcast is not None:
+            await self._broadcast(message)
+
+    def _revoke(self, *, key_id: str | None = None, tenant_id: str | None = None) -> None:
+        if self._on_change is not None:
+            self._on_change()
+        remember_until = time.monotonic() + CACHE_TTL_S + 2 * self.revalidate_s
+        if key_id is not None:
+            self._revoked[key_id] = remember_until
+            for watch in list(self._by_key.get(key_id, ())):
+                self._end(watch, "revoked")
+        if tenant_id is not None:
+            self._revoked[tenant_id] = remember_until
+            for watch in list(self._by_tenant.get(tenant_id, ())):
+                self._end(watch, "disabled")
+
+    def _already_bad(self, who: Principal) -> str | None:
+        if who.expires_at is not None and who.expires_at <= self._clock():
+            return "expired"
+        if who.kind == "tenant" and who.key_id in self._revoked:
+            return "revoked"
+        if who.tenant_id in self._revoked:
+            return "disabled"
+        return None
+
+    def _end(self, watch: Watch, reason: str) -> None:
+        if watch.ended:
+            return
+        self.unwatch(watch)
+        ENDED.labels(reason).inc()
+        detail = {
+            "revoked": "credential revoked",
+            "disabled": "tenant disabled",
+            "expired": "session expired",
+        }[reason]
+        log.info("connection_ended_by_auth", reason=reason, kind=watch.who.kind)
+        try:
+            watch.end(Close.UNAUTHENTICATED, detail)
+        except Exception:  # one connection's teardown must not spare the others
+            log.exception("connection_end_failed")
+
+    # The periodic part
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self.revalidate_s
+        while True:
+            await asyncio.sleep(min(TICK_S, self.revalidate_s))
+            self.expire()
+            if loop.time() >= next_check:
+                next_check = loop.time() + self.revalidate_s
+                try:
+                    await self.revalidate()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("auth_revalidate_failed", error=type(exc).__name__)
+
+    def expire(self) -> None:
+        """End the connections whose session token has expired; forget old revocations."""
+        now = self._clock()
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            _, _, watch = heapq.heappop(heap)
+            self._end(watch, "expired")
+        mono = time.monotonic()
+        for ident in [i for i, until in self._revoked.items() if until <= mono]:
+            del self._revoked[ident]
+
+    async def revalidate(self) -> None:
+        """Re-read, from the store, every key and tenant a live connection uses (batched)."""
+        key_ids = list(self._by_key)
+        tenant_ids = list(self._by_tenant)
+        if not tenant_ids:
+            return
+        for start in range(0, max(len(key_ids), len(tenant_ids)), _BATCH):
+            keys = key_ids[start : start + _BATCH]
+            tenants = tenant_ids[start : start + _BATCH]
+            good_keys, good_tenants = await self._check(keys, tenants)
+            for key_id in set(keys) - good_keys:
+                for watch in list(self._by_key.get(key_id, ())):
+                    self._end(watch, "revoked")
+            for tenant_id in set(tenants) - good_tenants:
+                for watch in list(self._by_tenant.get(tenant_id, ())):
+                    self._end(watch, "disabled")
+
+
+_BATCH = 500  # ids per query: well inside every driver's parameter limit
+
+
+def _discard(index: dict[str, set[Watch]], ident: str, watch: Watch) -> None:
+    found = index.get(ident)
+    if found is not None:
+        found.discard(watch)
+        if not found:
+            del index[ident]
