@@ -30,7 +30,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -46,7 +46,6 @@ ENDED = Counter(
     ["reason"],
 )
 
-End = Callable[[int, str], None]  # (close code, reason): ends one connection, never blocks
 Check = Callable[[Collection[str], Collection[str]], Awaitable[tuple[set[str], set[str]]]]
 Broadcast = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -55,19 +54,20 @@ CONTROL_KIND = "auth.revoked"
 TICK_S = 1.0
 
 
-class Watch:
-    """One live connection's registration; :meth:`LiveCredentials.unwatch` when it ends."""
+class Watched(Protocol):
+    """A live connection as this registry sees it. The connection object itself is what is
+    indexed (no wrapper per connection: idle sockets are what a relay's memory goes to)."""
 
-    __slots__ = ("end", "ended", "who")
+    @property
+    def who(self) -> Principal: ...
 
-    def __init__(self, who: Principal, end: End) -> None:
-        self.who = who
-        self.end = end
-        self.ended = False
+    def end_by_auth(self, code: int, reason: str) -> None:
+        """Close now (WebSocket close ``code``; SSE: end the stream); never blocks."""
 
 
 class LiveCredentials:
-    """The credentials this process's live connections use, indexed by what can revoke them."""
+    """The credentials this process's live connections use, indexed by tenant (a key's
+    connections are found among its tenant's, which is what re-validation reads anyway)."""
 
     def __init__(
         self,
@@ -83,9 +83,9 @@ class LiveCredentials:
         self._broadcast = broadcast
         self._on_change = on_change
         self._clock = clock
-        self._by_key: dict[str, set[Watch]] = {}
-        self._by_tenant: dict[str, set[Watch]] = {}
-        self._expiries: list[tuple[int, int, Watch]] = []
+        self._by_tenant: dict[str, set[Watched]] = {}
+        self._keys: dict[str, int] = {}  # tenant key id -> live connections using it
+        self._expiries: list[tuple[int, int, Watched]] = []
         self._order = itertools.count()
         # id -> when it may be forgotten: covers a connection registering with a credential
         # authenticated just before (or from a cache that had not heard of) the revocation.
@@ -110,31 +110,40 @@ class LiveCredentials:
 
     # Connections
 
-    def watch(self, who: Principal, end: End) -> Watch:
-        """Register a live connection; ``end`` is called once if its credential goes bad."""
-        watch = Watch(who, end)
+    def watch(self, conn: Watched) -> None:
+        """Register a live connection; it is ended once if its credential goes bad."""
+        who = conn.who
         if who.tenant_id is None:
-            return watch  # admin and metrics keys change only with the configuration (restart)
+            return  # admin and metrics keys change only with the configuration (restart)
         reason = self._already_bad(who)
         if reason is not None:
-            self._end(watch, reason)
-            return watch
-        self._by_tenant.setdefault(who.tenant_id, set()).add(watch)
-        if who.kind == "tenant" and who.key_id is not None:
-            self._by_key.setdefault(who.key_id, set()).add(watch)
-        if who.expires_at is not None:
-            heapq.heappush(self._expiries, (who.expires_at, next(self._order), watch))
-        return watch
-
-    def unwatch(self, watch: Watch) -> None:
-        who = watch.who
-        if who.tenant_id is None:
+            self._end(conn, reason, registered=False)
             return
-        _discard(self._by_tenant, who.tenant_id, watch)
+        self._by_tenant.setdefault(who.tenant_id, set()).add(conn)
         if who.kind == "tenant" and who.key_id is not None:
-            _discard(self._by_key, who.key_id, watch)
+            self._keys[who.key_id] = self._keys.get(who.key_id, 0) + 1
+        if who.expires_at is not None:
+            heapq.heappush(self._expiries, (who.expires_at, next(self._order), conn))
+
+    def unwatch(self, conn: Watched) -> bool:
+        """Forget a connection; False when it was not (or no longer) registered."""
+        who = conn.who
+        if who.tenant_id is None:
+            return False
+        found = self._by_tenant.get(who.tenant_id)
+        if found is None or conn not in found:
+            return False
+        found.discard(conn)
+        if not found:
+            del self._by_tenant[who.tenant_id]
+        if who.kind == "tenant" and who.key_id is not None:
+            left = self._keys.get(who.key_id, 1) - 1
+            if left > 0:
+                self._keys[who.key_id] = left
+            else:
+                self._keys.pop(who.key_id, None)
         # An expiry entry stays in the heap until its time; it is skipped once unwatched.
-        watch.ended = True
+        return True
 
     # Revocations
 
@@ -179,12 +188,19 @@ class LiveCredentials:
         remember_until = time.monotonic() + CACHE_TTL_S + 2 * self.revalidate_s
         if key_id is not None:
             self._revoked[key_id] = remember_until
-            for watch in list(self._by_key.get(key_id, ())):
-                self._end(watch, "revoked")
+            if key_id in self._keys:
+                self._end_key(key_id)
         if tenant_id is not None:
             self._revoked[tenant_id] = remember_until
-            for watch in list(self._by_tenant.get(tenant_id, ())):
-                self._end(watch, "disabled")
+            for conn in list(self._by_tenant.get(tenant_id, ())):
+                self._end(conn, "disabled")
+
+    def _end_key(self, key_id: str) -> None:
+        # Revocations are rare: scanning the tenants' connections beats a second index that
+        # every idle socket would pay for.
+        for conns in list(self._by_tenant.values()):
+            for conn in [c for c in conns if c.who.key_id == key_id and c.who.kind == "tenant"]:
+                self._end(conn, "revoked")
 
     def _already_bad(self, who: Principal) -> str | None:
         if who.expires_at is not None and who.expires_at <= self._clock():
@@ -195,19 +211,13 @@ class LiveCredentials:
             return "disabled"
         return None
 
-    def _end(self, watch: Watch, reason: str) -> None:
-        if watch.ended:
-            return
-        self.unwatch(watch)
+    def _end(self, conn: Watched, reason: str, *, registered: bool = True) -> None:
+        if registered and not self.unwatch(conn):
+            return  # already ended, or closed by its client meanwhile
         ENDED.labels(reason).inc()
-        detail = {
-            "revoked": "credential revoked",
-            "disabled": "tenant disabled",
-            "expired": "session expired",
-        }[reason]
-        log.info("connection_ended_by_auth", reason=reason, kind=watch.who.kind)
+        log.info("connection_ended_by_auth", reason=reason, kind=conn.who.kind)
         try:
-            watch.end(Close.UNAUTHENTICATED, detail)
+            conn.end_by_auth(Close.UNAUTHENTICATED, _REASONS[reason])
         except Exception:  # one connection's teardown must not spare the others
             log.exception("connection_end_failed")
 
@@ -233,15 +243,15 @@ class LiveCredentials:
         now = self._clock()
         heap = self._expiries
         while heap and heap[0][0] <= now:
-            _, _, watch = heapq.heappop(heap)
-            self._end(watch, "expired")
+            _, _, conn = heapq.heappop(heap)
+            self._end(conn, "expired")
         mono = time.monotonic()
         for ident in [i for i, until in self._revoked.items() if until <= mono]:
             del self._revoked[ident]
 
     async def revalidate(self) -> None:
         """Re-read, from the store, every key and tenant a live connection uses (batched)."""
-        key_ids = list(self._by_key)
+        key_ids = list(self._keys)
         tenant_ids = list(self._by_tenant)
         if not tenant_ids:
             return
@@ -250,19 +260,15 @@ class LiveCredentials:
             tenants = tenant_ids[start : start + _BATCH]
             good_keys, good_tenants = await self._check(keys, tenants)
             for key_id in set(keys) - good_keys:
-                for watch in list(self._by_key.get(key_id, ())):
-                    self._end(watch, "revoked")
+                self._end_key(key_id)
             for tenant_id in set(tenants) - good_tenants:
-                for watch in list(self._by_tenant.get(tenant_id, ())):
-                    self._end(watch, "disabled")
+                for conn in list(self._by_tenant.get(tenant_id, ())):
+                    self._end(conn, "disabled")
 
 
 _BATCH = 500  # ids per query: well inside every driver's parameter limit
-
-
-def _discard(index: dict[str, set[Watch]], ident: str, watch: Watch) -> None:
-    found = index.get(ident)
-    if found is not None:
-        found.discard(watch)
-        if not found:
-            del index[ident]
+_REASONS = {
+    "revoked": "credential revoked",
+    "disabled": "tenant disabled",
+    "expired": "session expired",
+}

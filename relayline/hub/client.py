@@ -134,6 +134,10 @@ class ClientConnection:
     def close(self, code: int, reason: str = "") -> None:
         self.outbox.close(code, reason)
 
+    def end_by_auth(self, code: int, reason: str) -> None:
+        """Its credential was revoked or expired (see :mod:`relayline.live_credentials`)."""
+        self.close(code, reason)
+
     def _dropped(self, topics: set[str]) -> None:
         # The client reloads these topics' snapshots, then resubscribes from there.
         for topic in topics:

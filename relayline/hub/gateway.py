@@ -234,7 +234,7 @@ class Gateway:
             who=who, wire=wire, hub=self.hub, acl=self.acl, chats=self.chats, settings=self.settings
         )
         self.clients.add(client)
-        watch = self.credentials.watch(who, client.close)
+        self.credentials.watch(client)
         m.CONNECTIONS.labels("ws").inc()
         try:
             while True:
@@ -260,7 +260,7 @@ class Gateway:
                 if not await client.handle_text(text):
                     break
         finally:
-            self.credentials.unwatch(watch)
+            self.credentials.unwatch(client)
             self.clients.discard(client)
             client.closed_by_peer()
             m.CONNECTIONS.labels("ws").dec()

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from relayline.api.deps import Caller, State
+from relayline.auth import Principal
 from relayline.envelope import validate_topic
 from relayline.errors import ValidationFailed
 from relayline.observability import hub_metrics as m
@@ -28,7 +29,8 @@ router = APIRouter(tags=["events"])
 class SseSink:
     """Bounded queue of SSE frames for one stream; ``push`` never blocks."""
 
-    def __init__(self, max_bytes: int, max_events: int) -> None:
+    def __init__(self, who: Principal, max_bytes: int, max_events: int) -> None:
+        self.who = who
         self.frames: deque[bytes] = deque()
         self.size = 0
         self.max_bytes = max_bytes
@@ -47,7 +49,7 @@ class SseSink:
             self.frames.clear()
         self.wakeup.set()
 
-    def end(self, code: int = 0, reason: str = "") -> None:
+    def end_by_auth(self, code: int, reason: str) -> None:
         """End the stream now (its credential stopped being good); nothing queued is sent."""
         self.closed = True
         self.wakeup.set()
@@ -88,7 +90,7 @@ async def events(
         validate_topic(topic)
         await st.acl.check(who, topic)
     resume = parse_last_event_id(last_event_id)
-    sink = SseSink(st.settings.ws_queue_max_bytes, st.settings.ws_queue_max_events)
+    sink = SseSink(who, st.settings.ws_queue_max_bytes, st.settings.ws_queue_max_events)
     hub = st.hub
     subscribed: set[str] = set()
     try:
@@ -106,7 +108,7 @@ async def events(
 
     async def stream() -> AsyncIterator[bytes]:
         m.CONNECTIONS.labels("sse").inc()
-        watch = st.credentials.watch(who, sink.end)
+        st.credentials.watch(sink)
         try:
             yield b"retry: 2000\n\n"
             while not sink.closed:
@@ -119,7 +121,7 @@ async def events(
                 if frames and not sink.closed:
                     yield b"".join(frames)
         finally:
-            st.credentials.unwatch(watch)
+            st.credentials.unwatch(sink)
             hub.drop(sink, "sse", subscribed)
             m.CONNECTIONS.labels("sse").dec()
 
