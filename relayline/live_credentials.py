@@ -7,8 +7,9 @@ the connections that use it (WebSocket close 4401, SSE stream ended):
 - a tenant key revoked, or a tenant disabled, through the admin API: at once on the instance
   that made the change, and on every other instance as soon as the broadcast it sends reaches
   them (the turn coordinator's control channel: Redis pub/sub when shared);
-- a session token's expiry: at the next tick after it passes (ticks are at most a second
-  apart);
+- a session token's expiry: found by the timers each transport already runs (the WebSocket
+  heartbeat sweep, at most ``RELAYLINE_AUTH_REVALIDATE_S`` apart; an SSE stream wakes at its
+  token's expiry), through :meth:`LiveCredentials.expired`;
 - anything the broadcast missed (a lost pub/sub message, a change made by another tool on the
   database): each instance re-checks the distinct keys and tenants its connections use every
   ``RELAYLINE_AUTH_REVALIDATE_S``, in one batched store read per family — never per socket or
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
@@ -50,8 +49,6 @@ Check = Callable[[Collection[str], Collection[str]], Awaitable[tuple[set[str], s
 Broadcast = Callable[[dict[str, Any]], Awaitable[None]]
 
 CONTROL_KIND = "auth.revoked"
-# Expiry is checked this often (at most); the store only every ``revalidate_s``.
-TICK_S = 1.0
 
 
 class Watched(Protocol):
@@ -85,8 +82,6 @@ class LiveCredentials:
         self._clock = clock
         self._by_tenant: dict[str, set[Watched]] = {}
         self._keys: dict[str, int] = {}  # tenant key id -> live connections using it
-        self._expiries: list[tuple[int, int, Watched]] = []
-        self._order = itertools.count()
         # id -> when it may be forgotten: covers a connection registering with a credential
         # authenticated just before (or from a cache that had not heard of) the revocation.
         self._revoked: dict[str, float] = {}
@@ -122,8 +117,6 @@ class LiveCredentials:
         self._by_tenant.setdefault(who.tenant_id, set()).add(conn)
         if who.kind == "tenant" and who.key_id is not None:
             self._keys[who.key_id] = self._keys.get(who.key_id, 0) + 1
-        if who.expires_at is not None:
-            heapq.heappush(self._expiries, (who.expires_at, next(self._order), conn))
 
     def unwatch(self, conn: Watched) -> bool:
         """Forget a connection; False when it was not (or no longer) registered."""
@@ -142,7 +135,6 @@ class LiveCredentials:
                 self._keys[who.key_id] = left
             else:
                 self._keys.pop(who.key_id, None)
-        # An expiry entry stays in the heap until its time; it is skipped once unwatched.
         return True
 
     # Revocations
@@ -224,27 +216,27 @@ class LiveCredentials:
     # The periodic part
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_check = loop.time() + self.revalidate_s
         while True:
-            await asyncio.sleep(min(TICK_S, self.revalidate_s))
-            self.expire()
-            if loop.time() >= next_check:
-                next_check = loop.time() + self.revalidate_s
-                try:
-                    await self.revalidate()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("auth_revalidate_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.revalidate_s)
+            self._forget_old_revocations()
+            try:
+                await self.revalidate()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("auth_revalidate_failed", error=type(exc).__name__)
 
-    def expire(self) -> None:
-        """End the connections whose session token has expired; forget old revocations."""
-        now = self._clock()
-        heap = self._expiries
-        while heap and heap[0][0] <= now:
-            _, _, conn = heapq.heappop(heap)
-            self._end(conn, "expired")
+    def expired(self, conn: Watched, now: float) -> bool:
+        """End ``conn`` if its session token has expired by ``now`` (unix seconds). The
+        transports call this from the timers they already run (the WebSocket heartbeat sweep,
+        the SSE stream's wait), so an idle connection carries no expiry entry of its own."""
+        expires_at = conn.who.expires_at
+        if expires_at is None or expires_at > now:
+            return False
+        self._end(conn, "expired")
+        return True
+
+    def _forget_old_revocations(self) -> None:
         mono = time.monotonic()
         for ident in [i for i, until in self._revoked.items() if until <= mono]:
             del self._revoked[ident]

@@ -86,22 +86,20 @@ async def test_a_disabled_tenant_ends_keys_and_sessions_and_enabling_it_clears_t
     assert again.closed == []
 
 
-async def test_sessions_end_at_their_expiry_in_order() -> None:
+async def test_expired_ends_a_session_once_and_only_after_its_expiry() -> None:
     now = [100.0]
     live = make(Store(), now)
     early = watched(live, session(expires_at=105))
-    late = watched(live, session(expires_at=110))
-    gone = watched(live, session(expires_at=103))
-    live.unwatch(gone)  # closed by its client before expiring
-    now[0] = 106
-    live.expire()
+    keyed = watched(live, key("k1"))
+    assert not live.expired(early, 104.9) and not live.expired(keyed, 1e12)
+    assert live.expired(early, 105)
     assert early.closed == [(Close.UNAUTHENTICATED, "session expired")]
-    assert late.closed == [] and gone.closed == []
+    live.expired(early, 106)  # asked again by the next sweep: ended once
+    assert len(early.closed) == 1 and keyed.closed == []
+    assert live.watched == 1
     now[0] = 110
-    live.expire()
-    assert late.closed == [(Close.UNAUTHENTICATED, "session expired")]
-    expired = watched(live, session(expires_at=109))
-    assert expired.closed  # already past its expiry when it registered
+    late = watched(live, session(expires_at=109))
+    assert late.closed  # already past its expiry when it registered
 
 
 async def test_revalidation_reads_each_distinct_credential_once_and_ends_the_bad_ones() -> None:

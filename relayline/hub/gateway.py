@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import unquote_plus
@@ -119,12 +120,18 @@ class Gateway:
         interval = self.settings.heartbeat_interval_s
         timeout = self.settings.heartbeat_timeout_s
         loop = asyncio.get_running_loop()
-        tick = min(interval, timeout) / 4
+        # The same walk ends sockets whose session token expired, within the bound promised
+        # for revocations (RELAYLINE_AUTH_REVALIDATE_S).
+        tick = min(min(interval, timeout) / 4, self.settings.auth_revalidate_s)
+        expired = self.credentials.expired
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
+            wall = time.time()
             for client in list(self.clients):
                 wire = client.wire
+                if client.who.expires_at is not None and expired(client, wall):
+                    continue
                 if now - wire.last_seen > timeout:
                     client.close(Close.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 elif now - max(wire.last_seen, client.last_ping) >= interval:

@@ -10,6 +10,7 @@ rule is the WebSocket one: a bounded queue, and past it the stream ends.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -112,9 +113,14 @@ async def events(
         try:
             yield b"retry: 2000\n\n"
             while not sink.closed:
+                wait = heartbeat
+                if who.expires_at is not None:  # wake at the session token's expiry too
+                    wait = min(wait, max(who.expires_at - time.time(), 0.0) + 0.05)
                 try:
-                    await asyncio.wait_for(sink.wakeup.wait(), heartbeat)
+                    await asyncio.wait_for(sink.wakeup.wait(), wait)
                 except TimeoutError:
+                    if st.credentials.expired(sink, time.time()):
+                        break
                     yield b": ping\n\n"
                     continue
                 frames = sink.take()
