@@ -41,7 +41,7 @@ from servers import ADMIN_KEY, ROOT, Server, machine, start_relay, versions
 from websockets.asyncio.client import ClientConnection, connect
 from wsclient import busy_share, cpu_busy
 
-from relayline.turns.signing import signed_headers
+from relayline.protocol.signing import signed_headers
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- turns:results:begin -->", "<!-- turns:results:end -->"

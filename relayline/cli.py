@@ -286,6 +286,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of the ``server`` extra: only the relay's commands import them.
+SERVER_MODULES = frozenset(
+    {
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "sqlalchemy",
+        "alembic",
+        "aiosqlite",
+        "asyncpg",
+        "limits",
+        "redis",
+        "jwt",
+        "ulid",
+    }
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in SERVER_MODULES:
+            raise
+        # A worker-only install (``pip install relayline``) has no relay: say how to get one.
+        print(
+            f"fatal: `relayline {args.command}` needs the relay's dependencies "
+            f"({exc.name} is missing): pip install 'relayline[server]'",
+            file=sys.stderr,
+        )
+        code = EXIT_CONFIG
+    sys.exit(code)

@@ -12,11 +12,10 @@ Hierarchy::
     ├── NotFound                        404 not_found
     ├── Conflict                        409 conflict
     ├── Unavailable                     503 unavailable
-    ├── InternalError                   500 internal (detail never carries the cause)
-    └── LLMError (relayline.worker.llm.base)   a failed turn; ``code`` is its category:
-        │                               timeout, upstream_4xx, upstream_5xx, circuit_open,
-        │                               tool_error, internal
-        └── ToolError (relayline.worker.tools.registry)   category tool_error
+    └── InternalError                   500 internal (detail never carries the cause)
+
+The worker's errors are its own (:class:`relayline.worker.llm.base.LLMError`, whose ``category``
+is what ``turn.failed`` reports): the worker imports nothing of the relay.
 
 HTTP handlers render any of them as ``{"error": {"code", "detail", "request_id"}}``;
 the WebSocket hub renders them as ``error`` frames with the same ``code``.

@@ -1,9 +1,5 @@
-"""HMAC-SHA256 request signing for workers (v1).
-
-Headers: ``X-Relay-Key-Id``, ``X-Relay-Timestamp`` (unix seconds), ``X-Relay-Nonce`` and
-``X-Relay-Signature: v1=<hex>``, where the signature is HMAC-SHA256 with the key's secret of::
-
-    "{timestamp}\\n{nonce}\\n{METHOD}\\n{path_with_query}\\n{sha256_hex(body)}"
+"""The relay's side of worker request signing (the scheme itself, shared with the worker, is
+:mod:`relayline.protocol.signing`).
 
 The relay accepts ±``window`` seconds, refuses a nonce seen inside the window, compares in
 constant time, and knows several keys at once (rotation). A failure names the check that
@@ -13,54 +9,21 @@ never where a signature differs.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Protocol
 
 from relayline.errors import Unauthorized
-
-HEADER_KEY_ID = "x-relay-key-id"
-HEADER_TIMESTAMP = "x-relay-timestamp"
-HEADER_NONCE = "x-relay-nonce"
-HEADER_SIGNATURE = "x-relay-signature"
-_MAX_NONCE_LEN = 128
-
-
-def canonical(timestamp: str, nonce: str, method: str, path_with_query: str, body: bytes) -> bytes:
-    digest = hashlib.sha256(body).hexdigest()
-    return f"{timestamp}\n{nonce}\n{method.upper()}\n{path_with_query}\n{digest}".encode()
-
-
-def sign(
-    secret: str, timestamp: str, nonce: str, method: str, path_with_query: str, body: bytes = b""
-) -> str:
-    mac = hmac.new(
-        secret.encode(), canonical(timestamp, nonce, method, path_with_query, body), hashlib.sha256
-    )
-    return "v1=" + mac.hexdigest()
-
-
-def signed_headers(
-    key_id: str,
-    secret: str,
-    method: str,
-    path_with_query: str,
-    body: bytes = b"",
-    now: float | None = None,
-) -> dict[str, str]:
-    """The headers a worker sends (used by the worker daemon and by tests)."""
-    timestamp = str(int(time.time() if now is None else now))
-    nonce = secrets.token_urlsafe(16)
-    return {
-        "X-Relay-Key-Id": key_id,
-        "X-Relay-Timestamp": timestamp,
-        "X-Relay-Nonce": nonce,
-        "X-Relay-Signature": sign(secret, timestamp, nonce, method, path_with_query, body),
-    }
+from relayline.protocol.signing import (
+    HEADER_KEY_ID,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    MAX_NONCE_LEN,
+    sign,
+)
 
 
 class NonceStore(Protocol):
@@ -125,7 +88,7 @@ class SignatureVerifier:
             raise Unauthorized(
                 "timestamp outside the accepted window", code="timestamp_out_of_window"
             )
-        if len(nonce) > _MAX_NONCE_LEN:
+        if len(nonce) > MAX_NONCE_LEN:
             raise Unauthorized("nonce too long", code="signature_invalid")
         expected = sign(secret, timestamp, nonce, method, path_with_query, body)
         if not hmac.compare_digest(expected.encode(), signature.encode()):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from relayline.ids import new_id
-from relayline.turns.signing import signed_headers
+from relayline.protocol.signing import signed_headers
 from relayline.worker.agent import AgentRunner
 from relayline.worker.llm.base import ChatMessage, LLMError
 from relayline.worker.settings import WorkerSettings
@@ -62,7 +62,7 @@ class RelayConnection:
         self.settings = settings
         self.runner = runner
         self.breaker_state = breaker_state
-        self.worker_id = settings.worker_id or f"worker-{new_id()[-8:].lower()}"
+        self.worker_id = settings.worker_id or f"worker-{secrets.token_hex(4)}"
         self.turns: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self.approvals: dict[str, asyncio.Future[bool]] = {}
         self.ws: ClientConnection | None = None
@@ -262,7 +262,7 @@ class RelayConnection:
                 await self._send({"type": "turn.delta", **base, "text": piece})
 
         async def request_approval(tool: str, arguments: dict[str, Any]) -> bool:
-            approval_id = new_id()
+            approval_id = secrets.token_urlsafe(12)
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self.approvals[approval_id] = future
             deadline = time.time() + self.settings.approval_timeout_s

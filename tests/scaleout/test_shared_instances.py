@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from relayline.close_codes import Close
+from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
-from relayline.turns.signing import signed_headers
 from tests.conftest import SettingsFactory
 from tests.hub.conftest import Tenant, new_tenant
 

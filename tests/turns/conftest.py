@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
-from relayline.turns.signing import signed_headers
 from relayline.worker.connection import PATH, RelayConnection
 from relayline.worker.daemon import build_connection
 from relayline.worker.llm.base import ChatMessage, LLMClient, StreamChunk, ToolSpec

@@ -14,9 +14,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relayline.errors import Unauthorized
+from relayline.protocol.signing import sign, signed_headers
 from relayline.testing import RelayServer
 from relayline.turns import signing
-from relayline.turns.signing import MemoryNonceStore, SignatureVerifier, sign, signed_headers
+from relayline.turns.signing import MemoryNonceStore, SignatureVerifier
 from relayline.worker.connection import PATH
 from tests.turns.conftest import KEY_ID, SECRET, RelayFactory
 

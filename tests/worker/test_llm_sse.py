@@ -114,12 +114,7 @@ def test_llm_error_fields() -> None:
         "internal",
     )
     error = LLMError("circuit_open", "open")
-    assert (error.category, error.code, error.status, error.detail) == (
-        "circuit_open",
-        "circuit_open",
-        503,
-        "open",
-    )
+    assert (error.category, error.code, error.detail) == ("circuit_open", "circuit_open", "open")
     assert repr(error) == "LLMError(category='circuit_open', detail='open')"
     with pytest.raises(ValueError):
         LLMError("nope")  # type: ignore[arg-type]

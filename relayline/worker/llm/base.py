@@ -12,26 +12,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, get_args
 
-from relayline.errors import RelaylineError
-
 Role = Literal["system", "user", "assistant", "tool"]
 
 FailureCategory = Literal[
     "timeout", "upstream_4xx", "upstream_5xx", "circuit_open", "tool_error", "internal"
 ]
 
-# HTTP status used when an LLMError is rendered by the relay's error handlers.
-_CATEGORY_STATUS: dict[str, int] = {
-    "timeout": 504,
-    "upstream_4xx": 502,
-    "upstream_5xx": 502,
-    "circuit_open": 503,
-    "tool_error": 500,
-    "internal": 500,
-}
 
-
-class LLMError(RelaylineError):
+class LLMError(Exception):
     """A turn could not be answered; ``category`` is what ``turn.failed`` reports.
 
     ``detail`` is safe to show to a user: it never contains credentials or request bodies,
@@ -39,11 +27,12 @@ class LLMError(RelaylineError):
     """
 
     def __init__(self, category: FailureCategory, detail: str = "") -> None:
-        if category not in _CATEGORY_STATUS:
+        if category not in FAILURE_CATEGORIES:
             raise ValueError(f"unknown failure category {category!r}")
-        super().__init__(detail or category.replace("_", " "), code=category)
+        self.detail = detail or category.replace("_", " ")
+        super().__init__(self.detail)
         self.category: FailureCategory = category
-        self.status = _CATEGORY_STATUS[category]
+        self.code: str = category
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(category={self.category!r}, detail={self.detail!r})"
