@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -27,6 +26,8 @@ from relayline.hub.hub import Hub, control_frame
 from relayline.hub.outbox import Outbox
 from relayline.hub.wire import Wire, text_frame
 from relayline.observability import hub_metrics as m
+from relayline.protocol import jsoncodec
+from relayline.protocol.jsoncodec import JsonTooDeep
 
 log = structlog.get_logger("relayline.ws")
 
@@ -163,14 +164,11 @@ class ClientConnection:
             )
             return True
         try:
-            frame = json.loads(text)
-        except ValueError:
+            frame = jsoncodec.loads(text)
+        except ValueError as exc:
+            detail = str(exc) if isinstance(exc, JsonTooDeep) else "frame is not valid JSON"
             self.send_control(
-                "error",
-                {
-                    "ref": None,
-                    "data": {"code": "invalid_json", "detail": "frame is not valid JSON"},
-                },
+                "error", {"ref": None, "data": {"code": "invalid_json", "detail": detail}}
             )
             return True
         if not isinstance(frame, dict):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from http.cookies import SimpleCookie
 from typing import Any
@@ -29,6 +28,7 @@ from relayline.hub.wire import WIRE_EXTENSION, Wire
 from relayline.limits import ClientIpResolver, ConnectionCaps
 from relayline.live_credentials import LiveCredentials
 from relayline.observability import hub_metrics as m
+from relayline.protocol import jsoncodec
 
 log = structlog.get_logger("relayline.ws")
 
@@ -228,8 +228,8 @@ class Gateway:
         if not text:
             return None
         try:
-            frame: Any = json.loads(text)
-        except ValueError:
+            frame: Any = jsoncodec.loads(text)
+        except ValueError:  # invalid, or nested too deep: not an auth frame either way
             return None
         if isinstance(frame, dict) and frame.get("op") == "auth":
             token = frame.get("token")

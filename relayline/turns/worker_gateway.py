@@ -21,6 +21,8 @@ from relayline.bus.base import Bus
 from relayline.config import Settings
 from relayline.errors import Unauthorized
 from relayline.ids import new_id
+from relayline.protocol import jsoncodec
+from relayline.protocol.jsoncodec import JsonTooDeep
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_link import WorkerLink
@@ -120,7 +122,7 @@ class WorkerGateway:
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 message = await receive()
-            frame = json.loads(message.get("text") or "null")
+            frame = jsoncodec.loads(message.get("text") or "null")
         except (TimeoutError, ValueError):
             frame = None
         if not isinstance(frame, dict) or frame.get("type") != "hello":
@@ -152,9 +154,10 @@ class WorkerGateway:
             if message["type"] == "websocket.disconnect":
                 return
             try:
-                frame: Any = json.loads(message.get("text") or "null")
-            except ValueError:
-                link.send({"type": "error", "code": "invalid_json", "detail": "frame is not JSON"})
+                frame: Any = jsoncodec.loads(message.get("text") or "null")
+            except ValueError as exc:
+                detail = str(exc) if isinstance(exc, JsonTooDeep) else "frame is not JSON"
+                link.send({"type": "error", "code": "invalid_json", "detail": detail})
                 continue
             if not isinstance(frame, dict):
                 continue

@@ -22,6 +22,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from relayline.protocol import jsoncodec
 from relayline.protocol.signing import signed_headers
 from relayline.worker.agent import AgentRunner
 from relayline.worker.llm.base import ChatMessage, LLMError
@@ -142,7 +143,7 @@ class RelayConnection:
                     "models": [self.settings.model],
                 }
             )
-            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            welcome = jsoncodec.loads(await asyncio.wait_for(ws.recv(), 10))
             self.worker_id = welcome.get("worker_id", self.worker_id)
             granted = welcome.get("capacity")
             if isinstance(granted, int) and granted < self.settings.worker_capacity:
@@ -155,7 +156,7 @@ class RelayConnection:
             stopper = asyncio.create_task(self._stop_when(stop))
             try:
                 async for raw in ws:
-                    await self._on_frame(json.loads(raw))
+                    await self._on_frame(jsoncodec.loads(raw))
             finally:
                 ticker.cancel()
                 stopper.cancel()

@@ -1,4 +1,6 @@
-"""Request body cap, enforced while reading (chunked bodies too) → 413 ``payload_too_large``.
+"""Request body cap, enforced while reading (chunked bodies too) → 413 ``payload_too_large``;
+JSON nested deeper than :data:`~relayline.protocol.jsoncodec.MAX_JSON_DEPTH` → 422
+``validation_error`` (the decoder would otherwise recurse once per level).
 
 The body is read into memory here, up to the cap, before the application sees it: every
 endpoint takes a JSON document it would buffer anyway, and refusing early means an oversized
@@ -10,6 +12,24 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relayline.api.errors import error_response, request_id_of
+from relayline.protocol.jsoncodec import MAX_JSON_DEPTH, depth_within
+
+
+def _json_depth_ok(scope: Scope, body: bytes) -> bool:
+    """Whether a body the app would parse as JSON nests within the bound (FastAPI parses a
+    body without a content type as JSON too); anything else is the app's to judge."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media != b"application/json" and not media.endswith(b"+json"):
+                return True
+            break
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return True
+    try:
+        return depth_within(body.decode())
+    except UnicodeDecodeError:
+        return True  # not JSON text: the app answers that
 
 
 class BodyLimitMiddleware:
@@ -55,6 +75,15 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         whole = b"".join(chunks)
+        if whole and not _json_depth_ok(scope, whole):
+            response = error_response(
+                422,
+                "validation_error",
+                f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                request_id_of(scope),
+            )
+            await response(scope, receive, send)
+            return
         sent = False
 
         async def replay() -> Message:
