@@ -79,6 +79,9 @@ class Settings(BaseSettings):
 
     # Input limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A request head (and so a WebSocket handshake) must be complete this long after the
+    # connection opened, or after the first byte of a later request on a kept-alive one.
+    request_head_timeout_s: float = Field(10.0, gt=0, le=300)
     max_message_chars: int = Field(16_000, ge=1, le=1_000_000)
     max_title_chars: int = Field(200, ge=1, le=1000)  # the column's width
     max_page_size: int = Field(200, ge=1, le=1000)

@@ -15,7 +15,17 @@ from relayline.api.errors import install_error_handlers
 from relayline.api.middleware.body_limit import BodyLimitMiddleware
 from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
 from relayline.api.middleware.request_context import RequestContextMiddleware
-from relayline.api.routes import admin, agents, chats, health, public, publish, sessions, web
+from relayline.api.routes import (
+    admin,
+    agents,
+    chats,
+    health,
+    public,
+    publish,
+    schema,
+    sessions,
+    web,
+)
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
@@ -165,10 +175,14 @@ def create_http_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         responses=_ERRORS,
-        docs_url="/docs",
+        # Production serves no API explorer, and the schema only to the admin key.
+        docs_url=None if settings.is_production else "/docs",
+        openapi_url=None if settings.is_production else "/openapi.json",
         redoc_url=None,
     )
     install_error_handlers(app)
+    if settings.is_production:
+        app.include_router(schema.router)
     for router in (
         admin.router,
         agents.router,

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -18,6 +19,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+
+from relayline.ids import new_id
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -160,14 +163,42 @@ class Denial:
         return http_response(self.status, self.headers, b"".join(self.chunks))
 
 
+# The stable ``code`` of each status the server itself answers before the app sees a request.
+_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    408: "request_timeout",
+    426: "upgrade_required",
+    431: "headers_too_large",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+def json_error_response(
+    status: int, code: str, detail: str, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """An HTTP error in the relay's error shape, with a fresh request id, ending the
+    connection."""
+    request_id = new_id()
+    body = json.dumps(
+        {"error": {"code": code, "detail": detail, "request_id": request_id}},
+        separators=(",", ":"),
+    ).encode()
+    headers = [
+        (b"Content-Type", b"application/json"),
+        (b"X-Request-ID", request_id.encode()),
+        *extra,
+    ]
+    return http_response(status, headers, body)
+
+
 def error_response(
     status: int, detail: str = "", extra: Iterable[tuple[bytes, bytes]] = ()
 ) -> bytes:
-    """A plain-text HTTP error that ends the connection."""
+    """A refused upgrade, in the relay's error shape (``code`` from the status)."""
     try:
         text = detail or HTTPStatus(status).phrase
     except ValueError:
         text = str(status)
-    return http_response(
-        status, [(b"Content-Type", b"text/plain; charset=utf-8"), *extra], text.encode()
-    )
+    return json_error_response(status, _CODES.get(status, "bad_request"), text, extra)

@@ -1,0 +1,205 @@
+"""What the server answers before the application sees a request: a deadline on request heads
+(slow clients), errors in the relay's shape from the HTTP parser and the WebSocket upgrade, and
+no API explorer in production. Real sockets against a relay started as `relayline serve`
+starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+
+import httpx
+import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from relayline.http_protocol import RelayHttpProtocol
+from relayline.server import server_config
+from relayline.testing import RelayServer
+from tests.conftest import ADMIN_KEY, SettingsFactory
+from tests.hub.conftest import RelayFactory, relay, start_relay
+
+__all__ = ["relay", "start_relay"]  # fixtures of tests/hub, offered to these tests
+
+HEAD_TIMEOUT_S = 1.0
+
+
+async def read_response(
+    reader: asyncio.StreamReader, timeout: float
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one response, then EOF is expected."""
+    async with asyncio.timeout(timeout):
+        raw = await reader.read(-1)  # the server closes the connection after an error
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def error_of(headers: dict[str, str], body: bytes) -> dict[str, str]:
+    assert headers["content-type"] == "application/json"
+    error: dict[str, str] = json.loads(body)["error"]
+    assert error["request_id"] and headers["x-request-id"] == error["request_id"]
+    return error
+
+
+async def raw(relay: RelayServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", relay.port)
+
+
+@pytest.fixture
+async def slow_relay(start_relay: RelayFactory) -> RelayServer:
+    return await start_relay(request_head_timeout_s=HEAD_TIMEOUT_S)
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_cut_off_while_others_are_served(
+    slow_relay: RelayServer,
+) -> None:
+    reader, writer = await raw(slow_relay)
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+
+    async def dribble() -> None:
+        for byte in head:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    task = asyncio.get_running_loop().create_task(dribble())
+    try:
+        async with httpx.AsyncClient(base_url=slow_relay.url, timeout=5) as http:
+            assert (await http.get("/health")).status_code == 200  # others are served meanwhile
+        status, headers, body = await read_response(reader, timeout=HEAD_TIMEOUT_S + 5)
+    finally:
+        task.cancel()
+        writer.close()
+    assert status == 408
+    assert error_of(headers, body)["code"] == "request_timeout"
+    assert time.monotonic() - started >= HEAD_TIMEOUT_S * 0.9
+
+
+async def test_a_connection_that_sends_nothing_is_closed(slow_relay: RelayServer) -> None:
+    reader, writer = await raw(slow_relay)
+    try:
+        status, headers, body = await read_response(reader, timeout=HEAD_TIMEOUT_S + 5)
+    finally:
+        writer.close()
+    assert status == 408 and error_of(headers, body)["code"] == "request_timeout"
+
+
+async def test_the_next_head_on_a_kept_alive_connection_has_the_same_deadline(
+    slow_relay: RelayServer,
+) -> None:
+    reader, writer = await raw(slow_relay)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)
+        assert first.startswith(b"HTTP/1.1 200")
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+        status, headers, body = await read_response(reader, timeout=HEAD_TIMEOUT_S + 5)
+    finally:
+        writer.close()
+    assert status == 408 and error_of(headers, body)["code"] == "request_timeout"
+
+
+async def test_a_slow_websocket_handshake_is_cut_off(slow_relay: RelayServer) -> None:
+    reader, writer = await raw(slow_relay)
+    try:
+        writer.write(
+            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        )
+        status, headers, body = await read_response(reader, timeout=HEAD_TIMEOUT_S + 5)
+    finally:
+        writer.close()
+    assert status == 408 and error_of(headers, body)["code"] == "request_timeout"
+
+
+UPGRADE = (
+    "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+)
+
+BAD_KEY_UPGRADE = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n", 400, "bad_request"),
+        (b"GET /health HTTP/1.1\r\nContent-Length: zz\r\n\r\n", 400, "bad_request"),
+        (UPGRADE.format(version=8).encode(), 426, "upgrade_required"),
+        (
+            UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short").format(version=13).encode(),
+            400,
+            "bad_request",
+        ),
+    ],
+    ids=["request-line", "header-name", "content-length", "ws-version-8", "ws-bad-key"],
+)
+async def test_errors_before_the_app_have_the_relay_shape(
+    relay: RelayServer, request_bytes: bytes, status: int, code: str
+) -> None:
+    reader, writer = await raw(relay)
+    try:
+        writer.write(request_bytes)
+        got, headers, body = await read_response(reader, timeout=5)
+    finally:
+        writer.close()
+    assert got == status
+    error = error_of(headers, body)
+    assert error["code"] == code and error["detail"]
+    if status == 426:
+        assert headers["sec-websocket-version"] == "13"
+
+
+async def test_production_serves_no_explorer_and_the_schema_only_to_the_admin_key(
+    start_relay: RelayFactory,
+) -> None:
+    relay = await start_relay(env="production")
+    async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
+        for path in ("/docs", "/openapi.json", "/redoc"):
+            r = await http.get(path)
+            assert r.status_code == 404, path
+            assert r.json()["error"]["code"] == "not_found"
+        r = await http.get("/openapi.json", headers={"Authorization": "Bearer wrong-key"})
+        assert r.status_code == 404
+        r = await http.get("/openapi.json", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert r.status_code == 200 and "/v1/chats" in r.json()["paths"]
+        assert (
+            await http.get("/docs", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        ).status_code == 404
+
+
+async def test_development_serves_the_explorer_and_the_schema(relay: RelayServer) -> None:
+    async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
+        assert (await http.get("/docs")).status_code == 200
+        assert "/v1/chats" in (await http.get("/openapi.json")).json()["paths"]
+
+
+def test_the_uvicorn_internals_the_http_protocol_relies_on_are_there(
+    make_settings: SettingsFactory,
+) -> None:
+    """Fails loudly when a uvicorn upgrade moves what RelayHttpProtocol overrides or uses."""
+    for name in ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete"):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    assert list(inspect.signature(HttpToolsProtocol.send_400_response).parameters) == [
+        "self",
+        "msg",
+    ]
+    assert list(inspect.signature(HttpToolsProtocol.__init__).parameters)[:4] == [
+        "self",
+        "config",
+        "server_state",
+        "app_state",
+    ]
+    source = inspect.getsource(HttpToolsProtocol)
+    for needle in ("self.send_400_response(", "self.cycle", "self.loop", "server_state"):
+        assert needle in source, needle
+    config = server_config(make_settings(request_head_timeout_s=3), "127.0.0.1", 0)
+    assert issubclass(config.http, RelayHttpProtocol)  # type: ignore[arg-type]
+    assert config.http.head_timeout_s == 3  # type: ignore[union-attr]
