@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
+from playwright.sync_api import expect
 
 from tests.conftest import ADMIN_KEY
 from tests.web.chatpage import WAIT_MS
@@ -16,7 +18,7 @@ def sign_in(page: Any, live: LiveRelay) -> None:
     page.fill("#admin-key", "wrong-key")
     page.press("#admin-key", "Enter")
     page.locator("#login-error").wait_for(timeout=WAIT_MS)
-    assert "not accepted" in page.inner_text("#login-error")
+    expect(page.locator("#login-error")).to_contain_text("not accepted", use_inner_text=True)
     page.fill("#admin-key", ADMIN_KEY)
     page.press("#admin-key", "Enter")
     page.locator("#console").wait_for(timeout=WAIT_MS)
@@ -28,8 +30,10 @@ def test_admin_creates_a_tenant_and_a_key(live: LiveRelay, new_page: Any) -> Non
     page.wait_for_function(
         "() => document.querySelectorAll('#stats .stat').length >= 6", timeout=WAIT_MS
     )
-    assert "Ready" in page.inner_text("#health-row")
-    assert "1 online" in page.inner_text("#health-row").lower()
+    expect(page.locator("#health-row")).to_contain_text("Ready", use_inner_text=True)
+    expect(page.locator("#health-row")).to_contain_text(
+        re.compile("1 online", re.IGNORECASE), use_inner_text=True
+    )
     screenshot(page, "admin-overview")
 
     page.click("[data-tab=tenants]")
@@ -40,10 +44,9 @@ def test_admin_creates_a_tenant_and_a_key(live: LiveRelay, new_page: Any) -> Non
     detail.get_by_placeholder("Key name (optional)").fill("production server")
     detail.locator(".key-form button[type=submit]").click()
     secret = page.locator("#new-key-value")
-    secret.wait_for(timeout=WAIT_MS)
+    expect(secret).to_have_text(re.compile(r"^\s*rl_\w+"), use_inner_text=True)
     key = secret.inner_text().strip()
-    assert key.startswith("rl_")
-    assert page.locator(".secret__copy").is_visible()
+    expect(page.locator(".secret__copy")).to_be_visible()
     screenshot(page, "admin-tenants")
 
     # The key shown once really works, and a revoked key stops working.
@@ -54,17 +57,17 @@ def test_admin_creates_a_tenant_and_a_key(live: LiveRelay, new_page: Any) -> Non
         revoke.click()
         detail.locator("button", has_text="Confirm revoke").click()
         detail.locator(".badge", has_text="revoked").wait_for(timeout=WAIT_MS)
-        assert page.locator("#new-key-value").count() == 0, "the secret is shown only once"
+        expect(page.locator("#new-key-value")).to_have_count(0)  # the secret is shown only once
         r = http.get("/v1/chats", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 401, r.text
 
     page.click("[data-tab=workers]")
     row = page.locator("#worker-rows tr", has_text="browser-worker")
     row.wait_for(timeout=WAIT_MS)
-    assert "0 / 4" in row.inner_text()
-    assert "closed" in row.inner_text()
+    expect(row).to_contain_text("0 / 4", use_inner_text=True)
+    expect(row).to_contain_text("closed", use_inner_text=True)
     screenshot(page, "admin-workers")
-    assert page.inner_text("#conn") == "Live"
+    expect(page.locator("#conn")).to_have_text("Live", use_inner_text=True)
     assert page.js_errors == []
 
 

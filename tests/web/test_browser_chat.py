@@ -3,7 +3,10 @@ reload mid-answer, scrolling, tool approvals, the debug overlay."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from playwright.sync_api import expect
 
 from tests.web.chatpage import (
     WAIT_MS,
@@ -34,7 +37,7 @@ def test_stream_is_rendered_as_markdown_in_two_pages(live: LiveRelay, new_page: 
     wait_streaming(dark, 120)
     screenshot(light, "chat-streaming-light")
     screenshot(dark, "chat-streaming-dark")
-    assert light.locator(".msg--assistant.is-streaming").count() == 1
+    expect(light.locator(".msg--assistant.is-streaming")).to_have_count(1)
     wait_answers(light, 1)
     wait_answers(dark, 1)
     screenshot(light, "chat-light")
@@ -45,14 +48,16 @@ def test_stream_is_rendered_as_markdown_in_two_pages(live: LiveRelay, new_page: 
     assert last_answer(light) == last_answer(dark) == stored[0]["content"]
     answer = light.locator(".msg--assistant").last
     # Markdown: quote, list, bold, highlighted code with a copy button.
-    assert answer.locator("blockquote strong").first.inner_text() == "stream"
-    assert answer.locator("ul li").count() == 3
+    expect(answer.locator("blockquote strong").first).to_have_text("stream", use_inner_text=True)
+    expect(answer.locator("ul li")).to_have_count(3)
     code = answer.locator(".code-block")
-    assert code.locator(".code-block__lang").inner_text() == "python"
-    assert code.locator(".hljs-keyword").count() >= 1
-    assert code.locator("button[data-action=copy-code]").count() == 1
+    expect(code.locator(".code-block__lang")).to_have_text("python", use_inner_text=True)
+    expect(code.locator(".hljs-keyword").first).to_be_attached()
+    expect(code.locator("button[data-action=copy-code]")).to_have_count(1)
     # The user's own message went through the same renderer.
-    assert light.locator(".msg--user .msg__body strong").inner_text() == "stream"
+    expect(light.locator(".msg--user .msg__body strong")).to_have_text(
+        "stream", use_inner_text=True
+    )
     assert light.js_errors == [] and dark.js_errors == []
 
 
@@ -89,7 +94,7 @@ def test_reload_mid_answer_continues_without_repeated_text(live: LiveRelay, new_
     seen: list[str] = page.evaluate("() => window.__seen")
     assert seen, "the answer was still streaming after the reload"
     assert all(final.startswith(text) for text in seen), "text was repeated or rewritten"
-    assert page.locator(".msg--assistant").count() == 1
+    expect(page.locator(".msg--assistant")).to_have_count(1)
     assert page.js_errors == []
 
 
@@ -124,9 +129,9 @@ def test_tool_approval_approve_and_deny(live: LiveRelay, new_page: Any) -> None:
     send(page, "/edit notes.md Written from the browser test.")
     card = page.locator(".approval--pending")
     card.wait_for(timeout=WAIT_MS)
-    assert card.locator(".approval__tool").inner_text() == "edit_file"
-    assert "notes.md" in card.locator(".approval__args").inner_text()
-    assert "left" in card.locator(".approval__countdown").inner_text()
+    expect(card.locator(".approval__tool")).to_have_text("edit_file", use_inner_text=True)
+    expect(card.locator(".approval__args")).to_contain_text("notes.md", use_inner_text=True)
+    expect(card.locator(".approval__countdown")).to_contain_text("left", use_inner_text=True)
     screenshot(page, "chat-approval")
     # Reloaded without the page's local copy (wiped before the app starts), and subscribed
     # after the request's event: the card can only come from the snapshot.
@@ -138,9 +143,9 @@ def test_tool_approval_approve_and_deny(live: LiveRelay, new_page: Any) -> None:
     page.reload()
     wait_online(page)
     card.wait_for(timeout=WAIT_MS)
-    assert card.locator(".approval__tool").inner_text() == "edit_file"
-    assert "notes.md" in card.locator(".approval__args").inner_text()
-    assert "left" in card.locator(".approval__countdown").inner_text()
+    expect(card.locator(".approval__tool")).to_have_text("edit_file", use_inner_text=True)
+    expect(card.locator(".approval__args")).to_contain_text("notes.md", use_inner_text=True)
+    expect(card.locator(".approval__countdown")).to_contain_text("left", use_inner_text=True)
     card.locator("button[data-action=approve]").click()
     page.locator(".approval--approved").wait_for(timeout=WAIT_MS)
     wait_answers(page, 1)
@@ -162,21 +167,19 @@ def test_debug_overlay_lists_packets(live: LiveRelay, new_page: Any) -> None:
     page.fill("#input", "Hello,")
     page.press("#input", "Shift+Enter")
     page.keyboard.type("packets!")
-    assert page.input_value("#input") == "Hello,\npackets!"
-    assert page.locator(".msg").count() == 0
+    expect(page.locator("#input")).to_have_value("Hello,\npackets!")
+    expect(page.locator(".msg")).to_have_count(0)
     page.press("#input", "Enter")
     wait_answers(page, 1)
-    assert page.input_value("#input") == ""
-    assert page.locator("#debug-overlay").count() == 0
+    expect(page.locator("#input")).to_have_value("")
+    expect(page.locator("#debug-overlay")).to_have_count(0)
     page.keyboard.press("Control+Shift+D")
     overlay = page.locator("#debug-overlay")
     overlay.wait_for(state="visible", timeout=WAIT_MS)
-    rows = overlay.locator("tbody tr")
-    assert 5 <= rows.count() <= 200
-    types = overlay.locator("tbody td:nth-child(4)").all_inner_texts()
-    assert any(t.startswith("send") for t in types)
-    assert any(t.startswith("message.delta") for t in types)
-    assert any(t.startswith("message.completed") for t in types)
+    cells = overlay.locator("tbody td:nth-child(4)")
+    for kind in ("send", "message.delta", "message.completed"):
+        expect(cells.filter(has_text=re.compile(f"^{re.escape(kind)}")).first).to_be_attached()
+    assert 5 <= overlay.locator("tbody tr").count() <= 200  # bounded, and painted by now
     screenshot(page, "debug-overlay")
     page.keyboard.press("Control+Shift+D")
     overlay.wait_for(state="hidden", timeout=WAIT_MS)
@@ -195,7 +198,7 @@ def test_phone_layout_has_a_drawer(live: LiveRelay, new_page: Any) -> None:
         "() => document.getElementById('sidebar').getBoundingClientRect().x >= 0",
         timeout=WAIT_MS,
     )
-    assert page.locator(".chat-item").count() == 1
+    expect(page.locator(".chat-item")).to_have_count(1)
 
 
 def test_two_thousand_messages_stay_responsive(live: LiveRelay, new_page: Any) -> None:
@@ -211,9 +214,9 @@ def test_two_thousand_messages_stay_responsive(live: LiveRelay, new_page: Any) -
     page.wait_for_function("() => relayline.conversation?.order.length >= 100", timeout=WAIT_MS)
     page.wait_for_selector(".msg--assistant", timeout=WAIT_MS)
     # Only the latest messages are in the DOM; the newest is at the bottom, in view.
+    expect(page.locator("#messages .msg").last).to_contain_text("Answer 2000.")
     rows = page.locator("#messages .msg").count()
     assert 40 <= rows <= 120, rows
-    assert "Answer 2000." in (page.locator("#messages .msg").last.text_content() or "")
     # A frame stays short while typing and while the list scrolls.
     budget = page.evaluate(
         """async () => {
@@ -242,7 +245,7 @@ def test_two_thousand_messages_stay_responsive(live: LiveRelay, new_page: Any) -
     answers = assistant_count(page)
     send(page, "And one more")
     wait_answers(page, answers + 1, timeout=20_000)
-    assert "And one more" in (page.locator("#messages .msg--user").last.text_content() or "")
+    expect(page.locator("#messages .msg--user").last).to_contain_text("And one more")
     assert page.js_errors == []
 
 
@@ -256,7 +259,9 @@ def test_stop_button_cancels_the_answer(live: LiveRelay, new_page: Any) -> None:
     page.click("#stop")
     page.locator(".msg--assistant[data-status=cancelled]").wait_for(timeout=WAIT_MS)
     assert page.locator("#stop").is_hidden()
-    assert "Stopped" in page.inner_text(".msg--assistant .msg__status")
+    expect(page.locator(".msg--assistant .msg__status")).to_contain_text(
+        "Stopped", use_inner_text=True
+    )
     shown = last_answer(page)
     page.wait_for_timeout(300)
     assert last_answer(page) == shown, "nothing is added after the stop"

@@ -3,7 +3,10 @@ typed while the relay was down is delivered exactly once."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from playwright.sync_api import expect
 
 from tests.web.chatpage import (
     WAIT_MS,
@@ -33,10 +36,14 @@ def test_relay_restart_mid_answer_and_offline_message(live: LiveRelay, new_page:
         "() => ['reconnecting', 'offline'].includes(document.getElementById('conn').dataset.state)",
         timeout=WAIT_MS,
     )
-    assert "Reconnecting" in page.inner_text("#conn") or "Offline" in page.inner_text("#conn")
+    expect(page.locator("#conn")).to_have_text(
+        re.compile("Reconnecting|Offline"), use_inner_text=True
+    )
     send(page, OFFLINE_TEXT)
     page.locator(".msg--user[data-status=queued]").wait_for(timeout=WAIT_MS)
-    assert page.locator(".msg--user[data-status=queued] .chip").inner_text().startswith("Waiting")
+    expect(page.locator(".msg--user[data-status=queued] .chip")).to_have_text(
+        re.compile("^Waiting"), use_inner_text=True
+    )
 
     live.start_relay()
     wait_online(page, timeout=20_000)
@@ -57,7 +64,7 @@ def test_relay_restart_mid_answer_and_offline_message(live: LiveRelay, new_page:
     )
     assert shown == [m["content"] for m in stored]
     assert last_answer(page) == answers[-1]["content"]
-    assert page.locator(".msg").count() == 4
+    expect(page.locator(".msg")).to_have_count(4)
     assert page.js_errors == []
 
 
@@ -88,7 +95,7 @@ def test_no_worker_is_explained_and_the_answer_follows(live: LiveRelay, new_page
     send(page, "Is anyone there?")
     notice = page.locator(".notice", has_text="No agent is online")
     notice.wait_for(timeout=WAIT_MS)
-    assert page.locator("#typing").is_visible()
+    expect(page.locator("#typing")).to_be_visible()
     live.start_worker()
     wait_answers(page, 1, timeout=20_000)
     notice.wait_for(state="detached", timeout=WAIT_MS)

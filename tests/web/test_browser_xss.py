@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from playwright.sync_api import expect
+
 from tests.web.chatpage import open_chat, send, wait_answers
 from tests.web.conftest import LiveRelay
 
@@ -59,8 +61,9 @@ def test_xss_payloads_never_execute(live: LiveRelay, new_page: Any) -> None:
     assert page.evaluate("() => window.__xss") is None
     assert page.evaluate(DOM_CHECK) == []
     # Shown as text, not swallowed: people see what they (or the model) wrote.
-    first_user = page.locator(".msg--user .msg__body").first.text_content() or ""
-    assert "<img src=x onerror=alert(1)>" in first_user
+    expect(page.locator(".msg--user .msg__body").first).to_contain_text(
+        "<img src=x onerror=alert(1)>"
+    )
     links = page.locator("#messages a").evaluate_all(
         "els => els.map(a => [a.getAttribute('href'), a.target, a.rel])"
     )
@@ -77,6 +80,6 @@ def test_markdown_links_open_safely(live: LiveRelay, new_page: Any) -> None:
     send(page, "See [the docs](https://example.org/docs) please.")
     wait_answers(page, 1)
     link = page.locator(".msg--user a").first
-    assert link.get_attribute("href") == "https://example.org/docs"
-    assert link.get_attribute("target") == "_blank"
-    assert link.get_attribute("rel") == "noopener noreferrer"
+    expect(link).to_have_attribute("href", "https://example.org/docs")
+    expect(link).to_have_attribute("target", "_blank")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
