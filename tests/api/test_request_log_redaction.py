@@ -115,6 +115,13 @@ async def test_no_secret_reaches_the_log_file(
                 assert r.status_code == 401
             r = seen(await client.get("/v1/admin/tenants", headers=bearer(key)))
             assert r.status_code == 403
+            # A key in the URL is refused, and the URL that carried it is logged without it.
+            for credential in (key, ADMIN_KEY):
+                params = {"topics": f"chat:{chat_id}", "access_token": credential}
+                r = seen(await client.get("/v1/events", params=params))
+                assert r.status_code == 401
+                r = seen(await client.get("/debug/echo", params=params, headers=bearer(token)))
+                assert r.status_code == 200  # the careless route does not ask for a credential
 
             transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as raw:
@@ -135,4 +142,4 @@ async def test_no_secret_reaches_the_log_file(
         assert request_id in text
     # The handler's own lines carry the request id too.
     handled = [line for line in lines if line["event"] == "handling"]
-    assert len(handled) == 3 and all(line.get("request_id") in request_ids for line in handled)
+    assert len(handled) == 5 and all(line.get("request_id") in request_ids for line in handled)
