@@ -9,5 +9,6 @@ bash scripts/browser.sh
 .venv/bin/ruff check relayline tests bench
 .venv/bin/ruff format --check relayline tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports
 node --test web/tests/
 .venv/bin/pytest "$@"

@@ -19,6 +19,7 @@ from relayline.api.routes import (
     admin,
     agents,
     chats,
+    events,
     health,
     public,
     publish,
@@ -34,7 +35,6 @@ from relayline.bus import create_bus
 from relayline.chat_service import ChatService
 from relayline.config import Settings
 from relayline.errors import Unavailable
-from relayline.hub import sse
 from relayline.hub.acl import TopicAcl
 from relayline.hub.gateway import Gateway
 from relayline.hub.hub import Hub
@@ -189,7 +189,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         chats.router,
         sessions.router,
         publish.router,
-        sse.router,
+        events.router,
         health.router,
         public.router,
         web.router,
