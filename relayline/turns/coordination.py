@@ -4,8 +4,9 @@
   queued), cancel a turn, a tool-approval decision — for the instance whose worker holds the
   turn. Delivery is best effort (at most once): a lost wake-up is covered by the periodic
   claim, a lost cancel by the client's retry, and leases cover a lost instance.
-- ``set_partial``/``partial``: the text of a running answer published so far, so a snapshot
-  served by any instance shows it.
+- ``append_partial``/``partial``: the text of a running answer published so far, so a
+  snapshot served by any instance shows it. Each flush sends only its new text (bytes written
+  per answer are proportional to the answer, not to its square).
 - ``set_approvals``/``approvals``: the open tool-approval requests of a chat's running turn
   (each as announced in ``tool.approval_requested``), for the same reason. The holder replaces
   the whole list on every change; an empty list removes it.
@@ -51,9 +52,21 @@ class Coordinator(Protocol):
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Best-effort delivery to every other instance (never to this one)."""
 
-    async def set_partial(self, chat_id: str, message_id: str, text: str) -> None: ...
+    async def append_partial(
+        self, chat_id: str, message_id: str, offset: int, text: str, whole: Callable[[], str]
+    ) -> None:
+        """Record that the running answer ``message_id`` has ``text`` at character ``offset``.
 
-    async def partial(self, chat_id: str) -> tuple[str, str] | None: ...
+        Only ``text`` is written when the stored partial is this message's and exactly
+        ``offset`` characters long; otherwise (offset 0, another message's or another
+        attempt's partial, or an earlier append that was lost) the partial is replaced by
+        ``whole()``, the text published so far, once. Best effort: a failure is swallowed, and
+        the next append repairs it. A reader never sees text of another message under this
+        message id, and sees a prefix of what was published.
+        """
+
+    async def partial(self, chat_id: str) -> tuple[str, str] | None:
+        """``(message_id, text so far)`` of the chat's running answer, when one is stored."""
 
     async def clear_partial(self, chat_id: str) -> None: ...
 
@@ -86,7 +99,9 @@ class LocalCoordinator:
     async def broadcast(self, message: dict[str, Any]) -> None:
         return None
 
-    async def set_partial(self, chat_id: str, message_id: str, text: str) -> None:
+    async def append_partial(
+        self, chat_id: str, message_id: str, offset: int, text: str, whole: Callable[[], str]
+    ) -> None:
         return None
 
     async def partial(self, chat_id: str) -> tuple[str, str] | None:
@@ -108,6 +123,36 @@ class LocalCoordinator:
         return []
 
 
+# KEYS: the meta hash (m: message id, n: length in characters); the text is at the same key
+# plus ":text" (derived here rather than passed: every flush sends this, and one key fewer is a
+# third of its overhead; the relay does not run on Redis Cluster). ARGV: message id, offset,
+# text, its length in characters, ttl (s). Offset 0 replaces; otherwise the text is appended
+# only to this message's partial of exactly that length, else 0 is returned (the caller then
+# replaces it with the whole text).
+_APPEND_PARTIAL = """
+local meta = KEYS[1]
+local text_key = meta .. ':text'
+local offset, added, ttl = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if offset == 0 then
+  redis.call('DEL', meta, text_key)
+  redis.call('HSET', meta, 'm', ARGV[1], 'n', added)
+  redis.call('SET', text_key, ARGV[3])
+else
+  local found = redis.call('HMGET', meta, 'm', 'n')
+  if found[1] ~= ARGV[1] or tonumber(found[2]) ~= offset then return 0 end
+  redis.call('APPEND', text_key, ARGV[3])
+  redis.call('HSET', meta, 'n', offset + added)
+end
+redis.call('EXPIRE', meta, ttl)
+redis.call('EXPIRE', text_key, ttl)
+return 1
+"""
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisCoordinator:
     """Pub/sub for broadcasts; plain keys (with expiry) for partial answers, open approval
     requests and worker counts."""
@@ -121,6 +166,7 @@ class RedisCoordinator:
         self._workers = f"{key_prefix}turns:workers"
         self._ttl_s = ttl_s
         self._task: asyncio.Task[None] | None = None
+        self._append = redis.register_script(_APPEND_PARTIAL)
 
     async def start(self, handler: Handler) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen(handler))
@@ -167,28 +213,42 @@ class RedisCoordinator:
                 self._channel, json.dumps({**message, "from": self.instance_id})
             )
 
-    def _partial_key(self, chat_id: str) -> str:
-        return f"{self._prefix}turns:partial:{chat_id}"
+    def _partial_keys(self, chat_id: str) -> list[str]:
+        # A hash (message id, length in characters) and the text, appended to in place.
+        base = f"{self._prefix}turns:answer:{chat_id}"
+        return [base, f"{base}:text"]
 
-    async def set_partial(self, chat_id: str, message_id: str, text: str) -> None:
+    async def append_partial(
+        self, chat_id: str, message_id: str, offset: int, text: str, whole: Callable[[], str]
+    ) -> None:
+        keys = self._partial_keys(chat_id)[:1]
+        ttl = int(self._ttl_s * 20)
         with contextlib.suppress(Exception):
-            await self._redis.set(
-                self._partial_key(chat_id), f"{message_id}\n{text}", ex=int(self._ttl_s * 20)
-            )
+            if offset > 0:
+                done = await self._append(
+                    keys=keys, args=[message_id, offset, text, len(text), ttl]
+                )
+                if done == 1:
+                    return
+            full = whole()
+            await self._append(keys=keys, args=[message_id, 0, full, len(full), ttl])
 
     async def partial(self, chat_id: str) -> tuple[str, str] | None:
+        meta, text_key = self._partial_keys(chat_id)
         try:
-            raw = await self._redis.get(self._partial_key(chat_id))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(meta, "m")
+                pipe.get(text_key)
+                message_id, text = await pipe.execute()
         except Exception:
             return None
-        if raw is None:
+        if message_id is None or text is None:
             return None
-        message_id, _, text = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("\n")
-        return message_id, text
+        return _str(message_id), _str(text)
 
     async def clear_partial(self, chat_id: str) -> None:
         with contextlib.suppress(Exception):
-            await self._redis.delete(self._partial_key(chat_id))
+            await self._redis.delete(*self._partial_keys(chat_id))
 
     def _approvals_key(self, chat_id: str) -> str:
         return f"{self._prefix}turns:approvals:{chat_id}"

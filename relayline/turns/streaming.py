@@ -49,8 +49,13 @@ class DeltaStream:
             running.published.append(text)
             running.published_chars += len(text)
             if self.ctx.coordinator.shared:
-                await self.ctx.coordinator.set_partial(
-                    running.chat_id, running.message_id, running.published_text
+                # Only the new text travels; the whole is sent only to repair a lost append.
+                await self.ctx.coordinator.append_partial(
+                    running.chat_id,
+                    running.message_id,
+                    offset,
+                    text,
+                    lambda: running.published_text,
                 )
             await self.ctx.publish(
                 running.chat_id,

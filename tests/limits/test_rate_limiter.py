@@ -27,6 +27,7 @@ def _settings(**overrides: Any) -> Settings:
         "rate_limit_identity": "3/minute",
         "rate_limit_chat": "3/minute",
         "rate_limit_health": "3/minute",
+        "rate_limit_public_sessions": "3/minute",
     }
     values.update(overrides)
     return Settings(**values)
@@ -74,20 +75,26 @@ async def test_refused_hits_keep_being_refused(limiter: RateLimiter) -> None:
             await limiter.hit("chat", "c1")
 
 
-async def test_separate_keys_are_independent(limiter: RateLimiter) -> None:
-    for _ in range(3):
-        await limiter.hit("ip", "203.0.113.7")
+async def exhaust(limiter: RateLimiter, category: str, key: str, budget: int = 3) -> None:
+    """Spend the whole budget (every hit accepted), then check the next one is refused."""
+    for _ in range(budget):
+        await limiter.hit(category, key)
     with pytest.raises(RateLimited):
-        await limiter.hit("ip", "203.0.113.7")
-    await limiter.hit("ip", "203.0.113.8")
+        await limiter.hit(category, key)
+
+
+async def test_separate_keys_are_independent(limiter: RateLimiter) -> None:
+    await exhaust(limiter, "ip", "203.0.113.7")
+    # The neighbour still has its whole budget, no more and no less.
+    await exhaust(limiter, "ip", "203.0.113.8")
 
 
 async def test_categories_are_independent(limiter: RateLimiter) -> None:
-    for _ in range(3):
-        await limiter.hit("ip", "same")
-    for category in CATEGORIES:
-        if category != "ip":
-            await limiter.hit(category, "same")
+    await exhaust(limiter, "ip", "same")
+    others = [category for category in CATEGORIES if category != "ip"]
+    assert others
+    for category in others:
+        await exhaust(limiter, category, "same")
 
 
 async def test_shortest_window_of_several_limits() -> None:
