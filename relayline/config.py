@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relayline.protocol import limits
+
 DEV_ADMIN_KEY = "dev-admin-key-change-me-before-production"
 DEV_SECRET_KEY = "dev-secret-key-change-me-before-production"  # noqa: S105
 MIN_SECRET_LEN = 32
@@ -82,7 +84,7 @@ class Settings(BaseSettings):
     # A request head (and so a WebSocket handshake) must be complete this long after the
     # connection opened, or after the first byte of a later request on a kept-alive one.
     request_head_timeout_s: float = Field(10.0, gt=0, le=300)
-    max_message_chars: int = Field(16_000, ge=1, le=1_000_000)
+    max_message_chars: int = Field(limits.MAX_MESSAGE_CHARS, ge=1, le=1_000_000)
     max_title_chars: int = Field(200, ge=1, le=1000)  # the column's width
     max_page_size: int = Field(200, ge=1, le=1000)
     max_session_chats: int = Field(50, ge=1, le=1000)
@@ -101,7 +103,7 @@ class Settings(BaseSettings):
     trusted_proxies: CsvList = []
 
     # Real-time hub
-    ws_max_frame_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    ws_max_frame_bytes: int = Field(limits.WS_MAX_FRAME_BYTES, ge=1024, le=16 * 1024 * 1024)
     ws_max_subscriptions: int = Field(100, ge=1, le=10_000)
     ws_auth_timeout_s: float = Field(5.0, gt=0, le=60)
     ws_queue_max_bytes: int = Field(1024 * 1024, ge=4096)

@@ -35,7 +35,7 @@ import structlog
 from prometheus_client import Counter
 
 from relayline.auth import CACHE_TTL_S, Principal
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 
 log = structlog.get_logger("relayline.auth")
 

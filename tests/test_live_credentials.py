@@ -6,8 +6,8 @@ from collections.abc import Collection
 from typing import Any
 
 from relayline.auth import Principal
-from relayline.close_codes import Close
 from relayline.live_credentials import CONTROL_KIND, LiveCredentials
+from relayline.protocol.close_codes import Close
 
 
 class Conn:

@@ -11,7 +11,6 @@ import structlog
 from relayline.auth import Principal
 from relayline.bus.base import missed_event
 from relayline.chat_service import ChatService, message_dict
-from relayline.close_codes import Close
 from relayline.config import Settings
 from relayline.envelope import Topic
 from relayline.errors import (
@@ -27,7 +26,9 @@ from relayline.hub.outbox import Outbox
 from relayline.hub.wire import Wire, text_frame
 from relayline.observability import hub_metrics as m
 from relayline.protocol import jsoncodec
+from relayline.protocol.close_codes import Close
 from relayline.protocol.jsoncodec import JsonTooDeep
+from relayline.protocol.names import Op
 
 log = structlog.get_logger("relayline.ws")
 
@@ -204,7 +205,7 @@ class ClientConnection:
         m.OPS.labels(op, "ok").inc()
         if ref is not None:
             self.send_control("ack", {"ref": ref, "data": result})
-        elif op == "ping":
+        elif op == Op.PING:
             self.send_control("pong", {})
         return True
 
@@ -293,12 +294,12 @@ class ClientConnection:
         self.topics.clear()
 
     ops: ClassVar[dict[str, OpHandler]] = {
-        "subscribe": op_subscribe,
-        "unsubscribe": op_unsubscribe,
-        "send": op_send,
-        "cancel": op_cancel,
-        "ping": op_ping,
-        "approve": op_approve,
-        "term.input": op_unavailable,
-        "term.resize": op_unavailable,
+        Op.SUBSCRIBE: op_subscribe,
+        Op.UNSUBSCRIBE: op_unsubscribe,
+        Op.SEND: op_send,
+        Op.CANCEL: op_cancel,
+        Op.PING: op_ping,
+        Op.APPROVE: op_approve,
+        Op.TERM_INPUT: op_unavailable,
+        Op.TERM_RESIZE: op_unavailable,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 
 try:
     from websockets.speedups import apply_mask

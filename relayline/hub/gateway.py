@@ -18,7 +18,6 @@ from starlette.types import Receive, Scope, Send
 
 from relayline.auth import KEY_IN_URL, SESSION_COOKIE, URL_CREDENTIAL, Authenticator, Principal
 from relayline.chat_service import ChatService
-from relayline.close_codes import Close
 from relayline.config import Settings
 from relayline.errors import Unauthorized
 from relayline.hub.acl import TopicAcl
@@ -29,6 +28,7 @@ from relayline.limits import ClientIpResolver, ConnectionCaps
 from relayline.live_credentials import LiveCredentials
 from relayline.observability import hub_metrics as m
 from relayline.protocol import jsoncodec
+from relayline.protocol.close_codes import Close
 
 log = structlog.get_logger("relayline.ws")
 

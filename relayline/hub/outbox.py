@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from relayline.close_codes import Close
 from relayline.hub.wire import Wire
 from relayline.observability import hub_metrics as m
+from relayline.protocol.close_codes import Close
 
 SlowPolicy = Literal["close", "drop"]
 

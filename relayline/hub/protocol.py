@@ -40,10 +40,10 @@ from typing import Any, ClassVar
 import structlog
 from uvicorn.protocols.utils import ClientDisconnected
 
-from relayline.close_codes import Close
 from relayline.hub import handshake as http
 from relayline.hub import wire
 from relayline.hub.framing import CLOSED, CLOSING, CONNECTING, OPEN, FrameReader
+from relayline.protocol.close_codes import Close
 
 log = structlog.get_logger("relayline.ws")
 

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from relayline import session_tokens
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 from relayline.store.database import Database
 from relayline.store.models import ApiKey
 from relayline.testing import RelayServer, WsHarness

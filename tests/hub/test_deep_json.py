@@ -12,7 +12,7 @@ import pytest
 import structlog.testing
 from websockets.asyncio.client import connect
 
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 from relayline.protocol.jsoncodec import MAX_JSON_DEPTH
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import ADMIN_KEY

@@ -7,8 +7,8 @@ import json
 
 import httpx
 
-from relayline.close_codes import Close
 from relayline.observability import hub_metrics as m
+from relayline.protocol.close_codes import Close
 from relayline.testing import RelayServer, WsHarness
 from tests.hub.conftest import RelayFactory, Tenant, new_tenant
 from tests.hub.rawws import RawWs

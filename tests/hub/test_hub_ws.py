@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 from relayline.testing import OpError, RelayServer, WsHarness
 from tests.hub.conftest import RelayFactory, Tenant, new_tenant
 from tests.hub.rawws import RawWs

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import SettingsFactory

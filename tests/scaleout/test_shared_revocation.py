@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from relayline.close_codes import Close
+from relayline.protocol.close_codes import Close
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import ADMIN_KEY
 from tests.hub.conftest import new_tenant

@@ -50,7 +50,7 @@ test("close codes map to the design's client actions", () => {
   assert.equal(closeAction(4403), "stop");
   assert.equal(closeAction(4408), "now");
   assert.equal(closeAction(4009), "now");
-  assert.equal(closeAction(1012), "backoff");
+  assert.equal(closeAction(1012), "jittered");
   assert.equal(closeAction(4429), "backoff");
   assert.equal(closeAction(1006), "backoff");
 });
@@ -121,7 +121,7 @@ class FakeTimers {
 
 const flush = () => new Promise((resolve) => setImmediate(resolve));
 
-function makeSocket(policy = { baseMs: 1000, maxMs: 8000, jitter: "none" }, token = "tok") {
+function makeSocket(policy = { baseMs: 1000, maxMs: 8000, jitter: "none", restartSpreadMs: 1000 }, token = "tok") {
   FakeWs.instances = [];
   const timers = new FakeTimers();
   const states = [];
@@ -143,7 +143,7 @@ test("authenticates with subprotocols and is online after the first ack", async 
   assert.deepEqual(states.map((s) => s.state), ["connecting", "online"]);
 });
 
-test("reconnects with backoff and resumes subscriptions from the last seq seen", async () => {
+test("after a relay restart (1012) reconnects within the restart spread and resumes from the last seq seen", async () => {
   const { socket, timers, states } = makeSocket();
   socket.topics.set("chat:1", { epoch: null, seq: 0 });
   socket.connect();
@@ -284,4 +284,18 @@ test("events.missed moves the topic to the new epoch and seq", async () => {
   ws.open();
   ws.receive({ v: 1, topic: "chat:1", type: "events.missed", seq: 40, data: { epoch: "E9", seq: 40, reason: "epoch_changed" } });
   assert.deepEqual(socket.position("chat:1"), { epoch: "E9", seq: 40 });
+});
+
+test("the restart spread is jittered: uniform within it, the whole of it without jitter", () => {
+  const draws = [0, 0.25, 0.999];
+  const policy = new ReconnectPolicy({ restartSpreadMs: 4000 }, () => draws.shift());
+  assert.deepEqual([policy.restartDelay(), policy.restartDelay(), policy.restartDelay()], [0, 1000, 3996]);
+  assert.equal(new ReconnectPolicy({ jitter: "none", restartSpreadMs: 4000 }).restartDelay(), 4000);
+});
+
+test("the close-action table is the relay's catalogue, generated (protocol.js)", async () => {
+  const { CLOSE, CLOSE_ACTIONS } = await import("../../relayline/web/static/js/protocol.js");
+  assert.equal(CLOSE_ACTIONS[CLOSE.RESTARTING], "jittered");
+  assert.equal(closeAction(CLOSE.UNAUTHENTICATED), "new_token");
+  assert.equal(closeAction(1006), "backoff");
 });

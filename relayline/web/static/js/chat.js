@@ -8,12 +8,13 @@ import { DebugOverlay } from "./debug.js";
 import { apiErrorText, closeText, connectionText } from "./errors.js";
 import { MessageListView } from "./message_list.js";
 import { OfflineQueue, QueueFullError } from "./offline_queue.js";
+import { CLOSE, LIMITS } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
 
 const TOKEN_KEY = "relayline.session";
-const MAX_MESSAGE_CHARS = 16_000;
+const MAX_MESSAGE_CHARS = LIMITS.maxMessageChars; // the relay's default; it answers 422 past its own
 // Reconnect pacing; the one place to tune it for this page.
 const RECONNECT_POLICY = { baseMs: 500, maxMs: 15_000, factor: 2, jitter: "full" };
 
@@ -153,7 +154,7 @@ class ChatApp {
     this.connection = { ...status, retryAt: status.retryInMs ? Date.now() + status.retryInMs : null };
     this.renderConnection();
     const message = status.state === "offline" ? closeText(status.code) : null;
-    if (message && status.code !== 4401) this.notice("conn", "error", message);
+    if (message && status.code !== CLOSE.UNAUTHENTICATED) this.notice("conn", "error", message);
     if (status.state === "online") this.clearNotice("conn");
   }
 

@@ -1,6 +1,8 @@
 // What people read when something goes wrong: one sentence on what happened, one on what
 // happens next or what they can do. Keyed by the relay's failure categories and error codes.
 
+import { CLOSE } from "./protocol.js";
+
 const TURN_FAILURES = {
   no_worker:
     "No agent is online right now. Your message is saved and will be answered as soon as one connects.",
@@ -65,18 +67,18 @@ export function connectionText(status) {
     }
     default:
       if (status.reason === "unauthenticated") return "Signed out";
-      if (status.code === 4403) return "Not allowed";
+      if (status.code === CLOSE.FORBIDDEN) return "Not allowed";
       return "Offline";
   }
 }
 
 export function closeText(code) {
   switch (code) {
-    case 4401:
+    case CLOSE.UNAUTHENTICATED:
       return API_ERRORS.unauthorized;
-    case 4403:
+    case CLOSE.FORBIDDEN:
       return "This page's address is not allowed to connect to the relay (origin or topic not allowed). Ask the operator to add it.";
-    case 4429:
+    case CLOSE.RATE_LIMITED:
       return "Too many connections or requests from here; reconnecting after a pause.";
     default:
       return null;

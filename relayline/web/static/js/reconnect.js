@@ -1,5 +1,10 @@
 // Reconnect pacing for the relay's sockets: exponential backoff with jitter (a configurable
-// policy object), and what each close code from the relay asks a client to do next.
+// policy object), and what each close code from the relay asks a client to do next (the
+// catalogue itself is generated from the relay's: protocol.js).
+
+import { CLOSE_ACTIONS, DEFAULT_CLOSE_ACTION, RESTART_SPREAD_MS } from "./protocol.js";
+
+export { CLOSE_ACTIONS };
 
 export const DEFAULT_RECONNECT = Object.freeze({
   baseMs: 500,
@@ -7,6 +12,7 @@ export const DEFAULT_RECONNECT = Object.freeze({
   factor: 2,
   jitter: "full", // "full" | "equal" | "none"
   maxAttempts: Infinity,
+  restartSpreadMs: RESTART_SPREAD_MS, // after 1012, come back within this long
 });
 
 /**
@@ -55,27 +61,22 @@ export class ReconnectPolicy {
     return ms;
   }
 
+  /**
+   * The delay before coming back after a relay restart (1012): uniform in [0, restartSpreadMs],
+   * so the clients of a restarting instance return spread out, not all at once ("none" jitter:
+   * the whole spread).
+   */
+  restartDelay() {
+    const spread = this.options.restartSpreadMs;
+    return Math.round(this.options.jitter === "none" ? spread : this.random() * spread);
+  }
+
   reset() {
     this.attempt = 0;
   }
 }
 
-// What to do after the relay closes the socket, per the design's close-code catalogue.
-// 1009 deviates on purpose: the catalogue says not to resend the frame, which the socket
-// honours by failing that op; staying offline for good would strand the whole page.
-export const CLOSE_ACTIONS = Object.freeze({
-  1000: "stop",
-  1007: "stop",
-  1009: "backoff",
-  1011: "backoff",
-  1012: "backoff",
-  4009: "now",
-  4401: "new_token",
-  4403: "stop",
-  4408: "now",
-  4429: "backoff",
-});
-
+/** What to do after the relay closed the socket with `code` (the relay's catalogue). */
 export function closeAction(code) {
-  return CLOSE_ACTIONS[code] ?? "backoff";
+  return CLOSE_ACTIONS[code] ?? DEFAULT_CLOSE_ACTION;
 }

@@ -3,6 +3,7 @@
 // heartbeat, and reconnects paced by a configurable backoff policy. It owns no UI; it reports
 // its state and every packet to whoever listens.
 
+import { CLOSE } from "./protocol.js";
 import { closeAction, ReconnectPolicy } from "./reconnect.js";
 
 export { CLOSE_ACTIONS, closeAction, DEFAULT_RECONNECT, ReconnectPolicy } from "./reconnect.js";
@@ -136,7 +137,7 @@ export class RelaySocket {
     }
     if (token === this.refusedToken) {
       // Never loop on a token the relay already refused; wait for setToken().
-      this.setState("offline", { reason: "unauthenticated", code: 4401 });
+      this.setState("offline", { reason: "unauthenticated", code: CLOSE.UNAUTHENTICATED });
       return;
     }
     this.setState(this.policy.attempt === 0 ? "connecting" : "reconnecting", { retryInMs: 0 });
@@ -236,7 +237,7 @@ export class RelaySocket {
     this.lastClose = { code, reason };
     this.stopHeartbeat();
     const action = closeAction(code);
-    this.failPending(code === 1009 ? "too_big" : "disconnected", reason);
+    this.failPending(code === CLOSE.TOO_BIG ? "too_big" : "disconnected", reason);
     if (this.stopped) return;
     if (action === "new_token") {
       this.refusedToken = this.openedWith;
@@ -257,6 +258,10 @@ export class RelaySocket {
       // Once at once; should that fail too, the policy paces the rest.
       delay = 0;
       this.policy.attempt = 1;
+    } else if (action === "jittered" && this.policy.attempt === 0) {
+      // A relay restart: any instance will do, within the spread, then the policy as usual.
+      delay = this.policy.restartDelay();
+      this.policy.attempt = 1;
     } else {
       delay = this.policy.next();
     }
@@ -265,7 +270,7 @@ export class RelaySocket {
       return;
     }
     // A relay that said "too many" should not see us back within the same breath.
-    if (code === 4429) delay = Math.max(delay, this.policy.options.baseMs);
+    if (code === CLOSE.RATE_LIMITED) delay = Math.max(delay, this.policy.options.baseMs);
     this.setState("reconnecting", { retryInMs: delay, code, reason });
     this.retryTimer = this.timers.setTimeout(() => {
       this.retryTimer = null;
@@ -311,7 +316,7 @@ export class RelaySocket {
         // An unanswered ping means a half-open link: replace it now, resume from (epoch, seq).
         if (err.code === "timeout" && this.ws) {
           this.drop("heartbeat");
-          this.scheduleRetry("now", 4408, "heartbeat timeout");
+          this.scheduleRetry("now", CLOSE.HEARTBEAT_TIMEOUT, "heartbeat timeout");
         }
       });
     }, this.heartbeatMs);

@@ -9,12 +9,13 @@ import { apiErrorText, connectionText } from "./errors.js";
 import { MessageListView } from "./message_list.js";
 import { OfflineQueue } from "./offline_queue.js";
 import { solveChallenge } from "./pow.js";
+import { LIMITS } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
-const MAX_MESSAGE_CHARS = 16_000;
+const MAX_MESSAGE_CHARS = LIMITS.maxMessageChars; // the relay's default; it answers 422 past its own
 
 function readCode() {
   return new URLSearchParams(location.hash.slice(1)).get("code");

@@ -1,0 +1,103 @@
+// Generated from relayline/protocol by `python -m relayline.protocol.jsmodule`.
+// Do not edit: change the Python catalogue and regenerate.
+
+/** WebSocket close codes by name. */
+export const CLOSE = Object.freeze({
+  "NORMAL": 1000,
+  "PROTOCOL_ERROR": 1002,
+  "INVALID_DATA": 1007,
+  "TOO_BIG": 1009,
+  "INTERNAL": 1011,
+  "RESTARTING": 1012,
+  "SLOW": 4009,
+  "UNAUTHENTICATED": 4401,
+  "FORBIDDEN": 4403,
+  "HEARTBEAT_TIMEOUT": 4408,
+  "RATE_LIMITED": 4429,
+});
+
+/** What a client does after each close code (anything else: DEFAULT_CLOSE_ACTION). */
+export const CLOSE_ACTIONS = Object.freeze({
+  "1000": "stop",
+  "1002": "stop",
+  "1007": "stop",
+  "1009": "backoff",
+  "1011": "backoff",
+  "1012": "jittered",
+  "4009": "now",
+  "4401": "new_token",
+  "4403": "stop",
+  "4408": "now",
+  "4429": "backoff",
+});
+export const DEFAULT_CLOSE_ACTION = "backoff";
+/** The clients of a restarting relay (1012) spread their reconnects over this long. */
+export const RESTART_SPREAD_MS = 3000;
+
+export const OP = Object.freeze({
+  "AUTH": "auth",
+  "SUBSCRIBE": "subscribe",
+  "UNSUBSCRIBE": "unsubscribe",
+  "SEND": "send",
+  "CANCEL": "cancel",
+  "APPROVE": "approve",
+  "PING": "ping",
+  "TERM_INPUT": "term.input",
+  "TERM_RESIZE": "term.resize",
+});
+export const EVENT = Object.freeze({
+  "MESSAGE_CREATED": "message.created",
+  "MESSAGE_DELTA": "message.delta",
+  "MESSAGE_COMPLETED": "message.completed",
+  "TURN_QUEUED": "turn.queued",
+  "TURN_STARTED": "turn.started",
+  "TURN_RETRYING": "turn.retrying",
+  "TURN_FAILED": "turn.failed",
+  "TURN_CANCELLED": "turn.cancelled",
+  "TOOL_APPROVAL_REQUESTED": "tool.approval_requested",
+  "TOOL_APPROVAL_RESOLVED": "tool.approval_resolved",
+  "WORKER_STATE": "worker.state",
+  "TERM_OUTPUT": "term.output",
+  "TERM_STATE": "term.state",
+  "TERM_EXITED": "term.exited",
+  "EVENTS_MISSED": "events.missed",
+});
+export const ERROR_CODE = Object.freeze({
+  "VALIDATION_ERROR": "validation_error",
+  "INVALID_JSON": "invalid_json",
+  "UNKNOWN_OP": "unknown_op",
+  "UNKNOWN_TYPE": "unknown_type",
+  "BAD_REQUEST": "bad_request",
+  "REQUEST_TIMEOUT": "request_timeout",
+  "UPGRADE_REQUIRED": "upgrade_required",
+  "HEADERS_TOO_LARGE": "headers_too_large",
+  "PAYLOAD_TOO_LARGE": "payload_too_large",
+  "UNAUTHORIZED": "unauthorized",
+  "FORBIDDEN": "forbidden",
+  "NOT_FOUND": "not_found",
+  "CONFLICT": "conflict",
+  "RATE_LIMITED": "rate_limited",
+  "TOO_MANY_CONNECTIONS": "too_many_connections",
+  "UNAVAILABLE": "unavailable",
+  "INTERNAL": "internal",
+  "STALE_ATTEMPT": "stale_attempt",
+  "SIGNATURE_INVALID": "signature_invalid",
+  "UNKNOWN_KEY": "unknown_key",
+  "TIMESTAMP_OUT_OF_WINDOW": "timestamp_out_of_window",
+  "NONCE_REUSED": "nonce_reused",
+});
+export const FAILURE_CATEGORY = Object.freeze({
+  "TIMEOUT": "timeout",
+  "UPSTREAM_4XX": "upstream_4xx",
+  "UPSTREAM_5XX": "upstream_5xx",
+  "CIRCUIT_OPEN": "circuit_open",
+  "TOOL_ERROR": "tool_error",
+  "INTERNAL": "internal",
+});
+
+/** Defaults of the limits the relay enforces (an operator may set others). */
+export const LIMITS = Object.freeze({
+  "maxMessageChars": 16000,
+  "wsMaxFrameBytes": 65536,
+  "maxJsonDepth": 64,
+});
