@@ -84,7 +84,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for warning in check_settings(settings):
             log.warning("config_warning", detail=warning)
         asyncio.run(_preflight(settings))
-        config = server_config(settings, args.host, args.port)
+        try:
+            config = server_config(settings, args.host, args.port)
+        except ConfigError as exc:
+            _fatal(str(exc), EXIT_CONFIG)
         log.info("listening", url=f"http://{args.host}:{args.port}")
         server = RelayServerProcess(config)
 
@@ -97,6 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
         server.run()
+        if not server.started:
+            app = config.app
+            cause = getattr(app, "startup_error", None) or "see the log above"
+            _fatal(f"the relay did not start: {cause}", EXIT_UNAVAILABLE)
     finally:
         runtime.close()
     return 0

@@ -39,13 +39,26 @@ def server_config(settings: Settings, host: str, port: int, **extra: object) -> 
     )
 
 
-class RelayServerProcess(uvicorn.Server):
-    """uvicorn's server, plus one step once start-up is done: everything allocated so far
-    (modules, the app, pools) is moved out of the garbage collector's view, so full
-    collections under load walk only live request and connection objects (measured: full-GC
-    pauses at 1,000 sockets fell from ~100 ms to ~30 ms)."""
+class RelayUvicornServer(uvicorn.Server):
+    """uvicorn's server, whose failed start-up returns (``started`` stays False) instead of
+    calling ``sys.exit(3)`` from inside the event loop: the caller — the CLI, a test — ends
+    the process its own way and says why (the app logged the cause as one line)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            self.should_exit = True
+
+
+class RelayServerProcess(RelayUvicornServer):
+    """The server of ``relayline serve``, plus one step once start-up is done: everything
+    allocated so far (modules, the app, pools) is moved out of the garbage collector's view, so
+    full collections under load walk only live request and connection objects (measured:
+    full-GC pauses at 1,000 sockets fell from ~100 ms to ~30 ms)."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        gc.collect()
-        gc.freeze()
+        if self.started:
+            gc.collect()
+            gc.freeze()

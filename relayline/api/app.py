@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import structlog
@@ -30,8 +30,7 @@ from relayline.api.routes import (
 from relayline.api.schemas import ErrorOut
 from relayline.api.state import RelayState
 from relayline.auth import Authenticator
-from relayline.backends import open_backends
-from relayline.bus import create_bus
+from relayline.backends import open_shared_state
 from relayline.chat_service import ChatService
 from relayline.config import Settings
 from relayline.errors import Unavailable
@@ -42,7 +41,6 @@ from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.live_credentials import CONTROL_KIND, LiveCredentials
 from relayline.store import migrate
 from relayline.store.database import Database
-from relayline.turns.coordination import Coordinator, LocalCoordinator, RedisCoordinator
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_gateway import WorkerGateway
@@ -63,7 +61,11 @@ async def open_store(settings: Settings) -> Database:
         await db.dispose()
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
     if settings.auto_migrate:
-        await migrate.upgrade(db.engine)
+        try:
+            await migrate.upgrade(db.engine)
+        except BaseException:
+            await db.dispose()
+            raise
     return db
 
 
@@ -76,8 +78,12 @@ class RelayApp:
 
     def __init__(self, http: FastAPI) -> None:
         self.http = http
+        self.startup_error: str | None = None  # why start-up failed, in one line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         handler_name = self.SOCKETS.get(scope["path"]) if scope["type"] == "websocket" else None
         if handler_name is None:
             await self.http(scope, receive, send)
@@ -88,6 +94,29 @@ class RelayApp:
             return
         await getattr(state, handler_name)(scope, receive, send)
 
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol around the FastAPI app's lifespan, reporting a failed
+        start-up or shutdown as one log line naming the cause (the lifespan has already closed
+        what it had opened) instead of a traceback."""
+        await receive()  # lifespan.startup
+        context = self.http.router.lifespan_context(self.http)
+        try:
+            await context.__aenter__()
+        except Exception as exc:
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            log.error("relay_start_failed", error=self.startup_error)
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await context.__aexit__(None, None, None)
+        except Exception as exc:
+            log.error("relay_stop_failed", error=f"{type(exc).__name__}: {exc}")
+            await send({"type": "lifespan.shutdown.failed", "message": ""})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
 
 def create_http_app(settings: Settings) -> FastAPI:
     """Build the relay's FastAPI app. Resources are opened in the lifespan, once per process."""
@@ -97,78 +126,71 @@ def create_http_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = await open_store(settings)
-        bus_opts: dict[str, Any] = {
-            "history_max_events": settings.history_max_events,
-            "history_max_age_s": settings.history_max_age_s,
-        }
-        if settings.redis_url:
-            bus_opts["key_prefix"] = settings.redis_prefix
-        bus = create_bus(settings.redis_url, **bus_opts)
-        await bus.start()
-        backends = await open_backends(settings)
-        auth = Authenticator(settings, db)
-        hub = Hub(bus, replay_max_events=settings.replay_max_events)
-        acl = TopicAcl(db)
-        coordinator: Coordinator = (
-            RedisCoordinator(backends.redis, settings.redis_prefix)
-            if backends.redis is not None
-            else LocalCoordinator()
-        )
-        dispatcher = TurnDispatcher(settings, db, bus, coordinator)
-        credentials = LiveCredentials(
-            revalidate_s=settings.auth_revalidate_s,
-            check=auth.still_valid,
-            broadcast=coordinator.broadcast,
-            on_change=auth.forget,
-        )
-        dispatcher.control_handlers[CONTROL_KIND] = credentials.on_control
-        await dispatcher.start()
-        credentials.start()
-        verifier = SignatureVerifier(
-            settings.worker_key_map, backends.nonces, settings.worker_signature_window_s
-        )
-        workers = WorkerGateway(settings, dispatcher, verifier, bus)
-        chats_service = ChatService(settings, db, bus, limiter, dispatcher)
-        gateway = Gateway(
-            settings,
-            hub,
-            auth,
-            acl,
-            chats_service,
-            resolver,
-            ConnectionCaps(backends.caps),
-            credentials,
-        )
-        gateway.start()
-        app.state.relay = RelayState(
-            settings=settings,
-            db=db,
-            limiter=limiter,
-            resolver=resolver,
-            auth=auth,
-            bus=bus,
-            hub=hub,
-            acl=acl,
-            chats=chats_service,
-            gateway=gateway,
-            dispatcher=dispatcher,
-            workers=workers,
-            backends=backends,
-            credentials=credentials,
-        )
-        log.info("relay_started", version=__version__, database=db.engine.dialect.name)
-        try:
+        # Every part is registered on the stack as soon as it is open, so a failure half-way
+        # through start-up closes exactly what was opened, in reverse order.
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(limiter.close)
+            db = await open_store(settings)
+            stack.push_async_callback(db.dispose)
+            shared = await open_shared_state(settings, stack)
+            bus = shared.bus
+            auth = Authenticator(settings, db)
+            hub = Hub(bus, replay_max_events=settings.replay_max_events)
+            acl = TopicAcl(db)
+            dispatcher = TurnDispatcher(settings, db, bus, shared.coordinator)
+            credentials = LiveCredentials(
+                revalidate_s=settings.auth_revalidate_s,
+                check=auth.still_valid,
+                broadcast=shared.coordinator.broadcast,
+                on_change=auth.forget,
+            )
+            dispatcher.control_handlers[CONTROL_KIND] = credentials.on_control
+            stack.push_async_callback(dispatcher.stop)
+            await dispatcher.start()
+            stack.push_async_callback(credentials.close)
+            credentials.start()
+            verifier = SignatureVerifier(
+                settings.worker_key_map, shared.nonces, settings.worker_signature_window_s
+            )
+            workers = WorkerGateway(settings, dispatcher, verifier, bus)
+            chats_service = ChatService(settings, db, bus, limiter, dispatcher)
+            gateway = Gateway(
+                settings,
+                hub,
+                auth,
+                acl,
+                chats_service,
+                resolver,
+                ConnectionCaps(shared.caps),
+                credentials,
+            )
+            stack.push_async_callback(gateway.stop)
+            gateway.start()
+            app.state.relay = RelayState(
+                settings=settings,
+                db=db,
+                limiter=limiter,
+                resolver=resolver,
+                auth=auth,
+                bus=bus,
+                hub=hub,
+                acl=acl,
+                chats=chats_service,
+                gateway=gateway,
+                dispatcher=dispatcher,
+                workers=workers,
+                backends=shared,
+                credentials=credentials,
+            )
+            log.info(
+                "relay_started",
+                version=__version__,
+                database=db.engine.dialect.name,
+                shared_state=shared.kind,
+                instance=shared.instance_id,
+            )
+            stack.callback(log.info, "relay_stopped")
             yield
-        finally:
-            await gateway.stop()
-            await credentials.close()
-            await dispatcher.stop()
-            await backends.close()
-            await bus.close()
-            await limiter.close()
-            await db.dispose()
-            log.info("relay_stopped")
 
     app = FastAPI(
         title="relayline",

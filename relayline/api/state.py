@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from relayline.auth import Authenticator
-from relayline.backends import SharedBackends
+from relayline.backends import SharedState
 from relayline.bus.base import Bus
 from relayline.chat_service import ChatService
 from relayline.config import Settings
@@ -35,7 +35,7 @@ class RelayState:
     gateway: Gateway
     dispatcher: TurnDispatcher
     workers: WorkerGateway
-    backends: SharedBackends
+    backends: SharedState
     credentials: LiveCredentials
 
 

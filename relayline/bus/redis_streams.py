@@ -62,6 +62,22 @@ _log = structlog.get_logger(__name__)
 _XReadReply = list[tuple[bytes, Entries]] | dict[bytes, Entries] | None
 
 
+def shared_client(url: str, *, max_connections: int = 64, socket_timeout_s: float = 5.0) -> Redis:
+    """The Redis client (one connection pool) a relay process shares between the bus and the
+    other shared-state families. A blocking pool makes a burst of commands wait for a
+    connection instead of failing; no automatic retry: re-sending a publish whose reply was lost
+    would store it twice (reads that may be repeated retry themselves)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=socket_timeout_s,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return Redis.from_pool(pool)
+
+
 class RedisStreamsBus(BusContext):
     """The Redis Streams :class:`~relayline.bus.base.Bus`; see the module docstring."""
 
@@ -77,7 +93,11 @@ class RedisStreamsBus(BusContext):
         socket_timeout_s: float = 5.0,
         read_batch: int = 500,
         max_connections: int = 32,
+        redis: Redis | None = None,
+        instance_id: str | None = None,
     ) -> None:
+        """``redis``: the process's shared client (see :func:`shared_client`); without one the
+        bus opens its own from ``url`` and closes it with itself."""
         check_bounds(history_max_events, history_max_age_s)
         self._max_events = history_max_events
         self._max_age_ms = int(history_max_age_s * 1000)
@@ -88,19 +108,17 @@ class RedisStreamsBus(BusContext):
         self._prefix = key_prefix
         self._block_ms = block_ms
         self._read_batch = read_batch
-        # A blocking pool makes a burst of publishes wait for a connection instead of failing;
-        # no automatic retry: re-sending a publish whose reply was lost would store it twice.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=socket_timeout_s,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+        self._owns_client = redis is None
+        self._redis = (
+            redis
+            if redis is not None
+            else shared_client(
+                url, max_connections=max_connections, socket_timeout_s=socket_timeout_s
+            )
         )
-        self._redis = Redis.from_pool(pool)
-        # The reader has its own client so the blocking XREAD never holds up a publish.
-        self.instance_id = new_id()
+        self.instance_id = instance_id or new_id()
+        # The blocking XREAD has a connection of its own (as a pub/sub subscriber would), so it
+        # never holds up a command and is named in CLIENT LIST; everything else shares the pool.
         self._reader = Redis.from_url(
             url,
             socket_timeout=socket_timeout_s + block_ms / 1000,
@@ -170,7 +188,8 @@ class RedisStreamsBus(BusContext):
                 await asyncio.wait_for(self._redis.delete(self._wake_key), 1.0)
         finally:
             await self._reader.aclose()
-            await self._redis.aclose()
+            if self._owns_client:
+                await self._redis.aclose()
 
     async def ready(self) -> bool:
         if self._closed or not self._connected:

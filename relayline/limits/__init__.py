@@ -21,6 +21,7 @@ from relayline.limits.connection_caps import (
     ConnectionCaps,
     ConnectionCapStore,
     MemoryConnectionCapStore,
+    create_cap_store,
 )
 from relayline.limits.rate_limiter import (
     CATEGORIES,
@@ -42,6 +43,7 @@ __all__ = [
     "MemoryConnectionCapStore",
     "RateLimiter",
     "client_address",
+    "create_cap_store",
     "parse_networks",
     "rate_key",
     "storage_for_url",

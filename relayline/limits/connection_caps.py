@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from relayline.errors import RateLimited
 
@@ -147,3 +147,15 @@ class ConnectionCaps:
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise ValueError(f"connection limit must be at least 1, not {limit}")
+
+
+def create_cap_store(
+    redis: Any | None, key_prefix: str, instance_id: str | None = None
+) -> ConnectionCapStore:
+    """The cap store of this process's shared-state backend: Redis when the process has a
+    Redis client (caps count every instance's connections), else in-process."""
+    if redis is None:
+        return MemoryConnectionCapStore()
+    from relayline.limits.redis_caps import RedisConnectionCapStore
+
+    return RedisConnectionCapStore(redis, key_prefix, instance_id=instance_id)

@@ -52,9 +52,15 @@ return total
 class RedisConnectionCapStore:
     """:class:`~relayline.limits.connection_caps.ConnectionCapStore` shared by instances."""
 
-    def __init__(self, redis: Redis, key_prefix: str = "relayline:", ttl_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        key_prefix: str = "relayline:",
+        ttl_s: float = 30.0,
+        instance_id: str | None = None,
+    ) -> None:
         self._redis = redis
-        self._instance = new_id()
+        self._instance = instance_id or new_id()
         self._live = f"{key_prefix}caps:live"
         self._hash_prefix = f"{key_prefix}caps:inst:"
         self._own = self._hash_prefix + self._instance

@@ -7,11 +7,9 @@ import socket
 from types import TracebackType
 from typing import Self
 
-import uvicorn
-
 from relayline.api.app import RelayApp
 from relayline.config import Settings
-from relayline.server import server_config
+from relayline.server import RelayUvicornServer, server_config
 
 
 def free_port() -> int:
@@ -27,7 +25,7 @@ class RelayServer:
     def __init__(self, settings: Settings, port: int | None = None) -> None:
         self.settings = settings
         self.port = port or free_port()
-        self.server = uvicorn.Server(server_config(settings, "127.0.0.1", self.port))
+        self.server = RelayUvicornServer(server_config(settings, "127.0.0.1", self.port))
         self._task: asyncio.Task[None] | None = None
 
     @property

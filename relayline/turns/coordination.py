@@ -86,8 +86,8 @@ class Coordinator(Protocol):
 class LocalCoordinator:
     """One instance: there is nobody else to tell."""
 
-    def __init__(self) -> None:
-        self.instance_id = new_id()
+    def __init__(self, instance_id: str | None = None) -> None:
+        self.instance_id = instance_id or new_id()
         self.shared = False
 
     async def start(self, handler: Handler) -> None:
@@ -157,8 +157,10 @@ class RedisCoordinator:
     """Pub/sub for broadcasts; plain keys (with expiry) for partial answers, open approval
     requests and worker counts."""
 
-    def __init__(self, redis: Any, key_prefix: str, *, ttl_s: float = 30.0) -> None:
-        self.instance_id = new_id()
+    def __init__(
+        self, redis: Any, key_prefix: str, *, ttl_s: float = 30.0, instance_id: str | None = None
+    ) -> None:
+        self.instance_id = instance_id or new_id()
         self.shared = True
         self._redis = redis
         self._prefix = key_prefix
@@ -300,3 +302,13 @@ class RedisCoordinator:
             except (ValueError, TypeError, AttributeError):
                 continue  # an entry in another format (an older relay during an upgrade)
         return found
+
+
+def create_coordinator(
+    redis: Any | None, key_prefix: str, instance_id: str | None = None
+) -> Coordinator:
+    """The coordinator of this process's shared-state backend: Redis when the process has a
+    Redis client (``RELAYLINE_REDIS_URL``), else the single-instance one."""
+    if redis is None:
+        return LocalCoordinator(instance_id)
+    return RedisCoordinator(redis, key_prefix, instance_id=instance_id)

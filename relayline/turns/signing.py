@@ -13,7 +13,7 @@ import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from relayline.errors import Unauthorized
 from relayline.protocol.signing import (
@@ -97,3 +97,13 @@ class SignatureVerifier:
         if not await self.nonces.add(key_id, nonce, 2 * self.window_s):
             raise Unauthorized("nonce already used", code="nonce_reused")
         return key_id
+
+
+def create_nonce_store(redis: Any | None, key_prefix: str) -> NonceStore:
+    """The nonce memory of this process's shared-state backend: Redis when the process has a
+    Redis client (every instance must refuse a nonce any of them has seen), else in-process."""
+    if redis is None:
+        return MemoryNonceStore()
+    from relayline.turns.redis_nonces import RedisNonceStore
+
+    return RedisNonceStore(redis, key_prefix)
