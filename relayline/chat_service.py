@@ -6,6 +6,7 @@ through: validation, per-chat rate limit, idempotency, storage, then the events.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from relayline.auth import Principal
@@ -17,8 +18,9 @@ from relayline.observability.metrics import RATE_LIMITED
 from relayline.store import chats
 from relayline.store.chats import PostedMessage
 from relayline.store.database import Database
-from relayline.store.models import Message, Turn
+from relayline.store.models import Chat, Message, Turn
 from relayline.turns.dispatcher import TurnDispatcher
+from relayline.turns.events import chat_topic
 
 
 def message_dict(row: Message) -> dict[str, Any]:
@@ -35,8 +37,18 @@ def message_dict(row: Message) -> dict[str, Any]:
     }
 
 
-def chat_topic(chat_id: str) -> str:
-    return f"chat:{chat_id}"
+@dataclass(frozen=True, slots=True)
+class ChatSnapshot:
+    """A chat as a client reloads it: the chat, its turn in progress with the text streamed so
+    far and its open approval requests, and the topic position to resume events from."""
+
+    chat: Chat
+    turn: Turn | None
+    partial: tuple[str, str] | None  # (message id, text so far) of the running answer
+    pending_approvals: list[dict[str, Any]]
+    topic: str
+    epoch: str
+    seq: int
 
 
 class ChatService:
@@ -51,6 +63,7 @@ class ChatService:
         self.settings = settings
         self.db = db
         self.bus = bus
+        self.events = dispatcher.ctx.events
         self.limiter = limiter
         self.dispatcher = dispatcher
 
@@ -75,14 +88,8 @@ class ChatService:
             raise
         posted = await chats.post_user_message(self.db, tenant_id, chat_id, content, client_msg_id)
         if posted.created:
-            items: list[tuple[str, dict[str, Any]]] = [
-                ("message.created", {"message": message_dict(posted.message)})
-            ]
-            if posted.turn is not None:
-                items.append(
-                    ("turn.queued", {"turn_id": posted.turn.id, "message_id": posted.message.id})
-                )
-            await self.bus.publish_many(chat_topic(chat_id), items)
+            turn_id = posted.turn.id if posted.turn is not None else None
+            await self.events.message_created(chat_id, message_dict(posted.message), turn_id)
             if posted.turn is not None:
                 await self.dispatcher.enqueue(posted.turn.id, chat_id, tenant_id)
         return posted
@@ -94,8 +101,32 @@ class ChatService:
             turn = await chats.cancel_active_turn(session, chat_id)
         if turn is not None:
             await self.dispatcher.cancel_running(chat_id, turn.id)
-            await self.bus.publish(chat_topic(chat_id), "turn.cancelled", {"turn_id": turn.id})
+            await self.events.turn_cancelled(chat_id, turn.id)
         return turn
+
+    async def snapshot(self, who: Principal, chat_id: str) -> ChatSnapshot:
+        tenant_id = self.visible_tenant(who, chat_id)
+        async with self.db.read() as session:
+            chat = await chats.get_chat(session, tenant_id, chat_id)
+        # Read the topic position before the state: a client that resumes from (epoch, seq)
+        # may then see an event whose effect the snapshot already shows (it dedupes by message
+        # id), but never misses one.
+        topic = chat_topic(chat_id)
+        epoch, seq = await self.bus.position(topic)
+        partial = await self.dispatcher.partial(chat_id)
+        approvals = await self.dispatcher.pending_approvals(chat_id)
+        async with self.db.read() as session:
+            turn = await chats.active_turn(session, chat_id)
+        running = turn.id if turn is not None and turn.state == "running" else None
+        return ChatSnapshot(
+            chat=chat,
+            turn=turn,
+            partial=partial,
+            pending_approvals=[a for a in approvals if a.get("turn_id") == running],
+            topic=topic,
+            epoch=epoch,
+            seq=seq,
+        )
 
     async def approve(self, who: Principal, chat_id: str, approval_id: str, approve: bool) -> bool:
         """Forward a human decision on a tool call; False when nothing awaits it any more."""

@@ -90,7 +90,7 @@ class Approvals:
         self.requests.pop(approval_id, None)
         self.requests[approval_id] = payload
         await self._share(running.chat_id)
-        await self.ctx.publish(running.chat_id, "tool.approval_requested", payload)
+        await self.ctx.events.approval_requested(running.chat_id, payload)
 
     async def resolve(
         self, chat_id: str, approval_id: str, approve: bool, *, broadcast: bool = True
@@ -131,9 +131,7 @@ class Approvals:
             }
         )
         await self._share(chat_id)
-        await self.ctx.publish(
-            chat_id, "tool.approval_resolved", {"approval_id": approval_id, "decision": decision}
-        )
+        await self.ctx.events.approval_resolved(chat_id, approval_id, decision)
         return True
 
     def forget(self, running: Running, *, share: bool = True) -> None:

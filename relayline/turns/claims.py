@@ -125,15 +125,12 @@ class ClaimLoop:
                 "deadline": int((time.time() + settings.turn_deadline_s) * 1000),
             }
         )
-        await self.ctx.publish(
+        await self.ctx.events.turn_started(
             assignment.chat_id,
-            "turn.started",
-            {
-                "turn_id": assignment.turn_id,
-                "attempt": assignment.attempt,
-                "message_id": assignment.message_id,
-                "worker_id": worker.worker_id,
-            },
+            assignment.turn_id,
+            assignment.attempt,
+            assignment.message_id,
+            worker.worker_id,
         )
         log.info(
             "turn_assigned",

@@ -117,9 +117,7 @@ class TurnDispatcher:
         self.claims.kick()
         await self.coordinator.broadcast({"kind": "wake"})
         if not await self.pool.any_worker():
-            await self.ctx.publish(
-                chat_id, "worker.state", {"status": "no_worker", "turn_id": turn_id}
-            )
+            await self.ctx.events.no_worker(chat_id, turn_id)
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         """A broadcast from another instance."""
@@ -150,9 +148,7 @@ class TurnDispatcher:
             await self.outcomes.lost(running, "worker disconnected", "internal")
         if not await self.pool.any_worker():
             for turn_id, chat_id in await turn_queue.queued_heads(self.db):
-                await self.ctx.publish(
-                    chat_id, "worker.state", {"status": "no_worker", "turn_id": turn_id}
-                )
+                await self.ctx.events.no_worker(chat_id, turn_id)
 
     def owned(self, worker: WorkerLink, frame: dict[str, Any]) -> Running | None:
         """The running attempt this frame speaks for, or None for a stale or foreign one."""

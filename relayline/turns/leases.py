@@ -168,25 +168,16 @@ class LeaseKeeper:
         for turn in reclaimed:
             log.warning("turn_reclaimed", turn_id=turn.turn_id, attempt=turn.attempt)
             if turn.failed:
-                await self.ctx.publish(
+                await self.ctx.events.turn_failed(
                     turn.chat_id,
-                    "turn.failed",
-                    {
-                        "turn_id": turn.turn_id,
-                        "message_id": turn.message_id,
-                        "category": "internal",
-                        "detail": f"relay instance lost after {turn.attempt} attempts",
-                    },
+                    turn.turn_id,
+                    turn.message_id,
+                    "internal",
+                    f"relay instance lost after {turn.attempt} attempts",
                 )
             else:
-                await self.ctx.publish(
-                    turn.chat_id,
-                    "turn.retrying",
-                    {
-                        "turn_id": turn.turn_id,
-                        "attempt": turn.attempt + 1,
-                        "reason": "relay instance lost",
-                    },
+                await self.ctx.events.turn_retrying(
+                    turn.chat_id, turn.turn_id, turn.attempt + 1, "relay instance lost"
                 )
         if reclaimed:
             self.claims.kick()

@@ -64,16 +64,8 @@ class Outcomes:
                 # A cancel stored just before won the race: the chat was told turn.cancelled.
                 await self._keep_as_cancelled(running, text, measured)
             else:
-                await self.ctx.publish(
-                    running.chat_id,
-                    "message.completed",
-                    {
-                        "message_id": message.id,
-                        "turn_id": running.turn_id,
-                        "seq": message.seq,
-                        "content": text,
-                        "metrics": measured,
-                    },
+                await self.ctx.events.message_completed(
+                    running.chat_id, message.id, running.turn_id, message.seq, text, measured
                 )
         finally:
             self._free_chat(running)
@@ -122,14 +114,8 @@ class Outcomes:
         try:
             if running.attempt < self.ctx.settings.turn_max_attempts:
                 if await store.requeue(self.ctx.db, running.turn_id, running.attempt):
-                    await self.ctx.publish(
-                        running.chat_id,
-                        "turn.retrying",
-                        {
-                            "turn_id": running.turn_id,
-                            "attempt": running.attempt + 1,
-                            "reason": reason,
-                        },
+                    await self.ctx.events.turn_retrying(
+                        running.chat_id, running.turn_id, running.attempt + 1, reason
                     )
                 return
             await self._fail(running, category, f"{reason} after {running.attempt} attempts")
@@ -152,15 +138,8 @@ class Outcomes:
         if failed is None:
             await self._keep_as_cancelled(running, running.published_text, measured)
             return
-        await self.ctx.publish(
-            running.chat_id,
-            "turn.failed",
-            {
-                "turn_id": running.turn_id,
-                "message_id": running.message_id,
-                "category": category,
-                "detail": detail[:500],
-            },
+        await self.ctx.events.turn_failed(
+            running.chat_id, running.turn_id, running.message_id, category, detail
         )
 
     async def _keep_as_cancelled(

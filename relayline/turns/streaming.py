@@ -57,15 +57,8 @@ class DeltaStream:
                     text,
                     lambda: running.published_text,
                 )
-            await self.ctx.publish(
-                running.chat_id,
-                "message.delta",
-                {
-                    "message_id": running.message_id,
-                    "turn_id": running.turn_id,
-                    "offset": offset,
-                    "text": text,
-                },
+            await self.ctx.events.message_delta(
+                running.chat_id, running.message_id, running.turn_id, offset, text
             )
 
     @staticmethod

@@ -23,6 +23,7 @@ from relayline.errors import Unauthorized
 from relayline.ids import new_id
 from relayline.protocol import jsoncodec
 from relayline.protocol.jsoncodec import JsonTooDeep
+from relayline.protocol.names import ErrorCode, WorkerFrame
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_link import WorkerLink
@@ -157,50 +158,58 @@ class WorkerGateway:
                 frame: Any = jsoncodec.loads(message.get("text") or "null")
             except ValueError as exc:
                 detail = str(exc) if isinstance(exc, JsonTooDeep) else "frame is not JSON"
-                link.send({"type": "error", "code": "invalid_json", "detail": detail})
+                link.send(
+                    {"type": WorkerFrame.ERROR, "code": ErrorCode.INVALID_JSON, "detail": detail}
+                )
                 continue
             if not isinstance(frame, dict):
                 continue
             kind = frame.get("type")
-            if kind == "state":
+            if kind == WorkerFrame.STATE:
                 self._update_state(link, frame)
                 dispatcher.renew(link)
                 await self._publish_state(link)
                 continue
             if kind not in (
-                "turn.delta",
-                "turn.done",
-                "turn.failed",
-                "turn.released",
-                "tool.approval_request",
+                WorkerFrame.TURN_DELTA,
+                WorkerFrame.TURN_DONE,
+                WorkerFrame.TURN_FAILED,
+                WorkerFrame.TURN_RELEASED,
+                WorkerFrame.TOOL_APPROVAL_REQUEST,
             ):
-                link.send({"type": "error", "code": "unknown_type", "detail": "unknown frame type"})
+                link.send(
+                    {
+                        "type": WorkerFrame.ERROR,
+                        "code": ErrorCode.UNKNOWN_TYPE,
+                        "detail": "unknown frame type",
+                    }
+                )
                 continue
             running = dispatcher.owned(link, frame)
             if running is None:
                 link.send(
                     {
-                        "type": "error",
-                        "code": "stale_attempt",
+                        "type": WorkerFrame.ERROR,
+                        "code": ErrorCode.STALE_ATTEMPT,
                         "turn_id": frame.get("turn_id"),
                         "detail": "this attempt no longer owns the turn",
                     }
                 )
                 continue
-            if kind == "turn.delta":
+            if kind == WorkerFrame.TURN_DELTA:
                 text = frame.get("text")
                 await dispatcher.on_delta(running, text if isinstance(text, str) else "")
-            elif kind == "turn.done":
+            elif kind == WorkerFrame.TURN_DONE:
                 usage = frame.get("usage")
                 await dispatcher.on_done(running, usage if isinstance(usage, dict) else {})
-            elif kind == "turn.failed":
+            elif kind == WorkerFrame.TURN_FAILED:
                 await dispatcher.on_failed(
                     running,
                     str(frame.get("category", "internal")),
                     str(frame.get("detail", ""))[:1000],
                 )
                 link.state["last_error"] = str(frame.get("category", "internal"))[:32]
-            elif kind == "turn.released":
+            elif kind == WorkerFrame.TURN_RELEASED:
                 await dispatcher.on_released(running)
             else:
                 await dispatcher.on_approval_request(running, frame)
@@ -215,8 +224,5 @@ class WorkerGateway:
     async def _publish_state(self, link: WorkerLink) -> None:
         data = link.describe()
         tenants = {r.tenant_id for r in self.dispatcher.running.values() if r.worker is link}
-        for topic in ["admin", *(f"tenant:{t}" for t in sorted(tenants))]:
-            try:
-                await self.bus.publish(topic, "worker.state", data)
-            except Exception:
-                log.warning("publish_failed", topic=topic, type="worker.state")
+        topics = ["admin", *(f"tenant:{t}" for t in sorted(tenants))]
+        await self.dispatcher.ctx.events.worker_state(topics, data)

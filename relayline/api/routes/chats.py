@@ -85,30 +85,16 @@ async def list_chats(
 
 @router.get("/{chat_id}")
 async def get_chat(chat_id: IdPath, who: TenantChats, st: State) -> s.ChatSnapshot:
-    tenant_id = _visible(who, chat_id)
-    async with st.db.read() as session:
-        chat = await chats.get_chat(session, tenant_id, chat_id)
-    # Read the topic position before the state: a client that resumes from (epoch, seq) may
-    # then see an event whose effect the snapshot already shows (it dedupes by message id),
-    # but never misses one.
-    topic = f"chat:{chat_id}"
-    epoch, seq = await st.bus.position(topic)
-    partial = await st.dispatcher.partial(chat_id)
-    approvals = await st.dispatcher.pending_approvals(chat_id)
-    async with st.db.read() as session:
-        turn = await chats.active_turn(session, chat_id)
-    running = turn.id if turn is not None and turn.state == "running" else None
+    snap = await st.chats.snapshot(who, chat_id)
     return s.ChatSnapshot(
-        **s.ChatOut.of(chat).model_dump(),
-        turn=s.TurnOut.of(turn) if turn else None,
-        partial_message_id=partial[0] if partial else None,
-        partial_text=partial[1] if partial else None,
-        pending_approvals=[
-            s.PendingApprovalOut.model_validate(a) for a in approvals if a["turn_id"] == running
-        ],
-        topic=topic,
-        epoch=epoch,
-        seq=seq,
+        **s.ChatOut.of(snap.chat).model_dump(),
+        turn=s.TurnOut.of(snap.turn) if snap.turn else None,
+        partial_message_id=snap.partial[0] if snap.partial else None,
+        partial_text=snap.partial[1] if snap.partial else None,
+        pending_approvals=[s.PendingApprovalOut.model_validate(a) for a in snap.pending_approvals],
+        topic=snap.topic,
+        epoch=snap.epoch,
+        seq=snap.seq,
     )
 
 
