@@ -13,6 +13,6 @@ npm --prefix web ci --no-audit --no-fund --loglevel=error
 mkdir -p "$OUT"
 web/node_modules/.bin/esbuild web/vendor_entry.js \
   --bundle --format=esm --minify --target=es2020 \
-  --legal-comments=eof --log-level=warning \
+  --legal-comments=eof --log-level=warning --banner:js="// @ts-nocheck generated bundle" \
   --outfile="$OUT/vendor.js"
 echo "build_web: wrote $OUT/vendor.js ($(wc -c <"$OUT/vendor.js") bytes)"

@@ -9,6 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-if [ ! -s relayline/web/static/vendor/vendor.js ] || [ web/package-lock.json -nt relayline/web/static/vendor/vendor.js ]; then
+VENDOR=relayline/web/static/vendor/vendor.js
+if [ ! -s "$VENDOR" ] || [ web/package-lock.json -nt "$VENDOR" ] || [ web/vendor_entry.js -nt "$VENDOR" ] \
+  || [ scripts/build_web.sh -nt "$VENDOR" ] || [ ! -x web/node_modules/.bin/tsc ]; then
   bash scripts/build_web.sh
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs, then runs lint, type checks, the web UI's unit
-# tests and every Python test (unit, contract, end-to-end, browser).
+# Installs everything the test suite needs, then runs lint, type checks and the import layers
+# (Python and the web UI's JS), the web UI's unit tests and every Python test (unit, contract,
+# end-to-end, browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,5 +11,7 @@ bash scripts/browser.sh
 .venv/bin/ruff format --check relayline tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports
+web/node_modules/.bin/tsc -p web/tsconfig.json
+web/node_modules/.bin/eslint relayline/web/static/js web/tests web/vendor_entry.js eslint.config.mjs
 node --test web/tests/
 .venv/bin/pytest "$@"

@@ -4,3 +4,6 @@
 export { Marked } from "marked";
 export { default as DOMPurify } from "dompurify";
 export { default as hljs } from "highlight.js/lib/common";
+// The widget's proof of work: crypto.subtle exists only in secure contexts, and a relay on
+// plain http in a private network still needs its widget to work.
+export { sha256 } from "@noble/hashes/sha2.js";

@@ -217,6 +217,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         web.router,
     ):
         app.include_router(router)
+    app.mount("/static", web.static_files(), name="static")
     # Added innermost first: the request context wraps everything, so even a refused request
     # gets an id and an access log line.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

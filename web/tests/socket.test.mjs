@@ -9,11 +9,6 @@ import {
   RelaySocket,
 } from "../../relayline/web/static/js/socket.js";
 
-function seq(values) {
-  let i = 0;
-  return () => values[i++ % values.length];
-}
-
 test("full jitter stays within an exponentially growing, capped window", () => {
   const policy = new ReconnectPolicy({ baseMs: 100, maxMs: 1000, factor: 2 }, () => 0.999999);
   const delays = Array.from({ length: 8 }, () => policy.next());

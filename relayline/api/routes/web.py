@@ -10,12 +10,13 @@ last line of defence should the sanitizer ever miss something.
 from __future__ import annotations
 
 import re
-from email.utils import formatdate
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 import relayline
 from relayline.api.state import relay_state
@@ -122,36 +123,27 @@ for _path in PAGES:
     router.add_api_route(_path, _page, methods=["GET", "HEAD"], response_class=HTMLResponse)
 
 
-def _static_file(path: str) -> Path:
-    """The file under ``STATIC_ROOT`` that ``path`` names, refusing anything that could step
-    outside it (``..``, dot files, backslashes, symlinks pointing elsewhere)."""
-    parts = path.split("/")
-    if not parts or not all(_SEGMENT.fullmatch(part) for part in parts):
-        raise NotFound("no such file")
-    candidate = STATIC_ROOT.joinpath(*parts)
-    try:
-        resolved = candidate.resolve(strict=True)
-        resolved.relative_to(STATIC_ROOT.resolve())
-    except (OSError, ValueError):
-        raise NotFound("no such file") from None
-    if not resolved.is_file() or resolved.suffix not in MEDIA_TYPES:
-        raise NotFound("no such file")
-    return resolved
+class UiStaticFiles(StaticFiles):
+    """The UI's assets under ``/static/``: Starlette's ``StaticFiles`` (it keeps lookups inside
+    the directory and answers ``ETag``/``Last-Modified``/304 and HEAD) with the relay's rules on
+    top — only the listed file types (a stray file of any other kind stays private), no dot
+    files or odd segments, the pages' security headers, and ``no-cache`` so an upgraded relay
+    is revalidated at once and never runs a mix of old and new modules. A refusal is the
+    relay's 404 ``not_found``."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        parts = PurePosixPath(path).parts
+        suffix = PurePosixPath(path).suffix
+        if not parts or not all(_SEGMENT.fullmatch(p) for p in parts) or suffix not in MEDIA_TYPES:
+            raise NotFound("no such file")
+        response = await super().get_response(path, scope)
+        response.headers.update(security_headers(Request(scope)))
+        response.headers["Cache-Control"] = "no-cache"
+        if response.status_code == 200:
+            response.headers["Content-Type"] = MEDIA_TYPES[suffix]
+        return response
 
 
-@router.api_route("/static/{path:path}", methods=["GET", "HEAD"])
-async def static(path: str, request: Request) -> Response:
-    """A static asset, revalidated on every use (``no-cache`` + ETag) so an upgraded relay
-    never runs a mix of old and new modules."""
-    file = _static_file(path)
-    stat = file.stat()
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
-    headers = security_headers(request)
-    headers["Cache-Control"] = "no-cache"
-    headers["ETag"] = etag
-    if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
-        return Response(status_code=304, headers=headers)
-    headers["Last-Modified"] = formatdate(stat.st_mtime, usegmt=True)
-    return FileResponse(
-        file, media_type=MEDIA_TYPES[file.suffix], headers=headers, stat_result=stat
-    )
+def static_files() -> UiStaticFiles:
+    """The ``/static`` app (mounted by the relay's app)."""
+    return UiStaticFiles(directory=STATIC_ROOT, check_dir=False)

@@ -10,7 +10,8 @@ import { RelaySocket } from "./socket.js";
 
 const KEY = "relayline.admin";
 const REFRESH_MS = 10_000;
-const $ = (id) => document.getElementById(id);
+/** An element of the page by id (inputs, buttons, sections: the caller knows which). */
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 const number = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
 
 const STATUS_TONE = { ready: "ok", busy: "info", draining: "warn", degraded: "warn", error: "bad" };
@@ -91,8 +92,8 @@ class AdminApp {
   show(section) {
     if (!["overview", "tenants", "workers"].includes(section)) section = "overview";
     this.section = section;
-    for (const node of document.querySelectorAll("[data-section]")) node.hidden = node.dataset.section !== section;
-    for (const tab of document.querySelectorAll("[data-tab]")) {
+    for (const node of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll("[data-section]"))) node.hidden = node.dataset.section !== section;
+    for (const tab of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll("[data-tab]"))) {
       const on = tab.dataset.tab === section;
       tab.classList.toggle("is-active", on);
       if (on) tab.setAttribute("aria-current", "page");
@@ -222,7 +223,7 @@ class AdminApp {
       ["Queued frames", f.queuedFrames, "waiting for slow sockets now"],
     ].map(([label, value, sub]) => {
       const card = el("div", "stat");
-      card.append(el("span", "stat__label", label), el("strong", "stat__value", number.format(value)), el("span", "stat__sub", sub));
+      card.append(el("span", "stat__label", String(label)), el("strong", "stat__value", number.format(Number(value))), el("span", "stat__sub", String(sub)));
       return card;
     });
     $("stats").replaceChildren(...stats);

@@ -1,10 +1,11 @@
 // Admin console, tenants tab: tenants, their API keys (a new key is shown once, with a copy
 // button), revocation with a confirming second click, and the tenant's agent settings.
 
-import { badge, button, el } from "./dom.js";
+import { badge, button, closestTo, el } from "./dom.js";
 import { apiErrorText } from "./errors.js";
 
-const $ = (id) => document.getElementById(id);
+/** An element of the page by id (inputs, buttons, sections: the caller knows which). */
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 const SCOPES = ["chats", "sessions", "publish"];
 const TOOLS = ["read_file", "list_dir", "edit_file", "run_command"];
 const CONFIRM_MS = 4000;
@@ -43,11 +44,11 @@ export class TenantsPanel {
       this.create($("tenant-name").value.trim());
     });
     $("tenant-rows").addEventListener("click", (ev) => {
-      const id = ev.target.closest("[data-tenant]")?.dataset.tenant;
+      const id = closestTo(ev, "[data-tenant]")?.dataset.tenant;
       if (id) this.select(id);
     });
     $("tenant-rows").addEventListener("keydown", (ev) => {
-      const id = ev.target.closest("[data-tenant]")?.dataset.tenant;
+      const id = closestTo(ev, "[data-tenant]")?.dataset.tenant;
       if (id && (ev.key === "Enter" || ev.key === " ")) {
         ev.preventDefault();
         this.select(id);
@@ -189,7 +190,7 @@ export class TenantsPanel {
     form.append(field("Name", name), scopes, submit);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      const chosen = [...scopes.querySelectorAll("input:checked")].map((i) => i.value);
+      const chosen = [...scopes.querySelectorAll("input:checked")].map((i) => /** @type {HTMLInputElement} */ (i).value);
       if (!chosen.length) {
         this.toast("Choose at least one scope.", "error");
         return;
@@ -201,7 +202,7 @@ export class TenantsPanel {
         });
         this.newKey = created;
         await this.renderDetail();
-        document.querySelector(".secret__copy")?.focus();
+        /** @type {HTMLElement | null} */ (document.querySelector(".secret__copy"))?.focus();
       } catch (err) {
         this.fail(err);
       }
@@ -297,7 +298,7 @@ export class TenantsPanel {
         await this.api.put(`/v1/admin/tenants/${tenant.id}/agent`, {
           model: model.value.trim() || null,
           system_prompt: prompt.value.trim() || null,
-          tools: [...tools.querySelectorAll("input:checked")].map((i) => i.value),
+          tools: [...tools.querySelectorAll("input:checked")].map((i) => /** @type {HTMLInputElement} */ (i).value),
         });
         this.toast("Agent settings saved.", "ok");
       } catch (err) {

@@ -23,7 +23,14 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export const DEFAULT_RETRY = Object.freeze({ retries: 3, baseMs: 300, maxMs: 4000, jitter: "full" });
 
 export class Api {
-  constructor({ base = "", token, retry = {}, fetchImpl = (...args) => globalThis.fetch(...args) } = {}) {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.base] prefix of every path
+   * @param {string | null | (() => string | null)} [options.token] the bearer credential, or a function giving it
+   * @param {object} [options.retry] overrides of DEFAULT_RETRY
+   * @param {typeof globalThis.fetch} [options.fetchImpl]
+   */
+  constructor({ base = "", token = null, retry = {}, fetchImpl = (input, init) => globalThis.fetch(input, init) } = {}) {
     this.base = base;
     this.tokenOf = typeof token === "function" ? token : () => token;
     this.retry = { ...DEFAULT_RETRY, ...retry };
@@ -34,7 +41,12 @@ export class Api {
    * `idempotent` defaults to true for GET/PUT/DELETE; a POST is only retried when the caller
    * says a repeat is harmless (e.g. it carries a client_msg_id).
    */
-  async request(method, path, { body, idempotent, retries = this.retry.retries, signal } = {}) {
+  /**
+   * @param {string} method
+   * @param {string} path
+   * @param {{ body?: unknown, idempotent?: boolean, retries?: number, signal?: AbortSignal }} [options]
+   */
+  async request(method, path, { body = undefined, idempotent = undefined, retries = this.retry.retries, signal = undefined } = {}) {
     const canRetry = idempotent ?? ["GET", "HEAD", "PUT", "DELETE"].includes(method);
     const policy = new ReconnectPolicy({
       baseMs: this.retry.baseMs,

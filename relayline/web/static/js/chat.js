@@ -12,13 +12,16 @@ import { CLOSE, LIMITS } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
+import { closestTo } from "./dom.js";
 
 const TOKEN_KEY = "relayline.session";
 const MAX_MESSAGE_CHARS = LIMITS.maxMessageChars; // the relay's default; it answers 422 past its own
 // Reconnect pacing; the one place to tune it for this page.
+/** @type {import("./reconnect.js").ReconnectOptions} */
 const RECONNECT_POLICY = { baseMs: 500, maxMs: 15_000, factor: 2, jitter: "full" };
 
-const $ = (id) => document.getElementById(id);
+/** An element of the page by id (inputs, buttons, sections: the caller knows which). */
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 
 function readToken() {
   const hash = new URLSearchParams(location.hash.slice(1));
@@ -128,11 +131,11 @@ class ChatApp {
     $("scrim").addEventListener("click", () => this.closeDrawer());
     $("chat-list").addEventListener("click", (ev) => this.onChatListClick(ev));
     $("notices").addEventListener("click", (ev) => {
-      const id = ev.target.closest("[data-dismiss]")?.dataset.dismiss;
+      const id = closestTo(ev, "[data-dismiss]")?.dataset.dismiss;
       if (id) this.clearNotice(id);
     });
     $("empty").addEventListener("click", (ev) => {
-      const prompt = ev.target.closest("[data-prompt]")?.dataset.prompt;
+      const prompt = closestTo(ev, "[data-prompt]")?.dataset.prompt;
       if (prompt) {
         input.value = prompt;
         this.submit();
@@ -254,7 +257,7 @@ class ChatApp {
   }
 
   async onChatListClick(ev) {
-    const removeId = ev.target.closest("[data-remove]")?.dataset.remove;
+    const removeId = closestTo(ev, "[data-remove]")?.dataset.remove;
     if (removeId) {
       this.history.remove(removeId, { hide: true });
       this.history.cleanup();
@@ -263,7 +266,7 @@ class ChatApp {
       if (this.conversation?.chatId === removeId) this.startDraft();
       return;
     }
-    const id = ev.target.closest("[data-chat]")?.dataset.chat;
+    const id = closestTo(ev, "[data-chat]")?.dataset.chat;
     if (id && id !== this.conversation?.chatId) {
       this.closeDrawer();
       await this.openChat(id);

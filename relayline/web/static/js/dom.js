@@ -1,9 +1,28 @@
 // Tiny DOM helpers. Text always goes in through textContent, never as HTML.
 
+/**
+ * The element around an event's target that matches `selector` (a click on an icon inside a
+ * button finds the button), or null.
+ * @param {Event} ev
+ * @param {string} selector
+ * @returns {HTMLElement | null}
+ */
+export function closestTo(ev, selector) {
+  const target = /** @type {Element | null} */ (ev.target);
+  return /** @type {HTMLElement | null} */ (target?.closest?.(selector) ?? null);
+}
+
+/**
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
+ * @param {string} [className]
+ * @param {string | number | null} [text]
+ * @returns {HTMLElementTagNameMap[K]}
+ */
 export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
-  if (text != null) node.textContent = text;
+  if (text != null) node.textContent = String(text);
   return node;
 }
 

@@ -7,6 +7,7 @@
 
 import { Row, updateCountdown } from "./message_row.js";
 import { copyCode } from "./render.js";
+import { closestTo } from "./dom.js";
 
 const INITIAL_ROWS = 60;
 const MORE_ROWS = 50;
@@ -242,7 +243,7 @@ export class MessageListView {
   }
 
   onClick(ev) {
-    const target = ev.target.closest("[data-action]");
+    const target = closestTo(ev, "[data-action]");
     if (!target || !this.list.contains(target)) return;
     const action = target.dataset.action;
     if (action === "copy-code") {

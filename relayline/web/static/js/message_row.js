@@ -44,10 +44,11 @@ export class Row {
     const streaming = m.status === "streaming";
     if (this.shown.content !== m.content || (this.shown.status === "streaming") !== streaming) {
       if (!m.content && streaming) {
-        this.body.replaceChildren(el("span", "typing", ""));
-        this.body.firstChild.setAttribute("role", "img");
-        this.body.firstChild.setAttribute("aria-label", "The assistant is thinking");
-        for (let i = 0; i < 3; i += 1) this.body.firstChild.append(el("i"));
+        const dots = el("span", "typing", "");
+        dots.setAttribute("role", "img");
+        dots.setAttribute("aria-label", "The assistant is thinking");
+        for (let i = 0; i < 3; i += 1) dots.append(el("i"));
+        this.body.replaceChildren(dots);
       } else {
         this.body.replaceChildren(renderMarkdown(m.content, { streaming }));
         if (streaming) caretTarget(this.body)?.classList.add("stream-caret");

@@ -20,6 +20,11 @@ export function parseMetrics(text) {
 }
 
 /** Sum of a metric's samples whose labels match `where` (a predicate or an object). */
+/**
+ * @param {Array<{ name: string, labels: Record<string, string>, value: number }>} samples
+ * @param {string} name
+ * @param {Record<string, string> | ((labels: Record<string, string>) => boolean)} [where]
+ */
 export function sum(samples, name, where = () => true) {
   const test =
     typeof where === "function"

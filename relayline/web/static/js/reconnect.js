@@ -6,6 +6,17 @@ import { CLOSE_ACTIONS, DEFAULT_CLOSE_ACTION, RESTART_SPREAD_MS } from "./protoc
 
 export { CLOSE_ACTIONS };
 
+/**
+ * @typedef {object} ReconnectOptions
+ * @property {number} [baseMs] the first delay's ceiling
+ * @property {number} [maxMs] the largest ceiling
+ * @property {number} [factor] growth per attempt
+ * @property {"full" | "equal" | "none"} [jitter]
+ * @property {number} [maxAttempts]
+ * @property {number} [restartSpreadMs] after 1012, come back within this long
+ */
+
+/** @type {Readonly<Required<ReconnectOptions>>} */
 export const DEFAULT_RECONNECT = Object.freeze({
   baseMs: 500,
   maxMs: 30_000,
@@ -21,6 +32,10 @@ export const DEFAULT_RECONNECT = Object.freeze({
  * over the window instead of all in the same millisecond.
  */
 export class ReconnectPolicy {
+  /**
+   * @param {ReconnectOptions} [options]
+   * @param {() => number} [random] uniform in [0, 1)
+   */
   constructor(options = {}, random = Math.random) {
     const merged = { ...DEFAULT_RECONNECT, ...options };
     if (!(merged.baseMs >= 0) || !(merged.maxMs >= merged.baseMs) || !(merged.factor >= 1)) {

@@ -37,6 +37,16 @@ export class SocketError extends Error {
  * States: idle, connecting, online, reconnecting, offline.
  */
 export class RelaySocket {
+  /**
+   * @param {object} options
+   * @param {string} options.url
+   * @param {string | null | (() => string | null)} options.token
+   * @param {ReconnectPolicy | import("./reconnect.js").ReconnectOptions} [options.policy]
+   * @param {any} [options.WebSocketImpl]
+   * @param {any} [options.timers] setTimeout/clearTimeout/setInterval/clearInterval
+   * @param {number} [options.heartbeatMs]
+   * @param {number} [options.ackTimeoutMs]
+   */
   constructor({
     url,
     token,
@@ -175,8 +185,8 @@ export class RelaySocket {
           results: results.map((r, i) => ({
             topic: subscriptions[i]?.[0],
             ok: r.status === "fulfilled",
-            value: r.value,
-            error: r.reason,
+            value: r.status === "fulfilled" ? r.value : undefined,
+            error: r.status === "rejected" ? r.reason : undefined,
           })),
         });
       } else if (this.ws === ws) {

@@ -12,7 +12,14 @@ export const DEFAULT_HISTORY_LIMITS = Object.freeze({
 });
 
 export class HistoryStore {
-  constructor({ storage, prefix = "relayline.history.", limits = {}, now = Date.now } = {}) {
+  /**
+   * @param {object} [options]
+   * @param {Storage | null} [options.storage] where to keep history (localStorage in a page)
+   * @param {string} [options.prefix]
+   * @param {object} [options.limits] overrides of DEFAULT_HISTORY_LIMITS
+   * @param {() => number} [options.now]
+   */
+  constructor({ storage = null, prefix = "relayline.history.", limits = {}, now = Date.now } = {}) {
     this.storage = storage;
     this.prefix = prefix;
     this.limits = { ...DEFAULT_HISTORY_LIMITS, ...limits };

@@ -13,8 +13,10 @@ import { LIMITS } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
+import { closestTo } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
+/** An element of the page by id (inputs, buttons, sections: the caller knows which). */
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 const MAX_MESSAGE_CHARS = LIMITS.maxMessageChars; // the relay's default; it answers 422 past its own
 
 function readCode() {
@@ -95,7 +97,7 @@ class Widget {
       }
     });
     $("stop").addEventListener("click", () => this.conversation?.stop().catch((err) => this.notice(apiErrorText(err))));
-    $("notices").addEventListener("click", (ev) => ev.target.closest(".notice__close")?.parentElement.remove());
+    $("notices").addEventListener("click", (ev) => closestTo(ev, ".notice__close")?.parentElement.remove());
   }
 
   notice(text) {
