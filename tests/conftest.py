@@ -16,6 +16,9 @@ import pytest
 from relayline.api.app import create_app
 from relayline.config import Settings
 
+# The relay, worker and client helpers every test directory shares.
+pytest_plugins = ["tests.fixtures"]
+
 PG_SERVER = os.environ.get("RELAYLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_KEY = "test-admin-key-" + "x" * 32
 

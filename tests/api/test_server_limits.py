@@ -18,9 +18,7 @@ from relayline.http_protocol import RelayHttpProtocol
 from relayline.server import server_config
 from relayline.testing import RelayServer
 from tests.conftest import ADMIN_KEY, SettingsFactory
-from tests.hub.conftest import RelayFactory, relay, start_relay
-
-__all__ = ["relay", "start_relay"]  # fixtures of tests/hub, offered to these tests
+from tests.fixtures import RelayFactory
 
 HEAD_TIMEOUT_S = 1.0
 

@@ -16,10 +16,7 @@ from relayline.protocol.close_codes import Close
 from relayline.protocol.jsoncodec import MAX_JSON_DEPTH
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import ADMIN_KEY
-from tests.hub.conftest import Tenant
-from tests.turns.conftest import FakeWorker, turn_relay
-
-__all__ = ["turn_relay"]
+from tests.fixtures import FakeWorker, Tenant
 
 FLOOD = "[" * 60_000
 

@@ -10,7 +10,7 @@ import httpx
 from relayline.observability import hub_metrics as m
 from relayline.protocol.close_codes import Close
 from relayline.testing import RelayServer, WsHarness
-from tests.hub.conftest import RelayFactory, Tenant, new_tenant
+from tests.fixtures import RelayFactory, Tenant, new_tenant
 from tests.hub.rawws import RawWs
 
 PAD = "x" * 900

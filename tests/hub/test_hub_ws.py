@@ -9,7 +9,7 @@ import pytest
 
 from relayline.protocol.close_codes import Close
 from relayline.testing import OpError, RelayServer, WsHarness
-from tests.hub.conftest import RelayFactory, Tenant, new_tenant
+from tests.fixtures import RelayFactory, Tenant, new_tenant
 from tests.hub.rawws import RawWs
 
 

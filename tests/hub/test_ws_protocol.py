@@ -25,7 +25,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from relayline.hub import protocol as ws_protocol
 from relayline.hub.protocol import RelayWebSocketProtocol
 from relayline.testing import RelayServer
-from tests.hub.conftest import RelayFactory, Tenant, new_tenant
+from tests.fixtures import RelayFactory, Tenant, new_tenant
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from relayline.testing import free_port
+from tests.fixtures import local_answer
 from tests.scaleout.cluster import (
     Cluster,
     RelayProcess,
@@ -29,7 +30,6 @@ from tests.scaleout.cluster import (
     stored_messages,
     wait_for,
 )
-from tests.turns.conftest import local_answer
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [

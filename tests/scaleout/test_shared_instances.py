@@ -16,7 +16,7 @@ from relayline.protocol.close_codes import Close
 from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import SettingsFactory
-from tests.hub.conftest import Tenant, new_tenant
+from tests.fixtures import Tenant, new_tenant
 
 REDIS = "redis://127.0.0.1:6379/14"
 WORKER = ("w1", "w" * 32)

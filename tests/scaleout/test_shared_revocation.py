@@ -12,7 +12,7 @@ import pytest
 from relayline.protocol.close_codes import Close
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import ADMIN_KEY
-from tests.hub.conftest import new_tenant
+from tests.fixtures import new_tenant
 from tests.hub.test_credential_revocation import SseReader, key_id_of, second_key
 from tests.scaleout.test_shared_instances import REDIS, _redis_up, pair
 

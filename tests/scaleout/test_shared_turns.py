@@ -15,9 +15,7 @@ import pytest
 from relayline.store.models import Turn
 from relayline.testing import OpError, RelayServer, WsHarness
 from tests.conftest import SettingsFactory
-from tests.hub.conftest import new_tenant
-from tests.scaleout.test_shared_instances import REDIS, _redis_up
-from tests.turns.conftest import (
+from tests.fixtures import (
     KEY_ID,
     SECRET,
     FakeWorker,
@@ -27,9 +25,11 @@ from tests.turns.conftest import (
     dispatcher_of,
     eventually,
     local_answer,
+    new_tenant,
     post,
     until_event,
 )
+from tests.scaleout.test_shared_instances import REDIS, _redis_up
 
 pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"Redis not reachable at {REDIS}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import local_answer
 from tests.scaleout.cluster import (
     Cluster,
     Watcher,
@@ -24,7 +25,6 @@ from tests.scaleout.cluster import (
     wait_for,
 )
 from tests.scaleout.test_shared_instances import REDIS, _redis_up
-from tests.turns.conftest import local_answer
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,7 +15,7 @@ from relayline.clock import now_ms
 from relayline.store import turn_queue
 from relayline.store.models import Turn
 from relayline.testing import RelayServer, WsHarness
-from tests.turns.conftest import (
+from tests.fixtures import (
     FakeWorker,
     RelayFactory,
     Tenants,

@@ -14,7 +14,7 @@ import pytest
 from relayline.store import chats
 from relayline.store.models import Turn
 from relayline.testing import RelayServer, WsHarness
-from tests.turns.conftest import (
+from tests.fixtures import (
     FakeWorker,
     RelayFactory,
     Tenants,

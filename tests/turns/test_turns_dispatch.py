@@ -14,7 +14,7 @@ from sqlalchemy import select
 from relayline.store.models import MessageMetric, Turn
 from relayline.testing import OpError, RelayServer, WsHarness, free_port
 from tests.conftest import ADMIN_KEY, SettingsFactory
-from tests.turns.conftest import (
+from tests.fixtures import (
     KEY_ID,
     SECRET,
     FakeWorker,

@@ -19,7 +19,7 @@ from relayline.testing import RelayServer
 from relayline.turns import signing
 from relayline.turns.signing import MemoryNonceStore, SignatureVerifier
 from relayline.worker.connection import PATH
-from tests.turns.conftest import KEY_ID, SECRET, RelayFactory
+from tests.fixtures import KEY_ID, SECRET, RelayFactory
 
 OTHER_ID = "rotated-key"
 OTHER_SECRET = "another-secret-" + "q" * 20

@@ -11,7 +11,7 @@ import pytest
 from relayline.testing import RelayServer, WsHarness, free_port
 from relayline.worker.connection import backoff_delay
 from tests.conftest import SettingsFactory
-from tests.turns.conftest import (
+from tests.fixtures import (
     KEY_ID,
     SECRET,
     Tenants,

@@ -1,5 +1,12 @@
-"""Fixtures for turn tests: a relay that knows a worker key, real worker daemons run in this
-event loop, and a scripted fake worker that speaks the worker protocol frame by frame."""
+"""The helpers that start relays, workers and clients for the tests, in one place (registered
+for every test directory by ``pytest_plugins`` in tests/conftest.py).
+
+- Relays in this event loop: ``start_relay`` (a factory), ``relay``, and a tenant with a key
+  (``tenant``, :func:`new_tenant`) and an HTTP client (``http``).
+- Turns: ``turn_relay`` (a relay that knows a worker key), real worker daemons run in this
+  event loop (``workers``), and :class:`FakeWorker`, which speaks the worker protocol frame by
+  frame; helpers to post messages and wait for answers.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +29,84 @@ from relayline.worker.connection import PATH, RelayConnection
 from relayline.worker.daemon import build_connection
 from relayline.worker.llm.base import ChatMessage, LLMClient, StreamChunk, ToolSpec
 from relayline.worker.settings import WorkerSettings
-from tests.conftest import ADMIN_KEY
-from tests.hub.conftest import RelayFactory, Tenant, new_tenant, start_relay
+from tests.conftest import ADMIN_KEY, SettingsFactory
 
-# start_relay is a fixture of tests/hub; named here so that pytest offers it to these tests.
-__all__ = ["RelayFactory", "Tenant", "start_relay"]
 
+# Relays
+@dataclass
+class Tenant:
+    id: str
+    key: str
+    http: httpx.AsyncClient
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def chat(self) -> str:
+        r = await self.http.post("/v1/chats", json={"title": "t"}, headers=self.auth)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def session(self, chat_ids: list[str]) -> str:
+        r = await self.http.post("/v1/sessions", json={"chat_ids": chat_ids}, headers=self.auth)
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    async def publish(self, topic: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+        r = await self.http.post(
+            "/v1/publish", json={"topic": topic, "events": events}, headers=self.auth
+        )
+        assert r.status_code == 202, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+
+RelayFactory = Callable[..., Awaitable[RelayServer]]
+
+
+@pytest.fixture
+async def start_relay(make_settings: SettingsFactory) -> AsyncIterator[RelayFactory]:
+    servers: list[RelayServer] = []
+
+    async def start(**overrides: Any) -> RelayServer:
+        server = RelayServer(make_settings(**overrides))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def relay(start_relay: RelayFactory) -> RelayServer:
+    return await start_relay()
+
+
+async def new_tenant(server: RelayServer, http: httpx.AsyncClient, name: str = "acme") -> Tenant:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    r = await http.post(f"{server.url}/v1/admin/tenants", json={"name": name}, headers=admin)
+    assert r.status_code == 201, r.text
+    tenant_id = r.json()["id"]
+    r = await http.post(f"{server.url}/v1/admin/tenants/{tenant_id}/keys", json={}, headers=admin)
+    assert r.status_code == 201, r.text
+    return Tenant(tenant_id, r.json()["key"], http)
+
+
+@pytest.fixture
+async def http(relay: RelayServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=relay.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def tenant(relay: RelayServer, http: httpx.AsyncClient) -> Tenant:
+    return await new_tenant(relay, http)
+
+
+# Turns and workers
 KEY_ID = "worker-key"
 SECRET = "worker-secret-" + "z" * 24
 Frame = dict[str, Any]
