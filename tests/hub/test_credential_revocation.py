@@ -85,7 +85,7 @@ async def test_revoked_key_closes_its_socket_and_nothing_sent_after_is_stored(
         assert not [f for f in ws.frames if f.get("ref") == "late"]
         # Events published after the revocation do not reach it either.
         await other.publish(topic, [{"type": "custom.after", "data": {}}])
-        await ws.assert_silent(0.3)
+        await ws.assert_silent(0.3, type="custom.after")
     assert await stored_contents(other, chat) == ["before"]
     # A new connection with the revoked key is refused as well.
     async with WsHarness(relay, token=tenant.key) as again:
