@@ -12,8 +12,9 @@
   error, with an ``X-Request-ID``.
 
 It relies on uvicorn internals (the constructor, ``connection_made``, ``on_message_begin``,
-``on_headers_complete``, ``send_400_response``, ``server_state.default_headers``), hence the
-0.54.x pin; tests/api/test_server_limits.py fails loudly when they change.
+``on_headers_complete``, ``handle_websocket_upgrade``, ``send_400_response``,
+``server_state.default_headers``), hence the 0.54.x pin; tests/api/test_server_limits.py fails
+loudly when they change.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ class RelayHttpProtocol(HttpToolsProtocol):
         self._head_done = True
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        self._cancel_head_timer()
+        # The connection belongs to the WebSocket protocol now. The parser refers back to this
+        # object; left in place, that cycle keeps it (scope, headers, parser state) until a full
+        # garbage collection, which idle sockets pay for in memory (measured: ~0.3 KB each).
+        self.parser = None  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         self._cancel_head_timer()

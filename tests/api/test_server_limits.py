@@ -183,7 +183,13 @@ def test_the_uvicorn_internals_the_http_protocol_relies_on_are_there(
     make_settings: SettingsFactory,
 ) -> None:
     """Fails loudly when a uvicorn upgrade moves what RelayHttpProtocol overrides or uses."""
-    for name in ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete"):
+    for name in (
+        "connection_made",
+        "connection_lost",
+        "on_message_begin",
+        "on_headers_complete",
+        "handle_websocket_upgrade",
+    ):
         assert callable(getattr(HttpToolsProtocol, name)), name
     assert list(inspect.signature(HttpToolsProtocol.send_400_response).parameters) == [
         "self",
@@ -196,7 +202,14 @@ def test_the_uvicorn_internals_the_http_protocol_relies_on_are_there(
         "app_state",
     ]
     source = inspect.getsource(HttpToolsProtocol)
-    for needle in ("self.send_400_response(", "self.cycle", "self.loop", "server_state"):
+    for needle in (
+        "self.send_400_response(",
+        "self.cycle",
+        "self.loop",
+        "server_state",
+        "self.parser.feed_data(",
+        "self.handle_websocket_upgrade()",
+    ):
         assert needle in source, needle
     config = server_config(make_settings(request_head_timeout_s=3), "127.0.0.1", 0)
     assert issubclass(config.http, RelayHttpProtocol)  # type: ignore[arg-type]
