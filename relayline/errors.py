@@ -23,12 +23,14 @@ the WebSocket hub renders them as ``error`` frames with the same ``code``.
 
 from __future__ import annotations
 
+from relayline.protocol.names import ErrorCode
+
 
 class RelaylineError(Exception):
     """Base of every error a client may see."""
 
     status: int = 500
-    code: str = "internal"
+    code: str = ErrorCode.INTERNAL
 
     def __init__(self, detail: str = "", *, code: str | None = None) -> None:
         super().__init__(detail)
@@ -47,17 +49,17 @@ class RelaylineError(Exception):
 
 class ValidationFailed(RelaylineError):
     status = 422
-    code = "validation_error"
+    code = ErrorCode.VALIDATION_ERROR
 
 
 class PayloadTooLarge(RelaylineError):
     status = 413
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class RateLimited(RelaylineError):
     status = 429
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
     def __init__(self, detail: str = "", *, retry_after: int = 1, code: str | None = None) -> None:
         # ``code`` lets a related refusal (``too_many_connections``) keep the 429 status and the
@@ -68,29 +70,29 @@ class RateLimited(RelaylineError):
 
 class Unauthorized(RelaylineError):
     status = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(RelaylineError):
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(RelaylineError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(RelaylineError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class Unavailable(RelaylineError):
     status = 503
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
 
 
 class InternalError(RelaylineError):
     status = 500
-    code = "internal"
+    code = ErrorCode.INTERNAL

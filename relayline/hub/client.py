@@ -28,7 +28,7 @@ from relayline.observability import hub_metrics as m
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
 from relayline.protocol.jsoncodec import JsonTooDeep
-from relayline.protocol.names import Op
+from relayline.protocol.names import ErrorCode, Op
 
 log = structlog.get_logger("relayline.ws")
 
@@ -160,7 +160,10 @@ class ClientConnection:
                 "error",
                 {
                     "ref": None,
-                    "data": {"code": "rate_limited", "detail": "op rate exceeded; slow down"},
+                    "data": {
+                        "code": ErrorCode.RATE_LIMITED,
+                        "detail": "op rate exceeded; slow down",
+                    },
                 },
             )
             return True
@@ -169,7 +172,7 @@ class ClientConnection:
         except ValueError as exc:
             detail = str(exc) if isinstance(exc, JsonTooDeep) else "frame is not valid JSON"
             self.send_control(
-                "error", {"ref": None, "data": {"code": "invalid_json", "detail": detail}}
+                "error", {"ref": None, "data": {"code": ErrorCode.INVALID_JSON, "detail": detail}}
             )
             return True
         if not isinstance(frame, dict):
@@ -177,7 +180,10 @@ class ClientConnection:
                 "error",
                 {
                     "ref": None,
-                    "data": {"code": "validation_error", "detail": "frame must be a JSON object"},
+                    "data": {
+                        "code": ErrorCode.VALIDATION_ERROR,
+                        "detail": "frame must be a JSON object",
+                    },
                 },
             )
             return True
@@ -191,7 +197,8 @@ class ClientConnection:
         if handler is None:
             m.OPS.labels("unknown", "error").inc()
             self.send_control(
-                "error", {"ref": ref, "data": {"code": "unknown_op", "detail": "unknown op"}}
+                "error",
+                {"ref": ref, "data": {"code": ErrorCode.UNKNOWN_OP, "detail": "unknown op"}},
             )
             return True
         try:

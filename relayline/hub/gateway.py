@@ -29,6 +29,7 @@ from relayline.live_credentials import LiveCredentials
 from relayline.observability import hub_metrics as m
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
+from relayline.protocol.names import ErrorCode
 
 log = structlog.get_logger("relayline.ws")
 
@@ -258,7 +259,7 @@ class Gateway:
                         {
                             "ref": None,
                             "data": {
-                                "code": "validation_error",
+                                "code": ErrorCode.VALIDATION_ERROR,
                                 "detail": "binary frames are not accepted",
                             },
                         },

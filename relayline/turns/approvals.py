@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
@@ -64,7 +65,7 @@ class Approvals:
             log.warning("approval_request_refused", turn_id=running.turn_id, id=approval_id)
             running.worker.send(
                 {
-                    "type": "tool.approval",
+                    "type": WorkerFrame.TOOL_APPROVAL,
                     "turn_id": running.turn_id,
                     "attempt": running.attempt,
                     "approval_id": approval_id,
@@ -123,7 +124,7 @@ class Approvals:
         decision = "approve" if approve else "deny"
         running.worker.send(
             {
-                "type": "tool.approval",
+                "type": WorkerFrame.TOOL_APPROVAL,
                 "turn_id": running.turn_id,
                 "attempt": running.attempt,
                 "approval_id": approval_id,

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from relayline.ids import new_id
+from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.store import turns as store
 from relayline.turns.context import TurnContext
@@ -113,7 +114,7 @@ class ClaimLoop:
         agent = assignment.agent
         worker.send(
             {
-                "type": "turn.assigned",
+                "type": WorkerFrame.TURN_ASSIGNED,
                 "turn_id": assignment.turn_id,
                 "attempt": assignment.attempt,
                 "chat_id": assignment.chat_id,

@@ -30,6 +30,7 @@ from typing import Any
 
 from relayline.bus.base import Bus
 from relayline.config import Settings
+from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.store.database import Database
 from relayline.turns.approvals import Approvals, still_open
@@ -170,7 +171,11 @@ class TurnDispatcher:
         if running.published_chars + running.pending_chars + len(text) > limit:
             # An answer past the limit ends here: the worker stops, the text so far is kept.
             running.worker.send(
-                {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+                {
+                    "type": WorkerFrame.TURN_CANCEL,
+                    "turn_id": running.turn_id,
+                    "attempt": running.attempt,
+                }
             )
             detail = f"the answer is longer than RELAYLINE_MAX_ANSWER_CHARS ({limit})"
             await self.outcomes.failed(running, "internal", detail)

@@ -13,6 +13,17 @@ from typing import Any
 import structlog
 
 from relayline.bus.base import Bus
+from relayline.protocol.frames import (
+    ApprovalResolvedData,
+    MessageCompletedData,
+    MessageCreatedData,
+    MessageDeltaData,
+    TurnCancelledData,
+    TurnFailedData,
+    TurnQueuedData,
+    TurnRetryingData,
+    TurnStartedData,
+)
 from relayline.protocol.names import EventType
 
 log = structlog.get_logger("relayline.turns")
@@ -39,11 +50,11 @@ class ChatEvents:
     async def message_created(
         self, chat_id: str, message: dict[str, Any], turn_id: str | None
     ) -> None:
-        items: list[tuple[str, dict[str, Any]]] = [
-            (EventType.MESSAGE_CREATED, {"message": message})
-        ]
+        created: MessageCreatedData = {"message": message}
+        items: list[tuple[str, dict[str, Any]]] = [(EventType.MESSAGE_CREATED, dict(created))]
         if turn_id is not None:
-            items.append((EventType.TURN_QUEUED, {"turn_id": turn_id, "message_id": message["id"]}))
+            queued: TurnQueuedData = {"turn_id": turn_id, "message_id": message["id"]}
+            items.append((EventType.TURN_QUEUED, dict(queued)))
         try:
             await self.bus.publish_many(chat_topic(chat_id), items)
         except Exception:
@@ -56,25 +67,24 @@ class ChatEvents:
     async def turn_started(
         self, chat_id: str, turn_id: str, attempt: int, message_id: str, worker_id: str
     ) -> None:
-        await self._publish(
-            chat_topic(chat_id),
-            EventType.TURN_STARTED,
-            {
-                "turn_id": turn_id,
-                "attempt": attempt,
-                "message_id": message_id,
-                "worker_id": worker_id,
-            },
-        )
+        data: TurnStartedData = {
+            "turn_id": turn_id,
+            "attempt": attempt,
+            "message_id": message_id,
+            "worker_id": worker_id,
+        }
+        await self._publish(chat_topic(chat_id), EventType.TURN_STARTED, dict(data))
 
     async def message_delta(
         self, chat_id: str, message_id: str, turn_id: str, offset: int, text: str
     ) -> None:
-        await self._publish(
-            chat_topic(chat_id),
-            EventType.MESSAGE_DELTA,
-            {"message_id": message_id, "turn_id": turn_id, "offset": offset, "text": text},
-        )
+        data: MessageDeltaData = {
+            "message_id": message_id,
+            "turn_id": turn_id,
+            "offset": offset,
+            "text": text,
+        }
+        await self._publish(chat_topic(chat_id), EventType.MESSAGE_DELTA, dict(data))
 
     async def message_completed(
         self,
@@ -85,41 +95,33 @@ class ChatEvents:
         content: str,
         metrics: dict[str, Any],
     ) -> None:
-        await self._publish(
-            chat_topic(chat_id),
-            EventType.MESSAGE_COMPLETED,
-            {
-                "message_id": message_id,
-                "turn_id": turn_id,
-                "seq": seq,
-                "content": content,
-                "metrics": metrics,
-            },
-        )
+        data: MessageCompletedData = {
+            "message_id": message_id,
+            "turn_id": turn_id,
+            "seq": seq,
+            "content": content,
+            "metrics": metrics,
+        }
+        await self._publish(chat_topic(chat_id), EventType.MESSAGE_COMPLETED, dict(data))
 
     async def turn_retrying(self, chat_id: str, turn_id: str, attempt: int, reason: str) -> None:
-        await self._publish(
-            chat_topic(chat_id),
-            EventType.TURN_RETRYING,
-            {"turn_id": turn_id, "attempt": attempt, "reason": reason},
-        )
+        data: TurnRetryingData = {"turn_id": turn_id, "attempt": attempt, "reason": reason}
+        await self._publish(chat_topic(chat_id), EventType.TURN_RETRYING, dict(data))
 
     async def turn_failed(
         self, chat_id: str, turn_id: str, message_id: str | None, category: str, detail: str
     ) -> None:
-        await self._publish(
-            chat_topic(chat_id),
-            EventType.TURN_FAILED,
-            {
-                "turn_id": turn_id,
-                "message_id": message_id,
-                "category": category,
-                "detail": detail[:500],
-            },
-        )
+        data: TurnFailedData = {
+            "turn_id": turn_id,
+            "message_id": message_id,
+            "category": category,
+            "detail": detail[:500],
+        }
+        await self._publish(chat_topic(chat_id), EventType.TURN_FAILED, dict(data))
 
     async def turn_cancelled(self, chat_id: str, turn_id: str) -> None:
-        await self._publish(chat_topic(chat_id), EventType.TURN_CANCELLED, {"turn_id": turn_id})
+        data: TurnCancelledData = {"turn_id": turn_id}
+        await self._publish(chat_topic(chat_id), EventType.TURN_CANCELLED, dict(data))
 
     # Tool approvals
 
@@ -127,11 +129,8 @@ class ChatEvents:
         await self._publish(chat_topic(chat_id), EventType.TOOL_APPROVAL_REQUESTED, request)
 
     async def approval_resolved(self, chat_id: str, approval_id: str, decision: str) -> None:
-        await self._publish(
-            chat_topic(chat_id),
-            EventType.TOOL_APPROVAL_RESOLVED,
-            {"approval_id": approval_id, "decision": decision},
-        )
+        data: ApprovalResolvedData = {"approval_id": approval_id, "decision": decision}
+        await self._publish(chat_topic(chat_id), EventType.TOOL_APPROVAL_RESOLVED, dict(data))
 
     # Workers
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
@@ -104,7 +105,11 @@ class LeaseKeeper:
             if running.lease_expires >= now:
                 continue
             running.worker.send(
-                {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+                {
+                    "type": WorkerFrame.TURN_CANCEL,
+                    "turn_id": running.turn_id,
+                    "attempt": running.attempt,
+                }
             )
             try:
                 await self._lost(running, "lease expired", "timeout")
@@ -148,7 +153,11 @@ class LeaseKeeper:
         running.pending.clear()
         running.pending_chars = 0
         running.worker.send(
-            {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+            {
+                "type": WorkerFrame.TURN_CANCEL,
+                "turn_id": running.turn_id,
+                "attempt": running.attempt,
+            }
         )
         running.worker.inflight.discard(running.turn_id)
         self.turns.free_chat(running)

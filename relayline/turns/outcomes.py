@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from relayline.protocol.names import WorkerFrame
 from relayline.store import turns as store
 from relayline.turns.approvals import Approvals
 from relayline.turns.claims import ClaimLoop
@@ -85,7 +86,11 @@ class Outcomes:
         """The store marked the turn cancelled: stop the worker and keep what was published."""
         await self.stream.flush(running)
         running.worker.send(
-            {"type": "turn.cancel", "turn_id": running.turn_id, "attempt": running.attempt}
+            {
+                "type": WorkerFrame.TURN_CANCEL,
+                "turn_id": running.turn_id,
+                "attempt": running.attempt,
+            }
         )
         self._release(running)
         try:

@@ -96,7 +96,7 @@ class WorkerGateway:
         self.dispatcher.attach(link)
         link.send(
             {
-                "type": "welcome",
+                "type": WorkerFrame.WELCOME,
                 "worker_id": link.worker_id,
                 "lease_s": self.settings.turn_lease_s,
                 "capacity": link.capacity,

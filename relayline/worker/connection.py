@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from relayline.protocol import jsoncodec
+from relayline.protocol.names import WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker.agent import AgentRunner
 from relayline.worker.llm.base import ChatMessage, LLMError
@@ -137,7 +138,7 @@ class RelayConnection:
             self.draining = False
             await self._send(
                 {
-                    "type": "hello",
+                    "type": WorkerFrame.HELLO,
                     "worker_id": self.worker_id,
                     "capacity": self.settings.worker_capacity,
                     "models": [self.settings.model],
@@ -172,7 +173,9 @@ class RelayConnection:
             await asyncio.wait(tasks, timeout=grace)
         for turn_id, (attempt, task) in list(self.turns.items()):
             task.cancel()
-            await self._send({"type": "turn.released", "turn_id": turn_id, "attempt": attempt})
+            await self._send(
+                {"type": WorkerFrame.TURN_RELEASED, "turn_id": turn_id, "attempt": attempt}
+            )
         if self.ws is not None:
             await self.ws.close()
 
@@ -184,7 +187,7 @@ class RelayConnection:
     async def _send_state(self) -> None:
         await self._send(
             {
-                "type": "state",
+                "type": WorkerFrame.STATE,
                 "status": "draining" if self.draining else "ready",
                 "inflight": len(self.turns),
                 "capacity": self.settings.worker_capacity,
@@ -213,23 +216,25 @@ class RelayConnection:
 
     async def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind == "turn.assigned":
+        if kind == WorkerFrame.TURN_ASSIGNED:
             turn_id = str(frame["turn_id"])
             attempt = int(frame["attempt"])
             if self.draining or len(self.turns) >= self.settings.worker_capacity:
-                await self._send({"type": "turn.released", "turn_id": turn_id, "attempt": attempt})
+                await self._send(
+                    {"type": WorkerFrame.TURN_RELEASED, "turn_id": turn_id, "attempt": attempt}
+                )
                 return
             task = asyncio.create_task(self._run_turn(frame))
             self.turns[turn_id] = (attempt, task)
-        elif kind == "turn.cancel":
+        elif kind == WorkerFrame.TURN_CANCEL:
             held = self.turns.get(str(frame.get("turn_id")))
             if held is not None and held[0] == frame.get("attempt"):
                 held[1].cancel()
-        elif kind == "tool.approval":
+        elif kind == WorkerFrame.TOOL_APPROVAL:
             future = self.approvals.pop(str(frame.get("approval_id")), None)
             if future is not None and not future.done():
                 future.set_result(frame.get("decision") == "approve")
-        elif kind == "error":
+        elif kind == WorkerFrame.ERROR:
             log.warning("relay_error", code=frame.get("code"), detail=frame.get("detail"))
 
     async def _run_turn(self, frame: dict[str, Any]) -> None:
@@ -241,7 +246,7 @@ class RelayConnection:
         except (ValueError, TypeError, AttributeError):
             await self._send(
                 {
-                    "type": "turn.failed",
+                    "type": WorkerFrame.TURN_FAILED,
                     **base,
                     "category": "internal",
                     "detail": "malformed turn history",
@@ -260,7 +265,7 @@ class RelayConnection:
             # The relay caps frames (64 KiB by default): a long chunk goes out in pieces.
             for start in range(0, len(text), FRAME_TEXT_CHARS):
                 piece = text[start : start + FRAME_TEXT_CHARS]
-                await self._send({"type": "turn.delta", **base, "text": piece})
+                await self._send({"type": WorkerFrame.TURN_DELTA, **base, "text": piece})
 
         async def request_approval(tool: str, arguments: dict[str, Any]) -> bool:
             approval_id = secrets.token_urlsafe(12)
@@ -269,7 +274,7 @@ class RelayConnection:
             deadline = time.time() + self.settings.approval_timeout_s
             await self._send(
                 {
-                    "type": "tool.approval_request",
+                    "type": WorkerFrame.TOOL_APPROVAL_REQUEST,
                     **base,
                     "approval_id": approval_id,
                     "tool": tool,
@@ -303,7 +308,7 @@ class RelayConnection:
         except LLMError as exc:
             self.last_error = exc.category
             final = {
-                "type": "turn.failed",
+                "type": WorkerFrame.TURN_FAILED,
                 **base,
                 "category": exc.category,
                 "detail": exc.detail[:500],
@@ -314,14 +319,14 @@ class RelayConnection:
             log.exception("turn_crashed", turn_id=turn_id)
             self.last_error = "internal"
             final = {
-                "type": "turn.failed",
+                "type": WorkerFrame.TURN_FAILED,
                 **base,
                 "category": "internal",
                 "detail": type(exc).__name__,
             }
         else:
             final = {
-                "type": "turn.done",
+                "type": WorkerFrame.TURN_DONE,
                 **base,
                 "usage": {"tokens_in": result.tokens_in, "tokens_out": result.tokens_out},
             }
@@ -332,7 +337,7 @@ class RelayConnection:
             if held is not None and held[0] == attempt:
                 del self.turns[turn_id]
         await self._send(final)
-        if final["type"] == "turn.failed":
+        if final["type"] == WorkerFrame.TURN_FAILED:
             # The failure (and a breaker it may have opened) shows in the workers view now,
             # not at the next periodic report.
             await self._send_state()

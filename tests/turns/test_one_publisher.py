@@ -11,8 +11,9 @@ from relayline.protocol.names import EventType
 
 PACKAGE = Path(relayline.__file__).resolve().parent
 PUBLISHER = PACKAGE / "turns" / "events.py"
-# The catalogue itself, the worker (it never publishes), and the web UI's generator.
-ALLOWED = {PUBLISHER, PACKAGE / "protocol" / "names.py"}
+# The publisher, the protocol's catalogue and frame shapes (a worker frame shares a name with
+# an event), and the worker (it never publishes).
+ALLOWED = {PUBLISHER, PACKAGE / "protocol" / "names.py", PACKAGE / "protocol" / "frames.py"}
 CHAT_EVENTS = {
     t.value
     for t in EventType

@@ -7,6 +7,7 @@ import { badge, el } from "./dom.js";
 import { apiErrorText, connectionText } from "./errors.js";
 import { keyFigures, parseMetrics } from "./metrics.js";
 import { RelaySocket } from "./socket.js";
+import { EVENT } from "./protocol.js";
 
 const KEY = "relayline.admin";
 const REFRESH_MS = 10_000;
@@ -127,7 +128,7 @@ class AdminApp {
       $("conn").lastChild.textContent = status.state === "online" ? "Live" : connectionText(status);
     });
     this.socket.on("event", (event) => {
-      if (event.type === "worker.state" && event.data?.worker_id) {
+      if (event.type === EVENT.WORKER_STATE && event.data?.worker_id) {
         this.liveEvents += 1;
         // Keep what the list said and the event does not (the instance it is connected to).
         const known = this.workers.get(event.data.worker_id);

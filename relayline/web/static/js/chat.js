@@ -8,7 +8,7 @@ import { DebugOverlay } from "./debug.js";
 import { apiErrorText, closeText, connectionText } from "./errors.js";
 import { MessageListView } from "./message_list.js";
 import { OfflineQueue, QueueFullError } from "./offline_queue.js";
-import { CLOSE, LIMITS } from "./protocol.js";
+import { CLOSE, LIMITS, OP } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
@@ -375,7 +375,7 @@ class ChatApp {
     this.queue
       .flush((item) =>
         this.socket
-          .request("send", { topic: `chat:${item.chat_id}`, content: item.content, client_msg_id: item.client_msg_id })
+          .request(OP.SEND, { topic: `chat:${item.chat_id}`, content: item.content, client_msg_id: item.client_msg_id })
           .then((ack) => {
             if (this.conversation?.chatId === item.chat_id) this.conversation.acked(item, ack);
           }),

@@ -5,6 +5,7 @@
 
 import { apiErrorText, RECOVERY, turnFailureText } from "./errors.js";
 import { SocketError } from "./socket.js";
+import { EVENT, OP } from "./protocol.js";
 
 export const PAGE_SIZE = 100;
 const LOCAL_BASE = 1e15; // sort key of not-yet-stored messages: after every stored one
@@ -209,35 +210,35 @@ export class Conversation {
   apply(event) {
     if (this.closed || event.topic !== this.topic) return;
     // During a reload the snapshot decides; the resubscription that follows replays the rest.
-    if (this.reloading && event.type !== "events.missed") return;
+    if (this.reloading && event.type !== EVENT.EVENTS_MISSED) return;
     const data = event.data ?? {};
     switch (event.type) {
-      case "message.created":
+      case EVENT.MESSAGE_CREATED:
         return this.onCreated(data.message);
-      case "turn.queued":
+      case EVENT.TURN_QUEUED:
         if (!this.activeTurn) this.setTurn({ turn_id: data.turn_id, state: "queued", message_id: null });
         return;
-      case "turn.started":
+      case EVENT.TURN_STARTED:
         return this.onStarted(data);
-      case "message.delta":
+      case EVENT.MESSAGE_DELTA:
         return this.onDelta(data);
-      case "message.completed":
+      case EVENT.MESSAGE_COMPLETED:
         return this.onCompleted(data);
-      case "turn.failed":
+      case EVENT.TURN_FAILED:
         return this.onFailed(data);
-      case "turn.cancelled":
+      case EVENT.TURN_CANCELLED:
         return this.onCancelled(data);
-      case "turn.retrying":
+      case EVENT.TURN_RETRYING:
         this.notify({ kind: "warn", text: RECOVERY.retrying(data.attempt ?? 2), ttlMs: 10000 });
         return;
-      case "worker.state":
+      case EVENT.WORKER_STATE:
         if (data.status === "no_worker") this.notify({ kind: "warn", text: turnFailureText("no_worker"), id: "no_worker" });
         return;
-      case "tool.approval_requested":
+      case EVENT.TOOL_APPROVAL_REQUESTED:
         return this.onApprovalRequested(data);
-      case "tool.approval_resolved":
+      case EVENT.TOOL_APPROVAL_RESOLVED:
         return this.setApproval(data.approval_id, data.decision === "approve" ? "approved" : "denied");
-      case "events.missed":
+      case EVENT.EVENTS_MISSED:
         this.reload({ missed: true }).catch((err) => this.notify({ kind: "error", text: apiErrorText(err) }));
         return;
       default:
@@ -408,7 +409,7 @@ export class Conversation {
 
   async stop() {
     try {
-      await this.socket.request("cancel", { topic: this.topic });
+      await this.socket.request(OP.CANCEL, { topic: this.topic });
     } catch (err) {
       if (!(err instanceof SocketError) || !err.retryable) throw err;
       await this.api.post(`/v1/chats/${encodeURIComponent(this.chatId)}/cancel`, {}, { idempotent: true });
@@ -420,7 +421,7 @@ export class Conversation {
     if (!a || a.state !== "pending") return;
     this.setApproval(approvalId, "sending");
     try {
-      await this.socket.request("approve", { topic: this.topic, approval_id: approvalId, decision });
+      await this.socket.request(OP.APPROVE, { topic: this.topic, approval_id: approvalId, decision });
       this.setApproval(approvalId, decision === "approve" ? "approved" : "denied");
     } catch (err) {
       if (err.code === "not_found") this.setApproval(approvalId, "gone");

@@ -3,7 +3,7 @@
 // heartbeat, and reconnects paced by a configurable backoff policy. It owns no UI; it reports
 // its state and every packet to whoever listens.
 
-import { CLOSE } from "./protocol.js";
+import { CLOSE, EVENT, OP } from "./protocol.js";
 import { closeAction, ReconnectPolicy } from "./reconnect.js";
 
 export { CLOSE_ACTIONS, closeAction, DEFAULT_RECONNECT, ReconnectPolicy } from "./reconnect.js";
@@ -173,7 +173,7 @@ export class RelaySocket {
     const subscriptions = [...this.topics.entries()];
     const probes = subscriptions.length
       ? subscriptions.map(([topic, pos]) => this.sendSubscribe(topic, pos))
-      : [this.request("ping", {})];
+      : [this.request(OP.PING, {})];
     Promise.allSettled(probes).then((results) => {
       if (ws !== this.ws) return;
       // Any answer from the relay (even a refused subscription) proves the link works.
@@ -230,7 +230,7 @@ export class RelaySocket {
     if (typeof frame.topic === "string" && typeof frame.seq === "number") {
       const pos = this.topics.get(frame.topic);
       if (pos) {
-        if (frame.type === "events.missed") {
+        if (frame.type === EVENT.EVENTS_MISSED) {
           pos.epoch = frame.data?.epoch ?? pos.epoch;
           pos.seq = frame.data?.seq ?? frame.seq;
         } else if (frame.seq > pos.seq) {
@@ -322,7 +322,7 @@ export class RelaySocket {
   startHeartbeat() {
     this.stopHeartbeat();
     this.heartbeatTimer = this.timers.setInterval(() => {
-      this.request("ping", {}).catch((err) => {
+      this.request(OP.PING, {}).catch((err) => {
         // An unanswered ping means a half-open link: replace it now, resume from (epoch, seq).
         if (err.code === "timeout" && this.ws) {
           this.drop("heartbeat");
@@ -379,7 +379,7 @@ export class RelaySocket {
       fields.epoch = pos.epoch;
       fields.after_seq = pos.seq;
     }
-    return this.request("subscribe", fields).then(
+    return this.request(OP.SUBSCRIBE, fields).then(
       (ack) => {
         const current = this.topics.get(topic);
         if (current) {
@@ -430,7 +430,7 @@ export class RelaySocket {
 
   unsubscribe(topic) {
     this.topics.delete(topic);
-    if (this.online) this.request("unsubscribe", { topic }).catch(() => {});
+    if (this.online) this.request(OP.UNSUBSCRIBE, { topic }).catch(() => {});
   }
 
   position(topic) {

@@ -9,7 +9,7 @@ import { apiErrorText, connectionText } from "./errors.js";
 import { MessageListView } from "./message_list.js";
 import { OfflineQueue } from "./offline_queue.js";
 import { solveChallenge } from "./pow.js";
-import { LIMITS } from "./protocol.js";
+import { LIMITS, OP } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
@@ -182,7 +182,7 @@ class Widget {
   flush() {
     this.queue.flush((item) =>
       this.socket
-        .request("send", { topic: `chat:${item.chat_id}`, content: item.content, client_msg_id: item.client_msg_id })
+        .request(OP.SEND, { topic: `chat:${item.chat_id}`, content: item.content, client_msg_id: item.client_msg_id })
         .then((ack) => this.conversation?.acked(item, ack)),
     );
   }

@@ -1,0 +1,201 @@
+"""The shapes of the wire protocol's frames, as ``TypedDict``s (JSON objects on the wire; a
+dict costs nothing to build or decode, so the hot paths keep plain dicts and these types check
+what they put in them). Names of ops, events and frame types are in :mod:`.names`.
+
+TypedDicts rather than msgspec Structs or dataclasses: the decode path is one ``json.loads`` per
+frame and the encode path one ``json.dumps`` per event (shared by every subscriber); a typed
+decoder would add a conversion at both ends, and no benchmark here shows that it would pay.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+# The event envelope, server to client (one per WebSocket text frame; an SSE ``data:`` line).
+
+
+class Envelope(TypedDict):
+    v: Literal[1]
+    id: str  # unique per event; the trace id in logs
+    topic: str  # chat:<id> | term:<id> | tenant:<id> | admin
+    type: str  # an EventType
+    seq: int  # the topic's next sequence number
+    ts: int  # milliseconds since the Unix epoch
+    data: dict[str, Any]
+
+
+# Client ops (client → relay); each may carry a ``ref`` that its ack or error repeats.
+
+
+class _Op(TypedDict):
+    op: str
+    ref: NotRequired[str | int]
+
+
+class AuthOp(_Op):
+    token: str
+
+
+class SubscribeOp(_Op):
+    topic: str
+    epoch: NotRequired[str]
+    after_seq: NotRequired[int]
+
+
+class UnsubscribeOp(_Op):
+    topic: str
+
+
+class SendOp(_Op):
+    topic: str
+    content: str
+    client_msg_id: NotRequired[str]
+
+
+class CancelOp(_Op):
+    topic: str
+
+
+class ApproveOp(_Op):
+    topic: str
+    approval_id: str
+    decision: Literal["approve", "deny"]
+
+
+class TermInputOp(_Op):
+    topic: str
+    data: str
+
+
+class TermResizeOp(_Op):
+    topic: str
+    cols: int
+    rows: int
+
+
+# Replies (relay → client) outside any topic.
+
+
+class ErrorData(TypedDict):
+    code: str  # an ErrorCode
+    detail: str
+
+
+class ErrorReply(TypedDict):
+    type: Literal["error"]
+    ref: str | int | None
+    data: ErrorData
+
+
+# The data of a conversation's events (see relayline.turns.events, their one publisher).
+
+
+class MessageCreatedData(TypedDict):
+    message: dict[str, Any]  # the stored message, as the REST API shows it
+
+
+class TurnQueuedData(TypedDict):
+    turn_id: str
+    message_id: str
+
+
+class TurnStartedData(TypedDict):
+    turn_id: str
+    attempt: int
+    message_id: str
+    worker_id: str
+
+
+class MessageDeltaData(TypedDict):
+    message_id: str
+    turn_id: str
+    offset: int  # characters of the answer before this text: gap-free, in order
+    text: str
+
+
+class MessageCompletedData(TypedDict):
+    message_id: str
+    turn_id: str
+    seq: int
+    content: str
+    metrics: dict[str, Any]
+
+
+class TurnRetryingData(TypedDict):
+    turn_id: str
+    attempt: int
+    reason: str
+
+
+class TurnFailedData(TypedDict):
+    turn_id: str
+    message_id: str | None
+    category: str  # a FailureCategory
+    detail: str
+
+
+class TurnCancelledData(TypedDict):
+    turn_id: str
+
+
+class ApprovalResolvedData(TypedDict):
+    approval_id: str
+    decision: str
+
+
+class EventsMissedData(TypedDict):
+    reason: str
+
+
+# Worker frames (both directions on /v1/worker/ws); ``type`` is a WorkerFrame.
+
+
+class Hello(TypedDict):
+    type: Literal["hello"]
+    worker_id: NotRequired[str]
+    capacity: int
+
+
+class Welcome(TypedDict):
+    type: Literal["welcome"]
+    worker_id: str
+    capacity: int
+
+
+class TurnAssigned(TypedDict):
+    type: Literal["turn.assigned"]
+    turn_id: str
+    attempt: int
+    chat_id: str
+    messages: list[dict[str, Any]]
+    tools: list[str]
+    correlation_id: str
+    deadline: int  # ms since the Unix epoch
+
+
+class TurnDelta(TypedDict):
+    type: Literal["turn.delta"]
+    turn_id: str
+    attempt: int
+    text: str
+
+
+class TurnDone(TypedDict):
+    type: Literal["turn.done"]
+    turn_id: str
+    attempt: int
+    usage: NotRequired[dict[str, Any]]
+
+
+class TurnFailedFrame(TypedDict):
+    type: Literal["turn.failed"]
+    turn_id: str
+    attempt: int
+    category: str  # a FailureCategory
+    detail: str
+
+
+class TurnCancel(TypedDict):
+    type: Literal["turn.cancel"]
+    turn_id: str
+    attempt: int
