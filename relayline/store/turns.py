@@ -90,6 +90,11 @@ async def _history(
     An answer takes its seq when its turn starts, so messages queued behind a turn are stored
     before its answer. Each answer is therefore placed right after the question it answers,
     and questions asked after this one are left out.
+
+    What goes back to the model: every question, every complete answer, and an answer the
+    person stopped (its text is what they saw and reacted to). A failed answer does not: it is
+    text the model never finished (cut by a timeout, a dead upstream, a lost worker), and
+    feeding it back would have the model continue or imitate a broken reply.
     """
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -110,6 +115,7 @@ async def _history(
         .where(
             Message.chat_id == chat_id,
             Message.content != "",
+            or_(Message.role != "assistant", Message.status != "failed"),
             or_(anchor < asked_seq, Message.seq == asked_seq),
         )
         .order_by(anchor.desc(), Message.seq.desc())

@@ -1,7 +1,8 @@
 """Coalescing a running answer's deltas into ``message.delta`` events.
 
-A worker's ``turn.delta`` text is buffered and published once ``delta_coalesce_chars`` are
-pending or ``delta_coalesce_ms`` after the first pending delta, whichever comes first.
+The first text of an answer is published at once; after it, a worker's ``turn.delta`` text is
+buffered and published once ``delta_coalesce_chars`` are pending or ``delta_coalesce_ms`` after
+the first pending delta, whichever comes first.
 Guarantees: events carry consecutive, gap-free ``offset``s (flushes of one attempt never
 interleave); :attr:`Running.published_text` is exactly what subscribers were sent; with a
 shared coordinator, that text is stored as the chat's partial answer before it is published,
@@ -24,11 +25,14 @@ class DeltaStream:
     async def on_delta(self, running: Running, text: str) -> None:
         if not text:
             return
-        if running.first_token is None:
+        first = running.first_token is None
+        if first:
             running.first_token = time.monotonic()
         running.pending.append(text)
         running.pending_chars += len(text)
-        if running.pending_chars >= self.ctx.settings.delta_coalesce_chars:
+        # The first text of an answer leaves at once (the wait for a first token is what people
+        # notice); coalescing is for the deltas after it.
+        if first or running.pending_chars >= self.ctx.settings.delta_coalesce_chars:
             await self.flush(running)
         elif running.flush_handle is None:
             delay = self.ctx.settings.delta_coalesce_ms / 1000
