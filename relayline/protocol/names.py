@@ -103,3 +103,6 @@ class FailureCategory(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     TOOL_ERROR = "tool_error"
     INTERNAL = "internal"
+    # The model server ended the stream as if done, without saying the answer was finished
+    # (no finish_reason, or no [DONE]): a cut answer, kept and marked, never stored complete.
+    INCOMPLETE = "incomplete"

@@ -223,12 +223,37 @@ async def test_drop_before_response_is_retried(upstream: FakeUpstream) -> None:
     assert upstream.hits == 2
 
 
-async def test_truncated_stream_without_done_is_upstream_5xx(upstream: FakeUpstream) -> None:
+async def test_truncated_stream_without_done_is_incomplete(upstream: FakeUpstream) -> None:
     upstream.play(raw_events(json.dumps(text_event("a"))))
     async with make_client(upstream) as client:
         error = await fail(client)
-    assert error.category == "upstream_5xx"
+    assert error.category == "incomplete" and "finish_reason" in error.detail
     assert upstream.hits == 1  # "a" was already yielded: no retry
+
+
+async def test_done_without_a_finish_reason_is_an_incomplete_answer(upstream: FakeUpstream) -> None:
+    # What llama.cpp's server sends when it interrupts a stream for another request.
+    upstream.play(raw_events(json.dumps(text_event("cut mid-sen")), "[DONE]"))
+    received: list[str] = []
+    async with make_client(upstream) as client:
+        with pytest.raises(LLMError) as info:
+            async for chunk in client.stream(HELLO, [], model="m"):
+                received.append(chunk.text or "")
+    assert received == ["cut mid-sen"]  # the text so far reached the relay before the failure
+    assert info.value.category == "incomplete" and "finish_reason" in info.value.detail
+
+
+async def test_a_finish_reason_without_done_is_an_incomplete_answer(upstream: FakeUpstream) -> None:
+    upstream.play(raw_events(json.dumps(text_event("all of it", finish="stop"))))
+    async with make_client(upstream) as client:
+        error = await fail(client)
+    assert error.category == "incomplete" and "[DONE]" in error.detail
+
+
+async def test_both_endings_make_a_complete_answer(upstream: FakeUpstream) -> None:
+    upstream.play(raw_events(json.dumps(text_event("whole", finish="stop")), "[DONE]"))
+    async with make_client(upstream) as client:
+        assert text_of(await collect(client)) == "whole"
 
 
 async def test_malformed_event_is_upstream_5xx(upstream: FakeUpstream) -> None:

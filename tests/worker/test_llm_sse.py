@@ -112,6 +112,7 @@ def test_llm_error_fields() -> None:
         "circuit_open",
         "tool_error",
         "internal",
+        "incomplete",
     )
     error = LLMError("circuit_open", "open")
     assert (error.category, error.code, error.detail) == ("circuit_open", "circuit_open", "open")

@@ -15,7 +15,13 @@ from typing import Any, Literal, Protocol, cast, get_args
 Role = Literal["system", "user", "assistant", "tool"]
 
 FailureCategory = Literal[
-    "timeout", "upstream_4xx", "upstream_5xx", "circuit_open", "tool_error", "internal"
+    "timeout",
+    "upstream_4xx",
+    "upstream_5xx",
+    "circuit_open",
+    "tool_error",
+    "internal",
+    "incomplete",
 ]
 
 

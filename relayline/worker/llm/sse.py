@@ -166,8 +166,10 @@ def _decode_event(data: str, calls: ToolCallAssembler) -> _Decoded:
 async def parse_chat_stream(response: httpx.Response) -> AsyncGenerator[StreamChunk, None]:
     """Turn an SSE body into chunks, translating transport errors into ``LLMError``.
 
-    The answer is complete at ``[DONE]`` or, for servers that omit it, at the end of a body
-    whose last choice had a ``finish_reason``; anything else is a truncated stream.
+    The answer is complete only when the stream said so twice: a choice's ``finish_reason`` and
+    then ``[DONE]``. A stream that ends without either (cleanly or not) is an ``incomplete``
+    answer; a connection lost or a stall before the ``finish_reason`` is ``upstream_5xx`` or
+    ``timeout``.
     """
     calls = ToolCallAssembler()
     usage: Usage | None = None
@@ -191,8 +193,11 @@ async def parse_chat_stream(response: httpx.Response) -> AsyncGenerator[StreamCh
             raise LLMError("upstream_5xx", "connection to upstream lost") from exc
     except httpx.DecodingError as exc:
         raise LLMError("upstream_5xx", "upstream sent an undecodable body") from exc
-    if not (done or finished):
-        raise LLMError("upstream_5xx", "upstream stream ended before the answer was complete")
+    if not (done and finished):
+        # Both or it is not an answer: llama.cpp's server, for one, ends a stream it interrupts
+        # (another request came in) with [DONE] and no finish_reason.
+        missing = "a finish_reason" if not finished else "[DONE]"
+        raise LLMError("incomplete", f"the model server ended the answer without {missing}")
     for call in calls.drain():
         yield StreamChunk(tool_call=call)
     if usage is not None:

@@ -12,6 +12,8 @@ const TURN_FAILURES = {
     "The model service refused this request (upstream error). If it keeps happening, an operator should check the model settings.",
   upstream_5xx:
     "The model service ran into a problem (upstream error). Try again in a moment.",
+  incomplete:
+    "The model server stopped this answer before it was finished (it may have been busy with another request). The text so far is kept; try again.",
   circuit_open:
     "The model service has been failing, so calls to it are paused for a short while (circuit open). Try again shortly.",
   rate_limited: "Too many messages in a short time (rate limited). Wait a few seconds, then try again.",

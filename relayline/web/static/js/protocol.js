@@ -93,6 +93,7 @@ export const FAILURE_CATEGORY = Object.freeze({
   "CIRCUIT_OPEN": "circuit_open",
   "TOOL_ERROR": "tool_error",
   "INTERNAL": "internal",
+  "INCOMPLETE": "incomplete",
 });
 
 /** Defaults of the limits the relay enforces (an operator may set others). */
