@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -46,3 +47,81 @@ def test_invalid_text_is_still_a_value_error() -> None:
         jsoncodec.loads("{not json")
     with pytest.raises(ValueError, match="UTF-8"):
         jsoncodec.loads(b"\xff\xfe")
+
+
+def test_an_escaped_backslash_does_not_hide_the_end_of_its_string() -> None:
+    # `"a\\"` ends at its last quote: the nesting after it is real.
+    assert jsoncodec.depth_within('["a\\\\", ' + nested(MAX_JSON_DEPTH - 1) + "]")
+    with pytest.raises(JsonTooDeep):
+        jsoncodec.loads('["a\\\\", ' + nested(MAX_JSON_DEPTH) + "]")
+    # ... and `"a\\\"` does not end at its third backslash's quote.
+    assert jsoncodec.loads('["a\\\\\\"' + "{" * 100 + '"]') == ["a\\" + '"' + "{" * 100]
+
+
+def test_bytes_are_read_as_utf8() -> None:
+    text = '{"é": "€[[[[", "x": ' + nested(MAX_JSON_DEPTH - 1) + "}"
+    assert jsoncodec.depth_within(text.encode()) and jsoncodec.depth_within(text)
+    deeper = text.replace("]}", "]]}").replace('"x": ', '"x": [')
+    assert not jsoncodec.depth_within(deeper.encode()) and not jsoncodec.depth_within(deeper)
+    assert repr(JsonTooDeep(3)) == "JsonTooDeep(limit=3)"
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+def random_value(rng: random.Random, depth: int) -> object:
+    """JSON values whose strings hold brackets, quotes and backslashes in every arrangement."""
+    roll = rng.random()
+    if depth <= 0 or roll < 0.3:
+        strings = ['q"[{', "\\[", "\\", '\\"{', "]}", '"', "\\\\", "x\n", "\t[", "é€"]
+        return rng.choice([1, None, "a", *strings])
+    if roll < 0.65:
+        return [random_value(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    keys = ["k", "[", '"{', "\\", "}"]
+    return {rng.choice(keys) + str(i): random_value(rng, depth - 1) for i in range(3)}
+
+
+def test_the_depth_is_exact_for_any_valid_json() -> None:
+    rng = random.Random(20261205)
+    for _ in range(3000):
+        value = random_value(rng, rng.randint(0, 10))
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5)
+        depth = depth_of(value)
+        for limit in {0, 1, 2, depth - 1, depth, depth + 1} - {-1}:
+            assert jsoncodec.depth_within(text, limit) == (depth <= limit), (text, limit)
+
+
+def decoder_depth_within(text: str, limit: int) -> bool:
+    """How deep the decoder itself gets before it stops at the first error, if any."""
+    open_brackets: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            open_brackets.append(ch)
+            if len(open_brackets) > limit:
+                return False
+        elif ch in "]}":
+            if not open_brackets or "[{"["]}".index(ch)] != open_brackets.pop():
+                return True
+        elif ch == "\\":
+            return True
+    return True
+
+
+def test_no_invalid_text_passes_deeper_than_the_decoder_would_stop() -> None:
+    rng = random.Random(5)
+    pieces = ["[", "]", "{", "}", '"', "\\", "a", ",", ":", '\\"', "\\\\"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+        for limit in (1, 2, 4):
+            if jsoncodec.depth_within(text, limit):
+                assert decoder_depth_within(text, limit), (text, limit)

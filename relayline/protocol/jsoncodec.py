@@ -6,21 +6,21 @@ deep inside it. Everything the relay (or the worker) decodes from a peer goes th
 (a ``ValueError``, so callers that already answer invalid JSON answer this the same way).
 
 Cost: the number of ``[`` and ``{`` in the text bounds its depth and is counted at C speed, so
-only a text with more brackets than the bound is looked at again: without its string literals,
-then level by level (regular expressions, also at C speed).
+only a text with more brackets than the bound is looked at again, also at C speed: its string
+literals are cut out, its brackets kept, and the innermost pairs removed a level per pass.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 MAX_JSON_DEPTH = 64  # no frame of the protocol nests beyond a handful of levels
 
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-_PAIRS = re.compile(r"\[\]|\{\}")
-_OPENERS = re.compile(r"[\[{]+")
+# Only the brackets are kept, as ``(`` and ``)``: a bracket closed by the other kind is an
+# error where the decoder stops, so what follows it does not matter.
+_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class JsonTooDeep(ValueError):
@@ -30,28 +30,46 @@ class JsonTooDeep(ValueError):
         super().__init__(f"JSON nested deeper than {limit} levels")
         self.limit = limit
 
+    def __repr__(self) -> str:
+        return f"JsonTooDeep(limit={self.limit})"
 
-def depth_within(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``text`` nests at most ``limit`` levels (brackets inside strings do not count)."""
-    if text.count("[") + text.count("{") <= limit:
+
+def depth_within(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` (bytes: UTF-8) nests at most ``limit`` levels; brackets inside strings
+    do not count.
+
+    Exact for valid JSON. For invalid JSON it may only answer False where the decoder would
+    have failed before reaching that depth: no invalid text gets past it to a deeper recursion.
+    """
+    if isinstance(text, str):
+        if text.count("[") + text.count("{") <= limit:
+            return True
+        # UTF-8 never encodes another character with the bytes of ASCII ones, so the brackets,
+        # quotes and backslashes are the same in bytes; bytes have the C-speed translate below.
+        data = text.encode("utf-8", "surrogatepass")
+    else:
+        data = text
+        if data.count(b"[") + data.count(b"{") <= limit:
+            return True
+    if b'\\"' in data:
+        # Only an escaped quote moves where a string ends; escaped backslashes go first so that
+        # the quote of `\\"` still ends its string.
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Every quote left opens or closes a string: the text outside strings is every other piece.
+    parens = b"".join(data.split(b'"')[0::2]).translate(_PARENS, _NOT_BRACKETS)
+    if parens.count(b"(") <= limit:
         return True
-    # Brackets inside strings (code in an answer, say) do not nest anything. Escaped
-    # backslashes, then escaped quotes, go first; every quote left delimits a string, so the
-    # text outside strings is every other piece between quotes (all of it at C speed).
-    text = "".join(text.replace("\\\\", "").replace('\\"', "").split('"')[0::2])
-    if text.count("[") + text.count("{") <= limit:
-        return True
-    # Remove the innermost pairs, a level per pass: a document `limit` deep is empty after
-    # `limit` passes. Every pass runs at C speed (a loop per character would not).
-    brackets = _NOT_BRACKETS.sub("", text)
+    if len(parens) - len(parens.lstrip(b"(")) > limit:
+        return False  # a flood of openers, refused without the passes (slow on long runs)
+    # Each pass removes the innermost pairs, one level: a document `limit` deep is empty after
+    # `limit` passes.
     for level in range(limit + 1):
-        reduced = _PAIRS.sub("", brackets)
-        if reduced == brackets:
-            # Nothing pairs up any more (an unbalanced text: the decoder refuses it), but its
-            # unclosed openers still nest as deep as their longest run.
-            longest = max((len(run) for run in _OPENERS.findall(brackets)), default=0)
-            return level + longest <= limit
-        brackets = reduced
+        reduced = parens.replace(b"()", b"")
+        if reduced == parens:
+            # Nothing pairs up any more: what is left is closers, then openers (an unbalanced
+            # text, which the decoder refuses), and those openers nest around the levels removed.
+            return level + parens.count(b"(") <= limit
+        parens = reduced
     return False
 
 

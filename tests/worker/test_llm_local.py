@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import time
 
+from relayline.protocol.jsoncodec import MAX_JSON_DEPTH
 from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolCall, ToolSpec
 from relayline.worker.llm.local import LocalModel, split_words
 
@@ -14,6 +15,13 @@ async def chunks_for(
 ) -> list[StreamChunk]:
     model = LocalModel(delay_s=delay_s)
     return [c async for c in model.stream(messages, tools, model="local")]
+
+
+def nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 def text(chunks: list[StreamChunk]) -> str:
@@ -87,6 +95,15 @@ async def test_usage_errors_and_help_are_text() -> None:
     for message in ("/read", "/tool read_file [1]", "/tool read_file {oops", "/help"):
         chunks = await chunks_for([ChatMessage("user", message)])
         assert calls(chunks) == [] and text(chunks)
+
+
+async def test_tool_arguments_nest_at_most_the_json_bound() -> None:
+    edge = {"path": nested(MAX_JSON_DEPTH - 1)}  # the object is the bound's last level
+    [call] = calls(await chunks_for([ChatMessage("user", f"/tool read_file {json.dumps(edge)}")]))
+    assert json.loads(call.arguments) == edge
+    for arguments in ('{"path": ' + json.dumps(nested(MAX_JSON_DEPTH)) + "}", "[" * 15_000):
+        chunks = await chunks_for([ChatMessage("user", f"/tool read_file {arguments}")])
+        assert calls(chunks) == [] and "must be a JSON object" in text(chunks)
 
 
 async def test_summarises_tool_results() -> None:

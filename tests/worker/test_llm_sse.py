@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
+from relayline.protocol.jsoncodec import MAX_JSON_DEPTH
 from relayline.worker.llm import sse
 from relayline.worker.llm.base import (
     FAILURE_CATEGORIES,
@@ -19,6 +21,10 @@ from relayline.worker.llm.sse import ToolCallAssembler, sse_data_lines
 async def body(*pieces: bytes) -> AsyncIterator[bytes]:
     for piece in pieces:
         yield piece
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
 
 
 async def lines(*pieces: bytes) -> list[str]:
@@ -63,6 +69,21 @@ def test_malformed_events(data: str) -> None:
     with pytest.raises(LLMError) as info:
         sse._decode_event(data, ToolCallAssembler())
     assert info.value.category == "upstream_5xx"
+
+
+def test_events_nest_at_most_the_json_bound() -> None:
+    edge = '{"choices": [{"delta": {"content": "x"}, "n": ' + nested(MAX_JSON_DEPTH - 3) + "}]}"
+    assert sse._decode_event(edge, ToolCallAssembler()).chunks == [StreamChunk(text="x")]
+    past = '{"choices": [{"delta": {"content": "x"}, "n": ' + nested(MAX_JSON_DEPTH - 2) + "}]}"
+    for data in (past, "[" * 60_000):
+        with pytest.raises(LLMError, match="malformed event") as info:
+            sse._decode_event(data, ToolCallAssembler())
+        assert info.value.category == "upstream_5xx"
+
+
+async def test_a_deep_error_body_is_shown_as_text() -> None:
+    response = httpx.Response(500, content=b"[" * 4000)
+    assert await sse.error_snippet(response) == "[" * 200
 
 
 def test_error_event_is_reported_printably() -> None:

@@ -9,6 +9,8 @@ upload never reaches a handler or a database session.
 
 from __future__ import annotations
 
+import json
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relayline.api.errors import error_response, request_id_of
@@ -26,10 +28,15 @@ def _json_depth_ok(scope: Scope, body: bytes) -> bool:
             break
     if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
         return True
+    # The app's decoder takes UTF-16 and UTF-32 too (json.loads on bytes): judged as UTF-8,
+    # such a body could hide its brackets in what look like strings.
+    encoding = json.detect_encoding(body)
+    if encoding.startswith("utf-8"):
+        return depth_within(body)
     try:
-        return depth_within(body.decode())
+        return depth_within(body.decode(encoding, "surrogatepass"))
     except UnicodeDecodeError:
-        return True  # not JSON text: the app answers that
+        return True  # the app's decoder fails on it the same way, before parsing anything
 
 
 class BodyLimitMiddleware:

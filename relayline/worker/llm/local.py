@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 
+from relayline.protocol import jsoncodec
 from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolCall, ToolSpec, Usage
 
 _OPENERS = (
@@ -130,7 +131,8 @@ def _parse_command(content: str) -> tuple[str, str] | str | None:
     if verb == "tool":
         name, _, raw = (rest + ("\n" + body if body else "")).partition(" ")
         try:
-            parsed = json.loads(raw.strip() or "{}")
+            # The arguments are whatever the user typed: bounded like every JSON from outside.
+            parsed = jsoncodec.loads(raw.strip() or "{}")
         except ValueError:
             return "The arguments after `/tool name` must be a JSON object."
         if not name or not isinstance(parsed, dict):

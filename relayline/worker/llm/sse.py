@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from relayline.protocol import jsoncodec
 from relayline.worker.llm.base import LLMError, StreamChunk, ToolCall, Usage
 
 MAX_LINE_CHARS = 1024 * 1024
@@ -122,7 +123,7 @@ async def error_snippet(response: httpx.Response) -> str:
                 break
     text = raw[:_SNIPPET_BYTES].decode("utf-8", errors="replace")
     with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
-        error = json.loads(text)["error"]
+        error = jsoncodec.loads(text)["error"]
         text = error["message"] if isinstance(error, dict) else str(error)
     return _printable(text)
 
@@ -138,7 +139,7 @@ def _decode_event(data: str, calls: ToolCallAssembler) -> _Decoded:
     """One ``data:`` payload; any shape other than the documented one is ``upstream_5xx``."""
     out = _Decoded()
     try:
-        event = json.loads(data)
+        event = jsoncodec.loads(data)  # a nesting bound, as for every JSON from a peer
         if event.get("error"):
             error = event["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
