@@ -1,18 +1,25 @@
-"""The relay's HTTP/1.1 protocol for uvicorn: uvicorn's httptools protocol with two additions.
+"""The relay's HTTP/1.1 protocol for uvicorn: uvicorn's httptools protocol with three additions.
 
 - **A deadline on the request head.** uvicorn reads a head for as long as the client takes, so
   a client sending a byte at a time (or nothing at all after connecting) holds a socket and its
-  buffers forever. Here the head of every request — the first on a connection, and each later
-  one on a kept-alive connection, from its first byte — must be complete within
-  ``RELAYLINE_REQUEST_HEAD_TIMEOUT_S``; otherwise the relay answers 408 ``request_timeout``
-  and closes. A WebSocket handshake is an HTTP head too, so the same deadline bounds it (the
-  upgrade is handed to the WebSocket protocol only once the head is complete).
+  buffers forever. Here a head must be complete within ``RELAYLINE_REQUEST_HEAD_TIMEOUT_S`` of
+  the connection opening, or, on a kept-alive connection, of the first byte after the previous
+  request (stray line breaks included: the parser skips them without starting a request, and
+  each would otherwise put off uvicorn's keep-alive timeout); otherwise the relay answers 408
+  ``request_timeout`` and closes. A pipelined head that misses its deadline while the response
+  before it is still being written is answered as soon as that response is complete. A
+  WebSocket handshake is an HTTP head too, so the same deadline bounds it (the upgrade is
+  handed to the WebSocket protocol only once the head is complete).
+- **A size bound on the request head.** The parser buffers an unfinished header line whole
+  (and re-copies it on every read), so a head still incomplete after :data:`MAX_HEAD_BYTES` is
+  answered 431 ``headers_too_large`` and the connection closed.
 - **Errors in the relay's shape.** The parser's 400 (a malformed request line, header or
   chunk) is ``{"error": {"code": "bad_request", "detail", "request_id"}}`` like every other
   error, with an ``X-Request-ID``.
 
-It relies on uvicorn internals (the constructor, ``connection_made``, ``on_message_begin``,
-``on_headers_complete``, ``handle_websocket_upgrade``, ``send_400_response``,
+It relies on uvicorn internals (the constructor, ``connection_made``, ``data_received``,
+``on_message_begin``, ``on_headers_complete``, ``on_message_complete``,
+``on_response_complete``, ``handle_websocket_upgrade``, ``send_400_response``, ``cycle``,
 ``server_state.default_headers``), hence the 0.54.x pin; tests/api/test_server_limits.py fails
 loudly when they change.
 """
@@ -24,7 +31,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from relayline.hub.handshake import json_error_response
+from relayline.hub.handshake import MAX_REQUEST_BYTES, json_error_response
+
+# The same bound as a WebSocket handshake's, which is a request head too.
+MAX_HEAD_BYTES = MAX_REQUEST_BYTES
 
 
 class RelayHttpProtocol(HttpToolsProtocol):
@@ -35,29 +45,61 @@ class RelayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head_done = False
+        # True from the end of one request (or the connection's start) until the next head is
+        # complete: what arrives meanwhile belongs to that head and is under its bounds.
+        self._head_pending = True
+        self._head_bytes = 0
+        self._head_late = False  # the deadline passed while a response was being written
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()  # until the first head is complete (or its first byte arrives)
+        self._arm_head_timer()  # the first head: from the connection opening
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._head_pending:
+            if self._head_timer is None and not self._head_late:
+                self._arm_head_timer()  # the first byte after a request
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Counted before parsing, judged after: a read that completes the head (and carries
+        # the start of its body) is not held against it.
+        if self._head_pending and self._head_bytes > MAX_HEAD_BYTES:
+            self._cancel_head_timer()
+            self._send_error(
+                431, "headers_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes"
+            )
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_done = False
-        if self._head_timer is None:
-            self._arm_head_timer()  # the next request on a kept-alive connection
+        if self._head_pending and self._head_timer is None and not self._head_late:
+            self._arm_head_timer()  # a pipelined head, begun in the read that ended the last
 
     def on_headers_complete(self) -> None:
-        self._head_done = True
+        self._head_pending = self._head_late = False
+        self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        # The rest of this read is not counted against the next head: an undercount of at most
+        # one read, where counting it would refuse a small head behind a large body.
+        self._head_pending = True
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_late and self._head_pending:
+            self._head_late = False
+            self._send_head_timeout()
+
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
+        self._head_pending = False  # the parser ended the message just before the upgrade
         self._cancel_head_timer()
         # The connection belongs to the WebSocket protocol now. The parser refers back to this
         # object; left in place, that cycle keeps it (scope, headers, parser state) until a full
@@ -78,10 +120,15 @@ class RelayHttpProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._head_done or self.transport.is_closing():
+        if not self._head_pending or self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # a response is on its way (a pipelined head waits behind it)
+            # A second response cannot be written into the first: answer once it is complete.
+            self._head_late = True
+            return
+        self._send_head_timeout()
+
+    def _send_head_timeout(self) -> None:
         self._send_error(
             408, "request_timeout", f"request head not received within {self.head_timeout_s:g} s"
         )

@@ -9,14 +9,18 @@ import asyncio
 import inspect
 import json
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from relayline.http_protocol import RelayHttpProtocol
+from relayline.http_protocol import MAX_HEAD_BYTES, RelayHttpProtocol, http_protocol_class
 from relayline.server import server_config
 from relayline.testing import RelayServer
+from relayline.testing.server import free_port
 from tests.conftest import ADMIN_KEY, SettingsFactory
 from tests.fixtures import RelayFactory
 
@@ -116,6 +120,118 @@ async def test_a_slow_websocket_handshake_is_cut_off(slow_relay: RelayServer) ->
     assert status == 408 and error_of(headers, body)["code"] == "request_timeout"
 
 
+async def test_stray_line_breaks_after_a_request_do_not_keep_the_connection(
+    slow_relay: RelayServer,
+) -> None:
+    """The parser skips empty lines between requests without starting one, and each byte put
+    off uvicorn's keep-alive timeout: the next head's deadline runs from the first of them."""
+    reader, writer = await raw(slow_relay)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)
+
+    async def dribble() -> None:
+        while True:
+            writer.write(b"\r\n")
+            await asyncio.sleep(0.2)
+
+    task = asyncio.get_running_loop().create_task(dribble())
+    try:
+        status, headers, body = await read_response(reader, timeout=HEAD_TIMEOUT_S + 5)
+    finally:
+        task.cancel()
+        writer.close()
+    assert status == 408 and error_of(headers, body)["code"] == "request_timeout"
+
+
+async def test_a_head_larger_than_the_bound_is_refused(slow_relay: RelayServer) -> None:
+    reader, writer = await raw(slow_relay)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD_BYTES)
+        status, headers, body = await read_response(reader, timeout=5)
+    finally:
+        writer.close()
+    assert status == 431 and error_of(headers, body)["code"] == "headers_too_large"
+
+
+async def test_heads_within_the_bound_are_served_even_behind_a_large_body(
+    slow_relay: RelayServer,
+) -> None:
+    async with httpx.AsyncClient(base_url=slow_relay.url, timeout=5) as http:
+        big = "a" * (MAX_HEAD_BYTES - 1024)
+        assert (await http.get("/health", headers={"X-Big": big})).status_code == 200
+    # A body larger than the bound, and a small head pipelined behind it in the same write:
+    # the body's bytes are not counted against the head that follows.
+    reader, writer = await raw(slow_relay)
+    try:
+        size = 2 * MAX_HEAD_BYTES
+        writer.write(
+            b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+            + b"a" * size
+            + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            answers = await reader.read(-1)
+    finally:
+        writer.close()
+    assert answers.startswith(b"HTTP/1.1 404 ")
+    assert answers.count(b"HTTP/1.1 200 OK") == 1 and answers.endswith(b'{"status":"ok"}')
+
+
+async def slow_answer(scope: Scope, receive: Receive, send: Send) -> None:
+    """An app whose answer takes longer than the head deadline."""
+    await asyncio.sleep(HEAD_TIMEOUT_S * 2)
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]}
+    )
+    await send({"type": "http.response.body", "body": b"done"})
+
+
+@pytest.fixture
+async def slow_answer_server() -> AsyncIterator[int]:
+    port = free_port()
+    config = uvicorn.Config(
+        slow_answer,
+        host="127.0.0.1",
+        port=port,
+        http=http_protocol_class(HEAD_TIMEOUT_S),
+        lifespan="off",
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        assert not task.done()
+        await asyncio.sleep(0.01)
+    yield port
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_pipelined_head_late_behind_a_slow_answer_is_cut_off_after_it(
+    slow_answer_server: int,
+) -> None:
+    """A deadline that passes while a response is being written cannot be answered then; it
+    is once the response is complete, instead of being forgotten."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", slow_answer_server)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n")
+
+    async def dribble() -> None:
+        for _ in range(1000):
+            writer.write(b"X-Slow: a\r\n")
+            await asyncio.sleep(0.2)
+
+    task = asyncio.get_running_loop().create_task(dribble())
+    try:
+        async with asyncio.timeout(HEAD_TIMEOUT_S * 2 + 5):
+            answers = await reader.read(-1)
+    finally:
+        task.cancel()
+        writer.close()
+    first, _, second = answers.partition(b"done")
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert second.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in second
+
+
 UPGRADE = (
     "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
@@ -131,13 +247,13 @@ BAD_KEY_UPGRADE = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")
         (b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n", 400, "bad_request"),
         (b"GET /health HTTP/1.1\r\nContent-Length: zz\r\n\r\n", 400, "bad_request"),
         (UPGRADE.format(version=8).encode(), 426, "upgrade_required"),
-        (
-            UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short").format(version=13).encode(),
-            400,
-            "bad_request",
-        ),
+        (BAD_KEY_UPGRADE.format(version=13).encode(), 400, "bad_request"),
+        (UPGRADE.replace("/v1/ws", "/v1/chats").format(version=13).encode(), 403, "forbidden"),
     ],
-    ids=["request-line", "header-name", "content-length", "ws-version-8", "ws-bad-key"],
+    ids=[
+        *("request-line", "header-name", "content-length"),
+        *("ws-version-8", "ws-bad-key", "ws-not-a-socket-path"),
+    ],
 )
 async def test_errors_before_the_app_have_the_relay_shape(
     relay: RelayServer, request_bytes: bytes, status: int, code: str
@@ -186,8 +302,11 @@ def test_the_uvicorn_internals_the_http_protocol_relies_on_are_there(
     for name in (
         "connection_made",
         "connection_lost",
+        "data_received",
         "on_message_begin",
         "on_headers_complete",
+        "on_message_complete",
+        "on_response_complete",
         "handle_websocket_upgrade",
     ):
         assert callable(getattr(HttpToolsProtocol, name)), name
@@ -209,8 +328,10 @@ def test_the_uvicorn_internals_the_http_protocol_relies_on_are_there(
         "server_state",
         "self.parser.feed_data(",
         "self.handle_websocket_upgrade()",
+        "on_response=self.on_response_complete",
     ):
         assert needle in source, needle
+    assert "self.response_complete = True" in inspect.getsource(RequestResponseCycle)
     config = server_config(make_settings(request_head_timeout_s=3), "127.0.0.1", 0)
     assert issubclass(config.http, RelayHttpProtocol)  # type: ignore[arg-type]
     assert config.http.head_timeout_s == 3  # type: ignore[union-attr]
