@@ -276,12 +276,21 @@ async def test_production_serves_no_explorer_and_the_schema_only_to_the_admin_ke
 ) -> None:
     relay = await start_relay(env="production")
     async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
-        for path in ("/docs", "/openapi.json", "/redoc"):
-            r = await http.get(path)
-            assert r.status_code == 404, path
-            assert r.json()["error"]["code"] == "not_found"
-        r = await http.get("/openapi.json", headers={"Authorization": "Bearer wrong-key"})
-        assert r.status_code == 404
+
+        async def answer(method: str, path: str, key: str | None = None) -> tuple[int, object]:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            r = await http.request(method, path, headers=headers)
+            error = r.json()["error"]
+            return r.status_code, (error["code"], error["detail"], r.headers["content-type"])
+
+        # The schema's path answers exactly like one that does not exist, whatever the method.
+        for method in ("GET", "POST", "PUT", "DELETE", "OPTIONS", "PROPFIND"):
+            unknown = await answer(method, "/no-such-path")
+            assert unknown[0] == 404
+            for path in ("/docs", "/openapi.json", "/redoc"):
+                assert await answer(method, path) == unknown, (method, path)
+            assert await answer(method, "/openapi.json", "wrong-key") == unknown, method
+        assert (await answer("POST", "/openapi.json", ADMIN_KEY))[0] == 405
         r = await http.get("/openapi.json", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         assert r.status_code == 200 and "/v1/chats" in r.json()["paths"]
         assert (
