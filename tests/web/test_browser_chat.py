@@ -107,20 +107,25 @@ def test_scrolling_up_during_a_stream_shows_the_badge(live: LiveRelay, new_page:
     live.model.delay_s = 0.05
     send(page, "Second message: a long answer is streaming while I scroll up.")
     wait_streaming(page, 20)
-    assert page.locator("#new-badge").is_hidden()
+    expect(page.locator("#new-badge")).to_be_hidden()
     page.mouse.move(450, 200)
     page.mouse.wheel(0, -5000)
     page.wait_for_selector("#new-badge", state="visible", timeout=WAIT_MS)
-    top = page.evaluate("() => document.getElementById('scroller').scrollTop")
-    assert top < 50, "auto-scroll must pause while the reader is scrolled up"
+    # The wheel scroll may still be under way when the badge shows. Auto-scroll must pause
+    # while the reader is scrolled up: the page stays near the top.
+    page.wait_for_function(
+        "() => document.getElementById('scroller').scrollTop < 50", timeout=WAIT_MS
+    )
     page.click("#new-badge")
     page.wait_for_selector("#new-badge", state="hidden", timeout=WAIT_MS)
     wait_answers(page, 2)
-    at_bottom = page.evaluate(
+    # Back at the bottom, auto-scroll follows the answer again (rows may still settle
+    # their size after the last paint).
+    page.wait_for_function(
         "() => { const s = document.getElementById('scroller');"
-        " return s.scrollHeight - s.scrollTop - s.clientHeight < 50; }"
+        " return s.scrollHeight - s.scrollTop - s.clientHeight < 50; }",
+        timeout=WAIT_MS,
     )
-    assert at_bottom, "back at the bottom, auto-scroll follows the answer again"
 
 
 def test_tool_approval_approve_and_deny(live: LiveRelay, new_page: Any) -> None:
@@ -179,7 +184,14 @@ def test_debug_overlay_lists_packets(live: LiveRelay, new_page: Any) -> None:
     cells = overlay.locator("tbody td:nth-child(4)")
     for kind in ("send", "message.delta", "message.completed"):
         expect(cells.filter(has_text=re.compile(f"^{re.escape(kind)}")).first).to_be_attached()
-    assert 5 <= overlay.locator("tbody tr").count() <= 200  # bounded, and painted by now
+    # Bounded by the overlay's capacity.
+    page.wait_for_function(
+        """() => {
+            const n = document.querySelectorAll('#debug-overlay tbody tr').length;
+            return n >= 5 && n <= 200;
+        }""",
+        timeout=WAIT_MS,
+    )
     screenshot(page, "debug-overlay")
     page.keyboard.press("Control+Shift+D")
     overlay.wait_for(state="hidden", timeout=WAIT_MS)
@@ -191,7 +203,11 @@ def test_phone_layout_has_a_drawer(live: LiveRelay, new_page: Any) -> None:
     page = open_chat(new_page, live, token, viewport={"width": 390, "height": 780}, is_mobile=True)
     send(page, "Hi from a phone")
     wait_answers(page, 1)
-    assert page.locator("#sidebar").bounding_box()["x"] < 0, "the chat list starts hidden"
+    # The chat list starts hidden.
+    page.wait_for_function(
+        "() => document.getElementById('sidebar').getBoundingClientRect().x < 0",
+        timeout=WAIT_MS,
+    )
     screenshot(page, "chat-phone")
     page.click("#menu-btn")
     page.wait_for_function(
@@ -215,8 +231,13 @@ def test_two_thousand_messages_stay_responsive(live: LiveRelay, new_page: Any) -
     page.wait_for_selector(".msg--assistant", timeout=WAIT_MS)
     # Only the latest messages are in the DOM; the newest is at the bottom, in view.
     expect(page.locator("#messages .msg").last).to_contain_text("Answer 2000.")
-    rows = page.locator("#messages .msg").count()
-    assert 40 <= rows <= 120, rows
+    page.wait_for_function(
+        """() => {
+            const n = document.querySelectorAll('#messages .msg').length;
+            return n >= 40 && n <= 120;
+        }""",
+        timeout=WAIT_MS,
+    )
     # A frame stays short while typing and while the list scrolls.
     budget = page.evaluate(
         """async () => {
@@ -258,7 +279,7 @@ def test_stop_button_cancels_the_answer(live: LiveRelay, new_page: Any) -> None:
     wait_streaming(page, 30)
     page.click("#stop")
     page.locator(".msg--assistant[data-status=cancelled]").wait_for(timeout=WAIT_MS)
-    assert page.locator("#stop").is_hidden()
+    expect(page.locator("#stop")).to_be_hidden()
     expect(page.locator(".msg--assistant .msg__status")).to_contain_text(
         "Stopped", use_inner_text=True
     )
