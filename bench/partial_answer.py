@@ -1,21 +1,22 @@
 """Bytes written to Redis for a running answer's partial text, per answer.
 
-    .venv/bin/python bench/partial_answer.py                 # 100,000-character answer, < 30 s
+    .venv/bin/python bench/partial_answer.py                 # 100,000-character answer, ~1 s
     .venv/bin/python bench/partial_answer.py --chars 20000   # another length
 
 With several instances, each flush of a running answer stores the text published so far in
 Redis, so that a chat snapshot served by any instance shows it. This streams one answer through
 the real ``RedisCoordinator`` against the Redis at ``--redis-url`` (127.0.0.1 only), as flushes
 of the sizes the relay's coalescing produces (random between 20 and 200 characters, and the
-1,024-character cap a fast model reaches), and measures what Redis received: ``INFO stats``
-``total_net_input_bytes`` before and after, so the figure includes the protocol's own bytes
-(command names, lengths, keys). Two ways:
+1,024-character cap a fast model reaches), and measures the bytes written to Redis: those this
+client's connections write to their sockets (commands with their protocol framing: command
+names, lengths, keys, arguments), exact whatever else talks to the server. As a cross-check the
+table also gives ``INFO stats`` ``total_net_input_bytes`` over the same run, which counts every
+client of the server (on a quiet Redis, the first figure plus the 25 bytes of the closing
+``INFO stats`` command). The answer is ASCII, so characters and bytes of text are equal. Two ways:
 
 - **rewrite**: the whole text so far on every flush (``SET``), as the relay did before;
 - **append**: only the new text (the ``append_partial`` script: ``APPEND`` guarded by the
-  message id and length), as the relay does now.
-
-Nothing else should talk to that Redis meanwhile (the counter is server-wide).
+  message id, the attempt and the stored length), as the relay does now.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import argparse
 import asyncio
 import random
 import secrets
+from collections.abc import Iterable
 
 import redis.asyncio as aredis
+from redis.asyncio.connection import Connection, ConnectionPool
 
 from relayline.turns.coordination import RedisCoordinator
 
@@ -40,50 +43,79 @@ def flushes(chars: int, low: int, high: int, seed: int = 7) -> list[str]:
     return pieces
 
 
-async def received(client: aredis.Redis) -> int:
+class CountingConnection(Connection):
+    """Counts the bytes it writes to Redis."""
+
+    sent = 0
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        chunks = list(command)
+        CountingConnection.sent += sum(len(chunk) for chunk in chunks)
+        await super()._send_packed_command(chunks)
+
+
+async def server_received(client: aredis.Redis) -> int:
     value: int = (await client.info("stats"))["total_net_input_bytes"]
     return value
 
 
-PROFILES = {"20-200": (20, 200), "1024": (1024, 1024)}
+class Meter:
+    """Bytes written by this client, and received by the server, between two readings."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self.sent = self.received = 0
+
+    async def start(self) -> None:
+        self.received = await server_received(self.client)
+        self.sent = CountingConnection.sent  # after INFO: its bytes count in neither figure
+
+    async def stop(self) -> tuple[int, int]:
+        sent = CountingConnection.sent - self.sent
+        received = await server_received(self.client) - self.received
+        return sent, received
 
 
-async def measure(redis_url: str, chars: int, low: int, high: int) -> dict[str, tuple[int, int]]:
-    """Bytes Redis received per way, and the number of flushes. Ids are shaped as the relay's
-    (26-character ids, the default key prefix plus a random part)."""
-    client = aredis.Redis.from_url(redis_url)
-    prefix = f"relayline:{secrets.token_hex(4)}:"
+PROFILES = {"20-200": (20, 200), "1,024": (1024, 1024)}
+
+
+async def measure(redis_url: str, pieces: list[str]) -> dict[str, tuple[int, int]]:
+    """Per way, bytes this client wrote and bytes the server received. Keys and ids are the
+    relay's: the default key prefix, 26-character ids (random, so no other key is touched)."""
+    pool = ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    client = aredis.Redis(connection_pool=pool)
+    coord = RedisCoordinator(client, "relayline:")
     chat_id, message_id = new_id(), new_id()
-    pieces = flushes(chars, low, high)
+    rewritten = f"relayline:turns:partial:{chat_id}"
     results: dict[str, tuple[int, int]] = {}
+    meter = Meter(client)
     try:
-        coord = RedisCoordinator(client, prefix)
-        await coord.append_partial(chat_id, message_id, 0, "x", lambda: "x")  # load the script
+        await coord.append_partial(chat_id, message_id, 1, 0, "x", lambda: "x")  # load the script
         await coord.clear_partial(chat_id)
 
-        key = f"{prefix}turns:partial:{chat_id}"
-        before, text = await received(client), ""
+        text = ""
+        await meter.start()
         for piece in pieces:
             text += piece
-            await client.set(key, f"{message_id}\n{text}", ex=600)
-        results["rewrite"] = (await received(client) - before, len(pieces))
+            await client.set(rewritten, f"{message_id}\n{text}", ex=600)
+        results["rewrite"] = await meter.stop()
 
-        published = ""
-        before = await received(client)
+        published: list[str] = []
+        offset = 0
+        await meter.start()
         for piece in pieces:
-            offset = len(published)
-            published += piece
+            published.append(piece)
             await coord.append_partial(
-                chat_id, message_id, offset, piece, lambda published=published: published
+                chat_id, message_id, 1, offset, piece, lambda: "".join(published)
             )
-        results["append"] = (await received(client) - before, len(pieces))
+            offset += len(piece)
+        results["append"] = await meter.stop()
         stored = await coord.partial(chat_id)
-        assert stored == (message_id, published), "the stored partial differs from the answer"
+        assert stored == (message_id, "".join(published)), "the stored partial differs"
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await client.delete(rewritten, *coord._partial_keys(chat_id))
         await client.aclose()
+        await pool.aclose()
     return results
 
 
@@ -98,19 +130,20 @@ def main() -> None:
     args = parser.parse_args()
     if not args.redis_url.startswith(("redis://127.0.0.1", "redis://localhost")):
         parser.error("--redis-url: loopback only")
-    print(f"answer: {args.chars:,} characters")
+    print(f"answer: {args.chars:,} characters; bytes written by this client (server received)")
     print(
-        "| flush sizes (characters) | flushes | rewrite: bytes received | ÷ answer "
-        "| append: bytes received | ÷ answer |"
+        "| flush sizes (characters) | flushes "
+        "| rewrite: bytes | ÷ answer | append: bytes | ÷ answer |"
     )
     print("|---|---|---|---|---|---|")
     for name, (low, high) in PROFILES.items():
-        results = asyncio.run(measure(args.redis_url, args.chars, low, high))
-        (rewrite, count), (append, _) = results["rewrite"], results["append"]
-        print(
-            f"| {name} | {count:,} | {rewrite:,} | {rewrite / args.chars:.1f}x "
-            f"| {append:,} | {append / args.chars:.2f}x |"
-        )
+        pieces = flushes(args.chars, low, high)
+        results = asyncio.run(measure(args.redis_url, pieces))
+        cells = [
+            f"{sent:,} ({received:,}) | {sent / args.chars:.2f}x"
+            for sent, received in (results["rewrite"], results["append"])
+        ]
+        print(f"| {name} | {len(pieces):,} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

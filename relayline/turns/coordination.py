@@ -53,22 +53,39 @@ class Coordinator(Protocol):
         """Best-effort delivery to every other instance (never to this one)."""
 
     async def append_partial(
-        self, chat_id: str, message_id: str, offset: int, text: str, whole: Callable[[], str]
+        self,
+        chat_id: str,
+        message_id: str,
+        attempt: int,
+        offset: int,
+        text: str,
+        whole: Callable[[], str],
     ) -> None:
-        """Record that the running answer ``message_id`` has ``text`` at character ``offset``.
+        """Record that attempt ``attempt`` of the running answer ``message_id`` published
+        ``text`` at character ``offset`` (call it before publishing, in publishing order).
 
-        Only ``text`` is written when the stored partial is this message's and exactly
-        ``offset`` characters long; otherwise (offset 0, another message's or another
-        attempt's partial, or an earlier append that was lost) the partial is replaced by
-        ``whole()``, the text published so far, once. Best effort: a failure is swallowed, and
-        the next append repairs it. A reader never sees text of another message under this
-        message id, and sees a prefix of what was published.
+        Only ``text`` is written when the stored partial is this attempt's and exactly
+        ``offset`` characters long. Otherwise (offset 0, another message's partial, an earlier
+        attempt's, none at all, or one an earlier failed append left short) the partial is
+        replaced once by ``whole()``, the text this attempt published so far: a lost append
+        (a Redis blip, a failure swallowed here) is repaired by the next append. A partial
+        stored by a *later* attempt of the same message is left alone: an attempt taken over
+        by another instance never writes into its successor's text.
+
+        What a reader sees: a message id and a prefix of the text the attempt that wrote it
+        last published (short only while a lost append awaits its repair), never text of
+        another message or attempt under that id. The partial expires ``20 * ttl_s`` after
+        its last append (an instance that dies mid-answer leaves nothing behind for long).
+        Best effort: a failure is swallowed.
         """
 
     async def partial(self, chat_id: str) -> tuple[str, str] | None:
-        """``(message_id, text so far)`` of the chat's running answer, when one is stored."""
+        """``(message_id, text so far)`` of the chat's running answer, when one is stored
+        (the id and the text read together, as one append left them)."""
 
-    async def clear_partial(self, chat_id: str) -> None: ...
+    async def clear_partial(self, chat_id: str) -> None:
+        """Forget the chat's partial, whoever wrote it (an attempt still streaming restores
+        its whole text on its next append)."""
 
     async def set_approvals(self, chat_id: str, items: list[dict[str, Any]]) -> None:
         """Store the chat's open approval requests, oldest first (none: forget them)."""
@@ -100,7 +117,13 @@ class LocalCoordinator:
         return None
 
     async def append_partial(
-        self, chat_id: str, message_id: str, offset: int, text: str, whole: Callable[[], str]
+        self,
+        chat_id: str,
+        message_id: str,
+        attempt: int,
+        offset: int,
+        text: str,
+        whole: Callable[[], str],
     ) -> None:
         return None
 
@@ -123,28 +146,38 @@ class LocalCoordinator:
         return []
 
 
-# KEYS: the meta hash (m: message id, n: length in characters); the text is at the same key
-# plus ":text" (derived here rather than passed: every flush sends this, and one key fewer is a
-# third of its overhead; the relay does not run on Redis Cluster). ARGV: message id, offset,
-# text, its length in characters, ttl (s). Offset 0 replaces; otherwise the text is appended
-# only to this message's partial of exactly that length, else 0 is returned (the caller then
-# replaces it with the whole text).
-_APPEND_PARTIAL = """
+# KEYS: the meta hash (m: message id, a: attempt, n: length in characters); the text is at the
+# same key plus ":text". ARGV: message id, attempt, offset (characters), text. Every flush runs
+# this, so it carries nothing it can do without: the text key is derived (the relay does not run
+# on Redis Cluster), the text's length is counted here (its UTF-8 lead bytes: Python's ``len``
+# of the same text), and the expiry (s) is written into the script at registration.
+# Returns -1 when a later attempt of the message holds the partial (nothing written), 1 when
+# written, 0 when an append did not fit (another message's or attempt's partial, not exactly
+# ``offset`` long, or a text evicted without its hash: the caller then sends the whole text
+# with offset 0, which replaces).
+_APPEND_PARTIAL = r"""
 local meta = KEYS[1]
 local text_key = meta .. ':text'
-local offset, added, ttl = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local attempt, offset, text = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local _, added = string.gsub(text, '[^\128-\191]', '')
+local found = redis.call('HMGET', meta, 'm', 'a', 'n')
+local same_message = found[1] == ARGV[1]
+local stored_attempt = tonumber(found[2]) or -1
+if same_message and stored_attempt > attempt then return -1 end
 if offset == 0 then
   redis.call('DEL', meta, text_key)
-  redis.call('HSET', meta, 'm', ARGV[1], 'n', added)
-  redis.call('SET', text_key, ARGV[3])
+  redis.call('HSET', meta, 'm', ARGV[1], 'a', attempt, 'n', added)
+  redis.call('SET', text_key, text)
 else
-  local found = redis.call('HMGET', meta, 'm', 'n')
-  if found[1] ~= ARGV[1] or tonumber(found[2]) ~= offset then return 0 end
-  redis.call('APPEND', text_key, ARGV[3])
+  if not same_message or stored_attempt ~= attempt or tonumber(found[3]) ~= offset
+    or redis.call('EXISTS', text_key) == 0 then
+    return 0
+  end
+  redis.call('APPEND', text_key, text)
   redis.call('HSET', meta, 'n', offset + added)
 end
-redis.call('EXPIRE', meta, ttl)
-redis.call('EXPIRE', text_key, ttl)
+redis.call('EXPIRE', meta, @TTL@)
+redis.call('EXPIRE', text_key, @TTL@)
 return 1
 """
 
@@ -168,7 +201,10 @@ class RedisCoordinator:
         self._workers = f"{key_prefix}turns:workers"
         self._ttl_s = ttl_s
         self._task: asyncio.Task[None] | None = None
-        self._append = redis.register_script(_APPEND_PARTIAL)
+        self._partial_ttl = int(ttl_s * 20)
+        self._append = redis.register_script(
+            _APPEND_PARTIAL.replace("@TTL@", str(self._partial_ttl))
+        )
 
     async def start(self, handler: Handler) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen(handler))
@@ -221,19 +257,21 @@ class RedisCoordinator:
         return [base, f"{base}:text"]
 
     async def append_partial(
-        self, chat_id: str, message_id: str, offset: int, text: str, whole: Callable[[], str]
+        self,
+        chat_id: str,
+        message_id: str,
+        attempt: int,
+        offset: int,
+        text: str,
+        whole: Callable[[], str],
     ) -> None:
         keys = self._partial_keys(chat_id)[:1]
-        ttl = int(self._ttl_s * 20)
         with contextlib.suppress(Exception):
             if offset > 0:
-                done = await self._append(
-                    keys=keys, args=[message_id, offset, text, len(text), ttl]
-                )
-                if done == 1:
+                done = await self._append(keys=keys, args=[message_id, attempt, offset, text])
+                if done != 0:
                     return
-            full = whole()
-            await self._append(keys=keys, args=[message_id, 0, full, len(full), ttl])
+            await self._append(keys=keys, args=[message_id, attempt, 0, whole()])
 
     async def partial(self, chat_id: str) -> tuple[str, str] | None:
         meta, text_key = self._partial_keys(chat_id)
@@ -263,7 +301,7 @@ class RedisCoordinator:
                 return
             # The partial answer's expiry, or the latest deadline when that is further away.
             latest = max((i.get("deadline") or 0) for i in items) / 1000 - time.time()
-            ttl = max(int(self._ttl_s * 20), math.ceil(latest))
+            ttl = max(self._partial_ttl, math.ceil(latest))
             await self._redis.set(key, json.dumps(items), ex=ttl)
 
     async def approvals(self, chat_id: str) -> list[dict[str, Any]]:

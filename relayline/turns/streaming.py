@@ -57,6 +57,7 @@ class DeltaStream:
                 await self.ctx.coordinator.append_partial(
                     running.chat_id,
                     running.message_id,
+                    running.attempt,
                     offset,
                     text,
                     lambda: running.published_text,
