@@ -31,6 +31,7 @@ def message_dict(row: Message) -> dict[str, Any]:
         "role": row.role,
         "content": row.content,
         "status": row.status,
+        "finish_reason": row.finish_reason,
         "client_msg_id": row.client_msg_id,
         "turn_id": row.turn_id,
         "created_at": row.created_at,

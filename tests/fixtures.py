@@ -23,6 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from relayline.protocol.generation import Generation
 from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
 from relayline.worker.connection import PATH, RelayConnection
@@ -231,20 +232,27 @@ class SpyModel:
     def __init__(self, inner: LLMClient) -> None:
         self.inner = inner
         self.calls: list[tuple[list[ChatMessage], list[str]]] = []
+        self.requests: list[tuple[str, Generation | None]] = []  # model and options per call
         self.active = 0
         self.max_active = 0
         self.stopped_early = 0
         self.finished = 0
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
     ) -> AsyncIterator[StreamChunk]:
         self.calls.append((list(messages), [t.name for t in tools]))
+        self.requests.append((model, options))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         done = False
         try:
-            async for chunk in self.inner.stream(messages, tools, model=model):
+            async for chunk in self.inner.stream(messages, tools, model=model, options=options):
                 yield chunk
             done = True
         finally:

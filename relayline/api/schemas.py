@@ -192,6 +192,11 @@ class MessageOut(BaseModel):
     role: str
     content: str
     status: str
+    finish_reason: str | None = Field(
+        default=None,
+        description='How the model ended a complete answer: "stop", or "length" (cut at the '
+        "length limit); null for questions and for answers that did not complete.",
+    )
     client_msg_id: str | None
     turn_id: str | None
     created_at: int
@@ -205,6 +210,7 @@ class MessageOut(BaseModel):
             role=row.role,
             content=row.content,
             status=row.status,
+            finish_reason=row.finish_reason,
             client_msg_id=row.client_msg_id,
             turn_id=row.turn_id,
             created_at=row.created_at,

@@ -118,7 +118,8 @@ class MessageCompletedData(TypedDict):
     turn_id: str
     seq: int
     content: str
-    metrics: dict[str, Any]
+    finish_reason: str  # a FinishReason
+    metrics: dict[str, Any]  # timings, token counts and usage_source
 
 
 class TurnRetryingData(TypedDict):
@@ -169,6 +170,11 @@ class TurnAssigned(TypedDict):
     chat_id: str
     messages: list[dict[str, Any]]
     tools: list[str]
+    model: str | None  # the tenant's model; None: the worker's own
+    system_prompt: str | None
+    # The tenant's generation settings that are set (relayline.protocol.generation); the
+    # worker adds its defaults and holds them to its limits.
+    generation: NotRequired[dict[str, Any]]
     correlation_id: str
     deadline: int  # ms since the Unix epoch
 
@@ -180,11 +186,18 @@ class TurnDelta(TypedDict):
     text: str
 
 
+class Usage(TypedDict):
+    tokens_in: int
+    tokens_out: int
+    source: NotRequired[str]  # a UsageSource; absent: "estimated"
+
+
 class TurnDone(TypedDict):
     type: Literal["turn.done"]
     turn_id: str
     attempt: int
-    usage: NotRequired[dict[str, Any]]
+    usage: NotRequired[Usage]
+    finish_reason: NotRequired[str]  # a FinishReason; absent: "stop"
 
 
 class TurnFailedFrame(TypedDict):

@@ -18,7 +18,7 @@ from pathlib import Path
 from relayline.protocol import limits
 from relayline.protocol.close_codes import ACTIONS, DEFAULT_ACTION, RESTART_SPREAD_MS, Close
 from relayline.protocol.jsoncodec import MAX_JSON_DEPTH
-from relayline.protocol.names import ErrorCode, EventType, FailureCategory, Op
+from relayline.protocol.names import ErrorCode, EventType, FailureCategory, FinishReason, Op
 
 TARGET = Path(__file__).resolve().parents[1] / "web" / "static" / "js" / "protocol.js"
 
@@ -51,6 +51,7 @@ def render() -> str:
         f"export const EVENT = {_names(EventType)};",
         f"export const ERROR_CODE = {_names(ErrorCode)};",
         f"export const FAILURE_CATEGORY = {_names(FailureCategory)};",
+        f"export const FINISH_REASON = {_names(FinishReason)};",
         "",
         "/** Defaults of the limits the relay enforces (an operator may set others). */",
         "export const LIMITS = "

@@ -106,3 +106,19 @@ class FailureCategory(StrEnum):
     # The model server ended the stream as if done, without saying the answer was finished
     # (no finish_reason, or no [DONE]): a cut answer, kept and marked, never stored complete.
     INCOMPLETE = "incomplete"
+
+
+class FinishReason(StrEnum):
+    """How the model ended a complete answer (``turn.done``'s and ``message.completed``'s
+    ``finish_reason``, the stored message's ``finish_reason``)."""
+
+    STOP = "stop"  # the model finished (or hit a stop sequence)
+    LENGTH = "length"  # cut at the length limit (max_tokens): stored, shown as cut
+    CONTENT_FILTER = "content_filter"  # the model server withheld the rest
+
+
+class UsageSource(StrEnum):
+    """Where an answer's token counts came from (``usage.source``; stored with its metrics)."""
+
+    REPORTED = "reported"  # the model server counted them (an OpenAI usage object)
+    ESTIMATED = "estimated"  # the worker estimated them (~4 characters a token)

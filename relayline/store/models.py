@@ -85,6 +85,8 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="complete")
+    # How the model ended a complete answer: "stop", or "length" (cut at the length limit).
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
     client_msg_id: Mapped[str | None] = mapped_column(String(128))
     turn_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[int] = mapped_column(BigInteger)
@@ -131,5 +133,7 @@ class MessageMetric(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     tokens_in: Mapped[int | None] = mapped_column(Integer)
     tokens_out: Mapped[int | None] = mapped_column(Integer)
+    # "reported" by the model server, or "estimated" by the worker (None: no counts).
+    usage_source: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -142,7 +142,8 @@ async def finish(
     message_status: str,
     category: str | None = None,
     detail: str | None = None,
-    metrics: dict[str, int | None] | None = None,
+    metrics: dict[str, int | str | None] | None = None,
+    finish_reason: str | None = None,
 ) -> Message | None:
     """Store the outcome of ``attempt``; None when that attempt no longer owns the turn.
 
@@ -176,6 +177,7 @@ async def finish(
             return None
         message.content = text
         message.status = message_status
+        message.finish_reason = finish_reason
         if metrics is not None:
             session.add(
                 MessageMetric(
@@ -183,16 +185,25 @@ async def finish(
                     message_id=message.id,
                     tenant_id=tenant_id,
                     chat_id=chat_id,
-                    first_token_ms=metrics.get("first_token_ms"),
-                    latency_ms=metrics.get("latency_ms"),
-                    tokens_in=metrics.get("tokens_in"),
-                    tokens_out=metrics.get("tokens_out"),
+                    first_token_ms=_int(metrics.get("first_token_ms")),
+                    latency_ms=_int(metrics.get("latency_ms")),
+                    tokens_in=_int(metrics.get("tokens_in")),
+                    tokens_out=_int(metrics.get("tokens_out")),
+                    usage_source=_str(metrics.get("usage_source")),
                     status=message_status,
                     created_at=now_ms(),
                 )
             )
         await session.flush()
         return message
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 async def requeue(db: Database, turn_id: str, attempt: int) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from relayline.ids import new_id
+from relayline.protocol.generation import GENERATION_FIELDS
 from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.store import turns as store
@@ -122,6 +123,7 @@ class ClaimLoop:
                 "tools": _names(agent.get("tools")),
                 "model": agent.get("model"),
                 "system_prompt": agent.get("system_prompt"),
+                "generation": {k: agent[k] for k in GENERATION_FIELDS if agent.get(k) is not None},
                 "correlation_id": running.correlation_id,
                 "deadline": int((time.time() + settings.turn_deadline_s) * 1000),
             }

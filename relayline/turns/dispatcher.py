@@ -182,8 +182,10 @@ class TurnDispatcher:
             return
         await self.stream.on_delta(running, text)
 
-    async def on_done(self, running: Running, usage: dict[str, Any]) -> None:
-        await self.outcomes.done(running, usage)
+    async def on_done(
+        self, running: Running, usage: dict[str, Any], finish_reason: object = None
+    ) -> None:
+        await self.outcomes.done(running, usage, finish_reason)
 
     async def on_failed(self, running: Running, category: str, detail: str) -> None:
         await self.outcomes.failed(running, category, detail)

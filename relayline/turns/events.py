@@ -93,6 +93,7 @@ class ChatEvents:
         turn_id: str,
         seq: int,
         content: str,
+        finish_reason: str,
         metrics: dict[str, Any],
     ) -> None:
         data: MessageCompletedData = {
@@ -100,6 +101,7 @@ class ChatEvents:
             "turn_id": turn_id,
             "seq": seq,
             "content": content,
+            "finish_reason": finish_reason,
             "metrics": metrics,
         }
         await self._publish(chat_topic(chat_id), EventType.MESSAGE_COMPLETED, dict(data))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relayline.protocol.names import WorkerFrame
+from relayline.protocol.names import FailureCategory, FinishReason, UsageSource, WorkerFrame
 from relayline.store import turns as store
 from relayline.turns.approvals import Approvals
 from relayline.turns.claims import ClaimLoop
@@ -25,9 +25,9 @@ from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
 from relayline.turns.streaming import DeltaStream
 
-FAILURE_CATEGORIES = frozenset(
-    {"timeout", "upstream_4xx", "upstream_5xx", "circuit_open", "tool_error", "internal"}
-)
+FAILURE_CATEGORIES = frozenset(FailureCategory)
+FINISH_REASONS = frozenset(FinishReason)
+USAGE_SOURCES = frozenset(UsageSource)
 
 
 class Outcomes:
@@ -45,11 +45,18 @@ class Outcomes:
         self.approvals = approvals
         self.claims = claims
 
-    async def done(self, running: Running, usage: dict[str, Any]) -> None:
-        """``turn.done``: store the whole answer and announce ``message.completed``."""
+    async def done(
+        self, running: Running, usage: dict[str, Any], finish_reason: object = None
+    ) -> None:
+        """``turn.done``: store the whole answer and announce ``message.completed``.
+
+        ``finish_reason`` is stored as the worker gave it when it is a known one, else as
+        ``stop`` (a worker that predates it, or a value the relay does not know).
+        """
         await self.stream.flush(running)
         text = running.published_text  # all of it: the flush above published the rest
         measured = metrics(running, usage)
+        reason = finish_reason if finish_reason in FINISH_REASONS else FinishReason.STOP
         self._release(running)
         try:
             message = await store.finish(
@@ -60,13 +67,20 @@ class Outcomes:
                 text=text,
                 message_status="complete",
                 metrics=measured,
+                finish_reason=str(reason),
             )
             if message is None:
                 # A cancel stored just before won the race: the chat was told turn.cancelled.
                 await self._keep_as_cancelled(running, text, measured)
             else:
                 await self.ctx.events.message_completed(
-                    running.chat_id, message.id, running.turn_id, message.seq, text, measured
+                    running.chat_id,
+                    message.id,
+                    running.turn_id,
+                    message.seq,
+                    text,
+                    str(reason),
+                    measured,
                 )
         finally:
             self._free_chat(running)
@@ -148,7 +162,7 @@ class Outcomes:
         )
 
     async def _keep_as_cancelled(
-        self, running: Running, text: str, measured: dict[str, int | None]
+        self, running: Running, text: str, measured: dict[str, int | str | None]
     ) -> None:
         """Store the answer as cancelled when the turn was cancelled under a racing ending (a
         stale attempt, fenced out, writes nothing)."""
@@ -183,19 +197,26 @@ class Outcomes:
             self.ctx.spawn(self.ctx.coordinator.broadcast({"kind": "wake"}))
 
 
-def metrics(running: Running, usage: dict[str, Any]) -> dict[str, int | None]:
-    """The attempt's timings, and the token counts the worker reported (when valid)."""
+def metrics(running: Running, usage: dict[str, Any]) -> dict[str, int | str | None]:
+    """The attempt's timings, and the token counts the worker reported (when valid) with where
+    they came from (``usage_source``: a worker that does not say is taken as estimating)."""
     now = time.monotonic()
 
     def count(name: str) -> int | None:
         value = usage.get(name)
         return value if isinstance(value, int) and value >= 0 else None
 
+    tokens_in, tokens_out = count("tokens_in"), count("tokens_out")
+    source: str | None = None
+    if tokens_in is not None or tokens_out is not None:
+        given = usage.get("source")
+        source = given if given in USAGE_SOURCES else str(UsageSource.ESTIMATED)
     return {
         "first_token_ms": int((running.first_token - running.started) * 1000)
         if running.first_token
         else None,
         "latency_ms": int((now - running.started) * 1000),
-        "tokens_in": count("tokens_in"),
-        "tokens_out": count("tokens_out"),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "usage_source": source,
     }

@@ -201,7 +201,11 @@ class WorkerGateway:
                 await dispatcher.on_delta(running, text if isinstance(text, str) else "")
             elif kind == WorkerFrame.TURN_DONE:
                 usage = frame.get("usage")
-                await dispatcher.on_done(running, usage if isinstance(usage, dict) else {})
+                await dispatcher.on_done(
+                    running,
+                    usage if isinstance(usage, dict) else {},
+                    frame.get("finish_reason"),
+                )
             elif kind == WorkerFrame.TURN_FAILED:
                 await dispatcher.on_failed(
                     running,

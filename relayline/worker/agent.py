@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Seq
 from dataclasses import dataclass, field
 from typing import Literal
 
+from relayline.protocol.generation import Generation
 from relayline.worker.llm.base import (
     ChatMessage,
     LLMClient,
@@ -39,6 +40,7 @@ DeltaCallback = Callable[[str], Awaitable[None]]
 """``on_delta(text)``: forward a piece of the answer; awaited, so it can apply backpressure."""
 
 TurnStatus = Literal["completed", "tool_limit"]
+UsageSource = Literal["reported", "estimated"]
 
 _PARAGRAPH_BREAK = "\n\n"
 
@@ -48,7 +50,10 @@ class TurnResult:
     """A finished turn.
 
     ``text`` is exactly the concatenation of every ``on_delta`` call. Token counts add up all
-    model calls of the turn (estimated at ~4 characters a token when the model reports none).
+    model calls of the turn; ``usage_source`` is ``reported`` when the model server counted
+    every call's tokens, else ``estimated`` (a call it did not count is estimated at ~4
+    characters a token). ``finish_reason`` is how the model ended the last call (``length``:
+    cut at the length limit).
     ``status`` is ``tool_limit`` when ``max_tool_rounds`` was used up and the last answer was
     asked for without tools. ``new_messages`` are the assistant and tool messages the turn
     added to the conversation, the final answer excluded (it is ``text``).
@@ -61,6 +66,8 @@ class TurnResult:
     status: TurnStatus
     tool_rounds: int = 0
     new_messages: tuple[ChatMessage, ...] = ()
+    finish_reason: str = "stop"
+    usage_source: UsageSource = "reported"
 
 
 @dataclass(slots=True)
@@ -69,6 +76,7 @@ class _Round:
     calls: list[ToolCall] = field(default_factory=list)
     tokens_in: int | None = None
     tokens_out: int | None = None
+    finish_reason: str = "stop"
 
 
 class AgentRunner:
@@ -100,8 +108,11 @@ class AgentRunner:
         on_delta: DeltaCallback,
         request_approval: ApprovalCallback,
         turn_id: str = "",
+        model: str | None = None,
+        options: Generation | None = None,
     ) -> TurnResult:
-        """Answer ``messages``, offering the enabled ``tools``, within ``timeout_s``.
+        """Answer ``messages``, offering the enabled ``tools``, within ``timeout_s``, from
+        ``model`` (default: the runner's) sampled as ``options`` says.
 
         Raises :class:`LLMError`: the model's failures with their category, ``timeout`` when
         the turn outlives ``timeout_s``, ``tool_error`` for an unknown enabled tool name or a
@@ -112,7 +123,15 @@ class AgentRunner:
         propagates.
         """
         active = self.registry.subset(tools)
-        turn = _Turn(self, active, on_delta, ToolContext(request_approval, turn_id), turn_id)
+        turn = _Turn(
+            self,
+            active,
+            on_delta,
+            ToolContext(request_approval, turn_id),
+            turn_id,
+            model or self.model,
+            options,
+        )
         scope = asyncio.timeout(timeout_s)
         try:
             async with scope:
@@ -133,8 +152,12 @@ class _Turn:
         on_delta: DeltaCallback,
         ctx: ToolContext,
         turn_id: str,
+        model: str,
+        options: Generation | None,
     ) -> None:
         self.runner = runner
+        self.model = model
+        self.options = options
         self.active = active
         self.on_delta = on_delta
         self.ctx = ctx
@@ -144,6 +167,8 @@ class _Turn:
         self.text: list[str] = []
         self.tokens_in = 0
         self.tokens_out = 0
+        self.usage_source: UsageSource = "reported"
+        self.finish_reason = "stop"
 
     async def run(self, messages: Sequence[ChatMessage]) -> TurnResult:
         runner = self.runner
@@ -178,13 +203,15 @@ class _Turn:
             status="tool_limit" if hit_limit else "completed",
             tool_rounds=rounds,
             new_messages=tuple(added),
+            finish_reason=self.finish_reason,
+            usage_source=self.usage_source,
         )
 
     async def _call_model(
         self, history: list[ChatMessage], offered: list[ToolSpec], *, first_round: bool
     ) -> _Round:
         result = _Round()
-        chunks = self.runner.llm.stream(history, offered, model=self.runner.model)
+        chunks = self.runner.llm.stream(history, offered, model=self.model, options=self.options)
         try:
             async for chunk in chunks:
                 await self._take(chunk, result, separate=not first_round)
@@ -194,6 +221,9 @@ class _Turn:
                 with contextlib.suppress(Exception):
                     await chunks.aclose()
         text = "".join(result.text)
+        self.finish_reason = result.finish_reason
+        if result.tokens_in is None or result.tokens_out is None:
+            self.usage_source = "estimated"
         self.tokens_in += (
             result.tokens_in
             if result.tokens_in is not None
@@ -218,6 +248,8 @@ class _Turn:
             await self._emit(chunk.text)
         elif chunk.tool_call is not None:
             result.calls.append(chunk.tool_call)
+        elif chunk.finish_reason is not None:
+            result.finish_reason = chunk.finish_reason
         elif chunk.usage is not None:
             result.tokens_in = chunk.usage.prompt_tokens
             result.tokens_out = chunk.usage.completion_tokens

@@ -19,10 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from relayline.protocol import jsoncodec
+from relayline.protocol.generation import Generation, policy_for
 from relayline.protocol.names import WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker.agent import AgentRunner
@@ -254,6 +256,21 @@ class RelayConnection:
             )
             self.turns.pop(turn_id, None)
             return
+        model = str(frame.get("model") or self.runner.model)
+        try:
+            asked = Generation.model_validate(frame.get("generation") or {})
+        except ValidationError:
+            await self._send(
+                {
+                    "type": WorkerFrame.TURN_FAILED,
+                    **base,
+                    "category": "internal",
+                    "detail": "malformed generation settings",
+                }
+            )
+            self.turns.pop(turn_id, None)
+            return
+        options = policy_for(self.settings.generation, model).apply(asked)
         if frame.get("system_prompt"):
             messages.insert(0, ChatMessage(role="system", content=str(frame["system_prompt"])))
         deadline_ms = frame.get("deadline")
@@ -304,6 +321,8 @@ class RelayConnection:
                 on_delta=on_delta,
                 request_approval=request_approval,
                 turn_id=turn_id,
+                model=model,
+                options=options,
             )
         except LLMError as exc:
             self.last_error = exc.category
@@ -328,7 +347,12 @@ class RelayConnection:
             final = {
                 "type": WorkerFrame.TURN_DONE,
                 **base,
-                "usage": {"tokens_in": result.tokens_in, "tokens_out": result.tokens_out},
+                "usage": {
+                    "tokens_in": result.tokens_in,
+                    "tokens_out": result.tokens_out,
+                    "source": result.usage_source,
+                },
+                "finish_reason": result.finish_reason,
             }
         finally:
             # Free the slot before the relay hears the turn is over: it may send the next

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relayline.protocol.generation import GenerationPolicy
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAYLINE_", env_file=".env", extra="ignore")
@@ -24,6 +26,10 @@ class WorkerSettings(BaseSettings):
     llm_url: str | None = None
     llm_api_key: SecretStr | None = None
     model: str = "local"
+    # Per model (by name; "*" for any other): defaults for the tenant's generation settings
+    # and limits a tenant cannot exceed, e.g.
+    # {"*": {"defaults": {"temperature": 0.7}, "limits": {"max_tokens": 1024}}}.
+    generation: dict[str, GenerationPolicy] = {}
     local_model_delay_s: float = Field(0.02, ge=0, le=10)
     llm_connect_timeout_s: float = Field(5.0, gt=0)
     llm_read_timeout_s: float = Field(60.0, gt=0)

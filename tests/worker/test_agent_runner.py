@@ -11,6 +11,7 @@ import pytest
 from llm_fake_upstream import FakeUpstream, answer, status, tool_calls
 from procgroup_helpers import HAVE_PROC, live_group_members
 
+from relayline.protocol.generation import Generation
 from relayline.worker.agent import AgentRunner
 from relayline.worker.llm.base import ChatMessage, LLMError, StreamChunk, ToolCall, ToolSpec
 from relayline.worker.llm.local import LocalModel
@@ -123,7 +124,12 @@ class LoopingModel:
         return None
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
     ) -> AsyncIterator[StreamChunk]:
         self.offers.append(len(tools))
         if tools:
@@ -245,7 +251,12 @@ class ChattyToolModel:
         return None
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
     ) -> AsyncIterator[StreamChunk]:
         if messages[-1].role == "user":
             yield StreamChunk(text="Checking.")

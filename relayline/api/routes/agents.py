@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relayline.api.deps import Admin, State
 from relayline.api.params import IdPath
 from relayline.errors import ValidationFailed
+from relayline.protocol.generation import Generation
 from relayline.store import tenants, turn_queue
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -17,10 +18,12 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 KNOWN_TOOLS = ("read_file", "list_dir", "edit_file", "run_command")
 
 
-class AgentSettings(BaseModel):
-    """What a tenant's turns carry to the worker."""
+class AgentSettings(Generation):
+    """What a tenant's turns carry to the worker: the system prompt, the model, the tools it
+    may use, and how answers are sampled (temperature, top_p, max_tokens, stop: see
+    :mod:`relayline.protocol.generation`; a worker may hold them to lower limits)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     system_prompt: str | None = Field(default=None, max_length=20_000)
     model: str | None = Field(default=None, max_length=200, pattern=r"^[\w.:/@+-]+$")
     tools: list[str] = Field(default_factory=list, max_length=len(KNOWN_TOOLS))

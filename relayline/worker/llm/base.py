@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, get_args
 
+from relayline.protocol.generation import Generation
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 FailureCategory = Literal[
@@ -58,7 +60,7 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one model call, as reported by the model (or estimated, see adapters)."""
+    """Token counts of one model call, as the model server reported them."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -110,36 +112,53 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
-    """One item of a model stream; exactly one of ``text``, ``tool_call``, ``usage`` is set.
+    """One item of a model stream; exactly one of ``text``, ``tool_call``, ``finish_reason``,
+    ``usage`` is set.
 
     ``text`` is a delta to append to the answer. ``tool_call`` is a *complete* call (adapters
-    assemble streamed fragments before yielding it). ``usage`` comes at most once, last.
+    assemble streamed fragments before yielding it). ``finish_reason`` is how the model ended
+    the answer (``stop``, ``length``, ``tool_calls``…), once, after every text and tool call.
+    ``usage`` comes at most once, last.
     """
 
     text: str | None = None
     tool_call: ToolCall | None = None
     usage: Usage | None = None
+    finish_reason: str | None = None
 
     def __post_init__(self) -> None:
-        present = sum(x is not None for x in (self.text, self.tool_call, self.usage))
+        present = sum(
+            x is not None for x in (self.text, self.tool_call, self.usage, self.finish_reason)
+        )
         if present != 1:
-            raise ValueError("StreamChunk needs exactly one of text, tool_call, usage")
+            raise ValueError(
+                "StreamChunk needs exactly one of text, tool_call, finish_reason, usage"
+            )
 
 
 class LLMClient(Protocol):
     """A model endpoint. Implementations are safe to share between concurrent turns."""
 
     def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
     ) -> AsyncIterator[StreamChunk]:
-        """Stream the model's answer to ``messages``, offering ``tools``.
+        """Stream the model's answer to ``messages``, offering ``tools``, sampled as
+        ``options`` says (``None``: the model server's defaults).
 
         Guarantees:
 
         - Text deltas arrive in order; once one has been yielded, the call is never retried,
           so a caller never sees duplicated text. Retries, if any, happen before that.
         - Tool calls are yielded whole, after their arguments have been fully received.
-        - A ``usage`` chunk, if any, is the last item.
+        - A complete answer yields one ``finish_reason`` chunk after its text and tool calls;
+          an answer the model server did not finish raises instead (``incomplete``).
+        - A ``usage`` chunk, if any, is the last item; it carries counts the model server
+          reported, never estimates.
         - Every failure is raised as :class:`LLMError`; nothing else escapes except
           ``asyncio.CancelledError``.
         - The returned iterator is an async generator: exhaust it or ``aclose()`` it to release

@@ -25,6 +25,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 
 from relayline.protocol import jsoncodec
+from relayline.protocol.generation import Generation
 from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolCall, ToolSpec, Usage
 
 _OPENERS = (
@@ -49,9 +50,12 @@ _DEFAULT_EDIT = "Written by the relayline local model.\n"
 class LocalModel:
     """An :class:`~relayline.worker.llm.base.LLMClient` that runs in-process.
 
-    Deterministic: equal ``messages`` and ``tools`` give equal chunks (the ``model`` name is
-    ignored). ``delay_s`` is the pause before each word (0 still yields to the event loop).
-    Tool calls are only made for tools present in ``tools``. Never raises ``LLMError``.
+    Deterministic: equal ``messages`` and ``tools`` give equal chunks (the ``model`` name,
+    ``temperature`` and ``top_p`` are ignored). A word is a token: ``max_tokens`` cuts the
+    answer after that many words (``finish_reason`` ``length``, no tool call), and the answer
+    ends before the first ``stop`` sequence. ``delay_s`` is the pause before each word (0 still
+    yields to the event loop). Tool calls are only made for tools present in ``tools``. Never
+    raises ``LLMError``.
     """
 
     def __init__(self, *, delay_s: float = 0.02) -> None:
@@ -63,10 +67,23 @@ class LocalModel:
         return None
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
     ) -> AsyncIterator[StreamChunk]:
         text, call = respond(messages, {t.name for t in tools})
+        finish = "tool_calls" if call is not None else "stop"
+        if options is not None and options.stop:
+            cut = min((i for i in (text.find(s) for s in options.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, call, finish = text[:cut], None, "stop"
         words = split_words(text)
+        limit = options.max_tokens if options is not None else None
+        if limit is not None and len(words) > limit:
+            words, call, finish = words[:limit], None, "length"
         for word in words:
             await asyncio.sleep(self.delay_s)
             yield StreamChunk(text=word)
@@ -74,6 +91,7 @@ class LocalModel:
         if call is not None:
             yield StreamChunk(tool_call=call)
             completion += len(call.arguments.split()) + 1
+        yield StreamChunk(finish_reason=finish)
         prompt = sum(len(m.content.split()) + 1 for m in messages)
         yield StreamChunk(usage=Usage(prompt_tokens=prompt, completion_tokens=completion))
 

@@ -43,6 +43,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from relayline.protocol.generation import Generation
 from relayline.worker.llm.base import ChatMessage, LLMError, StreamChunk, ToolSpec
 from relayline.worker.llm.breaker import BreakerPermit, CircuitBreaker
 from relayline.worker.llm.sse import error_snippet, parse_chat_stream
@@ -183,13 +184,19 @@ class OpenAICompatClient:
         await self._http.aclose()
 
     def _payload(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        model: str,
+        options: Generation | None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": model,
             "messages": [_message_to_wire(m) for m in messages],
             "stream": True,
         }
+        if options is not None:
+            payload.update(options.wire())
         if self.include_usage:
             payload["stream_options"] = {"include_usage": True}
         if tools:
@@ -207,7 +214,12 @@ class OpenAICompatClient:
         return payload
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, model: str
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """See :meth:`LLMClient.stream`; the failure policy is in the module docstring."""
         if self._closed:
@@ -215,7 +227,7 @@ class OpenAICompatClient:
         if self.breaker.state == "open":
             # Fail fast without queueing for a slot; acquire() raises circuit_open here.
             self.breaker.acquire()
-        payload = self._payload(messages, tools, model)
+        payload = self._payload(messages, tools, model, options)
         deadline = asyncio.get_running_loop().time() + self.timeouts.total_s
         try:
             async with asyncio.timeout_at(deadline):

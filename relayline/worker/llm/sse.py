@@ -132,7 +132,7 @@ async def error_snippet(response: httpx.Response) -> str:
 class _Decoded:
     chunks: list[StreamChunk] = field(default_factory=list)
     usage: Usage | None = None
-    finished: bool = False
+    finish_reason: str | None = None
 
 
 def _decode_event(data: str, calls: ToolCallAssembler) -> _Decoded:
@@ -156,8 +156,9 @@ def _decode_event(data: str, calls: ToolCallAssembler) -> _Decoded:
                 out.chunks.append(StreamChunk(text=text))
             for position, fragment in enumerate(delta.get("tool_calls") or ()):
                 calls.add(fragment, position)
-            if choice.get("finish_reason"):
-                out.finished = True
+            reason = choice.get("finish_reason")
+            if reason:
+                out.finish_reason = str(reason)[:32]
                 out.chunks.extend(StreamChunk(tool_call=call) for call in calls.drain())
     except (ValueError, TypeError, AttributeError, KeyError):
         raise LLMError("upstream_5xx", "malformed event in upstream stream") from None
@@ -174,7 +175,8 @@ async def parse_chat_stream(response: httpx.Response) -> AsyncGenerator[StreamCh
     """
     calls = ToolCallAssembler()
     usage: Usage | None = None
-    finished = done = False
+    finish_reason: str | None = None
+    done = False
     try:
         async for data in sse_data_lines(response.aiter_bytes()):
             if data == "[DONE]":
@@ -182,24 +184,25 @@ async def parse_chat_stream(response: httpx.Response) -> AsyncGenerator[StreamCh
                 break
             decoded = _decode_event(data, calls)
             usage = decoded.usage or usage
-            finished = finished or decoded.finished
+            finish_reason = finish_reason or decoded.finish_reason
             for chunk in decoded.chunks:
                 yield chunk
     except httpx.TimeoutException as exc:
         # A server that finished the answer but never closes the stream cost us nothing.
-        if not finished:
+        if finish_reason is None:
             raise LLMError("timeout", "upstream stopped sending data") from exc
     except httpx.TransportError as exc:
-        if not finished:
+        if finish_reason is None:
             raise LLMError("upstream_5xx", "connection to upstream lost") from exc
     except httpx.DecodingError as exc:
         raise LLMError("upstream_5xx", "upstream sent an undecodable body") from exc
-    if not (done and finished):
+    if not done or finish_reason is None:
         # Both or it is not an answer: llama.cpp's server, for one, ends a stream it interrupts
         # (another request came in) with [DONE] and no finish_reason.
-        missing = "a finish_reason" if not finished else "[DONE]"
+        missing = "a finish_reason" if finish_reason is None else "[DONE]"
         raise LLMError("incomplete", f"the model server ended the answer without {missing}")
     for call in calls.drain():
         yield StreamChunk(tool_call=call)
+    yield StreamChunk(finish_reason=finish_reason)
     if usage is not None:
         yield StreamChunk(usage=usage)

@@ -95,6 +95,11 @@ export const FAILURE_CATEGORY = Object.freeze({
   "INTERNAL": "internal",
   "INCOMPLETE": "incomplete",
 });
+export const FINISH_REASON = Object.freeze({
+  "STOP": "stop",
+  "LENGTH": "length",
+  "CONTENT_FILTER": "content_filter",
+});
 
 /** Defaults of the limits the relay enforces (an operator may set others). */
 export const LIMITS = Object.freeze({
