@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, then runs lint, type checks and the import layers
 # (Python and the web UI's JS), the web UI's unit tests and every Python test (unit, contract,
-# end-to-end, browser).
+# end-to-end, browser, and the worker against a real llama.cpp server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/real_model.sh
 bash scripts/services.sh
 bash scripts/browser.sh
 .venv/bin/ruff check relayline tests bench

@@ -27,7 +27,7 @@ from relayline.protocol.generation import Generation
 from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
 from relayline.worker.connection import PATH, RelayConnection
-from relayline.worker.daemon import build_connection
+from relayline.worker.daemon import build_connection, probe_upstream
 from relayline.worker.llm.base import ChatMessage, LLMClient, StreamChunk, ToolSpec
 from relayline.worker.settings import WorkerSettings
 from tests.conftest import ADMIN_KEY, SettingsFactory
@@ -306,6 +306,7 @@ class Workers:
             "reconnect_max_s": 0.5,
             "shutdown_grace_s": 5.0,
             "state_interval_s": 5.0,
+            "llm_probe": False,  # the fake upstream answers chat completions only
         }
         values.update(overrides)
         return WorkerSettings(_env_file=None, **values)
@@ -313,7 +314,9 @@ class Workers:
     async def start(
         self, relay: RelayServer | str, *, wait: bool = True, **overrides: Any
     ) -> RunningWorker:
-        connection, llm = build_connection(self.settings(relay, **overrides))
+        settings = self.settings(relay, **overrides)
+        connection, llm = build_connection(settings)
+        await probe_upstream(settings, llm)
         spy = SpyModel(llm)
         connection.runner.llm = spy
         stop = asyncio.Event()

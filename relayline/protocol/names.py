@@ -121,4 +121,7 @@ class UsageSource(StrEnum):
     """Where an answer's token counts came from (``usage.source``; stored with its metrics)."""
 
     REPORTED = "reported"  # the model server counted them (an OpenAI usage object)
+    # The worker counted them with the model server's own tokenizer (the prompt's texts
+    # without the chat template's tokens, so a little under what the model read).
+    COUNTED = "counted"
     ESTIMATED = "estimated"  # the worker estimated them (~4 characters a token)

@@ -40,7 +40,8 @@ DeltaCallback = Callable[[str], Awaitable[None]]
 """``on_delta(text)``: forward a piece of the answer; awaited, so it can apply backpressure."""
 
 TurnStatus = Literal["completed", "tool_limit"]
-UsageSource = Literal["reported", "estimated"]
+UsageSource = Literal["reported", "counted", "estimated"]
+_TRUST: dict[UsageSource, int] = {"reported": 2, "counted": 1, "estimated": 0}
 
 _PARAGRAPH_BREAK = "\n\n"
 
@@ -51,12 +52,12 @@ class TurnResult:
 
     ``text`` is exactly the concatenation of every ``on_delta`` call. Token counts add up all
     model calls of the turn; ``usage_source`` is ``reported`` when the model server counted
-    every call's tokens, else ``estimated`` (a call it did not count is estimated at ~4
-    characters a token). ``finish_reason`` is how the model ended the last call (``length``:
-    cut at the length limit).
-    ``status`` is ``tool_limit`` when ``max_tool_rounds`` was used up and the last answer was
-    asked for without tools. ``new_messages`` are the assistant and tool messages the turn
-    added to the conversation, the final answer excluded (it is ``text``).
+    every call's tokens, ``counted`` when the worker counted some with the server's tokenizer,
+    else ``estimated`` (a call no one counted is estimated at ~4 characters a token).
+    ``finish_reason`` is how the model ended the last call (``length``: cut at the length
+    limit). ``status`` is ``tool_limit`` when ``max_tool_rounds`` was used up and the last
+    answer was asked for without tools. ``new_messages`` are the assistant and tool messages
+    the turn added to the conversation, the final answer excluded (it is ``text``).
     """
 
     text: str
@@ -77,6 +78,7 @@ class _Round:
     tokens_in: int | None = None
     tokens_out: int | None = None
     finish_reason: str = "stop"
+    usage_source: UsageSource = "estimated"
 
 
 class AgentRunner:
@@ -222,8 +224,11 @@ class _Turn:
                     await chunks.aclose()
         text = "".join(result.text)
         self.finish_reason = result.finish_reason
+        source = result.usage_source
         if result.tokens_in is None or result.tokens_out is None:
-            self.usage_source = "estimated"
+            source = "estimated"
+        if _TRUST[source] < _TRUST[self.usage_source]:
+            self.usage_source = source  # the turn's counts are as good as its worst call's
         self.tokens_in += (
             result.tokens_in
             if result.tokens_in is not None
@@ -253,6 +258,7 @@ class _Turn:
         elif chunk.usage is not None:
             result.tokens_in = chunk.usage.prompt_tokens
             result.tokens_out = chunk.usage.completion_tokens
+            result.usage_source = chunk.usage.source
 
     async def _emit(self, text: str) -> None:
         if self.first_token_latency_s is None:

@@ -55,6 +55,19 @@ def build_connection(settings: WorkerSettings) -> tuple[RelayConnection, LLMClie
     ), llm
 
 
+async def probe_upstream(settings: WorkerSettings, llm: LLMClient) -> None:
+    """Learn the upstream's slots and tokenizer before the first turn (``RELAYLINE_LLM_PROBE``)."""
+    if settings.llm_probe and isinstance(llm, OpenAICompatClient):
+        info = await llm.probe()
+        log.info(
+            "upstream_probed",
+            server=info.server,
+            slots=info.slots,
+            max_inflight=llm.max_inflight,
+            tokenizer=info.tokenizer.url if info.tokenizer else None,
+        )
+
+
 async def run_worker(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or ``stop``), then finish or hand back turns and exit."""
     stop = stop or asyncio.Event()
@@ -64,6 +77,7 @@ async def run_worker(settings: WorkerSettings, stop: asyncio.Event | None = None
             loop.add_signal_handler(sig, stop.set)
     connection, llm = build_connection(settings)
     try:
+        await probe_upstream(settings, llm)
         await connection.run(stop)
     finally:
         await llm.aclose()

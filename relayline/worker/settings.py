@@ -37,6 +37,9 @@ class WorkerSettings(BaseSettings):
     llm_max_attempts: int = Field(3, ge=1, le=10)
     llm_retry_total_s: float = Field(20.0, gt=0)
     llm_max_inflight: int = Field(4, ge=1, le=1000)
+    # At start, learn the upstream's slots (never more streams than it serves at once) and its
+    # tokenizer (counts for answers whose usage it does not report); see upstream_probe.
+    llm_probe: bool = True
     breaker_failures: int = Field(5, ge=1)
     breaker_recovery_s: float = Field(30.0, gt=0)
     max_tool_rounds: int = Field(8, ge=0, le=100)

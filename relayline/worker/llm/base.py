@@ -60,10 +60,12 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one model call, as the model server reported them."""
+    """Token counts of one model call: ``reported`` by the model server, or ``counted`` with its
+    tokenizer when it reported none."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    source: Literal["reported", "counted"] = "reported"
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,10 @@ from tenacity import (
 )
 
 from relayline.protocol.generation import Generation
-from relayline.worker.llm.base import ChatMessage, LLMError, StreamChunk, ToolSpec
+from relayline.worker.llm.base import ChatMessage, LLMError, StreamChunk, ToolSpec, Usage
 from relayline.worker.llm.breaker import BreakerPermit, CircuitBreaker
 from relayline.worker.llm.sse import error_snippet, parse_chat_stream
+from relayline.worker.llm.upstream_probe import Tokenizer, UpstreamInfo, probe
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class OpenAICompatClient:
 
     At most ``max_inflight`` calls run at once (others wait, inside their ``total_s``); the
     ``breaker`` (one per upstream; pass your own to read its state) guards every attempt.
+    :meth:`probe` (before the first call) lowers that bound to the server's own slots and
+    finds its tokenizer, which then counts the tokens of an answer whose usage the server did
+    not report (``Usage.source`` ``counted``).
     """
 
     def __init__(
@@ -152,6 +156,9 @@ class OpenAICompatClient:
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         self.include_usage = include_usage
+        self.base_url = base_url
+        self.max_inflight = max_inflight
+        self.upstream = UpstreamInfo("unknown")
         self._slots = asyncio.Semaphore(max_inflight)
         self._closed = False
         headers = {"Accept": "text/event-stream"}
@@ -182,6 +189,16 @@ class OpenAICompatClient:
     async def aclose(self) -> None:
         self._closed = True
         await self._http.aclose()
+
+    async def probe(self) -> UpstreamInfo:
+        """Learn the server's slots and tokenizer (see :mod:`.upstream_probe`); call it before
+        the first :meth:`stream`. Best effort: an unknown server changes nothing."""
+        info = await probe(self._http, self.base_url)
+        self.upstream = info
+        if info.slots is not None and info.slots < self.max_inflight:
+            self.max_inflight = info.slots
+            self._slots = asyncio.Semaphore(info.slots)
+        return info
 
     def _payload(
         self,
@@ -237,12 +254,35 @@ class OpenAICompatClient:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 opened = await self._open(payload, deadline, stack)
+                answer: list[str] = []
+                reported = False
                 # aclosing: an abandoned stream must settle its breaker permit right away.
                 async with contextlib.aclosing(self._follow(opened, deadline)) as follow:
                     async for chunk in follow:
+                        if chunk.text is not None:
+                            answer.append(chunk.text)
+                        elif chunk.tool_call is not None:
+                            answer.append(chunk.tool_call.arguments)
+                        elif chunk.usage is not None:
+                            reported = True
                         yield chunk
+                tokenizer = self.upstream.tokenizer
+                if not reported and tokenizer is not None:
+                    # Still inside our slot: a single-slot server is not asked while it streams.
+                    counted = await self._count(tokenizer, messages, "".join(answer))
+                    if counted is not None:
+                        yield StreamChunk(usage=counted)
         finally:
             self._slots.release()
+
+    async def _count(
+        self, tokenizer: Tokenizer, messages: Sequence[ChatMessage], answer: str
+    ) -> Usage | None:
+        prompt = await tokenizer.count(self._http, "\n".join(m.content for m in messages))
+        completion = await tokenizer.count(self._http, answer) if answer else 0
+        if prompt is None or completion is None:
+            return None
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, source="counted")
 
     async def _follow(self, opened: _Opened, deadline: float) -> AsyncGenerator[StreamChunk, None]:
         """Yield the rest of a committed stream; never retries, settles the breaker permit."""
