@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     turn_deadline_s: float = Field(600.0, gt=0, le=86_400)
     turn_history_messages: int = Field(50, ge=1, le=10_000)
     turn_history_chars: int = Field(32_000, ge=100, le=10_000_000)
+    # Failed answers (cut by a timeout, a dead upstream, a lost worker) go back to the model too.
+    turn_history_failed: bool = False
     delta_coalesce_ms: int = Field(40, ge=0, le=5000)
     delta_coalesce_chars: int = Field(1024, ge=1, le=1_000_000)
     approval_timeout_s: float = Field(120.0, gt=0, le=86_400)

@@ -67,6 +67,7 @@ async def claim_next(
     max_chars: int,
     *,
     exclude_chats: Collection[str] = (),
+    include_failed: bool = False,
 ) -> Assignment | None:
     """Claim the head turn for ``worker_id`` and start its next attempt, in one transaction."""
     async with db.write() as session:
@@ -82,6 +83,7 @@ async def claim_next(
             max_messages=max_messages,
             max_chars=max_chars,
             lease_ms=lease_ms,
+            include_failed=include_failed,
         )
 
 

@@ -36,6 +36,7 @@ async def start_attempt(
     max_messages: int,
     max_chars: int,
     lease_ms: int | None,
+    include_failed: bool = False,
 ) -> Assignment:
     """The write half of an assignment, inside the caller's transaction (which chose the turn,
     so choosing and starting it commit together)."""
@@ -69,7 +70,9 @@ async def start_attempt(
     tenant = await session.get(Tenant, turn.tenant_id)
     question = await session.get(Message, turn.message_id)
     asked_seq = question.seq if question is not None else answer.seq
-    history = await _history(session, turn.chat_id, asked_seq, max_messages, max_chars)
+    history = await _history(
+        session, turn.chat_id, asked_seq, max_messages, max_chars, include_failed
+    )
     return Assignment(
         turn.id,
         turn.chat_id,
@@ -83,7 +86,12 @@ async def start_attempt(
 
 
 async def _history(
-    session: object, chat_id: str, asked_seq: int, max_messages: int, max_chars: int
+    session: object,
+    chat_id: str,
+    asked_seq: int,
+    max_messages: int,
+    max_chars: int,
+    include_failed: bool = False,
 ) -> list[dict[str, str]]:
     """The conversation up to the question at ``asked_seq``, in conversation order.
 
@@ -94,7 +102,8 @@ async def _history(
     What goes back to the model: every question, every complete answer, and an answer the
     person stopped (its text is what they saw and reacted to). A failed answer does not: it is
     text the model never finished (cut by a timeout, a dead upstream, a lost worker), and
-    feeding it back would have the model continue or imitate a broken reply.
+    feeding it back would have the model continue or imitate a broken reply; an operator who
+    wants it anyway sets ``RELAYLINE_TURN_HISTORY_FAILED`` (``include_failed``).
     """
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -115,7 +124,7 @@ async def _history(
         .where(
             Message.chat_id == chat_id,
             Message.content != "",
-            or_(Message.role != "assistant", Message.status != "failed"),
+            or_(Message.role != "assistant", Message.status != "failed", include_failed),
             or_(anchor < asked_seq, Message.seq == asked_seq),
         )
         .order_by(anchor.desc(), Message.seq.desc())

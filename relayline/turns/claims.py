@@ -74,6 +74,7 @@ class ClaimLoop:
             settings.turn_history_messages,
             settings.turn_history_chars,
             exclude_chats=set(self.turns.by_chat),
+            include_failed=settings.turn_history_failed,
         )
         if assignment is None:
             return False

@@ -80,3 +80,35 @@ async def test_a_failed_answer_is_not_sent_back_a_stopped_one_is(
             {"role": "assistant", "content": "stopped"},
             {"role": "user", "content": "third question"},
         ]
+
+
+async def test_an_operator_may_send_failed_answers_back(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    relay = await turn_relay(delta_coalesce_ms=0, turn_history_failed=True)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    topic = f"chat:{chat}"
+    async with WsHarness(relay, token=tenant.key, topics=[topic]) as ws, FakeWorker(relay) as fake:
+        first = await post(tenant, chat, "first question")
+        await fake.expect("turn.assigned")
+        await fake.send({"type": "turn.delta", "turn_id": first, "attempt": 1, "text": "cut"})
+        await fake.send(
+            {
+                "type": "turn.failed",
+                "turn_id": first,
+                "attempt": 1,
+                "category": "incomplete",
+                "detail": "no finish_reason",
+            }
+        )
+        failed = await until_event(ws, "turn.failed", turn_id=first)
+        assert failed["data"]["category"] == "incomplete"
+        second = await post(tenant, chat, "second question")
+        assigned = await fake.expect("turn.assigned", 5)
+        assert assigned["turn_id"] == second
+        assert assigned["messages"] == [
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "cut"},
+            {"role": "user", "content": "second question"},
+        ]
