@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -124,7 +124,7 @@ async def _history(
         .where(
             Message.chat_id == chat_id,
             Message.content != "",
-            or_(Message.role != "assistant", Message.status != "failed", include_failed),
+            or_(Message.role != "assistant", Message.status != "failed", literal(include_failed)),
             or_(anchor < asked_seq, Message.seq == asked_seq),
         )
         .order_by(anchor.desc(), Message.seq.desc())
