@@ -235,7 +235,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for warning in check_settings(settings):
             log.warning("config_warning", detail=warning)
         asyncio.run(_preflight(settings))
-        asyncio.run(run_demo(settings, args.host, args.port, Path(args.workspace).resolve()))
+        asyncio.run(
+            run_demo(
+                settings,
+                args.host,
+                args.port,
+                Path(args.workspace).resolve(),
+                llm_url=args.llm_url,
+                model=args.model,
+            )
+        )
     finally:
         runtime.close()
     return 0
@@ -260,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="./relayline-demo-workspace",
         help="folder the demo agent's tools may use",
     )
+    demo.add_argument(
+        "--llm-url",
+        default=None,
+        help="an OpenAI-compatible model server (…/v1) instead of the built-in model",
+    )
+    demo.add_argument("--model", default="local", help="model name sent to --llm-url")
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run an agent worker that connects out to a relay")

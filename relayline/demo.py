@@ -18,7 +18,7 @@ from relayline.config import Settings
 from relayline.server import RelayServerProcess, server_config
 from relayline.store import tenants
 from relayline.store.models import Chat, Tenant
-from relayline.worker.daemon import build_connection
+from relayline.worker.daemon import build_connection, probe_upstream
 from relayline.worker.settings import WorkerSettings
 
 log = structlog.get_logger("relayline.demo")
@@ -50,7 +50,7 @@ def prepare_workspace(workspace: Path) -> None:
         readme.write_text(WORKSPACE_README, encoding="utf-8")
 
 
-async def demo_session(settings: Settings, workspace: Path) -> str:
+async def demo_session(settings: Settings, workspace: Path, *, tools: bool = True) -> str:
     """Make sure the demo tenant exists; return a session token covering its chats."""
     db = await open_store(settings)
     try:
@@ -62,8 +62,8 @@ async def demo_session(settings: Settings, workspace: Path) -> str:
                 tenant = await tenants.create_tenant(session, DEMO_TENANT)
             tenant.agent_settings = {
                 "system_prompt": DEMO_PROMPT,
-                "model": "local",
-                "tools": DEMO_TOOLS,
+                "model": None,  # the worker's own
+                "tools": DEMO_TOOLS if tools else [],
             }
             query = (
                 select(Chat.id)
@@ -87,9 +87,20 @@ async def demo_session(settings: Settings, workspace: Path) -> str:
     return token
 
 
-async def run_demo(settings: Settings, host: str, port: int, workspace: Path) -> None:
+async def run_demo(
+    settings: Settings,
+    host: str,
+    port: int,
+    workspace: Path,
+    *,
+    llm_url: str | None = None,
+    model: str = "local",
+) -> None:
+    """Relay, worker and a demo tenant in one process. ``llm_url``: the worker's model server
+    (OpenAI-compatible) instead of the built-in model; the demo agent then gets no tools (a
+    small model does not call them reliably)."""
     settings, key_id, secret = prepare(settings, host, port)
-    token = await demo_session(settings, workspace)
+    token = await demo_session(settings, workspace, tools=llm_url is None)
     server = RelayServerProcess(server_config(settings, host, port))
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -107,8 +118,11 @@ async def run_demo(settings: Settings, host: str, port: int, workspace: Path) ->
         local_model_delay_s=0.03,
         worker_capacity=4,
         shutdown_grace_s=2,
+        llm_url=llm_url,
+        model=model,
     )
     connection, llm = build_connection(worker_settings)
+    await probe_upstream(worker_settings, llm)
     stop = asyncio.Event()
     worker = asyncio.create_task(connection.run(stop))
     base = f"http://{host}:{port}"
