@@ -1,6 +1,8 @@
 // Admin console, tenants tab: tenants, their API keys (a new key is shown once, with a copy
-// button), revocation with a confirming second click, and the tenant's agent settings.
+// button), revocation with a confirming second click, and the tenant's agent settings
+// (model, system prompt, tools and sampling; the relay's refusal shows beside the form).
 
+import { addStop, AGENT_LIMITS, agentBody, encodeStop, fieldsOfDetail, GENERATION_BOUNDS } from "./agent_settings.js";
 import { badge, button, closestTo, el } from "./dom.js";
 import { apiErrorText } from "./errors.js";
 
@@ -15,9 +17,11 @@ function when(ms) {
   return ms ? dateFormat.format(new Date(ms)) : "—";
 }
 
-function field(labelText, control) {
+function field(labelText, control, range = null) {
   const label = el("label", "field");
-  label.append(el("span", "field__label", labelText), control);
+  const name = el("span", "field__label", labelText);
+  if (range) name.append(el("span", "field__range", range));
+  label.append(name, control);
   return label;
 }
 
@@ -279,33 +283,195 @@ export class TenantsPanel {
       return block;
     }
     const form = el("form", "agent-form");
+    form.setAttribute("aria-label", "Agent settings");
     const model = el("input");
+    model.name = "model";
     model.value = agent.model ?? "";
     model.placeholder = "default model of the worker";
+    model.maxLength = AGENT_LIMITS.modelChars;
+    model.spellcheck = false;
     const prompt = el("textarea");
+    prompt.name = "system_prompt";
     prompt.rows = 3;
     prompt.value = agent.system_prompt ?? "";
     prompt.placeholder = "System prompt (optional)";
+    prompt.maxLength = AGENT_LIMITS.promptChars;
     const tools = el("fieldset", "checks");
     tools.append(el("legend", "field__label", "Tools"));
     for (const t of TOOLS) tools.append(checkbox("tool", t, agent.tools.includes(t)));
-    const save = el("button", "btn btn--small", "Save agent");
+
+    const sampling = el("div", "sampling");
+    sampling.setAttribute("role", "group");
+    sampling.setAttribute("aria-labelledby", "agent-sampling-title");
+    const samplingHead = el("div", "sampling__head");
+    const samplingTitle = el("h4", "sampling__title", "Sampling");
+    samplingTitle.id = "agent-sampling-title";
+    samplingHead.append(samplingTitle, el("span", "sampling__hint", "Empty fields use the worker's default."));
+    sampling.append(samplingHead);
+    const temperature = numberInput("temperature", agent.temperature, GENERATION_BOUNDS.temperature);
+    const topP = numberInput("top_p", agent.top_p, GENERATION_BOUNDS.top_p);
+    const maxTokens = numberInput("max_tokens", agent.max_tokens, GENERATION_BOUNDS.max_tokens);
+    const grid = el("div", "sampling__grid");
+    grid.append(
+      field("Temperature", temperature, "0 – 2"),
+      field("Top P", topP, "above 0, up to 1"),
+      field("Max tokens", maxTokens, `1 – ${GENERATION_BOUNDS.max_tokens.max.toLocaleString("en")}`),
+    );
+    const stops = new StopSequences(agent.stop ?? []);
+    sampling.append(grid, stops.el);
+
+    const save = el("button", "btn btn--primary btn--small", "Save agent");
     save.type = "submit";
-    form.append(field("Model", model), field("System prompt", prompt), tools, save);
+    const error = el("p", "form-error agent-form__error");
+    error.id = "agent-error";
+    error.setAttribute("role", "alert");
+    error.hidden = true;
+    const foot = el("div", "agent-form__foot");
+    foot.append(save, error);
+    form.append(field("Model", model), field("System prompt", prompt), tools, sampling, foot);
+
+    const controls = { model, system_prompt: prompt, temperature, top_p: topP, max_tokens: maxTokens, stop: stops.input };
+    const showError = (text, names = []) => {
+      error.textContent = text;
+      error.hidden = !text;
+      for (const [name, control] of Object.entries(controls)) {
+        if (names.includes(name)) control.setAttribute("aria-invalid", "true");
+        else control.removeAttribute("aria-invalid");
+        if (name === "stop") stops.el.classList.toggle("is-invalid", names.includes(name));
+      }
+      if (names.length) controls[names[0]]?.focus();
+    };
+    form.addEventListener("input", (ev) => {
+      // What was changed is no longer the value the relay refused.
+      const target = /** @type {HTMLElement} */ (ev.target);
+      target.removeAttribute("aria-invalid");
+      if (target === stops.input) stops.el.classList.remove("is-invalid");
+    });
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
+      if (!stops.commit()) return;
+      const body = agentBody({
+        model: model.value,
+        systemPrompt: prompt.value,
+        tools: [...tools.querySelectorAll("input:checked")].map((i) => /** @type {HTMLInputElement} */ (i).value),
+        temperature: temperature.value,
+        topP: topP.value,
+        maxTokens: maxTokens.value,
+        stop: stops.values,
+      });
+      save.disabled = true;
+      save.textContent = "Saving…";
       try {
-        await this.api.put(`/v1/admin/tenants/${tenant.id}/agent`, {
-          model: model.value.trim() || null,
-          system_prompt: prompt.value.trim() || null,
-          tools: [...tools.querySelectorAll("input:checked")].map((i) => /** @type {HTMLInputElement} */ (i).value),
-        });
+        await this.api.put(`/v1/admin/tenants/${tenant.id}/agent`, body);
+        showError("");
         this.toast("Agent settings saved.", "ok");
       } catch (err) {
-        this.fail(err);
+        // The form keeps what was typed; the relay's reason shows beside the button.
+        if (err?.code === "validation_error") showError(`Not saved. ${err.message}`, fieldsOfDetail(err.message));
+        else showError(`Not saved. ${apiErrorText(err)}`);
+      } finally {
+        save.disabled = false;
+        save.textContent = "Save agent";
       }
     });
     block.append(form);
     return block;
+  }
+}
+
+function numberInput(name, value, { min, max, step }) {
+  const input = el("input");
+  input.type = "number";
+  input.name = name;
+  input.min = String(min);
+  input.max = String(max);
+  input.step = String(step);
+  input.inputMode = step === 1 ? "numeric" : "decimal";
+  input.placeholder = "Default";
+  input.value = value == null ? "" : String(value);
+  return input;
+}
+
+/**
+ * Stop sequences as chips: type one and press Enter (`\n` for a line break); Backspace in the
+ * empty field takes the last one back for editing. At most GENERATION_BOUNDS.stop of them.
+ */
+class StopSequences {
+  constructor(values) {
+    this.values = [...values];
+    const { maxItems, maxChars } = GENERATION_BOUNDS.stop;
+    this.el = el("div", "field stops-field");
+    const label = el("label", "field__label", "Stop sequences");
+    label.htmlFor = "agent-stop";
+    label.append(el("span", "field__range", `up to ${maxItems}, each 1 – ${maxChars} characters`));
+    this.box = el("div", "stops");
+    this.list = el("ul", "stops__list");
+    this.list.setAttribute("aria-label", "Stop sequences");
+    this.input = el("input", "stops__input");
+    this.input.id = "agent-stop";
+    this.input.name = "stop";
+    this.input.maxLength = maxChars;
+    this.input.spellcheck = false;
+    this.input.autocomplete = "off";
+    this.input.setAttribute("aria-describedby", "agent-stop-hint");
+    this.hint = el("p", "stops__hint");
+    this.hint.id = "agent-stop-hint";
+    this.box.append(this.list, this.input);
+    this.el.append(label, this.box, this.hint);
+    this.box.addEventListener("click", (ev) => {
+      if (ev.target === this.box || ev.target === this.list) this.input.focus();
+    });
+    this.input.addEventListener("keydown", (ev) => {
+      if (ev.isComposing) return;
+      if (ev.key === "Enter") {
+        ev.preventDefault();
+        this.commit();
+      } else if (ev.key === "Backspace" && this.input.value === "" && this.values.length) {
+        ev.preventDefault();
+        this.input.value = encodeStop(this.values.pop());
+        this.render();
+      }
+    });
+    this.input.addEventListener("blur", () => this.commit());
+    this.render();
+  }
+
+  /** Adds what is typed; false (and the field says why) when it cannot be added. */
+  commit() {
+    const { stops, refused } = addStop(this.values, this.input.value);
+    if (refused) {
+      this.render(refused);
+      return false;
+    }
+    this.values = stops;
+    this.input.value = "";
+    this.render();
+    return true;
+  }
+
+  render(problem = null) {
+    const { maxItems } = GENERATION_BOUNDS.stop;
+    const chips = this.values.map((value, i) => {
+      const shown = encodeStop(value);
+      const chip = el("li", "stop-chip");
+      chip.append(el("span", "stop-chip__text", shown));
+      const remove = button("×", null, "stop-chip__remove");
+      remove.setAttribute("aria-label", `Remove stop sequence ${shown}`);
+      remove.addEventListener("click", () => {
+        this.values.splice(i, 1);
+        this.render();
+        this.input.focus();
+      });
+      chip.append(remove);
+      return chip;
+    });
+    this.list.replaceChildren(...chips);
+    this.list.hidden = chips.length === 0;
+    const full = this.values.length >= maxItems;
+    this.input.placeholder = full ? "" : this.values.length ? "Add another" : "None: type one, then Enter";
+    this.input.readOnly = full && this.input.value === "";
+    this.box.classList.toggle("is-full", this.input.readOnly);
+    this.hint.textContent = problem ?? (full ? `That is the most a model takes (${maxItems}). Remove one to add another.` : "Enter adds it; \\n stands for a line break.");
+    this.hint.classList.toggle("is-problem", Boolean(problem));
   }
 }
