@@ -75,8 +75,15 @@ class ChatService:
         return who.require_tenant()
 
     async def post_message(
-        self, who: Principal, chat_id: str, content: str, client_msg_id: str | None
+        self,
+        who: Principal,
+        chat_id: str,
+        content: str,
+        client_msg_id: str | None,
+        request_id: str | None = None,
     ) -> PostedMessage:
+        """Store a message and queue its turn; ``request_id`` (the post's, or the send op's)
+        becomes the turn's correlation id."""
         tenant_id = self.visible_tenant(who, chat_id)
         if not content:
             raise ValidationFailed("content: must not be empty")
@@ -87,10 +94,17 @@ class ChatService:
         except RateLimited:
             RATE_LIMITED.labels("chat").inc()
             raise
-        posted = await chats.post_user_message(self.db, tenant_id, chat_id, content, client_msg_id)
+        posted = await chats.post_user_message(
+            self.db, tenant_id, chat_id, content, client_msg_id, request_id
+        )
         if posted.created:
-            turn_id = posted.turn.id if posted.turn is not None else None
-            await self.events.message_created(chat_id, message_dict(posted.message), turn_id)
+            turn = posted.turn
+            await self.events.message_created(
+                chat_id,
+                message_dict(posted.message),
+                turn.id if turn is not None else None,
+                turn.correlation_id if turn is not None else None,
+            )
             if posted.turn is not None:
                 await self.dispatcher.enqueue(posted.turn.id, chat_id, tenant_id)
         return posted
@@ -102,7 +116,7 @@ class ChatService:
             turn = await chats.cancel_active_turn(session, chat_id)
         if turn is not None:
             await self.dispatcher.cancel_running(chat_id, turn.id)
-            await self.events.turn_cancelled(chat_id, turn.id)
+            await self.events.turn_cancelled(chat_id, turn.id, turn.correlation_id)
         return turn
 
     async def snapshot(self, who: Principal, chat_id: str) -> ChatSnapshot:

@@ -24,6 +24,7 @@ from relayline.hub.acl import TopicAcl
 from relayline.hub.hub import Hub, control_frame
 from relayline.hub.outbox import Outbox
 from relayline.hub.wire import Wire, text_frame
+from relayline.ids import new_id, valid_request_id
 from relayline.observability import hub_metrics as m
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
@@ -259,9 +260,16 @@ class ClientConnection:
         if not isinstance(content, str):
             raise ValidationFailed("content: a string is required")
         client_msg_id = _text(frame, "client_msg_id", required=False, max_len=128)
+        # The op's request id (its own, when it brings a well-formed one) becomes the turn's
+        # correlation id, as a REST post's X-Request-ID does.
+        given = frame.get("request_id")
+        request_id = given if isinstance(given, str) and valid_request_id(given) else new_id()
         await self.acl.check(self.who, topic)
         self._still_open()
-        posted = await self.chats.post_message(self.who, chat_id, content, client_msg_id)
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            posted = await self.chats.post_message(
+                self.who, chat_id, content, client_msg_id, request_id
+            )
         return {
             "message": message_dict(posted.message),
             "turn_id": posted.turn.id if posted.turn else None,

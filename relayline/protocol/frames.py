@@ -50,6 +50,9 @@ class SendOp(_Op):
     topic: str
     content: str
     client_msg_id: NotRequired[str]
+    # The op's request id (8-128 of A-Z a-z 0-9 . _ : -; else the relay makes one): the turn's
+    # correlation id, as a REST post's X-Request-ID.
+    request_id: NotRequired[str]
 
 
 class CancelOp(_Op):
@@ -97,6 +100,7 @@ class MessageCreatedData(TypedDict):
 class TurnQueuedData(TypedDict):
     turn_id: str
     message_id: str
+    correlation_id: str | None  # the request id of the post that created the turn
 
 
 class TurnStartedData(TypedDict):
@@ -104,6 +108,7 @@ class TurnStartedData(TypedDict):
     attempt: int
     message_id: str
     worker_id: str
+    correlation_id: str | None  # the request id of the post that created the turn
 
 
 class MessageDeltaData(TypedDict):
@@ -120,12 +125,14 @@ class MessageCompletedData(TypedDict):
     content: str
     finish_reason: str  # a FinishReason
     metrics: dict[str, Any]  # timings, token counts and usage_source
+    correlation_id: str | None  # the request id of the post that created the turn
 
 
 class TurnRetryingData(TypedDict):
     turn_id: str
     attempt: int
     reason: str
+    correlation_id: str | None  # the request id of the post that created the turn
 
 
 class TurnFailedData(TypedDict):
@@ -133,10 +140,12 @@ class TurnFailedData(TypedDict):
     message_id: str | None
     category: str  # a FailureCategory
     detail: str
+    correlation_id: str | None  # the request id of the post that created the turn
 
 
 class TurnCancelledData(TypedDict):
     turn_id: str
+    correlation_id: str | None  # the request id of the post that created the turn
 
 
 class ApprovalResolvedData(TypedDict):

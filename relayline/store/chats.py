@@ -89,9 +89,15 @@ async def _next_seq(session: AsyncSession, chat_id: str) -> int:
 
 
 async def post_user_message(
-    db: Database, tenant_id: str, chat_id: str, content: str, client_msg_id: str | None
+    db: Database,
+    tenant_id: str,
+    chat_id: str,
+    content: str,
+    client_msg_id: str | None,
+    correlation_id: str | None = None,
 ) -> PostedMessage:
-    """Store a user message and queue its turn, once per ``client_msg_id``.
+    """Store a user message and queue its turn, once per ``client_msg_id``; the turn keeps
+    ``correlation_id`` (the creating request's id; default: the turn's own id).
 
     A repeated ``client_msg_id`` returns the original message (and its turn), whether the
     repeat arrives later or races the first one: the unique constraint decides the winner.
@@ -118,13 +124,15 @@ async def post_user_message(
                 client_msg_id=client_msg_id,
                 created_at=now,
             )
+            turn_id = new_id()
             turn = Turn(
-                id=new_id(),
+                id=turn_id,
                 chat_id=chat_id,
                 tenant_id=tenant_id,
                 message_id=message.id,
                 state="queued",
                 attempt=0,
+                correlation_id=correlation_id or turn_id,
                 created_at=now,
             )
             message.turn_id = turn.id

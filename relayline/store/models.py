@@ -110,6 +110,9 @@ class Turn(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     response_message_id: Mapped[str | None] = mapped_column(ID)
+    # The request id of the post (or send op) that created the turn: on every log line about it,
+    # in its events, and sent to the model server as X-Request-ID.
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
     error_category: Mapped[str | None] = mapped_column(String(32))
     error_detail: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[int] = mapped_column(BigInteger)

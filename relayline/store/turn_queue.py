@@ -167,6 +167,7 @@ class Reclaimed:
     attempt: int
     message_id: str | None
     failed: bool
+    correlation_id: str
 
 
 async def reclaim_expired(
@@ -210,6 +211,7 @@ async def reclaim_expired(
                     turn.attempt,
                     turn.response_message_id,
                     failed,
+                    turn.correlation_id or turn.id,
                 )
             )
         await session.flush()

@@ -26,6 +26,7 @@ class Assignment:
     message_seq: int
     history: list[dict[str, str]]
     agent: dict[str, object]
+    correlation_id: str
 
 
 async def start_attempt(
@@ -82,6 +83,7 @@ async def start_attempt(
         answer.seq,
         history,
         dict(tenant.agent_settings) if tenant else {},
+        turn.correlation_id or turn.id,
     )
 
 

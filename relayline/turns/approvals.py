@@ -62,7 +62,7 @@ class Approvals:
             owner is None and len(running.approvals) >= MAX_OPEN_PER_ATTEMPT
         ):
             # Another attempt's id, or too many open at once: denied at once, not announced.
-            log.warning("approval_request_refused", turn_id=running.turn_id, id=approval_id)
+            log.warning("approval_request_refused", approval_id=approval_id, **running.log_fields())
             running.worker.send(
                 {
                     "type": WorkerFrame.TOOL_APPROVAL,
@@ -91,6 +91,12 @@ class Approvals:
         self.requests.pop(approval_id, None)
         self.requests[approval_id] = payload
         await self._share(running.chat_id)
+        log.info(
+            "approval_requested",
+            approval_id=approval_id,
+            tool=payload["tool"],
+            **running.log_fields(),
+        )
         await self.ctx.events.approval_requested(running.chat_id, payload)
 
     async def resolve(
@@ -132,6 +138,9 @@ class Approvals:
             }
         )
         await self._share(chat_id)
+        log.info(
+            "approval_resolved", approval_id=approval_id, decision=decision, **running.log_fields()
+        )
         await self.ctx.events.approval_resolved(chat_id, approval_id, decision)
         return True
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from relayline.ids import new_id
+from relayline.observability import turn_metrics as tm
 from relayline.protocol.generation import GENERATION_FIELDS
 from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
@@ -98,7 +98,7 @@ class ClaimLoop:
             worker,
             now + settings.turn_lease_s,
             now,
-            correlation_id=new_id(),
+            correlation_id=assignment.correlation_id,
         )
         if self.ctx.coordinator.shared:
             # A new attempt starts with no open approval requests: an earlier attempt's, kept
@@ -135,14 +135,10 @@ class ClaimLoop:
             assignment.attempt,
             assignment.message_id,
             worker.worker_id,
+            running.correlation_id,
         )
-        log.info(
-            "turn_assigned",
-            turn_id=assignment.turn_id,
-            attempt=assignment.attempt,
-            worker_id=worker.worker_id,
-            correlation_id=running.correlation_id,
-        )
+        tm.TURNS_STARTED.inc()
+        log.info("turn_assigned", **running.log_fields())
 
 
 def _names(value: object) -> list[str]:

@@ -48,12 +48,20 @@ class ChatEvents:
     # A message posted, and the turn it queued (one write, so one publish of both)
 
     async def message_created(
-        self, chat_id: str, message: dict[str, Any], turn_id: str | None
+        self,
+        chat_id: str,
+        message: dict[str, Any],
+        turn_id: str | None,
+        correlation_id: str | None = None,
     ) -> None:
         created: MessageCreatedData = {"message": message}
         items: list[tuple[str, dict[str, Any]]] = [(EventType.MESSAGE_CREATED, dict(created))]
         if turn_id is not None:
-            queued: TurnQueuedData = {"turn_id": turn_id, "message_id": message["id"]}
+            queued: TurnQueuedData = {
+                "turn_id": turn_id,
+                "message_id": message["id"],
+                "correlation_id": correlation_id,
+            }
             items.append((EventType.TURN_QUEUED, dict(queued)))
         try:
             await self.bus.publish_many(chat_topic(chat_id), items)
@@ -65,13 +73,20 @@ class ChatEvents:
     # A turn's life
 
     async def turn_started(
-        self, chat_id: str, turn_id: str, attempt: int, message_id: str, worker_id: str
+        self,
+        chat_id: str,
+        turn_id: str,
+        attempt: int,
+        message_id: str,
+        worker_id: str,
+        correlation_id: str | None,
     ) -> None:
         data: TurnStartedData = {
             "turn_id": turn_id,
             "attempt": attempt,
             "message_id": message_id,
             "worker_id": worker_id,
+            "correlation_id": correlation_id,
         }
         await self._publish(chat_topic(chat_id), EventType.TURN_STARTED, dict(data))
 
@@ -95,6 +110,7 @@ class ChatEvents:
         content: str,
         finish_reason: str,
         metrics: dict[str, Any],
+        correlation_id: str | None,
     ) -> None:
         data: MessageCompletedData = {
             "message_id": message_id,
@@ -103,26 +119,43 @@ class ChatEvents:
             "content": content,
             "finish_reason": finish_reason,
             "metrics": metrics,
+            "correlation_id": correlation_id,
         }
         await self._publish(chat_topic(chat_id), EventType.MESSAGE_COMPLETED, dict(data))
 
-    async def turn_retrying(self, chat_id: str, turn_id: str, attempt: int, reason: str) -> None:
-        data: TurnRetryingData = {"turn_id": turn_id, "attempt": attempt, "reason": reason}
+    async def turn_retrying(
+        self, chat_id: str, turn_id: str, attempt: int, reason: str, correlation_id: str | None
+    ) -> None:
+        data: TurnRetryingData = {
+            "turn_id": turn_id,
+            "attempt": attempt,
+            "reason": reason,
+            "correlation_id": correlation_id,
+        }
         await self._publish(chat_topic(chat_id), EventType.TURN_RETRYING, dict(data))
 
     async def turn_failed(
-        self, chat_id: str, turn_id: str, message_id: str | None, category: str, detail: str
+        self,
+        chat_id: str,
+        turn_id: str,
+        message_id: str | None,
+        category: str,
+        detail: str,
+        correlation_id: str | None,
     ) -> None:
         data: TurnFailedData = {
             "turn_id": turn_id,
             "message_id": message_id,
             "category": category,
             "detail": detail[:500],
+            "correlation_id": correlation_id,
         }
         await self._publish(chat_topic(chat_id), EventType.TURN_FAILED, dict(data))
 
-    async def turn_cancelled(self, chat_id: str, turn_id: str) -> None:
-        data: TurnCancelledData = {"turn_id": turn_id}
+    async def turn_cancelled(
+        self, chat_id: str, turn_id: str, correlation_id: str | None = None
+    ) -> None:
+        data: TurnCancelledData = {"turn_id": turn_id, "correlation_id": correlation_id}
         await self._publish(chat_topic(chat_id), EventType.TURN_CANCELLED, dict(data))
 
     # Tool approvals

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from relayline.observability import turn_metrics as tm
 from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.turns.claims import ClaimLoop
@@ -111,6 +112,7 @@ class LeaseKeeper:
                     "attempt": running.attempt,
                 }
             )
+            log.warning("lease_expired", **running.log_fields())
             try:
                 await self._lost(running, "lease expired", "timeout")
             except Exception:  # keep sweeping; the store lease lets any instance retry it
@@ -175,7 +177,19 @@ class LeaseKeeper:
             everything=everything,
         )
         for turn in reclaimed:
-            log.warning("turn_reclaimed", turn_id=turn.turn_id, attempt=turn.attempt)
+            tm.TURN_RECLAIMS.inc()
+            if turn.failed:
+                tm.TURNS_ENDED.labels("failed").inc()
+                tm.TURNS_FAILED.labels("internal").inc()
+            else:
+                tm.TURN_RETRIES.labels("instance_lost").inc()
+            log.warning(
+                "turn_reclaimed",
+                turn_id=turn.turn_id,
+                attempt=turn.attempt,
+                correlation_id=turn.correlation_id,
+                failed=turn.failed,
+            )
             if turn.failed:
                 await self.ctx.events.turn_failed(
                     turn.chat_id,
@@ -183,10 +197,15 @@ class LeaseKeeper:
                     turn.message_id,
                     "internal",
                     f"relay instance lost after {turn.attempt} attempts",
+                    turn.correlation_id,
                 )
             else:
                 await self.ctx.events.turn_retrying(
-                    turn.chat_id, turn.turn_id, turn.attempt + 1, "relay instance lost"
+                    turn.chat_id,
+                    turn.turn_id,
+                    turn.attempt + 1,
+                    "relay instance lost",
+                    turn.correlation_id,
                 )
         if reclaimed:
             self.claims.kick()

@@ -17,6 +17,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
+
+from relayline.observability import turn_metrics as tm
 from relayline.protocol.names import FailureCategory, FinishReason, UsageSource, WorkerFrame
 from relayline.store import turns as store
 from relayline.turns.approvals import Approvals
@@ -24,6 +27,8 @@ from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
 from relayline.turns.streaming import DeltaStream
+
+log = structlog.get_logger("relayline.turns")
 
 FAILURE_CATEGORIES = frozenset(FailureCategory)
 FINISH_REASONS = frozenset(FinishReason)
@@ -73,6 +78,7 @@ class Outcomes:
                 # A cancel stored just before won the race: the chat was told turn.cancelled.
                 await self._keep_as_cancelled(running, text, measured)
             else:
+                _ended(running, "completed", finish_reason=str(reason))
                 await self.ctx.events.message_completed(
                     running.chat_id,
                     message.id,
@@ -81,6 +87,7 @@ class Outcomes:
                     text,
                     str(reason),
                     measured,
+                    running.correlation_id,
                 )
         finally:
             self._free_chat(running)
@@ -108,7 +115,7 @@ class Outcomes:
         )
         self._release(running)
         try:
-            await store.finish(
+            stored = await store.finish(
                 self.ctx.db,
                 running.turn_id,
                 running.attempt,
@@ -117,6 +124,8 @@ class Outcomes:
                 message_status="cancelled",
                 metrics=metrics(running, {}),
             )
+            if stored is not None:
+                _ended(running, "cancelled")
         finally:
             self._free_chat(running)
 
@@ -127,14 +136,21 @@ class Outcomes:
         """
         if not self.turns.holds(running):
             return
+        log.warning("turn_attempt_lost", reason=reason, **running.log_fields())
         # Hold the chat until the retry is announced: the store already keeps the turn at the
         # head of its chat, but this instance must not start it again before saying so.
         self._release(running)
         try:
             if running.attempt < self.ctx.settings.turn_max_attempts:
                 if await store.requeue(self.ctx.db, running.turn_id, running.attempt):
+                    tm.TURN_RETRIES.labels(_retry_reason(reason)).inc()
+                    log.info("turn_retrying", reason=reason, **running.log_fields())
                     await self.ctx.events.turn_retrying(
-                        running.chat_id, running.turn_id, running.attempt + 1, reason
+                        running.chat_id,
+                        running.turn_id,
+                        running.attempt + 1,
+                        reason,
+                        running.correlation_id,
                     )
                 return
             await self._fail(running, category, f"{reason} after {running.attempt} attempts")
@@ -157,8 +173,14 @@ class Outcomes:
         if failed is None:
             await self._keep_as_cancelled(running, running.published_text, measured)
             return
+        _ended(running, "failed", category=category, detail=detail)
         await self.ctx.events.turn_failed(
-            running.chat_id, running.turn_id, running.message_id, category, detail
+            running.chat_id,
+            running.turn_id,
+            running.message_id,
+            category,
+            detail,
+            running.correlation_id,
         )
 
     async def _keep_as_cancelled(
@@ -166,7 +188,7 @@ class Outcomes:
     ) -> None:
         """Store the answer as cancelled when the turn was cancelled under a racing ending (a
         stale attempt, fenced out, writes nothing)."""
-        await store.finish(
+        stored = await store.finish(
             self.ctx.db,
             running.turn_id,
             running.attempt,
@@ -175,6 +197,8 @@ class Outcomes:
             message_status="cancelled",
             metrics=measured,
         )
+        if stored is not None:
+            _ended(running, "cancelled")
 
     def _release(self, running: Running) -> None:
         """The attempt is over: refuse its frames from now on and free the worker's credit.
@@ -220,3 +244,31 @@ def metrics(running: Running, usage: dict[str, Any]) -> dict[str, int | str | No
         "tokens_out": tokens_out,
         "usage_source": source,
     }
+
+
+def _retry_reason(reason: str) -> str:
+    """A bounded label for a retry's free-text reason."""
+    if "lease" in reason:
+        return "lease_expired"
+    if "released" in reason:
+        return "released"
+    return "worker_lost"
+
+
+def _ended(running: Running, outcome: str, **fields: object) -> None:
+    """Count, time and log the end of a turn (once, by the attempt that stored it)."""
+    now = time.monotonic()
+    tm.TURNS_ENDED.labels(outcome).inc()
+    category = fields.get("category")
+    if isinstance(category, str):
+        tm.TURNS_FAILED.labels(category).inc()
+    if running.first_token is not None:
+        tm.FIRST_TOKEN.labels(outcome).observe(running.first_token - running.started)
+    tm.TURN_DURATION.labels(outcome).observe(now - running.started)
+    (log.warning if outcome == "failed" else log.info)(
+        f"turn_{outcome}",
+        duration_ms=int((now - running.started) * 1000),
+        chars=running.published_chars,
+        **fields,
+        **running.log_fields(),
+    )

@@ -43,6 +43,16 @@ class Running:
     def published_text(self) -> str:
         return "".join(self.published)
 
+    def log_fields(self) -> dict[str, object]:
+        """What every log line about this attempt carries (its correlation id above all)."""
+        return {
+            "turn_id": self.turn_id,
+            "attempt": self.attempt,
+            "chat_id": self.chat_id,
+            "worker_id": self.worker.worker_id,
+            "correlation_id": self.correlation_id,
+        }
+
 
 EARLY_CANCEL_TTL_S = 120.0
 EARLY_CANCEL_MAX = 10_000

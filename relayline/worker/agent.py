@@ -26,6 +26,7 @@ from relayline.worker.llm.base import (
     ToolCall,
     ToolSpec,
 )
+from relayline.worker.llm.upstream_probe import UpstreamInfo, request_id_header
 from relayline.worker.tools.registry import (
     ApprovalCallback,
     ToolContext,
@@ -44,6 +45,7 @@ UsageSource = Literal["reported", "counted", "estimated"]
 _TRUST: dict[UsageSource, int] = {"reported": 2, "counted": 1, "estimated": 0}
 
 _PARAGRAPH_BREAK = "\n\n"
+_UNKNOWN = UpstreamInfo("unknown")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,11 @@ class AgentRunner:
         self.model = model
         self.max_tool_rounds = max_tool_rounds
         self._clock = clock
+
+    def upstream_request_id(self, correlation_id: str | None) -> str | None:
+        """The ``X-Request-ID`` the model server gets for ``correlation_id`` (its logs' key)."""
+        header = request_id_header(getattr(self.llm, "upstream", _UNKNOWN), correlation_id)
+        return header["X-Request-ID"] if header else None
 
     async def run(
         self,

@@ -28,7 +28,7 @@ from relayline.protocol.generation import Generation, policy_for
 from relayline.protocol.names import WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker.agent import AgentRunner
-from relayline.worker.llm.base import ChatMessage, LLMError
+from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError
 from relayline.worker.settings import WorkerSettings
 
 log = structlog.get_logger("relayline.worker")
@@ -243,6 +243,14 @@ class RelayConnection:
         turn_id = str(frame["turn_id"])
         attempt = int(frame["attempt"])
         base = {"turn_id": turn_id, "attempt": attempt}
+        # This task's own context: every log line about the turn (the agent's, the tools', the
+        # model client's) carries its correlation id, and the model server gets it too.
+        correlation_id = frame.get("correlation_id")
+        correlation_id = str(correlation_id)[:128] if correlation_id else None
+        structlog.contextvars.bind_contextvars(
+            turn_id=turn_id, attempt=attempt, correlation_id=correlation_id
+        )
+        REQUEST_ID.set(correlation_id)
         try:
             messages = [ChatMessage.from_dict(m) for m in frame.get("messages", [])]
         except (ValueError, TypeError, AttributeError):
@@ -299,18 +307,22 @@ class RelayConnection:
                     "deadline": int(deadline * 1000),
                 }
             )
+            log.info("approval_requested", approval_id=approval_id, tool=tool)
             try:
-                return await asyncio.wait_for(future, self.settings.approval_timeout_s)
+                approved = await asyncio.wait_for(future, self.settings.approval_timeout_s)
             except TimeoutError:
+                log.info("approval_timed_out", approval_id=approval_id, tool=tool)
                 return False  # no answer in time means denied
             finally:
                 self.approvals.pop(approval_id, None)
+            log.info("approval_decided", approval_id=approval_id, tool=tool, approved=approved)
+            return approved
 
         log.info(
             "turn_started",
-            turn_id=turn_id,
-            attempt=attempt,
-            correlation_id=frame.get("correlation_id"),
+            model=model,
+            generation=options.wire(),
+            upstream_request_id=self.runner.upstream_request_id(correlation_id),
         )
         final: dict[str, Any]
         try:
@@ -360,6 +372,14 @@ class RelayConnection:
             held = self.turns.get(turn_id)
             if held is not None and held[0] == attempt:
                 del self.turns[turn_id]
+        if final["type"] == WorkerFrame.TURN_FAILED:
+            log.warning("turn_failed", category=final["category"], detail=final["detail"])
+        else:
+            log.info(
+                "turn_done",
+                finish_reason=final["finish_reason"],
+                usage=final["usage"],
+            )
         await self._send(final)
         if final["type"] == WorkerFrame.TURN_FAILED:
             # The failure (and a breaker it may have opened) shows in the workers view now,

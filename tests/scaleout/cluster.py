@@ -137,7 +137,7 @@ class Cluster:
                 await asyncio.sleep(0.1)
 
     def start_worker(
-        self, relays: list[RelayProcess], delay_s: float = 0.05
+        self, relays: list[RelayProcess], delay_s: float = 0.05, **settings: str
     ) -> subprocess.Popen[bytes]:
         workspace = self.workdir / "workspace"
         workspace.mkdir(exist_ok=True)
@@ -152,6 +152,7 @@ class Cluster:
             "RELAYLINE_RECONNECT_MAX_S": "1",
             "RELAYLINE_WORKSPACE_ROOTS": str(workspace),
             "RELAYLINE_LOG_FORMAT": "json",
+            **{f"RELAYLINE_{name.upper()}": value for name, value in settings.items()},
         }
         return self._spawn(["worker"], env, self.workdir / "worker.log")
 

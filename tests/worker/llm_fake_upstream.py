@@ -206,6 +206,14 @@ class FakeUpstream:
                 key, _, value = line.partition(":")
                 headers[key.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
+        method, _, rest = lines[0].partition(" ")
+        if method != "POST" or not rest.split(" ")[0].endswith("/chat/completions"):
+            # Not a chat completion (a worker's probe of the server, say): not found, not counted.
+            writer.write(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            return
         self.hits += 1
         self.headers.append(headers)
         self.requests.append(json.loads(body or b"{}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 
 from relayline import session_tokens
 from relayline.api import schemas as s
@@ -106,6 +106,7 @@ async def archive_chat(chat_id: IdPath, who: TenantOnlyChats, st: State) -> s.Ch
 
 @router.post("/{chat_id}/messages", status_code=202)
 async def post_message(
+    request: Request,
     chat_id: IdPath,
     body: s.MessageIn,
     who: TenantChats,
@@ -117,7 +118,8 @@ async def post_message(
     if idempotency_key is not None and not s.CLIENT_MSG_ID.fullmatch(idempotency_key):
         raise ValidationFailed("Idempotency-Key: 1 to 128 of A-Z a-z 0-9 . _ : -")
     client_msg_id = body.client_msg_id or idempotency_key
-    posted = await st.chats.post_message(who, chat_id, body.content, client_msg_id)
+    request_id = request.state.request_id
+    posted = await st.chats.post_message(who, chat_id, body.content, client_msg_id, request_id)
     return s.PostedOut(
         message=s.MessageOut.of(posted.message),
         turn_id=posted.turn.id if posted.turn else None,

@@ -9,12 +9,17 @@ forwards failures to the relay without translating them again.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, get_args
 
 from relayline.protocol.generation import Generation
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("relayline_llm_request_id", default=None)
+"""The turn's correlation id while the worker runs it: adapters that call a server send it as
+``X-Request-ID``, so the server's logs can be matched with the relay's and the worker's."""
 
 FailureCategory = Literal[
     "timeout",

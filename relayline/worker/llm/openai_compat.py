@@ -44,10 +44,22 @@ from tenacity import (
 )
 
 from relayline.protocol.generation import Generation
-from relayline.worker.llm.base import ChatMessage, LLMError, StreamChunk, ToolSpec, Usage
+from relayline.worker.llm.base import (
+    REQUEST_ID,
+    ChatMessage,
+    LLMError,
+    StreamChunk,
+    ToolSpec,
+    Usage,
+)
 from relayline.worker.llm.breaker import BreakerPermit, CircuitBreaker
 from relayline.worker.llm.sse import error_snippet, parse_chat_stream
-from relayline.worker.llm.upstream_probe import Tokenizer, UpstreamInfo, probe
+from relayline.worker.llm.upstream_probe import (
+    Tokenizer,
+    UpstreamInfo,
+    probe,
+    request_id_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +377,12 @@ class OpenAICompatClient:
         try:
             async with contextlib.AsyncExitStack() as attempt_stack:
                 response = await attempt_stack.enter_async_context(
-                    self._http.stream("POST", "chat/completions", json=payload)
+                    self._http.stream(
+                        "POST",
+                        "chat/completions",
+                        json=payload,
+                        headers=request_id_header(self.upstream, REQUEST_ID.get()),
+                    )
                 )
                 if response.status_code != 200:
                     raise self._status_failure(response, await error_snippet(response))

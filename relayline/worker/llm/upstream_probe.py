@@ -18,11 +18,17 @@ Ollama, OpenAI…)                                               INFLIGHT`` rule
 =======================  ====================================  ===============================
 
 Every probe is best effort and bounded: a server that answers neither is "unknown".
+
+The turn's correlation id goes to the server as ``X-Request-ID`` (:func:`request_id_header`).
+llama-cpp-python's server refuses any ``X-Request-ID`` that is not a UUID (HTTP 400, empty
+body), so it gets the id in UUID form: a ULID (the relay's own ids) is the same 128 bits
+written as a UUID; any other id, a name-based UUID of it. The worker logs both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +70,32 @@ class UpstreamInfo:
     server: str  # "llama.cpp", "llama-cpp-python" or "unknown"
     slots: int | None = None
     tokenizer: Tokenizer | None = None
+    uuid_request_ids: bool = False  # X-Request-ID must be a UUID
+
+
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+_ID_NAMESPACE = uuid.UUID("6f1d3c1e-8a43-4b8e-9d0c-7a6e2b1f4c55")
+
+
+def as_uuid(request_id: str) -> str:
+    """``request_id`` as a UUID: a ULID's own 128 bits, else a name-based UUID of it."""
+    if len(request_id) == 26 and request_id[0] in "01234567":
+        value = 0
+        for char in request_id.upper():
+            digit = _CROCKFORD.get(char)
+            if digit is None:
+                break
+            value = value * 32 + digit
+        else:
+            return str(uuid.UUID(int=value))
+    return str(uuid.uuid5(_ID_NAMESPACE, request_id))
+
+
+def request_id_header(info: UpstreamInfo, request_id: str | None) -> dict[str, str] | None:
+    """The ``X-Request-ID`` header carrying ``request_id`` to this server (None: none)."""
+    if not request_id:
+        return None
+    return {"X-Request-ID": as_uuid(request_id) if info.uuid_request_ids else request_id}
 
 
 def _origin(base_url: str) -> str:
@@ -97,5 +129,6 @@ async def probe(http: httpx.AsyncClient, base_url: str) -> UpstreamInfo:
                 "llama-cpp-python",
                 1,
                 Tokenizer(f"{origin}/extras/tokenize/count", "input", count_field="count"),
+                uuid_request_ids=True,
             )
     return UpstreamInfo("unknown")
