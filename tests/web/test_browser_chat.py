@@ -1,5 +1,6 @@
 """The chat page in Chromium against a real relay and worker: streaming, Markdown, two tabs,
-reload mid-answer, scrolling, tool approvals, the debug overlay."""
+reload mid-answer, scrolling, tool approvals, the debug overlay, an answer cut at the length
+limit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
+from tests.conftest import ADMIN_KEY
 from tests.web.chatpage import (
     WAIT_MS,
     assistant_count,
@@ -20,7 +22,7 @@ from tests.web.chatpage import (
     wait_online,
     wait_streaming,
 )
-from tests.web.conftest import LiveRelay, screenshot
+from tests.web.conftest import TOOLS, LiveRelay, screenshot
 
 QUESTION = "How do relays keep a **stream** going when a tab reloads? Please answer with code."
 
@@ -289,3 +291,62 @@ def test_stop_button_cancels_the_answer(live: LiveRelay, new_page: Any) -> None:
     answer = next(m for m in live.messages(key, cid) if m["role"] == "assistant")
     assert answer["status"] == "cancelled"
     assert shown.startswith(answer["content"]) or answer["content"].startswith(shown)
+
+
+def test_an_answer_cut_at_the_length_limit_says_so(live: LiveRelay, new_page: Any) -> None:
+    tenant_id, key, token = live.tenant_session()
+    with live.http() as http:
+        r = http.put(
+            f"/v1/admin/tenants/{tenant_id}/agent",
+            json={"model": "local", "tools": TOOLS, "max_tokens": 3},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        r.raise_for_status()
+    live.model.delay_s = 0.02
+    page = open_chat(new_page, live, token)
+    send(page, "How do relays keep a stream going when a tab reloads?")
+    cid = chat_id(page)
+    answer = page.locator(".msg--assistant").last
+    note = answer.locator(".msg__status")
+    # Live, from message.completed.
+    expect(answer).to_have_attribute("data-status", "complete", timeout=WAIT_MS)
+    expect(note).to_have_text("Cut at the length limit", use_inner_text=True)
+    stored = [m for m in live.messages(key, cid) if m["role"] == "assistant"]
+    assert stored[0]["finish_reason"] == "length"
+    assert len(stored[0]["content"].split()) == 3
+    expect(answer.locator(".msg__body")).to_have_text(
+        stored[0]["content"].strip(), use_inner_text=True
+    )
+    expect(page.locator(".msg--user .msg__status")).to_have_text("", use_inner_text=True)
+    screenshot(page, "chat-cut-at-length")
+
+    # After a reload, and in a fresh browser with no local copy: from the stored message.
+    page.reload()
+    wait_online(page)
+    expect(page.locator(".msg--assistant").last.locator(".msg__status")).to_have_text(
+        "Cut at the length limit", use_inner_text=True
+    )
+    fresh = open_chat(new_page, live, current_token(page), cid, color_scheme="dark")
+    expect(fresh.locator(".msg--assistant").last.locator(".msg__status")).to_have_text(
+        "Cut at the length limit", use_inner_text=True
+    )
+    screenshot(fresh, "chat-cut-at-length-dark")
+
+    # An answer the model ends on its own has no note.
+    with live.http() as http:
+        r = http.put(
+            f"/v1/admin/tenants/{tenant_id}/agent",
+            json={"model": "local", "tools": TOOLS},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        r.raise_for_status()
+    send(page, "And in one more answer, without a limit?")
+    wait_answers(page, 2)
+    expect(page.locator(".msg--assistant")).to_have_count(2)
+    expect(page.locator(".msg--assistant").last.locator(".msg__status")).to_have_text(
+        "", use_inner_text=True
+    )
+    expect(page.locator(".msg--assistant").first.locator(".msg__status")).to_have_text(
+        "Cut at the length limit", use_inner_text=True
+    )
+    assert page.js_errors == [] and fresh.js_errors == []

@@ -1,9 +1,11 @@
 // A reload takes the open tool approvals of the running turn from the relay's snapshot; the
-// local copy only fills in what an older relay does not say. Fakes for the API, socket, view.
+// local copy only fills in what an older relay does not say. How an answer ended comes with
+// message.completed and with the stored message. Fakes for the API, socket, view.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Conversation } from "../../relayline/web/static/js/conversation.js";
+import { EVENT, FINISH_REASON } from "../../relayline/web/static/js/protocol.js";
 
 const TURN = "turn-1";
 
@@ -22,11 +24,11 @@ function snapshot(extra = {}) {
   };
 }
 
-function conversation(snap, cached = null) {
+function conversation(snap, cached = null, rows = []) {
   const nothing = () => {};
   const api = {
     async get(path) {
-      return path.includes("/messages") ? { items: [], next_after: null } : snap;
+      return path.includes("/messages") ? { items: rows, next_after: null } : snap;
     },
   };
   return new Conversation({
@@ -91,4 +93,32 @@ test("no running turn: nothing is left waiting", async () => {
   conv.approvals.set("done", { ...request("done"), state: "pending" });
   await conv.reload();
   assert.equal(conv.approvals.size, 0);
+});
+
+const idle = () => snapshot({ last_seq: 2, turn: { id: TURN, state: "completed", attempt: 1 }, partial_message_id: null, pending_approvals: [] });
+const row = (id, seq, role, extra = {}) => ({ id, seq, role, content: `${role} ${seq}`, status: "complete", client_msg_id: null, turn_id: TURN, created_at: 1, ...extra });
+
+test("message.completed says how the answer ended; a new attempt starts without it", async () => {
+  const conv = conversation(idle());
+  await conv.open();
+  const event = (type, data) => conv.apply({ topic: "chat:chat-1", type, data });
+  event(EVENT.TURN_STARTED, { turn_id: TURN, message_id: "answer-1" });
+  event(EVENT.MESSAGE_DELTA, { turn_id: TURN, message_id: "answer-1", offset: 0, text: "One two three" });
+  assert.equal(conv.get("answer-1").finish_reason, null);
+  event(EVENT.MESSAGE_COMPLETED, { turn_id: TURN, message_id: "answer-1", seq: 3, content: "One two three", finish_reason: FINISH_REASON.LENGTH, metrics: {} });
+  assert.equal(conv.get("answer-1").status, "complete");
+  assert.equal(conv.get("answer-1").finish_reason, "length");
+  event(EVENT.TURN_STARTED, { turn_id: TURN, message_id: "answer-1" });
+  assert.equal(conv.get("answer-1").finish_reason, null);
+  // An older relay's event has no finish_reason: nothing to say.
+  event(EVENT.MESSAGE_COMPLETED, { turn_id: TURN, message_id: "answer-1", seq: 3, content: "Done.", metrics: {} });
+  assert.equal(conv.get("answer-1").finish_reason, null);
+});
+
+test("a reload takes how each answer ended from the stored messages", async () => {
+  const rows = [row("q-1", 1, "user"), row("a-1", 2, "assistant", { finish_reason: FINISH_REASON.LENGTH })];
+  const conv = conversation(idle(), null, rows);
+  await conv.open();
+  assert.equal(conv.get("q-1").finish_reason, null);
+  assert.equal(conv.get("a-1").finish_reason, "length");
 });

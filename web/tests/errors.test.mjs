@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { apiErrorText, closeText, connectionText, RECOVERY, turnFailureText } from "../../relayline/web/static/js/errors.js";
+import { apiErrorText, closeText, connectionText, finishReasonText, RECOVERY, turnFailureText } from "../../relayline/web/static/js/errors.js";
+import { FINISH_REASON } from "../../relayline/web/static/js/protocol.js";
 
 const CATEGORIES = ["no_worker", "timeout", "upstream_4xx", "upstream_5xx", "circuit_open", "rate_limited", "tool_error", "internal"];
 
@@ -27,4 +28,14 @@ test("API errors, close codes, recovery and connection states read well", () => 
   assert.equal(connectionText({ state: "online" }), "Online");
   assert.equal(connectionText({ state: "offline", reason: "network" }), "Offline");
   assert.equal(connectionText({ state: "connecting" }), "Connecting…");
+});
+
+test("an answer the model ended early says why; one that ended on its own says nothing", () => {
+  assert.equal(finishReasonText(FINISH_REASON.LENGTH), "Cut at the length limit");
+  assert.equal(finishReasonText(FINISH_REASON.CONTENT_FILTER), "Withheld by the model server's content filter");
+  assert.equal(finishReasonText(FINISH_REASON.STOP), null);
+  assert.equal(finishReasonText(null), null);
+  assert.equal(finishReasonText(undefined), null);
+  assert.equal(finishReasonText("something_new"), null);
+  assert.equal(finishReasonText("toString"), null);
 });

@@ -3,7 +3,7 @@
 // applied on top, each in a way that tolerates seeing it twice (replays after a reconnect or a
 // reload overlap what the snapshot already shows).
 
-import { apiErrorText, RECOVERY, turnFailureText } from "./errors.js";
+import { apiErrorText, finishReasonText, RECOVERY, turnFailureText } from "./errors.js";
 import { SocketError } from "./socket.js";
 import { EVENT, OP } from "./protocol.js";
 
@@ -29,6 +29,7 @@ function serverMessage(m) {
     role: m.role,
     content: m.content ?? "",
     status: m.status,
+    finish_reason: m.finish_reason ?? null,
     client_msg_id: m.client_msg_id ?? null,
     turn_id: m.turn_id ?? null,
     created_at: m.created_at,
@@ -271,7 +272,7 @@ export class Conversation {
     this.notify(null, "no_worker");
     const m = this.ensureAnswer(message_id, turn_id);
     // A new attempt starts its answer from scratch; its deltas restart at offset 0.
-    this.upsert({ id: m.id, content: "", status: "streaming", error: null, turn_id });
+    this.upsert({ id: m.id, content: "", status: "streaming", error: null, finish_reason: null, turn_id });
     this.setTurn({ turn_id, state: "running", message_id });
     this.announce("The assistant is answering…");
   }
@@ -291,12 +292,21 @@ export class Conversation {
     this.view.changed(m.id, { streaming: true });
   }
 
-  onCompleted({ message_id, turn_id, seq, content, metrics }) {
+  onCompleted({ message_id, turn_id, seq, content, finish_reason, metrics }) {
     const m = this.ensureAnswer(message_id, turn_id);
-    this.upsert({ id: m.id, content: content ?? m.content, status: "complete", seq, sortKey: seq ?? m.sortKey, metrics: metrics ?? null });
+    this.upsert({
+      id: m.id,
+      content: content ?? m.content,
+      status: "complete",
+      finish_reason: finish_reason ?? null,
+      seq,
+      sortKey: seq ?? m.sortKey,
+      metrics: metrics ?? null,
+    });
     if (!this.activeTurn || this.activeTurn.turn_id === turn_id) this.setTurn(null);
     for (const a of this.approvals.values()) if (a.turn_id === turn_id && a.state === "pending") a.state = "gone";
-    this.announce(`Assistant: ${(content ?? "").slice(0, 400)}`);
+    const note = finishReasonText(finish_reason);
+    this.announce(`Assistant: ${(content ?? "").slice(0, 400)}${note ? ` (${note})` : ""}`);
     this.persistSoon();
   }
 

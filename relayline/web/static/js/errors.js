@@ -1,7 +1,7 @@
 // What people read when something goes wrong: one sentence on what happened, one on what
 // happens next or what they can do. Keyed by the relay's failure categories and error codes.
 
-import { CLOSE } from "./protocol.js";
+import { CLOSE, FINISH_REASON } from "./protocol.js";
 
 const TURN_FAILURES = {
   no_worker:
@@ -44,6 +44,17 @@ export const RECOVERY = {
   cancelled: "Stopped.",
   expired: "This tool request expired before anyone answered it.",
 };
+
+// A complete answer the model ended before it was done: a note under it (none for "stop").
+const FINISH_NOTES = {
+  [FINISH_REASON.LENGTH]: "Cut at the length limit",
+  [FINISH_REASON.CONTENT_FILTER]: "Withheld by the model server's content filter",
+};
+
+/** The note under an answer with this finish_reason, or null when it ended on its own. */
+export function finishReasonText(reason) {
+  return typeof reason === "string" && Object.hasOwn(FINISH_NOTES, reason) ? FINISH_NOTES[reason] : null;
+}
 
 export function turnFailureText(category) {
   return TURN_FAILURES[category] ?? TURN_FAILURES.internal;

@@ -2,7 +2,7 @@
 // when what it shows has changed.
 
 import { button, el } from "./dom.js";
-import { apiErrorText, RECOVERY, turnFailureText } from "./errors.js";
+import { apiErrorText, finishReasonText, RECOVERY, turnFailureText } from "./errors.js";
 import { icon, renderMarkdown } from "./render.js";
 
 const USER_ICON = "M12 12a5 5 0 1 0 0-10 5 5 0 0 0 0 10zm0 2c-4.4 0-8 2.2-8 5v3h16v-3c0-2.8-3.6-5-8-5z";
@@ -37,7 +37,7 @@ export class Row {
     this.status = el("div", "msg__status");
     main.append(meta, this.body, this.cards, this.status);
     this.el.append(avatar, main);
-    this.shown = { content: null, status: null, error: null, cards: null };
+    this.shown = { content: null, status: null, error: null, finish: null, cards: null };
   }
 
   update(m, conversation) {
@@ -67,11 +67,13 @@ export class Row {
       if (m.metrics.tokens_out) parts.push(`${m.metrics.tokens_out} tokens`);
       this.extra.textContent = parts.join(" · ");
     }
-    if (this.shown.status !== m.status || this.shown.error !== m.error) {
+    const finish = m.finish_reason ?? null;
+    if (this.shown.status !== m.status || this.shown.error !== m.error || this.shown.finish !== finish) {
       this.status.replaceChildren(...statusNodes(m));
       this.el.dataset.status = m.status;
       this.shown.status = m.status;
       this.shown.error = m.error;
+      this.shown.finish = finish;
     }
     // The user's message carries the same turn id; the cards belong under the answer.
     const cards =
@@ -125,6 +127,11 @@ function statusNodes(m) {
     }
     case "cancelled":
       return [el("span", "chip chip--muted", RECOVERY.cancelled)];
+    case "complete": {
+      // An answer the model ended early (length limit, content filter) says so.
+      const note = m.role === "assistant" ? finishReasonText(m.finish_reason) : null;
+      return note ? [el("span", "chip chip--muted", note)] : [];
+    }
     default:
       return [];
   }
