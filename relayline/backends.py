@@ -84,9 +84,10 @@ async def open_shared_state(settings: Settings, stack: AsyncExitStack) -> Shared
     }
     if kind == "redis":
         from relayline.bus.redis_streams import shared_client
+        from relayline.observability.store_metrics import CountingRedisConnection
 
         assert settings.redis_url is not None
-        redis = shared_client(settings.redis_url)
+        redis = shared_client(settings.redis_url, connection_class=CountingRedisConnection)
         stack.push_async_callback(redis.aclose)
         bus_opts.update(key_prefix=settings.redis_prefix, redis=redis, instance_id=instance_id)
     bus = create_bus(settings.redis_url, **bus_opts)

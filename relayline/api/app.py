@@ -39,6 +39,7 @@ from relayline.hub.gateway import Gateway
 from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.live_credentials import CONTROL_KIND, LiveCredentials
+from relayline.observability.store_metrics import instrument_engine
 from relayline.store import migrate
 from relayline.store.database import Database
 from relayline.turns.dispatcher import TurnDispatcher
@@ -55,6 +56,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def open_store(settings: Settings) -> Database:
     """Create the engine, check the database answers, and migrate when configured to."""
     db = Database(settings)
+    instrument_engine(db.engine)
     try:
         await db.ping()
     except Exception as exc:

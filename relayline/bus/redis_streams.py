@@ -62,7 +62,13 @@ _log = structlog.get_logger(__name__)
 _XReadReply = list[tuple[bytes, Entries]] | dict[bytes, Entries] | None
 
 
-def shared_client(url: str, *, max_connections: int = 64, socket_timeout_s: float = 5.0) -> Redis:
+def shared_client(
+    url: str,
+    *,
+    max_connections: int = 64,
+    socket_timeout_s: float = 5.0,
+    connection_class: type[Any] | None = None,
+) -> Redis:
     """The Redis client (one connection pool) a relay process shares between the bus and the
     other shared-state families. A blocking pool makes a burst of commands wait for a
     connection instead of failing; no automatic retry: re-sending a publish whose reply was lost
@@ -74,6 +80,7 @@ def shared_client(url: str, *, max_connections: int = 64, socket_timeout_s: floa
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
         retry=Retry(NoBackoff(), 0),
+        **({"connection_class": connection_class} if connection_class is not None else {}),
     )
     return Redis.from_pool(pool)
 

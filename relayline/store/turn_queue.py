@@ -218,6 +218,17 @@ async def reclaim_expired(
         return reclaimed
 
 
+async def queue_figures(db: Database) -> tuple[int, int | None]:
+    """How many turns wait in the queue, and when the oldest was created (ms; None: none)."""
+    async with db.read() as session:
+        row = (
+            await session.execute(
+                select(func.count(), func.min(Turn.created_at)).where(Turn.state == "queued")
+            )
+        ).one()
+        return int(row[0] or 0), (int(row[1]) if row[1] is not None else None)
+
+
 async def queued_count(db: Database) -> int:
     """How many turns wait in the queue (every instance's)."""
     async with db.read() as session:

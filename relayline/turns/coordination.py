@@ -99,6 +99,14 @@ class Coordinator(Protocol):
     async def workers_elsewhere(self) -> list[dict[str, Any]]:
         """The workers the other live instances reported last, each with its ``instance``."""
 
+    async def lead(self, role: str, ttl_s: float) -> bool:
+        """Whether this instance holds ``role`` for the next ``ttl_s`` seconds (taking it when
+        no live instance does, keeping it while it asks again in time).
+
+        At most one instance holds a role at a time, except for at most ``ttl_s`` after a
+        holder's clock or connection stalls; the only instance always holds every role.
+        """
+
 
 class LocalCoordinator:
     """One instance: there is nobody else to tell."""
@@ -115,6 +123,9 @@ class LocalCoordinator:
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         return None
+
+    async def lead(self, role: str, ttl_s: float) -> bool:
+        return True
 
     async def append_partial(
         self,
@@ -186,6 +197,22 @@ def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# KEYS: the role's key. ARGV: this instance's id, the lease (ms). Take the role when free, keep
+# it when it is ours; 1 when held.
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 class RedisCoordinator:
     """Pub/sub for broadcasts; plain keys (with expiry) for partial answers, open approval
     requests and worker counts."""
@@ -205,6 +232,13 @@ class RedisCoordinator:
         self._append = redis.register_script(
             _APPEND_PARTIAL.replace("@TTL@", str(self._partial_ttl))
         )
+        self._lead = redis.register_script(_LEAD)
+
+    async def lead(self, role: str, ttl_s: float) -> bool:
+        held = await self._lead(
+            keys=[f"{self._prefix}lead:{role}"], args=[self.instance_id, int(ttl_s * 1000)]
+        )
+        return bool(held)
 
     async def start(self, handler: Handler) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen(handler))

@@ -28,6 +28,7 @@ import structlog
 from relayline.observability import turn_metrics as tm
 from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
+from relayline.turns import figures
 from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running, RunningTurns
@@ -82,6 +83,7 @@ class LeaseKeeper:
         interval = max(0.05, min(1.0, lease_s / 4))
         renew_every = lease_s / 3
         last_renew = last_claim = last_report = time.monotonic()
+        last_figures = 0.0
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
@@ -96,6 +98,9 @@ class LeaseKeeper:
                 if now - last_report >= REPORT_INTERVAL_S:
                     last_report = now
                     await self.pool.report()
+                if now - last_figures >= figures.FIGURES_INTERVAL_S:
+                    last_figures = now
+                    await figures.report(self.ctx, self.pool)
             except Exception:  # the store is away for now: try again next round
                 log.exception("sweep_failed")
             await self._expire()
