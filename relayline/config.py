@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     admin_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     metrics_token: SecretStr | None = None
+    # Error tracking: events go to this Sentry DSN, redacted as the logs are (off when unset).
+    sentry_dsn: SecretStr | None = None
     # How long a live WebSocket or SSE stream may outlive its credential (a revoked key, a
     # disabled tenant, an expired session) when the revocation broadcast did not reach it.
     auth_revalidate_s: float = Field(10.0, ge=0.5, le=300)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 HTTP_REQUESTS = Counter(
     "relayline_http_requests_total", "HTTP requests served", ["method", "route", "status"]
@@ -15,6 +21,12 @@ HTTP_LATENCY = Histogram(
 )
 RATE_LIMITED = Counter(
     "relayline_rate_limited_total", "Requests refused by a rate limit", ["category"]
+)
+
+
+BACKUP_LAST_SUCCESS = Gauge(
+    "relayline_backup_last_success_timestamp_seconds",
+    "When the last backup succeeded (Unix time; 0: none since this process started)",
 )
 
 

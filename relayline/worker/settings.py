@@ -48,6 +48,11 @@ class WorkerSettings(BaseSettings):
     reconnect_base_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     state_interval_s: float = Field(5.0, gt=0)
+    # The worker's own /metrics (off unless a port is set); 127.0.0.1 unless told otherwise.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # Error tracking, as the relay's (RELAYLINE_SENTRY_DSN; off when unset).
+    sentry_dsn: SecretStr | None = None
     shutdown_grace_s: float = Field(30.0, ge=0)
 
     @field_validator("relay_url")
