@@ -131,6 +131,7 @@ async def test_turn_of_an_instance_that_died_is_reclaimed_and_answered_once(
             "turn_id": turn_id,
             "attempt": 2,
             "reason": "relay instance lost",
+            "correlation_id": assigned["correlation_id"],  # the reclaim keeps it
         }
         completed = await until_event(ws, "message.completed", turn_id=turn_id)
         # The first attempt's worker answering late is refused by the attempt fence.
