@@ -146,6 +146,66 @@ def _admin(
     return run
 
 
+def _ops(
+    action: Callable[[Settings], Coroutine[Any, Any, dict[str, Any]]],
+) -> int:
+    """Run a backup operation; print what it did as JSON, or one ``fatal:`` line."""
+    from relayline.ops.backups import BackupError
+
+    settings = _settings()
+    settings.auto_migrate = False
+
+    async def run(settings: Settings) -> int:
+        try:
+            result = await action(settings)
+        except BackupError as exc:
+            print(f"fatal: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(json.dumps(result, indent=2))
+        return 0
+
+    return _run(run, settings)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relayline.ops import backups
+
+    if args.backup_action == "verify":
+        return _ops(lambda settings: backups.verify(settings, Path(args.path)))
+
+    async def take(settings: Settings) -> dict[str, Any]:
+        folder = Path(args.to) if args.to else settings.backup_dir
+        made = await backups.create(settings, folder, compress=args.compress)
+        pruned = backups.prune(
+            folder, keep=settings.backup_keep, max_age_days=settings.backup_max_age_days
+        )
+        log.info(
+            "backup_taken",
+            file=str(made.data),
+            bytes=made.info["bytes"],
+            duration_s=made.info["duration_s"],
+            pruned=len(pruned),
+        )
+        return {**made.info, "path": str(made.data), "pruned": [str(p) for p in pruned]}
+
+    return _ops(take)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relayline.ops import backups
+
+    async def run(settings: Settings) -> dict[str, Any]:
+        done = await backups.restore(settings, Path(args.path), force=args.force)
+        log.info("restored", backup=done["backup"], duration_s=done["duration_s"])
+        return done
+
+    return _ops(run)
+
+
 def cmd_create_tenant(args: argparse.Namespace) -> int:
     from relayline.store import tenants
 
@@ -292,6 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--capacity", type=int, default=None)
     worker.add_argument("--worker-id", default=None)
     worker.set_defaults(func=cmd_worker)
+
+    backup = sub.add_parser(
+        "backup", help="back up the database (verify: check a backup end to end)"
+    )
+    backup.add_argument("--to", default=None, help="folder for the backup (RELAYLINE_BACKUP_DIR)")
+    backup.add_argument("--compress", action="store_true", help="gzip a SQLite backup")
+    backup_actions = backup.add_subparsers(dest="backup_action")
+    verify = backup_actions.add_parser("verify", help="check a backup's checksum and contents")
+    verify.add_argument("path", help="the backup's data file or its manifest")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser(
+        "restore", help="restore a backup into the configured database (relay stopped)"
+    )
+    restore.add_argument("path", help="the backup's data file or its manifest")
+    restore.add_argument(
+        "--force", action="store_true", help="replace a database that already holds data"
+    )
+    restore.set_defaults(func=cmd_restore)
 
     admin = sub.add_parser("admin", help="operator commands").add_subparsers(
         dest="action", required=True

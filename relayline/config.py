@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     # Error tracking: events go to this Sentry DSN, redacted as the logs are (off when unset).
     sentry_dsn: SecretStr | None = None
+    # Backups (relayline backup): where they go, and how many / how old are kept.
+    backup_dir: Path = Path("./backups")
+    backup_keep: int = Field(14, ge=1, le=10_000)
+    backup_max_age_days: float | None = Field(None, gt=0)
     # How long a live WebSocket or SSE stream may outlive its credential (a revoked key, a
     # disabled tenant, an expired session) when the revocation broadcast did not reach it.
     auth_revalidate_s: float = Field(10.0, ge=0.5, le=300)

@@ -3,6 +3,13 @@
 # but not running. Tests that need a service that still is not up skip with a visible reason.
 set -uo pipefail
 
+# pg_dump and pg_restore, for the backup tests (relayline backup on PostgreSQL).
+if ! command -v pg_dump >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing postgresql-client"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null \
+    || echo "postgresql-client could not be installed; PostgreSQL backup tests will fail"
+fi
+
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
     echo "starting PostgreSQL"

@@ -1,0 +1,1 @@
+"""Operations on a relay's data: backups, their verification, restores."""
