@@ -247,7 +247,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from relayline.observability.logging import configure_logging
-    from relayline.worker.daemon import run_worker
+    from relayline.worker.daemon import MetricsUnavailable, run_worker
     from relayline.worker.settings import WorkerSettings
 
     overrides = {
@@ -278,6 +278,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     runtime = configure_logging(_settings())
     try:
         asyncio.run(run_worker(worker_settings))
+    except MetricsUnavailable:
+        return EXIT_UNAVAILABLE  # run_worker logged why, in one line
     finally:
         runtime.close()
     return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from relayline.protocol.generation import Generation
+from relayline.worker import metrics
 from relayline.worker.llm.base import (
     ChatMessage,
     LLMClient,
@@ -275,10 +276,21 @@ class _Turn:
 
     async def _execute(self, call: ToolCall) -> ToolResult:
         started = self.runner._clock()
+        # The metric's label: a registered tool's name, never whatever name the model made up.
+        tool = call.name if call.name in self.runner.registry.names() else metrics.UNKNOWN_TOOL
+        timer = time.perf_counter()
+        status = "error"
         try:
-            outcome = await self.active.execute(call.name, call.arguments, self.ctx)
-        except ToolError as exc:
-            outcome = ToolResult.error(exc.detail)
+            try:
+                outcome = await self.active.execute(call.name, call.arguments, self.ctx)
+            except ToolError as exc:
+                outcome = ToolResult.error(exc.detail)
+            status = outcome.status
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            metrics.tool_run(tool, status, time.perf_counter() - timer)
         log.info(
             "tool %s: %s in %.2fs (turn %s)",
             call.name,

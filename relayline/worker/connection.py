@@ -27,6 +27,7 @@ from relayline.protocol import jsoncodec
 from relayline.protocol.generation import Generation, policy_for
 from relayline.protocol.names import WorkerFrame
 from relayline.protocol.signing import signed_headers
+from relayline.worker import metrics
 from relayline.worker.agent import AgentRunner
 from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError
 from relayline.worker.settings import WorkerSettings
@@ -226,7 +227,7 @@ class RelayConnection:
                     {"type": WorkerFrame.TURN_RELEASED, "turn_id": turn_id, "attempt": attempt}
                 )
                 return
-            task = asyncio.create_task(self._run_turn(frame))
+            task = asyncio.create_task(self._run_counted(frame))
             self.turns[turn_id] = (attempt, task)
         elif kind == WorkerFrame.TURN_CANCEL:
             held = self.turns.get(str(frame.get("turn_id")))
@@ -239,7 +240,18 @@ class RelayConnection:
         elif kind == WorkerFrame.ERROR:
             log.warning("relay_error", code=frame.get("code"), detail=frame.get("detail"))
 
-    async def _run_turn(self, frame: dict[str, Any]) -> None:
+    async def _run_counted(self, frame: dict[str, Any]) -> None:
+        """Run one turn, counted: in flight until it ends, then done, failed or cancelled."""
+        count = metrics.TurnCount()
+        try:
+            await self._run_turn(frame, count)
+        except asyncio.CancelledError:
+            count.end("cancelled")
+            raise
+        finally:
+            count.end("failed")  # only if nothing above counted it, e.g. a bug
+
+    async def _run_turn(self, frame: dict[str, Any], count: metrics.TurnCount) -> None:
         turn_id = str(frame["turn_id"])
         attempt = int(frame["attempt"])
         base = {"turn_id": turn_id, "attempt": attempt}
@@ -254,6 +266,7 @@ class RelayConnection:
         try:
             messages = [ChatMessage.from_dict(m) for m in frame.get("messages", [])]
         except (ValueError, TypeError, AttributeError):
+            count.end("failed")
             await self._send(
                 {
                     "type": WorkerFrame.TURN_FAILED,
@@ -268,6 +281,7 @@ class RelayConnection:
         try:
             asked = Generation.model_validate(frame.get("generation") or {})
         except ValidationError:
+            count.end("failed")
             await self._send(
                 {
                     "type": WorkerFrame.TURN_FAILED,
@@ -372,6 +386,7 @@ class RelayConnection:
             held = self.turns.get(turn_id)
             if held is not None and held[0] == attempt:
                 del self.turns[turn_id]
+        count.end("failed" if final["type"] == WorkerFrame.TURN_FAILED else "done")
         if final["type"] == WorkerFrame.TURN_FAILED:
             log.warning("turn_failed", category=final["category"], detail=final["detail"])
         else:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import structlog
+from prometheus_client import start_http_server
 
+from relayline.worker import metrics
 from relayline.worker.agent import AgentRunner
 from relayline.worker.connection import RelayConnection
 from relayline.worker.llm.base import LLMClient
 from relayline.worker.llm.breaker import CircuitBreaker
+from relayline.worker.llm.instrumented import InstrumentedLLM
 from relayline.worker.llm.local import LocalModel
 from relayline.worker.llm.openai_compat import OpenAICompatClient, RetryPolicy, Timeouts
 from relayline.worker.settings import WorkerSettings
@@ -45,10 +50,21 @@ def build_llm(settings: WorkerSettings) -> tuple[LLMClient, CircuitBreaker | Non
 
 
 def build_connection(settings: WorkerSettings) -> tuple[RelayConnection, LLMClient]:
+    """The relay connection, and the model client to probe and to close once it is done.
+
+    The agent gets that client wrapped, so that every call is counted and timed; its breaker
+    is reported at scrape time (see :mod:`.metrics`).
+    """
     llm, breaker = build_llm(settings)
+    label = metrics.upstream_label(settings.llm_url)
+    if breaker is not None:
+        metrics.watch_breaker(label, breaker)
     roots = settings.workspace_roots or [Path.cwd()]
     runner = AgentRunner(
-        llm, builtin_registry(roots), model=settings.model, max_tool_rounds=settings.max_tool_rounds
+        InstrumentedLLM(llm, label),
+        builtin_registry(roots),
+        model=settings.model,
+        max_tool_rounds=settings.max_tool_rounds,
     )
     return RelayConnection(
         settings, runner, (lambda: breaker.state) if breaker else (lambda: "closed")
@@ -68,17 +84,66 @@ async def probe_upstream(settings: WorkerSettings, llm: LLMClient) -> None:
         )
 
 
+class MetricsUnavailable(Exception):
+    """The worker's ``/metrics`` cannot listen where its settings say, so the worker does not
+    start; the reason has been logged as one line (``worker_metrics_unavailable``)."""
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(settings: WorkerSettings) -> AsyncIterator[str | None]:
+    """Serve the default registry's ``/metrics`` on ``worker_metrics_host:worker_metrics_port``
+    (on its own thread, off the event loop) while the block runs; yield its URL, or ``None``
+    when no port is set. A port that cannot be bound raises :class:`MetricsUnavailable`."""
+    port = settings.worker_metrics_port
+    if port is None:
+        yield None
+        return
+    host = settings.worker_metrics_host
+    try:
+        server, thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        log.error(
+            "worker_metrics_unavailable",
+            host=host,
+            port=port,
+            error=exc.strerror or str(exc),
+            detail=f"cannot serve /metrics on {host}:{port}; the worker does not start",
+        )
+        raise MetricsUnavailable(f"cannot serve /metrics on {host}:{port}: {exc}") from None
+    url = f"http://{_url_host(host)}:{server.server_port}/metrics"
+    log.info("worker_metrics_listening", url=url)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(_stop_server, server)
+        await asyncio.to_thread(thread.join, 5)
+
+
+def _stop_server(server: WSGIServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 async def run_worker(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop``), then finish or hand back turns and exit."""
+    """Run until SIGINT/SIGTERM (or ``stop``), then finish or hand back turns and exit.
+
+    With ``worker_metrics_port`` set, ``/metrics`` is served for as long as the worker runs;
+    a port that cannot be bound stops it at start (:class:`MetricsUnavailable`).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
-    connection, llm = build_connection(settings)
-    try:
-        await probe_upstream(settings, llm)
-        await connection.run(stop)
-    finally:
-        await llm.aclose()
-        log.info("worker_stopped")
+    async with serve_metrics(settings):
+        connection, llm = build_connection(settings)
+        try:
+            await probe_upstream(settings, llm)
+            await connection.run(stop)
+        finally:
+            await llm.aclose()
+            log.info("worker_stopped")
