@@ -8,6 +8,7 @@ bash scripts/setup.sh
 bash scripts/real_model.sh
 bash scripts/services.sh
 bash scripts/browser.sh
+bash scripts/prometheus.sh
 .venv/bin/ruff check relayline tests bench
 .venv/bin/ruff format --check relayline tests bench
 .venv/bin/mypy
