@@ -206,6 +206,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _ops(run)
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """Smoke-test a running relay; no settings or logging of its own (it is a client)."""
+    from relayline.ops.smoke import SmokeFailed, smoke
+
+    try:
+        report = asyncio.run(smoke(args.url, args.token, topic=args.topic))
+    except SmokeFailed as exc:
+        print(f"fatal: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(json.dumps({"url": report.url, "steps": report.steps}, indent=2))
+    return 0
+
+
 def cmd_create_tenant(args: argparse.Namespace) -> int:
     from relayline.store import tenants
 
@@ -372,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a database that already holds data"
     )
     restore.set_defaults(func=cmd_restore)
+
+    smoke = sub.add_parser("smoke", help="check a running relay: ready, WebSocket, ping, subscribe")
+    smoke.add_argument("--url", required=True, help="the relay's base URL")
+    smoke.add_argument("--token", required=True, help="the admin key, or a key with --topic")
+    smoke.add_argument(
+        "--topic", default="admin", help="a topic the token may subscribe to (default: admin)"
+    )
+    smoke.set_defaults(func=cmd_smoke)
 
     admin = sub.add_parser("admin", help="operator commands").add_subparsers(
         dest="action", required=True
