@@ -26,7 +26,12 @@ RATE_LIMITED = Counter(
 
 BACKUP_LAST_SUCCESS = Gauge(
     "relayline_backup_last_success_timestamp_seconds",
-    "When the last backup succeeded (Unix time; 0: none since this process started)",
+    "When the newest complete backup in RELAYLINE_BACKUP_DIR finished (Unix time; 0: none)",
+)
+READY = Gauge(
+    "relayline_ready",
+    "1 when the last readiness check of this part passed, else 0 (store, bus, limits, shared)",
+    ["check"],
 )
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from relayline.api.deps import Caller, State
 from relayline.api.errors import request_id_of
 from relayline.errors import Forbidden
-from relayline.observability.metrics import exposition
+from relayline.observability.metrics import READY, exposition
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 2.0
@@ -43,6 +43,7 @@ async def ready(request: Request, st: State) -> JSONResponse:
         except Exception:  # any failure means not ready; the cause is in that part's own logs
             ok = False
         checks[name] = "ok" if ok else "failed"
+        READY.labels(name).set(1 if ok else 0)
     failed = [name for name, value in checks.items() if value != "ok"]
     if not failed:
         return JSONResponse({"status": "ready", "checks": checks})
