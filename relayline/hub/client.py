@@ -26,6 +26,7 @@ from relayline.hub.outbox import Outbox
 from relayline.hub.wire import Wire, text_frame
 from relayline.ids import new_id, valid_request_id
 from relayline.observability import hub_metrics as m
+from relayline.observability.metrics import RATE_LIMITED
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
 from relayline.protocol.jsoncodec import JsonTooDeep
@@ -154,6 +155,7 @@ class ClientConnection:
         if not self.bucket.take():
             self.violations += 1
             m.OPS.labels("-", "rate_limited").inc()
+            RATE_LIMITED.labels("ws_ops").inc()
             if self.violations >= self.settings.ws_op_violations:
                 self.close(Close.RATE_LIMITED, "op rate exceeded")
                 return False

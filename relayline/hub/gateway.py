@@ -27,6 +27,7 @@ from relayline.hub.wire import WIRE_EXTENSION, Wire
 from relayline.limits import ClientIpResolver, ConnectionCaps
 from relayline.live_credentials import LiveCredentials
 from relayline.observability import hub_metrics as m
+from relayline.observability.metrics import RATE_LIMITED
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
 from relayline.protocol.names import ErrorCode
@@ -192,10 +193,12 @@ class Gateway:
                 return
         identity = who.rate_key
         if not await self.caps.acquire("ws_identity", identity, self.settings.max_ws_per_identity):
+            RATE_LIMITED.labels("ws_connections").inc()
             self._refuse(wire, Close.RATE_LIMITED, "too many connections for this identity")
             return
         try:
             if not await self.caps.acquire("ws_ip", ip_key, self.settings.max_ws_per_ip):
+                RATE_LIMITED.labels("ws_connections").inc()
                 self._refuse(wire, Close.RATE_LIMITED, "too many connections from this address")
                 return
             try:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from relayline.observability.metrics import RATE_LIMITED
 from relayline.protocol.close_codes import Close
 from relayline.testing import OpError, RelayServer, WsHarness
 from tests.fixtures import RelayFactory, Tenant, new_tenant
@@ -115,12 +116,14 @@ async def test_op_flood_closes_4429(start_relay: RelayFactory) -> None:
     relay = await start_relay(ws_op_rate=5, ws_op_burst=5, ws_op_violations=5)
     async with __import__("httpx").AsyncClient(base_url=relay.url) as http:
         tenant = await new_tenant(relay, http)
+    counted = RATE_LIMITED.labels("ws_ops")._value.get()
     async with WsHarness(relay, token=tenant.key) as ws:
         for _ in range(30):
             await ws.send_raw(json.dumps({"op": "ping"}))
         assert await ws.expect_closed() == Close.RATE_LIMITED
         limited = [f for f in ws.frames if f.get("type") == "error"]
         assert limited and all(f["data"]["code"] == "rate_limited" for f in limited)
+    assert RATE_LIMITED.labels("ws_ops")._value.get() - counted == len(limited) + 1
 
 
 async def test_silent_client_is_closed_4408(start_relay: RelayFactory) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from relayline.api.routes.public import leading_zero_bits, solves
+from relayline.observability.metrics import RATE_LIMITED
 from tests.conftest import Api, SettingsFactory, admin_headers, assert_error, bearer, open_client
 
 BITS = 8
@@ -94,9 +95,11 @@ async def test_visitor_sessions_are_rate_limited_per_tenant(make_settings: Setti
         for code in (codes[0], codes[0], codes[1]):
             r = await api.client.post("/v1/public/sessions", json={"code": code})
             assert r.status_code == 201, r.text
+        counted = RATE_LIMITED.labels("public")._value.get()
         refused = await api.client.post("/v1/public/sessions", json={"code": codes[1]})
         assert_error(refused, 429, "rate_limited")
         assert int(refused.headers["Retry-After"]) >= 1
+        assert RATE_LIMITED.labels("public")._value.get() == counted + 1
         _, other_code = await code_for(api)
         other = await api.client.post("/v1/public/sessions", json={"code": other_code})
         assert other.status_code == 201, other.text

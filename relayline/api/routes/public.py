@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from relayline import session_tokens
 from relayline.api.deps import State, TenantSessions
 from relayline.api.state import RelayState
-from relayline.errors import Conflict, Unauthorized, ValidationFailed
+from relayline.errors import Conflict, RateLimited, Unauthorized, ValidationFailed
+from relayline.observability.metrics import RATE_LIMITED
 from relayline.store import chats
 from relayline.store.models import Tenant
 
@@ -177,7 +178,11 @@ async def visitor_session(body: VisitorIn, st: State) -> VisitorOut:
     # creates a chat that stays: the tenant's budget bounds that, whoever holds the code and
     # from however many addresses. Counted after the challenge, so a caller who has not solved
     # one cannot spend the tenant's budget.
-    await st.limiter.hit("public_sessions", tenant_id)
+    try:
+        await st.limiter.hit("public_sessions", tenant_id)
+    except RateLimited:
+        RATE_LIMITED.labels("public").inc()
+        raise
     async with st.db.write() as session:
         tenant = await session.get(Tenant, tenant_id)
         if tenant is None or tenant.disabled:
