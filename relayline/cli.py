@@ -259,6 +259,7 @@ def cmd_list_tenants(_: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from relayline.observability.error_tracking import init_error_tracking
     from relayline.observability.logging import configure_logging
     from relayline.worker.daemon import MetricsUnavailable, run_worker
     from relayline.worker.settings import WorkerSettings
@@ -288,12 +289,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    runtime = configure_logging(_settings())
+    settings = _settings()
+    runtime = configure_logging(settings)
+    # Here rather than in the worker package, which may not import relayline.observability:
+    # the worker's error lines reach Sentry through the same logging pipeline and redaction.
+    tracking = init_error_tracking(worker_settings.sentry_dsn, settings, component="worker")
     try:
         asyncio.run(run_worker(worker_settings))
     except MetricsUnavailable:
         return EXIT_UNAVAILABLE  # run_worker logged why, in one line
     finally:
+        if tracking is not None:
+            tracking.close()
         runtime.close()
     return 0
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from relayline import __version__
 from relayline.api.errors import install_error_handlers
@@ -39,6 +40,7 @@ from relayline.hub.gateway import Gateway
 from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.live_credentials import CONTROL_KIND, LiveCredentials
+from relayline.observability.error_tracking import init_error_tracking
 from relayline.observability.store_metrics import instrument_engine
 from relayline.store import migrate
 from relayline.store.database import Database
@@ -78,8 +80,9 @@ class RelayApp:
     # path -> the RelayState attribute that serves it
     SOCKETS = {"/v1/ws": "gateway", "/v1/worker/ws": "workers"}
 
-    def __init__(self, http: FastAPI) -> None:
+    def __init__(self, http: FastAPI, settings: Settings | None = None) -> None:
         self.http = http
+        self.settings = settings
         self.startup_error: str | None = None  # why start-up failed, in one line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,6 +100,26 @@ class RelayApp:
         await getattr(state, handler_name)(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Error tracking (``RELAYLINE_SENTRY_DSN``) for as long as the relay runs, start-up and
+        shutdown included. What it has queued is sent before the lifespan's last message: the
+        server stops waiting for the lifespan once that is sent."""
+        settings = self.settings
+        tracking = None
+        if settings is not None:
+            tracking = init_error_tracking(settings.sentry_dsn, settings, component="relay")
+
+        async def send_last(message: Message) -> None:
+            if tracking is not None:
+                await asyncio.to_thread(tracking.close)
+            await send(message)
+
+        try:
+            await self._run_lifespan(receive, send, send_last)
+        finally:
+            if tracking is not None:  # cancelled: leave no client behind
+                tracking.close(timeout=0)
+
+    async def _run_lifespan(self, receive: Receive, send: Send, send_last: Send) -> None:
         """The ASGI lifespan protocol around the FastAPI app's lifespan, reporting a failed
         start-up or shutdown as one log line naming the cause (the lifespan has already closed
         what it had opened) instead of a traceback."""
@@ -107,7 +130,7 @@ class RelayApp:
         except Exception as exc:
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.error("relay_start_failed", error=self.startup_error)
-            await send({"type": "lifespan.startup.failed", "message": ""})
+            await send_last({"type": "lifespan.startup.failed", "message": ""})
             return
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
@@ -115,9 +138,9 @@ class RelayApp:
             await context.__aexit__(None, None, None)
         except Exception as exc:
             log.error("relay_stop_failed", error=f"{type(exc).__name__}: {exc}")
-            await send({"type": "lifespan.shutdown.failed", "message": ""})
+            await send_last({"type": "lifespan.shutdown.failed", "message": ""})
             return
-        await send({"type": "lifespan.shutdown.complete"})
+        await send_last({"type": "lifespan.shutdown.complete"})
 
 
 def create_http_app(settings: Settings) -> FastAPI:
@@ -230,4 +253,4 @@ def create_http_app(settings: Settings) -> FastAPI:
 
 def create_app(settings: Settings) -> RelayApp:
     """The whole relay as one ASGI app (``.http`` is the FastAPI part)."""
-    return RelayApp(create_http_app(settings))
+    return RelayApp(create_http_app(settings), settings)

@@ -5,7 +5,8 @@ goes through the same steps in the thread that logs it::
 
     structlog chain / foreign_pre_chain     level filter, contextvars (request_id), logger name,
                                             level, ISO-8601 UTC timestamp
-    ProcessorFormatter                      traceback formatting, Redactor, JSON or console render
+    ProcessorFormatter                      errors to Sentry (when on), traceback formatting,
+                                            Redactor, JSON or console render
     DroppingQueueHandler                    bounded queue; a full queue drops and counts the record
     LogWriter thread                        stderr, a stream, or a size-rotated file
 
@@ -27,6 +28,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from relayline.config import ConfigError, Settings
+from relayline.observability.error_tracking import report_log_event
 from relayline.observability.log_writer import (
     DROPPED_RECORDS,
     DroppingQueueHandler,
@@ -188,6 +190,9 @@ def _build_formatter(settings: Settings, *, colors: bool) -> structlog.stdlib.Pr
         foreign_pre_chain=[*_context_chain(), structlog.stdlib.ExtraAdder(), _drop_color_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Errors to Sentry while RELAYLINE_SENTRY_DSN is set: it needs the exception
+            # itself, so it goes before the traceback is text; it redacts what it sends.
+            report_log_event,
             # Tracebacks become text here so that the redactor sees them.
             structlog.processors.format_exc_info,
             Redactor(omit_content=not settings.log_chat_events),
