@@ -188,7 +188,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
             duration_s=made.info["duration_s"],
             pruned=len(pruned),
         )
-        return {**made.info, "path": str(made.data), "pruned": [str(p) for p in pruned]}
+        result = {**made.info, "path": str(made.data), "pruned": [str(p) for p in pruned]}
+        if args.verify:
+            result["verified"] = await backups.verify(settings, made.data)
+        return result
 
     return _ops(take)
 
@@ -380,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("--to", default=None, help="folder for the backup (RELAYLINE_BACKUP_DIR)")
     backup.add_argument("--compress", action="store_true", help="gzip a SQLite backup")
+    backup.add_argument("--verify", action="store_true", help="then verify what was written")
     backup_actions = backup.add_subparsers(dest="backup_action")
     verify = backup_actions.add_parser("verify", help="check a backup's checksum and contents")
     verify.add_argument("path", help="the backup's data file or its manifest")

@@ -7,6 +7,9 @@ names the offending variable, and the CLI turns that into one fatal log line and
 from __future__ import annotations
 
 import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,6 +80,8 @@ class Settings(BaseSettings):
     backup_dir: Path = Path("./backups")
     backup_keep: int = Field(14, ge=1, le=10_000)
     backup_max_age_days: float | None = Field(None, gt=0)
+    # The relay takes backups itself: a UTC time of day ("02:30") or an interval ("6h"); unset: off.
+    backup_schedule: str | None = None
     # How long a live WebSocket or SSE stream may outlive its credential (a revoked key, a
     # disabled tenant, an expired session) when the revocation broadcast did not reach it.
     auth_revalidate_s: float = Field(10.0, ge=0.5, le=300)
@@ -215,6 +220,14 @@ class Settings(BaseSettings):
             return None  # set but empty: unset
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @field_validator("backup_schedule")
+    @classmethod
+    def _backup_schedule(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_schedule(value)
         return value
 
     @field_validator("database_url")
@@ -369,3 +382,49 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(str(exc)) from None
     check_settings(settings)
     return settings
+
+
+# Schedules (RELAYLINE_BACKUP_SCHEDULE)
+
+_DAILY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_EVERY = re.compile(r"^(\d{1,5})([mh])$")
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    daily_at: tuple[int, int] | None = None  # (hour, minute) UTC
+    every_s: float | None = None
+
+    def last_due(self, now: float) -> float | None:
+        """For a daily schedule: the latest scheduled moment at or before ``now``."""
+        if self.daily_at is None:
+            return None
+        hour, minute = self.daily_at
+        today = datetime.fromtimestamp(now, UTC).replace(
+            hour=hour, minute=minute, second=0, microsecond=0
+        )
+        moment = today if today.timestamp() <= now else today - timedelta(days=1)
+        return moment.timestamp()
+
+    def due(self, last_finished: float, now: float) -> bool:
+        """Whether a backup is due, the last one having finished at ``last_finished`` (0: none)."""
+        if self.every_s is not None:
+            return now - last_finished >= self.every_s
+        boundary = self.last_due(now)
+        return boundary is not None and last_finished < boundary
+
+
+def parse_schedule(value: str) -> Schedule:
+    """``"HH:MM"`` (daily, UTC) or ``"<n>m"`` / ``"<n>h"`` (an interval of at least 5 minutes);
+    ValueError otherwise."""
+    text = value.strip()
+    daily = _DAILY.match(text)
+    if daily:
+        return Schedule(daily_at=(int(daily.group(1)), int(daily.group(2))))
+    every = _EVERY.match(text)
+    if every:
+        seconds = int(every.group(1)) * (60 if every.group(2) == "m" else 3600)
+        if seconds < 300:
+            raise ValueError("a backup interval is at least 5m")
+        return Schedule(every_s=float(seconds))
+    raise ValueError('a UTC time of day ("02:30") or an interval ("6h", "90m")')

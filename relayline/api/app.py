@@ -42,6 +42,7 @@ from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.live_credentials import CONTROL_KIND, LiveCredentials
 from relayline.observability.error_tracking import init_error_tracking
 from relayline.observability.store_metrics import instrument_engine
+from relayline.ops.scheduled_backups import ScheduledBackups
 from relayline.store import migrate
 from relayline.store.database import Database
 from relayline.turns.dispatcher import TurnDispatcher
@@ -174,6 +175,9 @@ def create_http_app(settings: Settings) -> FastAPI:
             await dispatcher.start()
             stack.push_async_callback(credentials.close)
             credentials.start()
+            scheduled_backups = ScheduledBackups(settings, shared.coordinator)
+            stack.push_async_callback(scheduled_backups.stop)
+            scheduled_backups.start()
             verifier = SignatureVerifier(
                 settings.worker_key_map, shared.nonces, settings.worker_signature_window_s
             )

@@ -28,6 +28,9 @@ BACKUP_LAST_SUCCESS = Gauge(
     "relayline_backup_last_success_timestamp_seconds",
     "When the newest complete backup in RELAYLINE_BACKUP_DIR finished (Unix time; 0: none)",
 )
+BACKUP_FAILURES = Counter(
+    "relayline_backup_failures_total", "Scheduled backups that failed (see backup_failed lines)"
+)
 READY = Gauge(
     "relayline_ready",
     "1 when the last readiness check of this part passed, else 0 (store, bus, limits, shared)",

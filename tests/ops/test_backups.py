@@ -264,9 +264,10 @@ def test_the_commands(tmp_path: Path) -> None:
         )
 
     assert relayline("migrate").returncode == 0
-    taken = relayline("backup")
+    taken = relayline("backup", "--verify")
     assert taken.returncode == 0, taken.stderr
     path = json.loads(taken.stdout)["path"]
+    assert json.loads(taken.stdout)["verified"]["integrity"] == "ok"
     checked = relayline("backup", "verify", path)
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["integrity"] == "ok"
