@@ -37,6 +37,10 @@ from relayline.hub.handshake import MAX_REQUEST_BYTES, json_error_response
 MAX_HEAD_BYTES = MAX_REQUEST_BYTES
 
 
+LINGER_S = 2.0
+"""How long a refused connection is read (and dropped) after the answer, before it is closed."""
+
+
 class RelayHttpProtocol(HttpToolsProtocol):
     """See the module docstring; ``head_timeout_s`` is set by :func:`http_protocol_class`."""
 
@@ -50,6 +54,7 @@ class RelayHttpProtocol(HttpToolsProtocol):
         self._head_pending = True
         self._head_bytes = 0
         self._head_late = False  # the deadline passed while a response was being written
+        self._lingering: asyncio.TimerHandle | None = None  # refused: reading until closed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,9 +62,14 @@ class RelayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # what a refused client still sends is read and dropped (see _send_error)
         if self._head_pending:
             if self._head_timer is None and not self._head_late:
                 self._arm_head_timer()  # the first byte after a request
@@ -134,12 +144,21 @@ class RelayHttpProtocol(HttpToolsProtocol):
         )
 
     def _send_error(self, status: int, code: str, detail: str) -> None:
-        if self.transport.is_closing():
+        """Answer and end the connection. A client may still be sending (a head dribbled a
+        byte at a time): closing at once, with its bytes unread, makes the kernel reset the
+        connection, and a reset can destroy the answer before the client reads it. So the
+        relay half-closes (its FIN follows the answer), reads and drops what still comes for
+        up to ``LINGER_S``, then closes."""
+        if self.transport.is_closing() or self._lingering is not None:
             return
         self.transport.write(
             json_error_response(status, code, detail, self.server_state.default_headers)
         )
-        self.transport.close()
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def http_protocol_class(head_timeout_s: float) -> type[RelayHttpProtocol]:

@@ -84,6 +84,26 @@ async def test_a_head_sent_a_byte_at_a_time_is_cut_off_while_others_are_served(
     assert time.monotonic() - started >= HEAD_TIMEOUT_S * 0.9
 
 
+async def test_a_client_still_sending_after_its_refusal_reads_the_answer(
+    slow_relay: RelayServer,
+) -> None:
+    """The relay half-closes and drains a refused connection instead of closing it with the
+    client's bytes unread, which would reset it and could destroy the 408 before it is read."""
+    reader, writer = await raw(slow_relay)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await asyncio.sleep(HEAD_TIMEOUT_S + 0.3)  # refused meanwhile
+        for _ in range(8):  # the client goes on sending, unaware
+            writer.write(b"a" * 8192)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        status, headers, body = await read_response(reader, timeout=5)
+    finally:
+        writer.close()
+    assert status == 408 and error_of(headers, body)["code"] == "request_timeout"
+
+
 async def test_a_connection_that_sends_nothing_is_closed(slow_relay: RelayServer) -> None:
     reader, writer = await raw(slow_relay)
     try:
