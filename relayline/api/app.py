@@ -18,6 +18,7 @@ from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
 from relayline.api.middleware.request_context import RequestContextMiddleware
 from relayline.api.routes import (
     admin,
+    admin_turns,
     agents,
     chats,
     events,
@@ -236,6 +237,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         app.include_router(schema.router)
     for router in (
         admin.router,
+        admin_turns.router,
         agents.router,
         chats.router,
         sessions.router,

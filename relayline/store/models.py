@@ -100,11 +100,15 @@ class Turn(Base):
         Index("ix_turns_state_lease", "state", "lease_expires_at"),
         # The claim walks queued turns oldest first and stops at the first that heads its chat.
         Index("ix_turns_state_id", "state", "id"),
+        # The operator's pages: one tenant's turns in a state, newest first (and, by its prefix,
+        # any lookup by tenant), and the turns that ended in a recent window, by outcome.
+        Index("ix_turns_tenant_id_state_id", "tenant_id", "state", "id"),
+        Index("ix_turns_state_finished_at", "state", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     chat_id: Mapped[str] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
-    tenant_id: Mapped[str] = mapped_column(ID, index=True)
+    tenant_id: Mapped[str] = mapped_column(ID)
     message_id: Mapped[str] = mapped_column(ID)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
