@@ -136,9 +136,13 @@ class LiveRelay:
 
         self.call(stop())
 
-    def start_worker(self) -> None:
+    def start_worker(self, **overrides: Any) -> None:
+        """Start the worker; ``overrides`` change its settings for this start only (say, a
+        model server of the test's own in place of the built-in model)."""
+        settings = self.worker_settings.model_copy(update=overrides)
+
         async def start() -> None:
-            connection, self.llm = build_connection(self.worker_settings)
+            connection, self.llm = build_connection(settings)
             self.worker_stop = asyncio.Event()
             self.worker_task = asyncio.get_running_loop().create_task(
                 connection.run(self.worker_stop)

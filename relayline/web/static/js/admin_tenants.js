@@ -37,9 +37,10 @@ function checkbox(name, value, checked) {
 }
 
 export class TenantsPanel {
-  constructor({ api, toast }) {
+  constructor({ api, toast, onChange = (_tenants) => {} }) {
     this.api = api;
     this.toast = toast;
+    this.onChange = onChange;
     this.tenants = [];
     this.selected = null;
     this.newKey = null;
@@ -93,6 +94,7 @@ export class TenantsPanel {
     });
     $("tenant-rows").replaceChildren(...rows);
     $("tenants-empty").hidden = rows.length > 0;
+    this.onChange(this.tenants);
   }
 
   async create(name) {

@@ -156,7 +156,7 @@ export function renderMarkdown(text, { streaming = false } = {}) {
   return fragment;
 }
 
-const COPY_ICON =
+export const COPY_ICON =
   "M16 1H4a2 2 0 0 0-2 2v14h2V3h12V1zm3 4H8a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h11a2 2 0 0 0 2-2V7a2 2 0 0 0-2-2zm0 16H8V7h11v14z";
 
 export function icon(pathData, size = 16) {
