@@ -209,6 +209,67 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _ops(run)
 
 
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    """Compute the daily analytics of past UTC days: ``--day D``, ``--from D --to D`` (a
+    backfill), or yesterday; print what was done as JSON."""
+    from datetime import timedelta
+
+    from relayline.errors import ValidationFailed
+    from relayline.store import analytics
+
+    today = analytics.utc_today()
+    try:
+        if args.day and (args.from_day or args.to_day):
+            raise ValueError("--day or --from/--to, not both")
+        if args.day:
+            first = last = analytics.parse_day(args.day)
+        elif args.from_day or args.to_day:
+            if not (args.from_day and args.to_day):
+                raise ValueError("--from and --to go together")
+            first, last = analytics.parse_day(args.from_day), analytics.parse_day(args.to_day)
+        else:
+            first = last = today - timedelta(days=1)
+        analytics.check_range(first, last)
+        if last >= today:
+            raise ValueError(f"{last} is not over yet (UTC days)")
+    except (ValueError, ValidationFailed) as exc:
+        detail = exc.detail if isinstance(exc, ValidationFailed) else str(exc)
+        print(f"fatal: {detail}", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = _settings()
+    settings.auto_migrate = False
+
+    async def run(settings: Settings) -> int:
+        from relayline.api.app import open_store
+
+        db = await open_store(settings)
+        done: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
+        try:
+            for day in analytics.days(first, last):
+                try:
+                    result = await analytics.aggregate_day(
+                        db, day, today=today, retention_days=settings.metrics_retention_days
+                    )
+                except analytics.AnalyticsRefused as exc:
+                    skipped.append({"day": day.isoformat(), "reason": exc.detail})
+                    continue
+                done.append(
+                    {
+                        "day": day.isoformat(),
+                        "tenant_rows": result.tenant_rows,
+                        "duration_ms": result.duration_ms,
+                    }
+                )
+        finally:
+            await db.dispose()
+        log.info("analytics_aggregated", days=[d["day"] for d in done], skipped=len(skipped))
+        print(json.dumps({"days": done, "skipped": skipped}, indent=2))
+        return 0
+
+    return _run(run, settings)
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Smoke-test a running relay; no settings or logging of its own (it is a client)."""
     from relayline.ops.smoke import SmokeFailed, smoke
@@ -396,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a database that already holds data"
     )
     restore.set_defaults(func=cmd_restore)
+    aggregate = sub.add_parser(
+        "aggregate", help="compute the daily analytics of past UTC days (default: yesterday)"
+    )
+    aggregate.add_argument("--day", default=None, help="one UTC day, YYYY-MM-DD")
+    aggregate.add_argument("--from", dest="from_day", default=None, help="first day of a backfill")
+    aggregate.add_argument("--to", dest="to_day", default=None, help="last day (included)")
+    aggregate.set_defaults(func=cmd_aggregate)
 
     smoke = sub.add_parser("smoke", help="check a running relay: ready, WebSocket, ping, subscribe")
     smoke.add_argument("--url", required=True, help="the relay's base URL")

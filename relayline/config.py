@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     backup_max_age_days: float | None = Field(None, gt=0)
     # The relay takes backups itself: a UTC time of day ("02:30") or an interval ("6h"); unset: off.
     backup_schedule: str | None = None
+    # Daily analytics: computed each day at this UTC time ("HH:MM") for the previous day(s),
+    # catching up at most this many days after downtime; the answers' metrics are kept this
+    # many days once aggregated (0: kept forever).
+    analytics_at: str = "00:15"
+    analytics_catch_up_days: int = Field(31, ge=1, le=366)
+    metrics_retention_days: int = Field(90, ge=0, le=36_500)
     # How long a live WebSocket or SSE stream may outlive its credential (a revoked key, a
     # disabled tenant, an expired session) when the revocation broadcast did not reach it.
     auth_revalidate_s: float = Field(10.0, ge=0.5, le=300)
@@ -229,6 +235,13 @@ class Settings(BaseSettings):
             return None
         parse_schedule(value)
         return value
+
+    @field_validator("analytics_at")
+    @classmethod
+    def _analytics_at(cls, value: str) -> str:
+        if parse_schedule(value).daily_at is None:
+            raise ValueError('a UTC time of day ("00:15")')
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod

@@ -20,6 +20,7 @@ from relayline.api.routes import (
     admin,
     admin_turns,
     agents,
+    analytics,
     chats,
     events,
     health,
@@ -43,6 +44,7 @@ from relayline.limits import ClientIpResolver, ConnectionCaps, RateLimiter
 from relayline.live_credentials import CONTROL_KIND, LiveCredentials
 from relayline.observability.error_tracking import init_error_tracking
 from relayline.observability.store_metrics import instrument_engine
+from relayline.ops.scheduled_analytics import ScheduledAnalytics
 from relayline.ops.scheduled_backups import ScheduledBackups
 from relayline.store import migrate
 from relayline.store.database import Database
@@ -179,6 +181,9 @@ def create_http_app(settings: Settings) -> FastAPI:
             scheduled_backups = ScheduledBackups(settings, shared.coordinator)
             stack.push_async_callback(scheduled_backups.stop)
             scheduled_backups.start()
+            scheduled_analytics = ScheduledAnalytics(settings, db, shared.coordinator)
+            stack.push_async_callback(scheduled_analytics.stop)
+            scheduled_analytics.start()
             verifier = SignatureVerifier(
                 settings.worker_key_map, shared.nonces, settings.worker_signature_window_s
             )
@@ -239,6 +244,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         admin.router,
         admin_turns.router,
         agents.router,
+        analytics.router,
         chats.router,
         sessions.router,
         publish.router,

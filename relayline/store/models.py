@@ -134,7 +134,8 @@ class MessageMetric(Base):
     message_id: Mapped[str] = mapped_column(
         ForeignKey("messages.id", ondelete="CASCADE"), unique=True
     )
-    tenant_id: Mapped[str] = mapped_column(ID, index=True)
+    # Indexed with created_at (below): the daily analytics read one tenant's day at a time.
+    tenant_id: Mapped[str] = mapped_column(ID)
     chat_id: Mapped[str] = mapped_column(ID)
     first_token_ms: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
@@ -144,3 +145,57 @@ class MessageMetric(Base):
     usage_source: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+# Daily analytics (relayline.store.analytics): figures per tenant and UTC day, computed from the
+# turns and the answers' metrics, which are read one tenant batch and one day at a time.
+
+Index("ix_message_metrics_tenant_id_created_at", MessageMetric.tenant_id, MessageMetric.created_at)
+Index("ix_turns_tenant_id_created_at", Turn.tenant_id, Turn.created_at)
+Index("ix_turns_tenant_id_finished_at", Turn.tenant_id, Turn.finished_at)
+
+
+class AnalyticsDaily(Base):
+    """One tenant's figures for one UTC day (a row only for a tenant with activity that day).
+
+    ``messages``: user messages posted that day (each queues one turn); ``turns``: turns that
+    ended that day, ``answered`` + ``cancelled`` + ``failed``, with the failures by category.
+    Percentiles (nearest rank) are over the day's completed answers; token sums and the counts
+    by ``usage_source`` over every answer whose metrics were stored that day.
+    """
+
+    __tablename__ = "analytics_daily"
+    __table_args__ = (Index("ix_analytics_daily_day", "day"),)
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # "YYYY-MM-DD", UTC
+    messages: Mapped[int] = mapped_column(Integer)
+    turns: Mapped[int] = mapped_column(Integer)
+    answered: Mapped[int] = mapped_column(Integer)
+    cancelled: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    failed_by_category: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_token_p50_ms: Mapped[int | None] = mapped_column(Integer)
+    first_token_p95_ms: Mapped[int | None] = mapped_column(Integer)
+    latency_p50_ms: Mapped[int | None] = mapped_column(Integer)
+    latency_p95_ms: Mapped[int | None] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(BigInteger)
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
+    usage_reported: Mapped[int] = mapped_column(Integer)
+    usage_counted: Mapped[int] = mapped_column(Integer)
+    usage_estimated: Mapped[int] = mapped_column(Integer)
+
+
+class AnalyticsRun(Base):
+    """A UTC day whose analytics were computed (with or without activity): the catch-up
+    resumes after the latest, and retention deletes only the metrics of days listed here."""
+
+    __tablename__ = "analytics_runs"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    finished_at: Mapped[int] = mapped_column(BigInteger)
+    tenant_rows: Mapped[int] = mapped_column(Integer)  # analytics_daily rows written
+    # When retention deleted the day's message_metrics (None: not yet).
+    metrics_deleted_at: Mapped[int | None] = mapped_column(BigInteger)
