@@ -1,8 +1,10 @@
 // The admin console: sign-in with the admin key (kept in sessionStorage, so it leaves with
 // the tab), health and key figures, who waits for an answer and why (turns, failures, workers'
-// breakers and last errors), workers live over the `admin` topic, tenants and keys.
+// breakers and last errors), workers live over the `admin` topic, a tenant's daily analytics,
+// tenants and keys.
 
 import { Api } from "./api.js";
+import { AnalyticsPanel } from "./admin_analytics.js";
 import { TenantsPanel } from "./admin_tenants.js";
 import { failuresCard, FailedTurnsPanel, turnStats } from "./admin_turns.js";
 import { badge, el } from "./dom.js";
@@ -16,7 +18,7 @@ const KEY = "relayline.admin";
 const REFRESH_MS = 5_000;
 // A burst of worker.state events (a worker reporting after each failure) refreshes once.
 const EVENT_REFRESH_MS = 400;
-const SECTIONS = ["overview", "failed", "tenants", "workers"];
+const SECTIONS = ["overview", "failed", "analytics", "tenants", "workers"];
 /** An element of the page by id (inputs, buttons, sections: the caller knows which). */
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 const number = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
@@ -38,10 +40,14 @@ class AdminApp {
     this.shownOnce = false;
     this.health = null;
     this.failedTurns = new FailedTurnsPanel({ api: this.api, onError: (err) => this.failed(err) });
+    this.analytics = new AnalyticsPanel({ api: this.api, onError: (err) => this.failed(err) });
     this.tenants = new TenantsPanel({
       api: this.api,
       toast: (t, k) => this.toast(t, k),
-      onChange: (list) => this.failedTurns.setTenants(list),
+      onChange: (list) => {
+        this.failedTurns.setTenants(list);
+        this.analytics.setTenants(list);
+      },
     });
   }
 
@@ -118,6 +124,7 @@ class AdminApp {
     this.section = section;
     if (entering && section === "failed") this.failedTurns.load();
     if (entering && section === "overview" && this.summary) this.refreshTurns();
+    if (section !== "analytics") this.analytics.hidden();
     for (const node of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll("[data-section]"))) node.hidden = node.dataset.section !== section;
     for (const tab of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll("[data-tab]"))) {
       const on = tab.dataset.tab === section;
@@ -125,6 +132,8 @@ class AdminApp {
       if (on) tab.setAttribute("aria-current", "page");
       else tab.removeAttribute("aria-current");
     }
+    // After the section is visible: its charts take their width from it.
+    if (entering && section === "analytics") this.analytics.shown();
   }
 
   failed(err) {
