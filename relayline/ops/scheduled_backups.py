@@ -1,4 +1,7 @@
-"""Backups taken by the relay itself, on ``RELAYLINE_BACKUP_SCHEDULE``.
+"""Backups watched, and taken by the relay itself on ``RELAYLINE_BACKUP_SCHEDULE``.
+
+Every check sets ``relayline_backup_last_success_timestamp_seconds`` from the backup folder's
+newest manifest, whoever took that backup (the staleness alert watches it), schedule or not.
 
 The schedule is a UTC time of day (``"02:30"``: daily) or an interval (``"6h"``, ``"90m"``).
 Whether a backup is due is read from the backup folder (the newest manifest's time), so a
@@ -18,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from relayline.config import Settings, parse_schedule
-from relayline.observability.metrics import BACKUP_FAILURES
+from relayline.observability.metrics import BACKUP_FAILURES, BACKUP_LAST_SUCCESS
 from relayline.ops import backups
 from relayline.turns.coordination import Coordinator
 
@@ -30,14 +33,17 @@ ROLE_TTL_S = 3600.0  # held while the holder keeps asking; a backup never runs t
 
 
 def newest_finished(folder: Path) -> float:
-    """When the newest complete backup in ``folder`` finished (0: none)."""
+    """When the newest complete backup in ``folder`` finished (its manifest, written last, is
+    its proof), as Unix time; 0 when there is none. A backup taken by ``relayline backup`` from
+    cron or a timer counts as much as one the relay took itself."""
     with contextlib.suppress(OSError):
         return max((b.manifest.stat().st_mtime for b in backups.list_backups(folder)), default=0)
     return 0.0
 
 
 class ScheduledBackups:
-    """The relay's backup job; does nothing when no schedule is set."""
+    """The relay's backup job: reports the newest backup in the folder
+    (``relayline_backup_last_success_timestamp_seconds``) and, on a schedule, takes them."""
 
     def __init__(self, settings: Settings, coordinator: Coordinator) -> None:
         self.settings = settings
@@ -47,8 +53,7 @@ class ScheduledBackups:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.schedule is not None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -67,12 +72,13 @@ class ScheduledBackups:
             await asyncio.sleep(CHECK_INTERVAL_S)
 
     async def tick(self, now: float | None = None) -> bool:
-        """Take a backup when one is due and this instance holds the role; whether it did."""
-        assert self.schedule is not None
+        """Report the newest backup; take one when it is due and this instance holds the
+        role. Whether it took one."""
         folder = self.settings.backup_dir
         last = await asyncio.to_thread(newest_finished, folder)
+        BACKUP_LAST_SUCCESS.set(last)
         moment = time.time() if now is None else now
-        if not self.schedule.due(last, moment):
+        if self.schedule is None or not self.schedule.due(last, moment):
             return False
         if not await self.coordinator.lead(ROLE, ROLE_TTL_S):
             return False
@@ -100,4 +106,5 @@ class ScheduledBackups:
             duration_s=round(time.monotonic() - started, 3),
             pruned=len(pruned),
         )
+        BACKUP_LAST_SUCCESS.set(await asyncio.to_thread(newest_finished, folder))
         return True

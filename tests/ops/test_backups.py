@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import insert, update
 
 from relayline.api.app import open_store
+from relayline.config import Settings
 from relayline.ids import new_id
 from relayline.ops import backups
 from relayline.ops.backups import BackupError
@@ -169,13 +170,19 @@ async def test_the_restore_drill(
     assert again["tables"]["messages"] == restored["tables"]["messages"]
 
 
+async def _empty_sqlite(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
+    """Settings for a new SQLite database, migrated and empty."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db = await open_store(settings)
+    await db.dispose()
+    return settings
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 async def test_a_damaged_backup_fails_verification(
     make_settings: SettingsFactory, tmp_path: Path, damage: str
 ) -> None:
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db = await open_store(settings)
-    await db.dispose()
+    settings = await _empty_sqlite(make_settings, tmp_path)
     made = await backups.create(settings, tmp_path / "b")
     raw = bytearray(made.data.read_bytes())
     if damage == "flip":
@@ -193,9 +200,7 @@ async def test_a_damaged_backup_fails_verification(
 async def test_a_backup_whose_contents_disagree_with_its_manifest_fails(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db = await open_store(settings)
-    await db.dispose()
+    settings = await _empty_sqlite(make_settings, tmp_path)
     made = await backups.create(settings, tmp_path / "b")
     info: dict[str, Any] = json.loads(made.manifest.read_text())
     info["tables"]["tenants"] = 7  # the manifest claims rows the file does not hold
@@ -213,9 +218,7 @@ async def test_a_backup_whose_contents_disagree_with_its_manifest_fails(
 async def test_a_backup_without_its_manifest_is_not_a_backup(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db = await open_store(settings)
-    await db.dispose()
+    settings = await _empty_sqlite(make_settings, tmp_path)
     made = await backups.create(settings, tmp_path / "b")
     made.manifest.unlink()
     with pytest.raises(BackupError, match="no manifest"):
@@ -226,9 +229,7 @@ async def test_a_backup_without_its_manifest_is_not_a_backup(
 async def test_retention_keeps_the_newest_by_count_and_age(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db = await open_store(settings)
-    await db.dispose()
+    settings = await _empty_sqlite(make_settings, tmp_path)
     folder = tmp_path / "b"
     day = 86400.0
     base = 1_790_000_000.0
