@@ -10,7 +10,9 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 VENDOR=relayline/web/static/vendor/vendor.js
+TERMINAL=relayline/web/static/vendor/vendor_terminal.js
 if [ ! -s "$VENDOR" ] || [ web/package-lock.json -nt "$VENDOR" ] || [ web/vendor_entry.js -nt "$VENDOR" ] \
+  || [ ! -s "$TERMINAL" ] || [ web/vendor_terminal_entry.js -nt "$TERMINAL" ] \
   || [ scripts/build_web.sh -nt "$VENDOR" ] || [ ! -x web/node_modules/.bin/tsc ]; then
   bash scripts/build_web.sh
 fi

@@ -14,6 +14,6 @@ bash scripts/prometheus.sh
 .venv/bin/mypy
 .venv/bin/lint-imports
 web/node_modules/.bin/tsc -p web/tsconfig.json
-web/node_modules/.bin/eslint relayline/web/static/js web/tests web/vendor_entry.js eslint.config.mjs
+web/node_modules/.bin/eslint relayline/web/static/js web/tests web/vendor_entry.js web/vendor_terminal_entry.js eslint.config.mjs
 node --test web/tests/
 .venv/bin/pytest "$@"
