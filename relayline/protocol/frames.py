@@ -221,3 +221,110 @@ class TurnCancel(TypedDict):
     type: Literal["turn.cancel"]
     turn_id: str
     attempt: int
+
+
+# Terminal sessions. Topic ``term:<id>``; the events' data:
+
+
+class TermOutputData(TypedDict):
+    data: str  # text the program printed (UTF-8 decoded; never a character split in two)
+    # True: ``data`` redraws the whole screen as it is now (clear, every cell, the cursor);
+    # a viewer that starts or lost events waits for one (see ``term.redraw``).
+    snapshot: NotRequired[bool]
+    cols: NotRequired[int]  # with a snapshot: the screen's size
+    rows: NotRequired[int]
+
+
+class TermStateData(TypedDict):
+    state: Literal["starting", "running", "detached"]  # detached: its worker is away
+    program: str
+    cols: int
+    rows: int
+
+
+class TermExitedData(TypedDict):
+    reason: str  # a TermExitReason
+    status: NotRequired[int]  # the program's exit status, when it exited
+    signal: NotRequired[int]  # the signal that ended it, when one did
+    error: NotRequired[ErrorData]  # with reason "failed": why it could not start
+
+
+# Worker frames of terminal sessions (``id`` is the session's id, as in ``term:<id>``).
+
+
+class TermOpen(TypedDict):
+    type: Literal["term.open"]
+    id: str
+    program: str  # a name of the worker's allowlist, never a command line
+    cols: int
+    rows: int
+    cwd: NotRequired[str]  # inside the worker's workspace roots; absent: the first root
+    # Opaque to the worker, returned with the session in ``state.terminals.sessions``: how a
+    # relay that restarted (or another instance) learns whose session it is.
+    meta: dict[str, Any]
+
+
+class TermInputFrame(TypedDict):
+    type: Literal["term.input"]
+    id: str
+    data: str  # at most TERM_INPUT_MAX_BYTES of UTF-8
+
+
+class TermResizeFrame(TypedDict):
+    type: Literal["term.resize"]
+    id: str
+    cols: int
+    rows: int
+
+
+class TermRedraw(TypedDict):
+    type: Literal["term.redraw"]
+    id: str
+
+
+class TermClose(TypedDict):
+    type: Literal["term.close"]
+    id: str
+
+
+class TermOutputFrame(TypedDict):
+    type: Literal["term.output"]
+    id: str
+    data: str
+    snapshot: NotRequired[bool]
+    cols: NotRequired[int]
+    rows: NotRequired[int]
+
+
+class TermStateFrame(TypedDict):
+    type: Literal["term.state"]
+    id: str
+    state: Literal["running"]
+    program: str
+    cols: int
+    rows: int
+
+
+class TermExitedFrame(TypedDict):
+    type: Literal["term.exited"]
+    id: str
+    reason: str  # a TermExitReason
+    status: NotRequired[int]
+    signal: NotRequired[int]
+    error: NotRequired[ErrorData]
+
+
+class TerminalSessionInfo(TypedDict):
+    id: str
+    program: str
+    cols: int
+    rows: int
+    meta: dict[str, Any]
+
+
+class TerminalsAnnounce(TypedDict):
+    """``terminals`` in a worker's ``hello`` and ``state``: what it can run and runs now."""
+
+    programs: list[str]  # the allowlist's names
+    capacity: int  # sessions it runs at most at once
+    sessions: list[TerminalSessionInfo]

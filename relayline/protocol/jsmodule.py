@@ -18,7 +18,14 @@ from pathlib import Path
 from relayline.protocol import limits
 from relayline.protocol.close_codes import ACTIONS, DEFAULT_ACTION, RESTART_SPREAD_MS, Close
 from relayline.protocol.jsoncodec import MAX_JSON_DEPTH
-from relayline.protocol.names import ErrorCode, EventType, FailureCategory, FinishReason, Op
+from relayline.protocol.names import (
+    ErrorCode,
+    EventType,
+    FailureCategory,
+    FinishReason,
+    Op,
+    TermExitReason,
+)
 
 TARGET = Path(__file__).resolve().parents[1] / "web" / "static" / "js" / "protocol.js"
 
@@ -52,6 +59,7 @@ def render() -> str:
         f"export const ERROR_CODE = {_names(ErrorCode)};",
         f"export const FAILURE_CATEGORY = {_names(FailureCategory)};",
         f"export const FINISH_REASON = {_names(FinishReason)};",
+        f"export const TERM_EXIT_REASON = {_names(TermExitReason)};",
         "",
         "/** Defaults of the limits the relay enforces (an operator may set others). */",
         "export const LIMITS = "
@@ -60,6 +68,9 @@ def render() -> str:
                 "maxMessageChars": limits.MAX_MESSAGE_CHARS,
                 "wsMaxFrameBytes": limits.WS_MAX_FRAME_BYTES,
                 "maxJsonDepth": MAX_JSON_DEPTH,
+                "termInputMaxBytes": limits.TERM_INPUT_MAX_BYTES,
+                "termMinSize": limits.TERM_MIN_SIZE,
+                "termMaxSize": limits.TERM_MAX_SIZE,
             }
         )
         + ";",

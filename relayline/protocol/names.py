@@ -65,6 +65,15 @@ class WorkerFrame(StrEnum):
     TOOL_APPROVAL_REQUEST = "tool.approval_request"  # worker → relay
     TOOL_APPROVAL = "tool.approval"  # relay → worker: the decision
     ERROR = "error"  # relay → worker: a frame was refused
+    # Terminal sessions (workers started with --terminals; see relayline.protocol.frames).
+    TERM_OPEN = "term.open"  # relay → worker: start an allowlisted program in a PTY
+    TERM_INPUT = "term.input"  # relay → worker: keystrokes
+    TERM_RESIZE = "term.resize"  # relay → worker
+    TERM_REDRAW = "term.redraw"  # relay → worker: send the screen as it is now (a snapshot)
+    TERM_CLOSE = "term.close"  # relay → worker: terminate the session
+    TERM_OUTPUT = "term.output"  # worker → relay: what the program printed (or a snapshot)
+    TERM_STATE = "term.state"  # worker → relay: running, its size
+    TERM_EXITED = "term.exited"  # worker → relay: ended, with its status or signal
 
 
 class ErrorCode(StrEnum):
@@ -92,6 +101,14 @@ class ErrorCode(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     TIMESTAMP_OUT_OF_WINDOW = "timestamp_out_of_window"
     NONCE_REUSED = "nonce_reused"
+    # Terminal sessions
+    NO_TERMINAL_WORKER = "no_terminal_worker"  # 503: no connected worker hosts that program
+    UNKNOWN_PROGRAM = "unknown_program"  # 422: not a name in any worker's allowlist
+    TOO_MANY_TERMINALS = "too_many_terminals"  # 429: the tenant's or the workers' limit
+    INVALID_UTF8 = "invalid_utf8"  # term.input data that is not valid UTF-8 text
+    READ_ONLY = "read_only"  # term.input / term.resize from a viewer without the write grant
+    CWD_NOT_ALLOWED = "cwd_not_allowed"  # 422: a working directory outside the workspace roots
+    TERMINAL_EXITED = "terminal_exited"  # 409: the session has already ended
 
 
 class FailureCategory(StrEnum):
@@ -125,3 +142,16 @@ class UsageSource(StrEnum):
     # without the chat template's tokens, so a little under what the model read).
     COUNTED = "counted"
     ESTIMATED = "estimated"  # the worker estimated them (~4 characters a token)
+
+
+class TermExitReason(StrEnum):
+    """Why a terminal session ended (``term.exited``'s ``reason``)."""
+
+    EXITED = "exited"  # the program ended by itself
+    TERMINATED = "terminated"  # someone closed it (DELETE /v1/terminals/{id}, term.close)
+    IDLE = "idle"  # no input nor output for RELAYLINE_TERMINAL_IDLE_S
+    LIFETIME = "lifetime"  # open longer than RELAYLINE_TERMINAL_MAX_LIFETIME_S
+    SHUTDOWN = "shutdown"  # the worker stopped
+    DETACHED = "detached"  # the worker lost the relay longer than RELAYLINE_TERMINAL_DETACH_GRACE_S
+    LOST = "lost"  # the relay lost the worker and it did not come back with the session
+    FAILED = "failed"  # the program could not be started (``error`` says why)

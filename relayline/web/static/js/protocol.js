@@ -85,6 +85,13 @@ export const ERROR_CODE = Object.freeze({
   "UNKNOWN_KEY": "unknown_key",
   "TIMESTAMP_OUT_OF_WINDOW": "timestamp_out_of_window",
   "NONCE_REUSED": "nonce_reused",
+  "NO_TERMINAL_WORKER": "no_terminal_worker",
+  "UNKNOWN_PROGRAM": "unknown_program",
+  "TOO_MANY_TERMINALS": "too_many_terminals",
+  "INVALID_UTF8": "invalid_utf8",
+  "READ_ONLY": "read_only",
+  "CWD_NOT_ALLOWED": "cwd_not_allowed",
+  "TERMINAL_EXITED": "terminal_exited",
 });
 export const FAILURE_CATEGORY = Object.freeze({
   "TIMEOUT": "timeout",
@@ -100,10 +107,23 @@ export const FINISH_REASON = Object.freeze({
   "LENGTH": "length",
   "CONTENT_FILTER": "content_filter",
 });
+export const TERM_EXIT_REASON = Object.freeze({
+  "EXITED": "exited",
+  "TERMINATED": "terminated",
+  "IDLE": "idle",
+  "LIFETIME": "lifetime",
+  "SHUTDOWN": "shutdown",
+  "DETACHED": "detached",
+  "LOST": "lost",
+  "FAILED": "failed",
+});
 
 /** Defaults of the limits the relay enforces (an operator may set others). */
 export const LIMITS = Object.freeze({
   "maxMessageChars": 16000,
   "wsMaxFrameBytes": 65536,
   "maxJsonDepth": 64,
+  "termInputMaxBytes": 10240,
+  "termMinSize": 1,
+  "termMaxSize": 500,
 });
