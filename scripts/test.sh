@@ -9,6 +9,7 @@ bash scripts/real_model.sh
 bash scripts/services.sh
 bash scripts/browser.sh
 bash scripts/prometheus.sh
+bash scripts/deploy_tools.sh
 .venv/bin/ruff check relayline tests bench
 .venv/bin/ruff format --check relayline tests bench
 .venv/bin/mypy
