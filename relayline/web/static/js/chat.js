@@ -1,6 +1,6 @@
 // The chat page: session token, chat list, the open conversation, composer, connection state.
 // Wires the pieces together; the pieces themselves hold the logic (socket.js, conversation.js,
-// message_list.js, offline_queue.js, store.js, render.js).
+// message_list.js, offline_queue.js, store.js, render.js, terminal_panel.js).
 
 import { Api } from "./api.js";
 import { Conversation } from "./conversation.js";
@@ -12,6 +12,8 @@ import { CLOSE, LIMITS, OP } from "./protocol.js";
 import { loadRenderer } from "./render.js";
 import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
+import { TerminalPanel } from "./terminal_panel.js";
+import { TerminalStore } from "./terminal_store.js";
 import { closestTo } from "./dom.js";
 
 const TOKEN_KEY = "relayline.session";
@@ -40,6 +42,10 @@ function chatFromHash() {
   return new URLSearchParams(location.hash.slice(1)).get("chat");
 }
 
+function terminalFromHash() {
+  return new URLSearchParams(location.hash.slice(1)).get("term");
+}
+
 class ChatApp {
   constructor() {
     this.token = readToken();
@@ -66,6 +72,15 @@ class ChatApp {
       onAction: (action, data) => this.onAction(action, data),
       onTurnChange: () => this.renderTurn(),
     });
+    this.terminals = new TerminalPanel({
+      api: this.api,
+      socket: this.socket,
+      store: new TerminalStore({ storage: localStorage }),
+      $,
+      onShow: (shown) => this.showTerminal(shown),
+      notice: (id, kind, text, ttlMs) => this.notice(id, kind, text, ttlMs),
+      clearNotice: (id) => this.clearNotice(id),
+    });
   }
 
   async start() {
@@ -78,11 +93,13 @@ class ChatApp {
     }
     this.bindSocket();
     this.socket.connect();
-    await this.refreshChats();
+    const wantedTerminal = terminalFromHash();
+    await Promise.all([this.refreshChats(), this.terminals.start()]);
     const wanted = chatFromHash();
     const first = this.chats.find((c) => c.id === wanted) ?? this.chats[0];
     if (first) await this.openChat(first.id);
     else this.startDraft();
+    if (wantedTerminal) await this.terminals.show(wantedTerminal);
   }
 
   // Wiring
@@ -90,9 +107,18 @@ class ChatApp {
   bindSocket() {
     const s = this.socket;
     s.on("packet", (p) => this.debug.record(p));
-    s.on("state", (status) => this.setConnection(status));
-    s.on("event", (event) => this.conversation?.apply(event));
-    s.on("ready", () => this.flushQueue());
+    s.on("state", (status) => {
+      this.setConnection(status);
+      this.terminals.setLink(status.state);
+    });
+    s.on("event", (event) => {
+      if (event.topic.startsWith("term:")) this.terminals.apply(event);
+      else this.conversation?.apply(event);
+    });
+    s.on("ready", () => {
+      this.flushQueue();
+      this.terminals.ready();
+    });
     s.on("auth", () => this.showSignIn("Your session has expired. Open a fresh link to continue."));
     s.on("error", (data) => {
       if (data.code === "rate_limited") this.notice("rate", "warn", apiErrorText(data), 6000);
@@ -128,6 +154,8 @@ class ChatApp {
       this.closeDrawer();
     });
     $("menu-btn").addEventListener("click", () => this.toggleDrawer());
+    this.terminals.bind();
+    $("term-list").addEventListener("click", () => this.closeDrawer());
     $("scrim").addEventListener("click", () => this.closeDrawer());
     $("chat-list").addEventListener("click", (ev) => this.onChatListClick(ev));
     $("notices").addEventListener("click", (ev) => {
@@ -226,7 +254,7 @@ class ChatApp {
 
   renderChatList() {
     const list = $("chat-list");
-    const current = this.conversation?.chatId;
+    const current = this.terminals.view ? null : this.conversation?.chatId;
     const items = this.chats.map((c) => {
       const li = document.createElement("li");
       li.className = "chat-item";
@@ -267,13 +295,14 @@ class ChatApp {
       return;
     }
     const id = closestTo(ev, "[data-chat]")?.dataset.chat;
-    if (id && id !== this.conversation?.chatId) {
+    if (id && (id !== this.conversation?.chatId || this.terminals.view)) {
       this.closeDrawer();
       await this.openChat(id);
     }
   }
 
   async openChat(chatId) {
+    if (this.terminals.view) this.terminals.hide();
     this.conversation?.close();
     const conv = new Conversation({
       chatId,
@@ -305,6 +334,7 @@ class ChatApp {
   }
 
   startDraft() {
+    if (this.terminals.view) this.terminals.hide();
     this.conversation?.close();
     this.conversation = null;
     this.view.detach();
@@ -315,6 +345,26 @@ class ChatApp {
     this.renderChatList();
     this.renderTurn();
     $("input").focus();
+  }
+
+  /** A terminal took the main column (or gave it back to the conversation). */
+  showTerminal(shown) {
+    const on = Boolean(shown);
+    for (const id of ["scroller", "composer"]) $(id).hidden = on;
+    if (on) $("new-badge").hidden = true;
+    $("term-actions").hidden = !on;
+    $("app").classList.toggle("is-terminal", on);
+    if (on) {
+      $("chat-title").textContent = shown.program;
+      document.title = `${shown.program} · relayline`;
+      if (shown.id) history.replaceState(null, "", `${location.pathname}#term=${encodeURIComponent(shown.id)}`);
+      this.closeDrawer();
+    } else {
+      this.setTitle(this.conversation?.title ?? this.chats.find((c) => c.id === this.conversation?.chatId)?.title);
+      const chat = this.conversation?.chatId;
+      history.replaceState(null, "", location.pathname + (chat ? `#chat=${encodeURIComponent(chat)}` : ""));
+    }
+    this.renderChatList();
   }
 
   setTitle(title) {

@@ -1,0 +1,317 @@
+// One terminal on the page: an xterm.js screen kept in step with a PTY session on a worker.
+// The relay answers a subscription with the screen as it is now (a `term.output` snapshot),
+// then live output; after `events.missed` the screen is redrawn from the next snapshot. Keys
+// typed while the link is down wait in a bounded queue and go out once it is back; the
+// window's size is told to the other end once it settles.
+
+import { bridgeXtermStyles } from "./csp_styles.js";
+import { EVENT, OP } from "./protocol.js";
+import { DEFAULT_CHUNK_BYTES, TerminalInputQueue, utf8Chunks } from "./terminal_input_queue.js";
+import { ResizeReporter } from "./terminal_resize.js";
+
+const VENDOR_URL = new URL("../vendor/vendor_terminal.js", import.meta.url).href;
+let vendorPromise = null;
+
+/** xterm.js from its vendor bundle, loaded once, on first use. */
+export function loadXterm(url = VENDOR_URL) {
+  vendorPromise ??= import(url).catch((err) => {
+    vendorPromise = null;
+    throw err;
+  });
+  return vendorPromise;
+}
+
+/**
+ * A session's state from `GET /v1/terminals/{id}` (or an item of the list).
+ * @param {any} body
+ */
+export function sessionStateOf(body) {
+  const exit = body?.exit && typeof body.exit === "object" ? body.exit : null;
+  const state = typeof body?.state === "string" ? body.state : "running";
+  return {
+    program: typeof body?.program === "string" ? body.program : null,
+    state: exit || state === "exited" ? "exited" : state,
+    cols: Number.isInteger(body?.cols) ? body.cols : null,
+    rows: Number.isInteger(body?.rows) ? body.rows : null,
+    exit,
+  };
+}
+
+const EXIT_REASONS = {
+  terminated: "This terminal session was ended.",
+  idle: "This terminal session ended after a long time without input or output.",
+  lifetime: "This terminal session reached its time limit and was ended.",
+  shutdown: "The worker running this terminal stopped, so the session ended.",
+  detached: "The worker running this terminal lost the relay for too long, so the session ended.",
+  lost: "The worker running this terminal went away and did not come back with it.",
+};
+
+/**
+ * What to say about a session that ended (term.exited's data: reason, status | signal, error).
+ * @param {any} exit
+ */
+export function exitText(exit) {
+  if (!exit) return "The program ended.";
+  if (exit.reason === "failed") {
+    const why = exit.error?.detail ? `: ${exit.error.detail}` : ".";
+    return `The program could not be started${why}`;
+  }
+  if (exit.reason && exit.reason !== "exited" && Object.hasOwn(EXIT_REASONS, exit.reason)) return EXIT_REASONS[exit.reason];
+  if (exit.signal != null) return `The program was ended by signal ${exit.signal}.`;
+  if (exit.status != null) return `The program exited with status ${exit.status}.`;
+  return "The program ended.";
+}
+
+/** xterm's colours from the page's design tokens, so the screen follows light and dark. */
+function themeFrom(el) {
+  const css = getComputedStyle(el);
+  const v = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+  return {
+    background: v("--term-bg", "#101116"),
+    foreground: v("--term-fg", "#e6e7eb"),
+    cursor: v("--term-cursor", "#8d89ff"),
+    cursorAccent: v("--term-bg", "#101116"),
+    selectionBackground: v("--term-selection", "#3b3a6b"),
+  };
+}
+
+export class TerminalView {
+  /**
+   * @param {object} options
+   * @param {string} options.id
+   * @param {string} options.program
+   * @param {string} [options.topic]
+   * @param {import("./api.js").Api} options.api
+   * @param {import("./socket.js").RelaySocket} options.socket
+   * @param {HTMLElement} options.container the element xterm draws in
+   * @param {(change: {kind: string, [key: string]: any}) => void} [options.onChange] state, exit, drop, error
+   * @param {number} [options.inputLimitBytes]
+   */
+  constructor({ id, program, topic = `term:${id}`, api, socket, container, onChange = () => {}, inputLimitBytes }) {
+    this.id = id;
+    this.program = program;
+    this.topic = topic;
+    this.api = api;
+    this.socket = socket;
+    this.container = container;
+    this.onChange = onChange;
+    this.state = "connecting";
+    this.exit = null;
+    this.term = null;
+    this.fit = null;
+    this.closed = false;
+    this.reloading = null;
+    this.flushing = false;
+    this.awaitingSnapshot = true;
+    this.painted = false;
+    this.missed = false;
+    this.cleanups = [];
+    this.queue = new TerminalInputQueue({
+      limitBytes: inputLimitBytes,
+      onDrop: (report) => this.onChange({ kind: "dropped", ...report }),
+    });
+    this.resizer = new ResizeReporter({ send: (size) => this.sendResize(size) });
+  }
+
+  /** Draw the screen in the container; the size it would have, before any snapshot. */
+  async mount() {
+    const { Terminal, FitAddon } = await loadXterm();
+    const styles = getComputedStyle(this.container);
+    const term = new Terminal({
+      fontFamily: styles.getPropertyValue("--mono").trim() || "monospace",
+      fontSize: 13.5,
+      lineHeight: 1.2,
+      cursorBlink: true,
+      scrollback: 5000,
+      theme: themeFrom(this.container),
+      allowProposedApi: false,
+    });
+    this.cleanups.push(bridgeXtermStyles(this.container));
+    this.fit = new FitAddon();
+    term.loadAddon(this.fit);
+    term.open(this.container);
+    this.term = term;
+    this.fitNow();
+    const onData = term.onData((data) => this.input(data));
+    const watcher = new ResizeObserver(() => this.onContainerResize());
+    watcher.observe(this.container);
+    this.cleanups.push(() => onData.dispose(), () => watcher.disconnect());
+    return { cols: term.cols, rows: term.rows };
+  }
+
+  /** Load the screen as it is now and follow it live. */
+  async attach() {
+    await this.reload();
+  }
+
+  fitNow() {
+    if (!this.term || !this.container.isConnected || this.container.clientWidth === 0) return;
+    try {
+      this.fit.fit();
+    } catch {
+      // Not laid out yet (hidden): the next resize fits it.
+    }
+  }
+
+  onContainerResize() {
+    if (this.closed || !this.term) return;
+    this.fitNow();
+    this.resizer.request(this.term.cols, this.term.rows);
+  }
+
+  /**
+   * Learn the session's state, then follow its topic. The relay answers a new subscription
+   * with the screen as it is now (a `term.output` snapshot); output before it is not drawn.
+   */
+  reload() {
+    this.reloading ??= (async () => {
+      try {
+        const body = await this.api.get(`/v1/terminals/${encodeURIComponent(this.id)}`);
+        if (this.closed) return;
+        const info = sessionStateOf(body);
+        if (info.program) this.program = info.program;
+        this.setState(info.state, info.exit);
+        this.awaitingSnapshot = true;
+        this.socket.subscribe(this.topic).catch(() => {
+          // Offline: the socket subscribes once it is back.
+        });
+      } finally {
+        this.reloading = null;
+      }
+    })();
+    return this.reloading;
+  }
+
+  /** Replace what the screen shows with a snapshot drawn at `cols` x `rows`. */
+  paint(text, cols, rows) {
+    const term = this.term;
+    term.reset();
+    // The snapshot was drawn at the session's size: write it at that size, then fit ours.
+    if (cols > 0 && rows > 0 && (cols !== term.cols || rows !== term.rows)) term.resize(cols, rows);
+    if (text) term.write(text);
+    this.awaitingSnapshot = false;
+    this.fitNow();
+    this.resizer.forget();
+    this.resizer.request(term.cols, term.rows);
+    this.resizer.flush();
+  }
+
+  setState(state, exit = null) {
+    this.state = state;
+    if (exit) this.exit = exit;
+    this.onChange({ kind: "state", state, exit: this.exit });
+  }
+
+  /** An event of this terminal's topic. */
+  apply(event) {
+    if (this.closed || event.topic !== this.topic || !this.term) return;
+    const data = event.data ?? {};
+    switch (event.type) {
+      case EVENT.TERM_OUTPUT:
+        if (typeof data.data !== "string") break;
+        if (data.snapshot) {
+          const redrawn = this.painted;
+          this.paint(data.data, data.cols, data.rows);
+          this.painted = true;
+          if (redrawn && this.missed) this.onChange({ kind: "redrawn" });
+          this.missed = false;
+        } else if (!this.awaitingSnapshot) {
+          this.term.write(data.data);
+        }
+        break;
+      case EVENT.TERM_STATE:
+        if (this.state !== "exited" && typeof data.state === "string") this.setState(data.state);
+        break;
+      case EVENT.TERM_EXITED:
+        this.setState("exited", { reason: data.reason ?? null, status: data.status ?? null, signal: data.signal ?? null, error: data.error ?? null });
+        break;
+      case EVENT.EVENTS_MISSED:
+        // What was missed cannot be replayed: the relay sends the screen as it is now.
+        this.awaitingSnapshot = true;
+        this.missed = true;
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** Keys from xterm: straight to the relay, or into the queue while the link is down. */
+  input(data) {
+    if (this.closed || this.state === "exited") return;
+    if (!this.socket.online || !this.queue.empty || this.flushing) {
+      this.queue.push(data);
+      this.onChange({ kind: "queued", bytes: this.queue.size });
+      return;
+    }
+    for (const piece of utf8Chunks(data, DEFAULT_CHUNK_BYTES)) this.sendInput(piece);
+  }
+
+  sendInput(data) {
+    return this.socket.request(OP.TERM_INPUT, { topic: this.topic, data }).catch((err) => {
+      // Never written to a socket: it waits. Written but unanswered: it may have arrived, and
+      // sending it again could type it twice, so it is not resent.
+      if (err?.code === "offline") {
+        this.queue.requeueFront([data]);
+        this.onChange({ kind: "queued", bytes: this.queue.size });
+      } else if (!err?.retryable) {
+        this.onChange({ kind: "error", error: err });
+      }
+    });
+  }
+
+  /** The link is back (subscriptions renewed): the queued keys go out, once, in order. */
+  async online() {
+    if (this.closed) return;
+    this.resizer.forget();
+    this.resizer.flush();
+    if (this.flushing || this.queue.empty) return;
+    this.flushing = true;
+    try {
+      const frames = this.queue.drain();
+      for (let i = 0; i < frames.length; i += 1) {
+        try {
+          await this.socket.request(OP.TERM_INPUT, { topic: this.topic, data: frames[i] });
+        } catch (err) {
+          if (err?.code === "offline") {
+            this.queue.requeueFront(frames.slice(i));
+            break;
+          }
+          if (!err?.retryable) this.onChange({ kind: "error", error: err });
+        }
+      }
+    } finally {
+      this.flushing = false;
+      this.onChange({ kind: "queued", bytes: this.queue.size });
+    }
+  }
+
+  sendResize({ cols, rows }) {
+    if (this.closed || this.state === "exited" || !this.socket.online) return;
+    this.socket.request(OP.TERM_RESIZE, { topic: this.topic, cols, rows }).catch(() => {
+      // Told again after the next reconnect (online() sends the current size).
+    });
+  }
+
+  focus() {
+    this.term?.focus();
+  }
+
+  /** Text of the visible rows (for tests and screen readers' sake, not for rendering). */
+  screenText() {
+    const buf = this.term?.buffer.active;
+    if (!buf) return "";
+    const lines = [];
+    for (let y = 0; y < this.term.rows; y += 1) lines.push(buf.getLine(buf.viewportY + y)?.translateToString(true) ?? "");
+    return lines.join("\n");
+  }
+
+  /** Stop following the terminal here (it keeps running on the worker). */
+  dispose() {
+    this.closed = true;
+    this.resizer.dispose();
+    this.socket.unsubscribe(this.topic);
+    for (const fn of this.cleanups.splice(0)) fn();
+    this.term?.dispose();
+    this.term = null;
+  }
+}
