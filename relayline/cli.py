@@ -328,7 +328,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relayline.worker.daemon import MetricsUnavailable, run_worker
     from relayline.worker.settings import WorkerSettings
 
-    overrides = {
+    overrides: dict[str, Any] = {
         name: value
         for name, value in (
             ("relay_url", args.relay),
@@ -338,6 +338,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             ("model", args.model),
             ("worker_capacity", args.capacity),
             ("worker_id", args.worker_id),
+            ("terminals", True if args.terminals else None),
         )
         if value is not None
     }
@@ -350,6 +351,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(
             "fatal: RELAYLINE_WORKER_KEY_ID and RELAYLINE_WORKER_SECRET (or --key-id/--secret) "
             "are required",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if worker_settings.terminals and not worker_settings.terminal_program_map:
+        print(
+            "fatal: --terminals needs RELAYLINE_TERMINAL_PROGRAMS "
+            "(name=command entries separated by ';')",
             file=sys.stderr,
         )
         return EXIT_CONFIG
@@ -437,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", default=None)
     worker.add_argument("--capacity", type=int, default=None)
     worker.add_argument("--worker-id", default=None)
+    worker.add_argument(
+        "--terminals",
+        action="store_true",
+        help="also run terminal sessions of the programs in RELAYLINE_TERMINAL_PROGRAMS",
+    )
     worker.set_defaults(func=cmd_worker)
 
     backup = sub.add_parser(

@@ -25,12 +25,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from relayline.protocol import jsoncodec
 from relayline.protocol.generation import Generation, policy_for
-from relayline.protocol.names import WorkerFrame
+from relayline.protocol.names import TermExitReason, WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker import metrics
 from relayline.worker.agent import AgentRunner
 from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError
 from relayline.worker.settings import WorkerSettings
+from relayline.worker.terminals.host import TerminalHost
 
 log = structlog.get_logger("relayline.worker")
 
@@ -63,10 +64,12 @@ class RelayConnection:
         settings: WorkerSettings,
         runner: AgentRunner,
         breaker_state: BreakerState = lambda: "closed",
+        terminals: TerminalHost | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
         self.breaker_state = breaker_state
+        self.terminals = terminals
         self.worker_id = settings.worker_id or f"worker-{secrets.token_hex(4)}"
         self.turns: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self.approvals: dict[str, asyncio.Future[bool]] = {}
@@ -139,14 +142,15 @@ class RelayConnection:
         ) as ws:
             self.ws = ws
             self.draining = False
-            await self._send(
-                {
-                    "type": WorkerFrame.HELLO,
-                    "worker_id": self.worker_id,
-                    "capacity": self.settings.worker_capacity,
-                    "models": [self.settings.model],
-                }
-            )
+            hello: dict[str, Any] = {
+                "type": WorkerFrame.HELLO,
+                "worker_id": self.worker_id,
+                "capacity": self.settings.worker_capacity,
+                "models": [self.settings.model],
+            }
+            if self.terminals is not None:
+                hello["terminals"] = self.terminals.announce()
+            await self._send(hello)
             welcome = jsoncodec.loads(await asyncio.wait_for(ws.recv(), 10))
             self.worker_id = welcome.get("worker_id", self.worker_id)
             granted = welcome.get("capacity")
@@ -156,6 +160,8 @@ class RelayConnection:
                 )
             self.connected.set()
             log.info("relay_connected", worker_id=self.worker_id, relay=self.relay)
+            if self.terminals is not None:
+                self.terminals.link_up(ws.send)
             ticker = asyncio.create_task(self._tick())
             stopper = asyncio.create_task(self._stop_when(stop))
             try:
@@ -165,11 +171,17 @@ class RelayConnection:
                 ticker.cancel()
                 stopper.cancel()
                 self.ws = None
+                if self.terminals is not None:
+                    self.terminals.link_down()
 
     async def _stop_when(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self.draining = True
         await self._send_state()
+        if self.terminals is not None:
+            # Terminals end first (within their own grace), their last frames sent.
+            await self.terminals.close_all(TermExitReason.SHUTDOWN)
+            await self.terminals.outbox.drained(2.0)
         grace = self.settings.shutdown_grace_s
         tasks = [task for _, task in self.turns.values()]
         if tasks:
@@ -188,17 +200,18 @@ class RelayConnection:
             await asyncio.sleep(self.settings.state_interval_s)
 
     async def _send_state(self) -> None:
-        await self._send(
-            {
-                "type": WorkerFrame.STATE,
-                "status": "draining" if self.draining else "ready",
-                "inflight": len(self.turns),
-                "capacity": self.settings.worker_capacity,
-                "breaker": self.breaker_state(),
-                "last_error": self.last_error,
-                "detail": None,
-            }
-        )
+        state: dict[str, Any] = {
+            "type": WorkerFrame.STATE,
+            "status": "draining" if self.draining else "ready",
+            "inflight": len(self.turns),
+            "capacity": self.settings.worker_capacity,
+            "breaker": self.breaker_state(),
+            "last_error": self.last_error,
+            "detail": None,
+        }
+        if self.terminals is not None:
+            state["terminals"] = self.terminals.announce()
+        await self._send(state)
 
     async def _send(self, frame: dict[str, Any]) -> None:
         if self.ws is not None:
@@ -237,6 +250,8 @@ class RelayConnection:
             future = self.approvals.pop(str(frame.get("approval_id")), None)
             if future is not None and not future.done():
                 future.set_result(frame.get("decision") == "approve")
+        elif isinstance(kind, str) and kind.startswith("term.") and self.terminals is not None:
+            self.terminals.handle(frame)
         elif kind == WorkerFrame.ERROR:
             log.warning("relay_error", code=frame.get("code"), detail=frame.get("detail"))
 

@@ -21,6 +21,9 @@ from relayline.worker.llm.instrumented import InstrumentedLLM
 from relayline.worker.llm.local import LocalModel
 from relayline.worker.llm.openai_compat import OpenAICompatClient, RetryPolicy, Timeouts
 from relayline.worker.settings import WorkerSettings
+from relayline.worker.terminals.host import HostSettings, TerminalHost
+from relayline.worker.terminals.programs import describe
+from relayline.worker.terminals.session import SessionLimits
 from relayline.worker.tools.builtins import builtin_registry
 
 log = structlog.get_logger("relayline.worker")
@@ -49,6 +52,31 @@ def build_llm(settings: WorkerSettings) -> tuple[LLMClient, CircuitBreaker | Non
     return client, breaker
 
 
+def build_terminals(settings: WorkerSettings) -> TerminalHost | None:
+    """The terminal host, when the worker runs terminals (``--terminals``)."""
+    if not settings.terminals:
+        return None
+    programs = settings.terminal_program_map
+    log.info("terminals_enabled", programs=describe(programs))
+    return TerminalHost(
+        HostSettings(
+            programs=programs,
+            roots=settings.workspace_roots or [Path.cwd()],
+            max_sessions=settings.terminal_max_sessions,
+            idle_s=settings.terminal_idle_s,
+            max_lifetime_s=settings.terminal_max_lifetime_s,
+            detach_grace_s=settings.terminal_detach_grace_s,
+            outbox_max_bytes=settings.terminal_outbox_bytes,
+            session=SessionLimits(
+                flush_s=settings.terminal_flush_ms / 1000,
+                flush_chars=settings.terminal_flush_bytes,
+                grace_s=settings.terminal_grace_s,
+                resize_debounce_s=settings.terminal_resize_debounce_ms / 1000,
+            ),
+        )
+    )
+
+
 def build_connection(settings: WorkerSettings) -> tuple[RelayConnection, LLMClient]:
     """The relay connection, and the model client to probe and to close once it is done.
 
@@ -67,7 +95,10 @@ def build_connection(settings: WorkerSettings) -> tuple[RelayConnection, LLMClie
         max_tool_rounds=settings.max_tool_rounds,
     )
     return RelayConnection(
-        settings, runner, (lambda: breaker.state) if breaker else (lambda: "closed")
+        settings,
+        runner,
+        (lambda: breaker.state) if breaker else (lambda: "closed"),
+        build_terminals(settings),
     ), llm
 
 
@@ -145,5 +176,8 @@ async def run_worker(settings: WorkerSettings, stop: asyncio.Event | None = None
             await probe_upstream(settings, llm)
             await connection.run(stop)
         finally:
+            if connection.terminals is not None:
+                # Every child ends with the worker, connected or not.
+                await connection.terminals.aclose()
             await llm.aclose()
             log.info("worker_stopped")

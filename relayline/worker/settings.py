@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relayline.protocol.generation import GenerationPolicy
+from relayline.worker.terminals.programs import parse_programs
 
 
 class WorkerSettings(BaseSettings):
@@ -55,6 +56,20 @@ class WorkerSettings(BaseSettings):
     sentry_dsn: SecretStr | None = None
     shutdown_grace_s: float = Field(30.0, ge=0)
 
+    # Terminal agents (`relayline worker --terminals`; off by default): allowlisted programs in
+    # PTYs, "name=command line" entries separated by ";" (see terminals.programs).
+    terminals: bool = False
+    terminal_programs: str = ""
+    terminal_max_sessions: int = Field(8, ge=1, le=1000)
+    terminal_flush_ms: float = Field(8.0, ge=0, le=1000)
+    terminal_flush_bytes: int = Field(32 * 1024, ge=256, le=1024 * 1024)
+    terminal_grace_s: float = Field(5.0, ge=0, le=300)
+    terminal_idle_s: float = Field(3600.0, ge=0)  # 0: never
+    terminal_max_lifetime_s: float = Field(86_400.0, ge=0)  # 0: never
+    terminal_detach_grace_s: float = Field(60.0, ge=0)
+    terminal_outbox_bytes: int = Field(1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    terminal_resize_debounce_ms: float = Field(50.0, ge=0, le=5000)
+
     @field_validator("relay_url")
     @classmethod
     def _relay_urls_valid(cls, value: str) -> str:
@@ -71,6 +86,16 @@ class WorkerSettings(BaseSettings):
     def relay_urls(self) -> list[str]:
         """The relays to try, in order (``relay_url`` split at commas)."""
         return self.relay_url.split(",")
+
+    @field_validator("terminal_programs")
+    @classmethod
+    def _programs(cls, value: str) -> str:
+        parse_programs(value)  # ProgramsError (a ValueError) names the entry
+        return value
+
+    @property
+    def terminal_program_map(self) -> dict[str, tuple[str, ...]]:
+        return parse_programs(self.terminal_programs)
 
     @field_validator("workspace_roots", mode="before")
     @classmethod

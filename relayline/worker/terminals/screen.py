@@ -1,0 +1,106 @@
+"""The screen of a terminal as a viewer would see it now, kept with ``pyte`` and redrawn as ANSI.
+
+Every byte of output is fed here before it is sent, so :meth:`ScreenMirror.redraw` always
+describes the screen as it is after everything sent so far: a viewer that attaches (or lost
+events) gets that redraw first, then live output, and sees what the others see.
+
+The redraw resets attributes, clears the screen, writes every row's cells with their colours
+and attributes (SGR), restores the modes a keyboard depends on (application cursor keys,
+bracketed paste), the cursor's position and its visibility. Scrollback is not kept: a redraw is
+the visible screen only.
+"""
+
+from __future__ import annotations
+
+import pyte
+from pyte import graphics
+from pyte.screens import Char
+
+_CSI = "\x1b["
+_FG = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
+_BG = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
+# pyte keeps private modes shifted left by 5 bits.
+_PRIVATE_MODES = {1: "application cursor keys", 2004: "bracketed paste"}
+_CURSOR_VISIBLE = 25 << 5
+
+
+def _colour(value: str, named: dict[str, int], extended: int) -> str:
+    code = named.get(value)
+    if code is not None:
+        return str(code)
+    if len(value) == 6:
+        try:
+            r, g, b = int(value[:2], 16), int(value[2:4], 16), int(value[4:], 16)
+        except ValueError:
+            return str(named["default"])
+        return f"{extended};2;{r};{g};{b}"
+    return str(named["default"])
+
+
+def _sgr(char: Char) -> str:
+    parts = ["0"]
+    if char.bold:
+        parts.append("1")
+    if char.italics:
+        parts.append("3")
+    if char.underscore:
+        parts.append("4")
+    if char.blink:
+        parts.append("5")
+    if char.reverse:
+        parts.append("7")
+    if char.strikethrough:
+        parts.append("9")
+    if char.fg != "default":
+        parts.append(_colour(char.fg, _FG, 38))
+    if char.bg != "default":
+        parts.append(_colour(char.bg, _BG, 48))
+    return f"{_CSI}{';'.join(parts)}m"
+
+
+class ScreenMirror:
+    """A ``cols`` by ``rows`` screen fed with a terminal's output."""
+
+    def __init__(self, cols: int, rows: int) -> None:
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.Stream(self.screen)
+
+    def feed(self, text: str) -> None:
+        self.stream.feed(text)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.screen.resize(lines=rows, columns=cols)
+
+    def redraw(self) -> str:
+        """ANSI text that paints the screen as it is now on an xterm of the same size."""
+        screen = self.screen
+        out = [f"{_CSI}0m{_CSI}H{_CSI}2J"]
+        default = _sgr(screen.default_char)
+        for y in range(screen.lines):
+            line = screen.buffer[y]
+            # Trailing blank cells in the default style are what the clear already painted.
+            last = -1
+            for x in sorted(line):
+                char = line[x]
+                if x < screen.columns and (char.data not in ("", " ") or _sgr(char) != default):
+                    last = x
+            if last < 0:
+                continue
+            out.append(f"{_CSI}{y + 1};1H")
+            current = default
+            for x in range(last + 1):
+                char = line[x]
+                if char.data == "":  # the second half of a wide character
+                    continue
+                style = _sgr(char)
+                if style != current:
+                    out.append(style)
+                    current = style
+                out.append(char.data)
+            out.append(f"{_CSI}0m")
+        for mode in _PRIVATE_MODES:
+            out.append(f"{_CSI}?{mode}{'h' if (mode << 5) in screen.mode else 'l'}")
+        cursor = screen.cursor
+        out.append(f"{_CSI}{cursor.y + 1};{cursor.x + 1}H")
+        out.append(f"{_CSI}?25{'h' if _CURSOR_VISIBLE in screen.mode else 'l'}")
+        return "".join(out)
