@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,16 +76,33 @@ async def find_by_client_msg_id(
     return (await session.scalars(query)).first()
 
 
-async def _next_seq(session: AsyncSession, chat_id: str) -> int:
-    # One UPDATE … RETURNING both allocates the number and takes the row lock, so concurrent
-    # posters to one chat (on any instance) get distinct, gap-free sequence numbers.
-    result = await session.execute(
-        update(Chat)
-        .where(Chat.id == chat_id)
-        .values(last_seq=Chat.last_seq + 1)
-        .returning(Chat.last_seq)
-    )
-    return int(result.scalar_one())
+# The hot path's statements are built once (Core, bound parameters): a post and a claim run
+# them with no ORM unit of work and no per-call construction of the SQL expression.
+CHATS: Table = Chat.__table__  # type: ignore[assignment]
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+TURNS: Table = Turn.__table__  # type: ignore[assignment]
+
+# One UPDATE … RETURNING both allocates the number and takes the row lock, so concurrent
+# posters to one chat (on any instance) get distinct, gap-free sequence numbers; it also
+# reads what a post checks (the chat's tenant, whether it is archived), and a refused post
+# rolls the number back with its transaction.
+BUMP_SEQ = (
+    update(CHATS)
+    .where(CHATS.c.id == bindparam("p_chat_id"))
+    .values(last_seq=CHATS.c.last_seq + 1)
+    .returning(CHATS.c.last_seq, CHATS.c.tenant_id, CHATS.c.archived_at)
+)
+INSERT_MESSAGE = insert(MESSAGES)
+_INSERT_TURN = insert(TURNS)
+
+
+async def next_seq(session: AsyncSession, chat_id: str) -> int:
+    """The chat's next message number (the chat must exist)."""
+    return int((await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).one()[0])
+
+
+class _Refused(Exception):
+    """A post the chat refuses (archived), raised inside the transaction to roll it back."""
 
 
 async def post_user_message(
@@ -100,31 +117,30 @@ async def post_user_message(
     ``correlation_id`` (the creating request's id; default: the turn's own id).
 
     A repeated ``client_msg_id`` returns the original message (and its turn), whether the
-    repeat arrives later or races the first one: the unique constraint decides the winner.
+    repeat arrives later or races the first one: the unique constraint decides the winner
+    (one write transaction either way; a repeat costs a rolled-back insert and a read).
     """
-    if client_msg_id is not None:
-        async with db.read() as session:
-            await get_chat(session, tenant_id, chat_id)
-            existing = await find_by_client_msg_id(session, chat_id, client_msg_id)
-            if existing is not None:
-                return PostedMessage(existing, await _turn_of(session, existing), created=False)
+    now = now_ms()
     try:
         async with db.write() as session:
-            chat = await get_chat(session, tenant_id, chat_id)
-            if chat.archived_at is not None:
-                raise Conflict("chat is archived")
-            now = now_ms()
+            row = (await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).first()
+            if row is None or row.tenant_id != tenant_id:
+                raise NotFound("chat not found")
+            if row.archived_at is not None:
+                raise _Refused
+            turn_id = new_id()
             message = Message(
                 id=new_id(),
                 chat_id=chat_id,
-                seq=await _next_seq(session, chat_id),
+                seq=int(row.last_seq),
                 role="user",
                 content=content,
                 status="complete",
+                finish_reason=None,
                 client_msg_id=client_msg_id,
+                turn_id=turn_id,
                 created_at=now,
             )
-            turn_id = new_id()
             turn = Turn(
                 id=turn_id,
                 chat_id=chat_id,
@@ -132,21 +148,39 @@ async def post_user_message(
                 message_id=message.id,
                 state="queued",
                 attempt=0,
+                worker_id=None,
+                response_message_id=None,
                 correlation_id=correlation_id or turn_id,
+                error_category=None,
+                error_detail=None,
                 created_at=now,
+                started_at=None,
+                finished_at=None,
+                lease_expires_at=None,
             )
-            message.turn_id = turn.id
-            session.add_all([message, turn])
-            await session.flush()
+            await session.execute(INSERT_MESSAGE, _columns(message, MESSAGES))
+            await session.execute(_INSERT_TURN, _columns(turn, TURNS))
             return PostedMessage(message, turn, created=True)
     except IntegrityError:
         if client_msg_id is None:
             raise
+    except _Refused:
+        if client_msg_id is not None:
+            # A retry of a message stored before the chat was archived still gets its answer.
+            async with db.read() as session:
+                existing = await find_by_client_msg_id(session, chat_id, client_msg_id)
+                if existing is not None:
+                    return PostedMessage(existing, await _turn_of(session, existing), created=False)
+        raise Conflict("chat is archived") from None
     async with db.read() as session:
         existing = await find_by_client_msg_id(session, chat_id, client_msg_id)
         if existing is None:  # the winner rolled back after all
             raise Conflict("message could not be stored, retry")
         return PostedMessage(existing, await _turn_of(session, existing), created=False)
+
+
+def _columns(row: object, table: Table) -> dict[str, object]:
+    return {column.key: getattr(row, column.key) for column in table.columns}
 
 
 async def _turn_of(session: AsyncSession, message: Message) -> Turn | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -44,6 +44,18 @@ def _heads_its_chat() -> ColumnElement[bool]:
     )
 
 
+def _claimable(exclude: bool) -> Select[str]:
+    query = select(Turn.__table__.c.id).where(Turn.state == "queued", _heads_its_chat())
+    if exclude:
+        query = query.where(Turn.chat_id.not_in(bindparam("p_exclude", expanding=True)))
+    return query.order_by(Turn.id).limit(1).with_for_update(skip_locked=True)
+
+
+# Built once: the claim runs after every post, and building this query is most of its cost.
+_CLAIMABLE = _claimable(exclude=False)
+_CLAIMABLE_EXCLUDING = _claimable(exclude=True)
+
+
 async def claimable_turn_id(
     session: AsyncSession, *, exclude_chats: Collection[str] = ()
 ) -> str | None:
@@ -52,11 +64,11 @@ async def claimable_turn_id(
     ``exclude_chats``: chats this instance still holds while it stores and announces the
     outcome of their previous turn, so the next one does not overtake that announcement.
     """
-    query = select(Turn.id).where(Turn.state == "queued", _heads_its_chat())
     if exclude_chats:
-        query = query.where(Turn.chat_id.not_in(list(exclude_chats)))
-    query = query.order_by(Turn.id).limit(1).with_for_update(skip_locked=True)
-    return (await session.execute(query)).scalar_one_or_none()
+        result = await session.execute(_CLAIMABLE_EXCLUDING, {"p_exclude": list(exclude_chats)})
+    else:
+        result = await session.execute(_CLAIMABLE)
+    return result.scalar_one_or_none()
 
 
 async def claim_next(
@@ -74,11 +86,9 @@ async def claim_next(
         turn_id = await claimable_turn_id(session, exclude_chats=exclude_chats)
         if turn_id is None:
             return None
-        turn = await session.get(Turn, turn_id)
-        assert turn is not None
         return await start_attempt(
             session,
-            turn,
+            turn_id,
             worker_id,
             max_messages=max_messages,
             max_chars=max_chars,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy import Boolean, Select, Table, and_, bindparam, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
-from relayline.store.chats import _next_seq
+from relayline.store.chats import INSERT_MESSAGE, MESSAGES, TURNS, next_seq
 from relayline.store.database import Database
 from relayline.store.models import Message, MessageMetric, Tenant, Turn
 
@@ -29,9 +28,82 @@ class Assignment:
     correlation_id: str
 
 
+_TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
+
+# Starting an attempt: the turn's row takes the attempt, the worker and the lease, and names its
+# answer (a new message, unless an earlier attempt already placed one), all in one statement.
+_START = (
+    update(TURNS)
+    .where(TURNS.c.id == bindparam("p_turn_id"))
+    .values(
+        attempt=TURNS.c.attempt + 1,
+        state="running",
+        worker_id=bindparam("p_worker_id"),
+        started_at=bindparam("p_now"),
+        lease_expires_at=bindparam("p_lease_expires_at"),
+        response_message_id=func.coalesce(TURNS.c.response_message_id, bindparam("p_answer_id")),
+    )
+    .returning(
+        TURNS.c.chat_id,
+        TURNS.c.tenant_id,
+        TURNS.c.attempt,
+        TURNS.c.message_id,
+        TURNS.c.response_message_id,
+        TURNS.c.correlation_id,
+    )
+)
+_RESTART_ANSWER = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("p_message_id"))
+    .values(content="", status="streaming")
+    .returning(MESSAGES.c.seq)
+)
+_AGENT = select(_TENANTS.c.agent_settings).where(_TENANTS.c.id == bindparam("p_tenant_id"))
+
+
+def _history_statement() -> Select[str, str]:
+    """The conversation up to a question, newest first (see :func:`history`)."""
+    answer = MESSAGES
+    question = MESSAGES.alias("question")
+    asked = MESSAGES.alias("asked")
+    # The question's own seq (its answer's when the question is gone).
+    asked_seq = func.coalesce(
+        select(asked.c.seq).where(asked.c.id == bindparam("p_question_id")).scalar_subquery(),
+        bindparam("p_answer_seq"),
+    )
+    anchor = func.coalesce(question.c.seq, answer.c.seq)
+    return (
+        select(answer.c.role, answer.c.content)
+        .outerjoin(
+            question,
+            and_(
+                answer.c.role == "assistant",
+                question.c.chat_id == answer.c.chat_id,
+                question.c.turn_id == answer.c.turn_id,
+                question.c.role == "user",
+            ),
+        )
+        .where(
+            answer.c.chat_id == bindparam("p_chat_id"),
+            answer.c.content != "",
+            or_(
+                answer.c.role != "assistant",
+                answer.c.status != "failed",
+                bindparam("p_include_failed", type_=Boolean) == true(),
+            ),
+            or_(anchor < asked_seq, answer.c.seq == asked_seq),
+        )
+        .order_by(anchor.desc(), answer.c.seq.desc())
+        .limit(bindparam("p_limit"))
+    )
+
+
+_HISTORY = _history_statement()
+
+
 async def start_attempt(
     session: AsyncSession,
-    turn: Turn,
+    turn_id: str,
     worker_id: str,
     *,
     max_messages: int,
@@ -41,61 +113,77 @@ async def start_attempt(
 ) -> Assignment:
     """The write half of an assignment, inside the caller's transaction (which chose the turn,
     so choosing and starting it commit together)."""
-    turn.attempt += 1
-    turn.state = "running"
-    turn.worker_id = worker_id
-    turn.started_at = now_ms()
-    turn.lease_expires_at = now_ms() + lease_ms if lease_ms is not None else None
-    if turn.response_message_id is None:
+    now = now_ms()
+    new_answer_id = new_id()
+    turn = (
+        await session.execute(
+            _START,
+            {
+                "p_turn_id": turn_id,
+                "p_worker_id": worker_id,
+                "p_now": now,
+                "p_lease_expires_at": now + lease_ms if lease_ms is not None else None,
+                "p_answer_id": new_answer_id,
+            },
+        )
+    ).one()
+    if turn.response_message_id == new_answer_id:
         # The answer takes its place in the chat now, so messages posted while it streams
         # come after it.
-        answer = Message(
-            id=new_id(),
-            chat_id=turn.chat_id,
-            seq=await _next_seq(session, turn.chat_id),
-            role="assistant",
-            content="",
-            status="streaming",
-            turn_id=turn.id,
-            created_at=now_ms(),
+        answer_seq = await next_seq(session, turn.chat_id)
+        await session.execute(
+            INSERT_MESSAGE,
+            {
+                "id": new_answer_id,
+                "chat_id": turn.chat_id,
+                "seq": answer_seq,
+                "role": "assistant",
+                "content": "",
+                "status": "streaming",
+                "finish_reason": None,
+                "client_msg_id": None,
+                "turn_id": turn_id,
+                "created_at": now,
+            },
         )
-        session.add(answer)
-        turn.response_message_id = answer.id
     else:
-        answer_or_none = await session.get(Message, turn.response_message_id)
-        assert answer_or_none is not None
-        answer = answer_or_none
-        answer.content = ""
-        answer.status = "streaming"
-    await session.flush()
-    tenant = await session.get(Tenant, turn.tenant_id)
-    question = await session.get(Message, turn.message_id)
-    asked_seq = question.seq if question is not None else answer.seq
-    history = await _history(
-        session, turn.chat_id, asked_seq, max_messages, max_chars, include_failed
+        answer_seq = (
+            await session.execute(_RESTART_ANSWER, {"p_message_id": turn.response_message_id})
+        ).scalar_one()
+    agent = (await session.execute(_AGENT, {"p_tenant_id": turn.tenant_id})).scalar_one_or_none()
+    messages = await history(
+        session,
+        turn.chat_id,
+        turn.message_id,
+        answer_seq,
+        max_messages,
+        max_chars,
+        include_failed,
     )
     return Assignment(
-        turn.id,
+        turn_id,
         turn.chat_id,
         turn.tenant_id,
         turn.attempt,
-        answer.id,
-        answer.seq,
-        history,
-        dict(tenant.agent_settings) if tenant else {},
-        turn.correlation_id or turn.id,
+        turn.response_message_id,
+        answer_seq,
+        messages,
+        dict(agent) if agent else {},
+        turn.correlation_id or turn_id,
     )
 
 
-async def _history(
-    session: object,
+async def history(
+    session: AsyncSession,
     chat_id: str,
-    asked_seq: int,
+    question_id: str,
+    answer_seq: int,
     max_messages: int,
     max_chars: int,
     include_failed: bool = False,
 ) -> list[dict[str, str]]:
-    """The conversation up to the question at ``asked_seq``, in conversation order.
+    """The conversation up to the question ``question_id`` (answered at ``answer_seq``), in
+    conversation order.
 
     An answer takes its seq when its turn starts, so messages queued behind a turn are stored
     before its answer. Each answer is therefore placed right after the question it answers,
@@ -107,34 +195,19 @@ async def _history(
     feeding it back would have the model continue or imitate a broken reply; an operator who
     wants it anyway sets ``RELAYLINE_TURN_HISTORY_FAILED`` (``include_failed``).
     """
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    assert isinstance(session, AsyncSession)
-    question = aliased(Message)
-    anchor = func.coalesce(question.seq, Message.seq)
-    query = (
-        select(Message.role, Message.content)
-        .outerjoin(
-            question,
-            and_(
-                Message.role == "assistant",
-                question.chat_id == Message.chat_id,
-                question.turn_id == Message.turn_id,
-                question.role == "user",
-            ),
-        )
-        .where(
-            Message.chat_id == chat_id,
-            Message.content != "",
-            or_(Message.role != "assistant", Message.status != "failed", literal(include_failed)),
-            or_(anchor < asked_seq, Message.seq == asked_seq),
-        )
-        .order_by(anchor.desc(), Message.seq.desc())
-        .limit(max_messages)
+    rows = await session.execute(
+        _HISTORY,
+        {
+            "p_chat_id": chat_id,
+            "p_question_id": question_id,
+            "p_answer_seq": answer_seq,
+            "p_include_failed": include_failed,
+            "p_limit": max_messages,
+        },
     )
     picked: list[dict[str, str]] = []
     total = 0
-    for role, content in (await session.execute(query)).all():
+    for role, content in rows.all():
         if total + len(content) > max_chars:
             break  # oldest are dropped first: we walk newest to oldest
         total += len(content)

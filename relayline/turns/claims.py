@@ -139,6 +139,9 @@ class ClaimLoop:
         )
         tm.TURNS_STARTED.inc()
         log.info("turn_assigned", **running.log_fields())
+        # Let the worker link's writer put the frame on the wire before the next claim's
+        # transaction runs: the first token waits on it.
+        await asyncio.sleep(0)
 
 
 def _names(value: object) -> list[str]:
