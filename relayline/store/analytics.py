@@ -408,6 +408,100 @@ async def daily(db: Database, tenant_id: str, first: date, last: date) -> list[d
     return rows
 
 
+# The figures that add up across tenants (percentiles do not: a median of medians is no median).
+SUMMED = (
+    "messages",
+    "turns",
+    "answered",
+    "cancelled",
+    "failed",
+    "tokens_in",
+    "tokens_out",
+    "usage_reported",
+    "usage_counted",
+    "usage_estimated",
+)
+BUSIEST_TENANTS = 50
+
+
+def _in_range(first: date, last: date) -> Any:
+    return and_(AnalyticsDaily.day >= first.isoformat(), AnalyticsDaily.day <= last.isoformat())
+
+
+async def daily_all_tenants(db: Database, first: date, last: date) -> list[dict[str, Any]]:
+    """Every tenant's figures added up for each computed day of ``first``..``last``, oldest
+    first, as :func:`daily` gives one tenant's; the percentiles are None (they cannot be
+    added up)."""
+    computed = await aggregated_days(db, first, last)
+    columns = [func.coalesce(func.sum(getattr(AnalyticsDaily, n)), 0) for n in SUMMED]
+    async with db.read() as session:
+        sums = (
+            await session.execute(
+                select(AnalyticsDaily.day, *columns)
+                .where(_in_range(first, last))
+                .group_by(AnalyticsDaily.day)
+            )
+        ).all()
+        failures = (
+            await session.execute(
+                select(AnalyticsDaily.day, AnalyticsDaily.failed_by_category).where(
+                    _in_range(first, last), AnalyticsDaily.failed > 0
+                )
+            )
+        ).all()
+    by_day: dict[str, dict[str, Any]] = {}
+    for day, *values in sums:
+        figures = by_day.setdefault(day, _empty())
+        figures.update({name: int(value) for name, value in zip(SUMMED, values, strict=True)})
+    for day, categories in failures:
+        by_category = by_day.setdefault(day, _empty())["failed_by_category"]
+        for name, count in (categories or {}).items():
+            by_category[name] = by_category.get(name, 0) + int(count)
+    rows: list[dict[str, Any]] = []
+    for day in computed:
+        figures = by_day.get(day.isoformat(), _empty())
+        figures["failed_by_category"] = dict(sorted(figures["failed_by_category"].items()))
+        rows.append({"day": day.isoformat(), **figures})
+    return rows
+
+
+async def tenant_totals(
+    db: Database, first: date, last: date, *, limit: int = BUSIEST_TENANTS
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many tenants had activity in ``first``..``last``, and the ``limit`` busiest of
+    them (most messages, then most turns) with their sums over the range."""
+    columns = [func.sum(getattr(AnalyticsDaily, n)).label(n) for n in SUMMED]
+    async with db.read() as session:
+        active = await session.scalar(
+            select(func.count(func.distinct(AnalyticsDaily.tenant_id))).where(
+                _in_range(first, last)
+            )
+        )
+        found = (
+            await session.execute(
+                select(AnalyticsDaily.tenant_id, Tenant.name, *columns)
+                .join(Tenant, Tenant.id == AnalyticsDaily.tenant_id)
+                .where(_in_range(first, last))
+                .group_by(AnalyticsDaily.tenant_id, Tenant.name)
+                .order_by(
+                    func.sum(AnalyticsDaily.messages).desc(),
+                    func.sum(AnalyticsDaily.turns).desc(),
+                    AnalyticsDaily.tenant_id,
+                )
+                .limit(limit)
+            )
+        ).all()
+    busiest = [
+        {
+            "tenant_id": tenant_id,
+            "name": name,
+            **{n: int(v or 0) for n, v in zip(SUMMED, values, strict=True)},
+        }
+        for tenant_id, name, *values in found
+    ]
+    return int(active or 0), busiest
+
+
 # Retention
 
 

@@ -149,10 +149,55 @@ async def test_bad_ranges_are_422(
         assert detail in error["detail"], error
 
 
-async def test_the_admin_route_needs_a_tenant(api: Api) -> None:
-    error = assert_error(
-        await api.client.get("/v1/admin/analytics", headers=admin_headers()),
-        422,
-        "validation_error",
+async def test_without_a_tenant_the_operator_reads_all_tenants_added_up(
+    api: Api, seeded: dict[str, str]
+) -> None:
+    r = await api.client.get(
+        "/v1/admin/analytics",
+        params={"from": "2024-03-29", "to": "2024-04-05"},
+        headers=admin_headers(),
     )
-    assert "tenant_id" in error["detail"]
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tenant_id"] is None
+    assert [d["day"] for d in body["days"]] == [d.isoformat() for d in SEEDED_DAYS]
+    expected = await brute_force(api.app.http.state.relay.db)
+    summed = ("messages", "turns", "answered", "cancelled", "failed", "tokens_in", "tokens_out")
+    summed += ("usage_reported", "usage_counted", "usage_estimated")
+    totals: dict[str, dict[str, int]] = {}
+    for row in body["days"]:
+        tenants_rows = [f for (_, day), f in expected.items() if day == row["day"]]
+        for name in summed:
+            assert row[name] == sum(f[name] for f in tenants_rows), (row["day"], name)
+        categories: dict[str, int] = {}
+        for f in tenants_rows:
+            for category, count in f["failed_by_category"].items():
+                categories[category] = categories.get(category, 0) + count
+        assert row["failed_by_category"] == categories
+        # Percentiles do not add up across tenants: none is made up.
+        assert row["first_token_p50_ms"] is row["latency_p95_ms"] is None
+    for (tenant, _), f in expected.items():
+        for name in summed:
+            totals.setdefault(tenant, dict.fromkeys(summed, 0))[name] += f[name]
+    busy = {t: v for t, v in totals.items() if any(v.values())}
+    assert body["tenants_active"] == len(busy) == 3  # the idle tenant had no activity
+    assert [t["tenant_id"] for t in body["tenants"]] == sorted(
+        busy, key=lambda t: (-busy[t]["messages"], -busy[t]["turns"], t)
+    )
+    names = {tenant_id: name for name, tenant_id in seeded.items()}
+    for entry in body["tenants"]:
+        assert {k: entry[k] for k in summed} == busy[entry["tenant_id"]]
+        assert entry["name"] == names[entry["tenant_id"]]
+    # One tenant's answer has no such list.
+    r = await api.client.get(
+        "/v1/admin/analytics", params={"tenant_id": seeded["acme"]}, headers=admin_headers()
+    )
+    assert r.json()["tenants"] is None and r.json()["tenants_active"] is None
+
+
+async def test_all_tenants_before_any_day_was_computed(api: Api) -> None:
+    r = await api.client.get("/v1/admin/analytics", headers=admin_headers())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["days"], body["tenants"], body["tenants_active"]) == ([], [], 0)
+    assert body["aggregated_through"] is None

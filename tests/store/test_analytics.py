@@ -130,6 +130,34 @@ async def test_figures_match_a_brute_force_computation_in_several_tenant_batches
     assert acme["usage_reported"] + acme["usage_counted"] + acme["usage_estimated"] > 0
 
 
+async def test_all_tenants_add_up_per_day_and_the_busiest_come_first(db: Database) -> None:
+    seeded = await seed(db)
+    for day in (D30, D31):  # A01 is left uncomputed: it is no day of the answer
+        await aggregate(db, day)
+    expected = await brute_force(db)
+    rows = await analytics.daily_all_tenants(db, D30, A01)
+    assert [r["day"] for r in rows] == [D30.isoformat(), D31.isoformat()]
+    for row in rows:
+        per_tenant = [f for (_, d), f in expected.items() if d == row["day"]]
+        for name in analytics.SUMMED:
+            assert row[name] == sum(f[name] for f in per_tenant), name
+        assert sum(row["failed_by_category"].values()) == row["failed"]
+        assert row["latency_p50_ms"] is None
+    active, busiest = await analytics.tenant_totals(db, D30, D31, limit=2)
+    assert active == 3  # acme, globex, edge; not idle
+    assert len(busiest) == 2
+    names = {v: k for k, v in seeded.tenant_ids.items()}
+    assert {names[t["tenant_id"]] for t in busiest} == {"acme", "globex"}
+    assert busiest[0]["messages"] >= busiest[1]["messages"]
+    for entry in busiest:
+        assert entry["name"] == names[entry["tenant_id"]]
+        assert entry["turns"] == sum(
+            f["turns"]
+            for (t, d), f in expected.items()
+            if t == entry["tenant_id"] and d in (D30.isoformat(), D31.isoformat())
+        )
+
+
 async def test_day_boundaries_are_utc_whatever_the_local_zone(db: Database, berlin: None) -> None:
     seeded = await seed(db)
     for day in SEEDED_DAYS:

@@ -1,5 +1,5 @@
-"""Daily analytics: a tenant's figures per UTC day, for the operator (any tenant) and for a
-tenant key (its own tenant). Read from ``analytics_daily`` (see
+"""Daily analytics: a tenant's figures per UTC day, for the operator (any tenant, or all of
+them added up) and for a tenant key (its own tenant). Read from ``analytics_daily`` (see
 :mod:`relayline.store.analytics`): a day appears once it was computed, with zeros when the
 tenant had no activity that day.
 """
@@ -49,7 +49,7 @@ class AnalyticsDayOut(BaseModel):
     )
     first_token_p50_ms: int | None = Field(
         description="Median time to the first token of the day's completed answers (nearest "
-        "rank); null when none."
+        "rank); null when none, and for all tenants (percentiles do not add up)."
     )
     first_token_p95_ms: int | None
     latency_p50_ms: int | None = Field(description="Median time to the whole answer.")
@@ -61,10 +61,25 @@ class AnalyticsDayOut(BaseModel):
     usage_estimated: int = Field(description="… estimated by the worker (~4 characters a token).")
 
 
+class TenantTotalsOut(BaseModel):
+    tenant_id: str
+    name: str
+    messages: int
+    turns: int
+    answered: int
+    cancelled: int
+    failed: int
+    tokens_in: int
+    tokens_out: int
+    usage_reported: int
+    usage_counted: int
+    usage_estimated: int
+
+
 class AnalyticsOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    tenant_id: str
+    tenant_id: str | None = Field(description="The tenant; null: every tenant added up.")
     first: str = Field(alias="from")
     last: str = Field(alias="to")
     aggregated_through: str | None = Field(
@@ -73,6 +88,14 @@ class AnalyticsOut(BaseModel):
     days: list[AnalyticsDayOut] = Field(
         description="Every computed day of the range, oldest first; a day not computed yet is "
         "absent."
+    )
+    tenants_active: int | None = Field(
+        default=None, description="All tenants only: how many had activity in the range."
+    )
+    tenants: list[TenantTotalsOut] | None = Field(
+        default=None,
+        description=f"All tenants only: the {analytics.BUSIEST_TENANTS} busiest of the range "
+        "(most messages), with their sums over it.",
     )
 
 
@@ -103,16 +126,34 @@ async def _report(db: Database, tenant_id: str, start: date, end: date) -> Analy
     )
 
 
+async def _all_tenants(db: Database, start: date, end: date) -> AnalyticsOut:
+    latest = await analytics.last_aggregated_day(db)
+    rows = await analytics.daily_all_tenants(db, start, end)
+    active, busiest = await analytics.tenant_totals(db, start, end)
+    return AnalyticsOut(
+        tenant_id=None,
+        first=start.isoformat(),
+        last=end.isoformat(),
+        aggregated_through=latest.isoformat() if latest else None,
+        days=[AnalyticsDayOut.model_validate(r) for r in rows],
+        tenants_active=active,
+        tenants=[TenantTotalsOut.model_validate(t) for t in busiest],
+    )
+
+
 @router.get("/v1/admin/analytics", tags=["admin"])
 async def admin_analytics(
     _: Admin,
     st: State,
-    tenant_id: Annotated[str, Query(min_length=1, max_length=64, pattern=ID_PATTERN)],
+    tenant_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)] = None,
     first: FromDay = None,
     last: ToDay = None,
 ) -> AnalyticsOut:
-    """A tenant's daily figures, ``from``..``to`` (at most 366 days; default the last 30)."""
+    """A tenant's daily figures, ``from``..``to`` (at most 366 days; default the last 30);
+    without ``tenant_id``, every tenant's added up, with the busiest tenants' sums."""
     start, end = _range(first, last)
+    if tenant_id is None:
+        return await _all_tenants(st.db, start, end)
     async with st.db.read() as session:
         await tenants.get_tenant(session, tenant_id)
     return await _report(st.db, tenant_id, start, end)
