@@ -41,6 +41,7 @@ class Principal:
     chat_ids: frozenset[str] | None = None  # a session's chats; None: every chat of the tenant
     scopes: frozenset[str] = frozenset()
     can_create_chats: bool = False  # a session allowed to open chats of its own
+    can_read_analytics: bool = False  # a session allowed to read its tenant's daily figures
     expires_at: int | None = None  # a session's expiry (unix seconds)
 
     @property
@@ -139,6 +140,7 @@ class Authenticator:
             key_id=claims.token_id,
             chat_ids=claims.chat_ids,
             can_create_chats=claims.can_create_chats,
+            can_read_analytics=claims.can_read_analytics,
             expires_at=claims.expires_at,
         )
 

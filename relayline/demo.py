@@ -83,6 +83,7 @@ async def demo_session(settings: Settings, workspace: Path, *, tools: bool = Tru
         settings.max_session_ttl_s,
         int(time.time()),
         can_create_chats=True,
+        can_read_analytics=True,  # the demo's person runs it: the Usage view works
     )
     return token
 

@@ -24,6 +24,7 @@ class SessionClaims:
     expires_at: int  # unix seconds
     token_id: str
     can_create_chats: bool = False
+    can_read_analytics: bool = False
 
 
 def mint(
@@ -34,11 +35,14 @@ def mint(
     now_s: int,
     *,
     can_create_chats: bool = False,
+    can_read_analytics: bool = False,
 ) -> tuple[str, int]:
     """Return the token and its expiry (unix seconds).
 
     ``can_create_chats`` lets the holder create chats of its own (a visitor of a public chat,
     the demo); each creation returns a new token that also covers the new chat.
+    ``can_read_analytics`` lets it read its tenant's daily figures (``GET /v1/analytics``);
+    a visitor of a public chat never gets it.
     """
     exp = now_s + ttl_s
     payload: dict[str, object] = {
@@ -51,6 +55,8 @@ def mint(
     }
     if can_create_chats:
         payload["mk"] = True
+    if can_read_analytics:
+        payload["an"] = True
     return jwt.encode(payload, secret, algorithm=_ALG), exp
 
 
@@ -71,4 +77,5 @@ def verify(secret: str, token: str) -> SessionClaims:
         expires_at=int(payload["exp"]),
         token_id=str(payload.get("jti", "")),
         can_create_chats=payload.get("mk") is True,
+        can_read_analytics=payload.get("an") is True,
     )

@@ -65,7 +65,18 @@ def tenant(scope: str, *, sessions: bool) -> Callable[[Principal], Awaitable[Pri
     return check
 
 
+async def analytics_reader(who: Caller) -> Principal:
+    """A tenant key holding the ``chats`` scope, or a session token minted with
+    ``analytics``: either reads its own tenant's figures only."""
+    if who.kind == "session":
+        if who.can_read_analytics:
+            return who
+        raise Forbidden("this session token may not read analytics (mint it with analytics: true)")
+    return await tenant("chats", sessions=False)(who)
+
+
 Admin = Annotated[Principal, Depends(admin)]
+TenantAnalytics = Annotated[Principal, Depends(analytics_reader)]
 TenantChats = Annotated[Principal, Depends(tenant("chats", sessions=True))]
 TenantOnlyChats = Annotated[Principal, Depends(tenant("chats", sessions=False))]
 TenantSessions = Annotated[Principal, Depends(tenant("sessions", sessions=False))]

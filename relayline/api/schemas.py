@@ -241,6 +241,11 @@ class SessionIn(_In):
         description="The holder may create chats of its own; each creation "
         "returns a new token that also covers the new chat.",
     )
+    analytics: bool = Field(
+        default=False,
+        description="The holder may also read its tenant's daily figures "
+        "(GET /v1/analytics): for the tenant's own people, not for visitors.",
+    )
 
 
 class SessionOut(BaseModel):

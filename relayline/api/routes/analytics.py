@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from relayline.api.deps import Admin, State, TenantOnlyChats
+from relayline.api.deps import Admin, State, TenantAnalytics
 from relayline.api.schemas import ID_PATTERN
 from relayline.errors import ValidationFailed
 from relayline.store import analytics, tenants
@@ -161,12 +161,13 @@ async def admin_analytics(
 
 @router.get("/v1/analytics")
 async def tenant_analytics(
-    who: TenantOnlyChats,
+    who: TenantAnalytics,
     st: State,
     first: FromDay = None,
     last: ToDay = None,
 ) -> AnalyticsOut:
-    """The calling key's tenant's daily figures, ``from``..``to`` (as the admin route)."""
+    """The caller's tenant's daily figures, ``from``..``to`` (as the admin route), for a
+    tenant key or a session token minted with ``analytics``."""
     start, end = _range(first, last)
     assert who.tenant_id is not None
     return await _report(st.db, who.tenant_id, start, end)

@@ -55,6 +55,7 @@ async def create_chat(body: s.ChatIn, who: TenantChats, st: State) -> s.NewChatO
             ttl,
             now,
             can_create_chats=True,
+            can_read_analytics=who.can_read_analytics,
         )
     return s.NewChatOut(**s.ChatOut.of(chat).model_dump(), session_token=token)
 

@@ -41,5 +41,6 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
         ttl,
         int(time.time()),
         can_create_chats=body.can_create_chats,
+        can_read_analytics=body.analytics,
     )
     return s.SessionOut(token=token, expires_at=expires_at)
