@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 _KEY = re.compile(r"^rl_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
-SCOPES = frozenset({"chats", "sessions", "publish"})
+SCOPES = frozenset({"chats", "sessions", "publish", "terminals"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,9 @@ class Principal:
     can_create_chats: bool = False  # a session allowed to open chats of its own
     can_read_analytics: bool = False  # a session allowed to read its tenant's daily figures
     expires_at: int | None = None  # a session's expiry (unix seconds)
+    # A session's reach into terminal sessions (see relayline.session_tokens); keys: scopes.
+    terminals: session_tokens.TerminalAccess | None = None
+    terminal_ids: frozenset[str] = frozenset()
 
     @property
     def rate_key(self) -> str:
@@ -142,6 +145,8 @@ class Authenticator:
             can_create_chats=claims.can_create_chats,
             can_read_analytics=claims.can_read_analytics,
             expires_at=claims.expires_at,
+            terminals=claims.terminals,
+            terminal_ids=claims.terminal_ids,
         )
 
     async def _tenant_enabled(self, tenant_id: str) -> bool:

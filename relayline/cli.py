@@ -494,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.set_defaults(func=cmd_create_tenant)
     key = admin.add_parser("create-key", help="create an API key for a tenant (printed once)")
     key.add_argument("tenant_id")
-    key.add_argument("--scopes", default=None, help="comma-separated: chats,sessions,publish")
+    key.add_argument(
+        "--scopes", default=None, help="comma-separated: chats,sessions,publish,terminals"
+    )
     key.add_argument("--name", default=None)
     key.set_defaults(func=cmd_create_key)
     admin.add_parser("list-tenants", help="list tenants").set_defaults(func=cmd_list_tenants)

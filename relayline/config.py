@@ -157,6 +157,18 @@ class Settings(BaseSettings):
     max_worker_capacity: int = Field(64, ge=1, le=10_000)
     max_answer_chars: int = Field(200_000, ge=1_000, le=10_000_000)
 
+    # Terminal sessions (on workers started with --terminals)
+    terminal_max_per_tenant: int = Field(10, ge=1, le=10_000)
+    terminal_open_timeout_s: float = Field(10.0, gt=0, le=120)
+    # term.input and term.resize have a budget of their own per connection (typing is many
+    # small ops); refusals count towards RELAYLINE_WS_OP_VIOLATIONS like any other op's.
+    terminal_input_rate: float = Field(100.0, gt=0)
+    terminal_input_burst: int = Field(200, ge=1)
+    # A session whose worker is gone is kept this long (plus a margin) for the worker to come
+    # back with it, then reported ended (lost); an ended session stays listed this long.
+    terminal_detach_grace_s: float = Field(60.0, ge=0)
+    terminal_keep_ended_s: float = Field(600.0, ge=0)
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

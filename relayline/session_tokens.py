@@ -1,5 +1,10 @@
 """Browser session tokens: short-lived HS256 JWTs scoped to one tenant and a list of chats.
 
+A token may also reach terminal sessions (``terms``): ``"read"`` lets its holder watch the
+terminals attached to its chats, those it lists (``tids``) and those it opened itself;
+``"write"`` also lets it open terminals, type into them, resize and end them. Without the
+claim a token reaches no terminal.
+
 Tokens are never stored; revoking a tenant (disable) invalidates its tokens because every
 use re-checks the tenant.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 import jwt
 
@@ -15,6 +21,7 @@ from relayline.errors import Unauthorized
 
 _ALG = "HS256"
 _TYPE = "relayline.session"
+TerminalAccess = Literal["read", "write"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +32,8 @@ class SessionClaims:
     token_id: str
     can_create_chats: bool = False
     can_read_analytics: bool = False
+    terminals: TerminalAccess | None = None
+    terminal_ids: frozenset[str] = frozenset()
 
 
 def mint(
@@ -36,6 +45,8 @@ def mint(
     *,
     can_create_chats: bool = False,
     can_read_analytics: bool = False,
+    terminals: TerminalAccess | None = None,
+    terminal_ids: list[str] | None = None,
 ) -> tuple[str, int]:
     """Return the token and its expiry (unix seconds).
 
@@ -57,6 +68,10 @@ def mint(
         payload["mk"] = True
     if can_read_analytics:
         payload["an"] = True
+    if terminals is not None:
+        payload["terms"] = terminals
+        if terminal_ids:
+            payload["tids"] = sorted(set(terminal_ids))
     return jwt.encode(payload, secret, algorithm=_ALG), exp
 
 
@@ -69,6 +84,7 @@ def verify(secret: str, token: str) -> SessionClaims:
     except jwt.PyJWTError:
         raise Unauthorized("invalid session token") from None
     chats = payload.get("chats")
+    tids = payload.get("tids")
     if payload.get("typ") != _TYPE or not isinstance(chats, list):
         raise Unauthorized("invalid session token")
     return SessionClaims(
@@ -78,4 +94,14 @@ def verify(secret: str, token: str) -> SessionClaims:
         token_id=str(payload.get("jti", "")),
         can_create_chats=payload.get("mk") is True,
         can_read_analytics=payload.get("an") is True,
+        terminals=_terminal_access(payload.get("terms")),
+        terminal_ids=frozenset(str(t) for t in tids) if isinstance(tids, list) else frozenset(),
     )
+
+
+def _terminal_access(value: object) -> TerminalAccess | None:
+    if value == "read":
+        return "read"
+    if value == "write":
+        return "write"
+    return None

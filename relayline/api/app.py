@@ -28,6 +28,7 @@ from relayline.api.routes import (
     publish,
     schema,
     sessions,
+    terminals,
     web,
 )
 from relayline.api.schemas import ErrorOut
@@ -48,6 +49,7 @@ from relayline.ops.scheduled_analytics import ScheduledAnalytics
 from relayline.ops.scheduled_backups import ScheduledBackups
 from relayline.store import migrate
 from relayline.store.database import Database
+from relayline.terminals.service import TerminalService
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_gateway import WorkerGateway
@@ -165,7 +167,9 @@ def create_http_app(settings: Settings) -> FastAPI:
             bus = shared.bus
             auth = Authenticator(settings, db)
             hub = Hub(bus, replay_max_events=settings.replay_max_events)
-            acl = TopicAcl(db)
+            terminal_service = TerminalService(settings, bus)
+            stack.push_async_callback(terminal_service.stop)
+            acl = TopicAcl(db, terminal_service)
             dispatcher = TurnDispatcher(settings, db, bus, shared.coordinator)
             credentials = LiveCredentials(
                 revalidate_s=settings.auth_revalidate_s,
@@ -187,7 +191,9 @@ def create_http_app(settings: Settings) -> FastAPI:
             verifier = SignatureVerifier(
                 settings.worker_key_map, shared.nonces, settings.worker_signature_window_s
             )
-            workers = WorkerGateway(settings, dispatcher, verifier, bus)
+            workers = WorkerGateway(
+                settings, dispatcher, verifier, bus, observers=[terminal_service]
+            )
             chats_service = ChatService(settings, db, bus, limiter, dispatcher)
             gateway = Gateway(
                 settings,
@@ -198,6 +204,7 @@ def create_http_app(settings: Settings) -> FastAPI:
                 resolver,
                 ConnectionCaps(shared.caps),
                 credentials,
+                terminal_service,
             )
             stack.push_async_callback(gateway.stop)
             gateway.start()
@@ -216,6 +223,7 @@ def create_http_app(settings: Settings) -> FastAPI:
                 workers=workers,
                 backends=shared,
                 credentials=credentials,
+                terminals=terminal_service,
             )
             log.info(
                 "relay_started",
@@ -247,6 +255,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         analytics.router,
         chats.router,
         sessions.router,
+        terminals.router,
         publish.router,
         events.router,
         health.router,

@@ -81,6 +81,7 @@ TenantChats = Annotated[Principal, Depends(tenant("chats", sessions=True))]
 TenantOnlyChats = Annotated[Principal, Depends(tenant("chats", sessions=False))]
 TenantSessions = Annotated[Principal, Depends(tenant("sessions", sessions=False))]
 TenantPublish = Annotated[Principal, Depends(tenant("publish", sessions=False))]
+TenantTerminals = Annotated[Principal, Depends(tenant("terminals", sessions=True))]
 
 
 def check_max_len(field: str, value: str | None, limit: int) -> None:

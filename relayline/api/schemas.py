@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relayline.store.models import ApiKey, Chat, Message, Tenant, Turn
 
 CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-Scope = Literal["chats", "sessions", "publish"]
+Scope = Literal["chats", "sessions", "publish", "terminals"]
 ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 ChatId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
 # PostgreSQL cannot store NUL in text; refusing it here keeps both backends alike (422, not 500).
@@ -49,7 +49,7 @@ class TenantList(BaseModel):
 
 class KeyIn(_In):
     # Omitted: every scope. An empty list is refused rather than read as "all".
-    scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=3)
+    scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=4)
     name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
@@ -246,6 +246,13 @@ class SessionIn(_In):
         description="The holder may also read its tenant's daily figures "
         "(GET /v1/analytics): for the tenant's own people, not for visitors.",
     )
+    terminals: Literal["read", "write"] | None = Field(
+        default=None,
+        description="The holder's reach into terminal sessions: 'read' watches the terminals "
+        "of its chats, of terminal_ids and those it opened; 'write' also opens terminals, "
+        "types, resizes and ends them. Omitted: none. Needs a key with the terminals scope.",
+    )
+    terminal_ids: list[ChatId] = Field(default_factory=list, max_length=100)
 
 
 class SessionOut(BaseModel):
@@ -261,3 +268,60 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+# Terminal sessions
+
+PROGRAM_PATTERN = r"^[a-z0-9_-]{1,32}$"
+TERM_SIZE = Field(ge=1, le=500)
+
+
+class TerminalIn(_In):
+    program: str = Field(
+        pattern=PROGRAM_PATTERN, description="a name from a worker's allowlist (not a command)"
+    )
+    chat_id: ChatId | None = Field(
+        default=None, description="attach it to a chat: session tokens of that chat may see it"
+    )
+    cols: int = Field(ge=1, le=500)
+    rows: int = Field(ge=1, le=500)
+    cwd: str | None = Field(
+        default=None,
+        max_length=4096,
+        pattern=NO_NUL,
+        description="working directory inside the worker's workspace roots (default: the first)",
+    )
+
+
+class TerminalExitOut(BaseModel):
+    reason: str
+    status: int | None = None
+    signal: int | None = None
+    error: dict[str, str] | None = None
+
+
+class TerminalOut(BaseModel):
+    id: str
+    topic: str
+    program: str
+    chat_id: str | None
+    state: Literal["starting", "running", "detached", "exited"]
+    cols: int
+    rows: int
+    worker_id: str
+    created_at: int
+    ended_at: int | None
+    exit: TerminalExitOut | None
+    writable: bool = Field(description="whether this caller may type, resize and end it")
+
+
+class NewTerminalOut(TerminalOut):
+    session_token: str | None = Field(
+        default=None,
+        description="for a session token: a new token that also lists this terminal",
+    )
+
+
+class TerminalList(BaseModel):
+    items: list[TerminalOut]
+    programs: list[str] = Field(description="the programs connected workers offer now")

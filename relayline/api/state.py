@@ -17,6 +17,7 @@ from relayline.hub.hub import Hub
 from relayline.limits import ClientIpResolver, RateLimiter
 from relayline.live_credentials import LiveCredentials
 from relayline.store.database import Database
+from relayline.terminals.service import TerminalService
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.worker_gateway import WorkerGateway
 
@@ -37,6 +38,7 @@ class RelayState:
     workers: WorkerGateway
     backends: SharedState
     credentials: LiveCredentials
+    terminals: TerminalService
 
 
 def relay_state(conn: HTTPConnection) -> RelayState:

@@ -4,7 +4,9 @@
 - ``tenant:<id>``: the tenant's own keys (and the admin key). Session tokens are scoped to chats
   and do not see the tenant-wide topic.
 - ``chat:<id>``: a key of the chat's tenant, or a session token that lists the chat.
-- ``term:<id>``: the admin key (terminal sessions are an operator tool).
+- ``term:<id>``: whoever may watch that terminal session (see
+  :mod:`relayline.terminals.access`): the admin key, a tenant key with the ``terminals``
+  scope, or a session token minted with ``terminals`` that reaches it.
 
 Chat ownership never changes, so positive lookups are cached for the life of the process.
 """
@@ -18,13 +20,15 @@ from relayline.envelope import Topic
 from relayline.errors import Forbidden
 from relayline.store.database import Database
 from relayline.store.models import Chat
+from relayline.terminals.service import TerminalService
 
 _CACHE_SIZE = 100_000
 
 
 class TopicAcl:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, terminals: TerminalService | None = None) -> None:
         self._db = db
+        self._terminals = terminals
         self._owners: OrderedDict[str, str] = OrderedDict()
 
     async def chat_owner(self, chat_id: str) -> str | None:
@@ -51,4 +55,9 @@ class TopicAcl:
                 return
         elif parsed.kind == "tenant" and who.kind == "tenant" and ident == who.tenant_id:
             return
+        if parsed.kind == "term" and self._sees_terminal(who, ident):
+            return
         raise Forbidden("topic not allowed")
+
+    def _sees_terminal(self, who: Principal, session_id: str) -> bool:
+        return self._terminals is not None and self._terminals.can_view(who, session_id)

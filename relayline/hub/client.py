@@ -31,10 +31,13 @@ from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
 from relayline.protocol.jsoncodec import JsonTooDeep
 from relayline.protocol.names import ErrorCode, Op
+from relayline.terminals.service import TerminalService
 
 log = structlog.get_logger("relayline.ws")
 
 _MAX_REF_LEN = 64
+# Typing is many small ops: these have a budget of their own (RELAYLINE_TERMINAL_INPUT_RATE).
+_TERMINAL_OPS = frozenset({Op.TERM_INPUT, Op.TERM_RESIZE})
 
 
 class TokenBucket:
@@ -96,6 +99,8 @@ class ClientConnection:
         "last_ping",
         "outbox",
         "settings",
+        "term_bucket",
+        "terminals",
         "topics",
         "violations",
         "who",
@@ -111,8 +116,11 @@ class ClientConnection:
         acl: TopicAcl,
         chats: ChatService,
         settings: Settings,
+        terminals: TerminalService | None = None,
     ) -> None:
         self.who = who
+        self.terminals = terminals
+        self.term_bucket: TokenBucket | None = None  # made on the first terminal op
         self.wire = wire
         self.hub = hub
         self.acl = acl
@@ -149,35 +157,53 @@ class ClientConnection:
             missed = missed_event(topic, epoch, seq, "overflow")
             self.outbox.pending.append((text_frame(missed.frame), None))
             m.EVENTS_MISSED.inc()
+            if topic.startswith("term:") and self.terminals is not None:
+                # A terminal's snapshot comes on its topic: the screen as it is now.
+                self.terminals.redraw(topic[5:])
+
+    def _over_budget(self, op: object) -> bool:
+        """Take one op from the connection's budget; True (and counted) when it is spent."""
+        bucket = self.bucket
+        if op in _TERMINAL_OPS:
+            if self.term_bucket is None:
+                self.term_bucket = TokenBucket(
+                    self.settings.terminal_input_rate, self.settings.terminal_input_burst
+                )
+            bucket = self.term_bucket
+        if bucket.take():
+            return False
+        self.violations += 1
+        m.OPS.labels("-", "rate_limited").inc()
+        RATE_LIMITED.labels("ws_ops").inc()
+        return True
+
+    def _refuse_over_budget(self) -> bool:
+        if self.violations >= self.settings.ws_op_violations:
+            self.close(Close.RATE_LIMITED, "op rate exceeded")
+            return False
+        self.send_control(
+            "error",
+            {
+                "ref": None,
+                "data": {"code": ErrorCode.RATE_LIMITED, "detail": "op rate exceeded; slow down"},
+            },
+        )
+        return True
 
     async def handle_text(self, text: str) -> bool:
         """Handle one client frame; False when the connection must end."""
-        if not self.bucket.take():
-            self.violations += 1
-            m.OPS.labels("-", "rate_limited").inc()
-            RATE_LIMITED.labels("ws_ops").inc()
-            if self.violations >= self.settings.ws_op_violations:
-                self.close(Close.RATE_LIMITED, "op rate exceeded")
-                return False
-            self.send_control(
-                "error",
-                {
-                    "ref": None,
-                    "data": {
-                        "code": ErrorCode.RATE_LIMITED,
-                        "detail": "op rate exceeded; slow down",
-                    },
-                },
-            )
-            return True
         try:
             frame = jsoncodec.loads(text)
         except ValueError as exc:
+            if self._over_budget(None):
+                return self._refuse_over_budget()
             detail = str(exc) if isinstance(exc, JsonTooDeep) else "frame is not valid JSON"
             self.send_control(
                 "error", {"ref": None, "data": {"code": ErrorCode.INVALID_JSON, "detail": detail}}
             )
             return True
+        if self._over_budget(frame.get("op") if isinstance(frame, dict) else None):
+            return self._refuse_over_budget()
         if not isinstance(frame, dict):
             self.send_control(
                 "error",
@@ -248,6 +274,9 @@ class ClientConnection:
         await self.acl.check(self.who, topic)
         result = await self.hub.subscribe(self.outbox, "ws", topic, epoch, after_seq)
         self.topics.add(topic)
+        if topic.startswith("term:") and self.terminals is not None:
+            # A terminal's snapshot comes on its topic: the screen as it is now, then live.
+            self.terminals.redraw(topic[5:])
         return result.as_dict()
 
     async def op_unsubscribe(self, frame: dict[str, Any]) -> dict[str, Any]:
@@ -303,8 +332,25 @@ class ClientConnection:
     async def op_ping(self, frame: dict[str, Any]) -> dict[str, Any]:
         return {"ts": int(time.time() * 1000)}
 
-    async def op_unavailable(self, frame: dict[str, Any]) -> dict[str, Any]:
-        raise Unavailable("this op is not available on this relay yet")
+    def _terminal_of(self, topic: str) -> tuple[TerminalService, str]:
+        parsed = Topic.parse(topic)
+        if parsed.kind != "term" or parsed.id is None:
+            raise ValidationFailed("topic: a terminal topic (term:<id>) is required")
+        if self.terminals is None:
+            raise Unavailable("this relay runs no terminals")
+        return self.terminals, parsed.id
+
+    async def op_term_input(self, frame: dict[str, Any]) -> dict[str, Any]:
+        terminals, session_id = self._terminal_of(self._topic(frame))
+        self._still_open()
+        terminals.input(self.who, session_id, frame.get("data"))
+        return {}
+
+    async def op_term_resize(self, frame: dict[str, Any]) -> dict[str, Any]:
+        terminals, session_id = self._terminal_of(self._topic(frame))
+        self._still_open()
+        terminals.resize(self.who, session_id, frame.get("cols"), frame.get("rows"))
+        return {}
 
     def closed_by_peer(self) -> None:
         self.hub.drop(self.outbox, "ws", self.topics)
@@ -317,6 +363,6 @@ class ClientConnection:
         Op.CANCEL: op_cancel,
         Op.PING: op_ping,
         Op.APPROVE: op_approve,
-        Op.TERM_INPUT: op_unavailable,
-        Op.TERM_RESIZE: op_unavailable,
+        Op.TERM_INPUT: op_term_input,
+        Op.TERM_RESIZE: op_term_resize,
     }

@@ -31,6 +31,7 @@ from relayline.observability.metrics import RATE_LIMITED
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
 from relayline.protocol.names import ErrorCode
+from relayline.terminals.service import TerminalService
 
 log = structlog.get_logger("relayline.ws")
 
@@ -90,8 +91,10 @@ class Gateway:
         resolver: ClientIpResolver,
         caps: ConnectionCaps,
         credentials: LiveCredentials,
+        terminals: TerminalService | None = None,
     ) -> None:
         self.settings = settings
+        self.terminals = terminals
         self.hub = hub
         self.auth = auth
         self.acl = acl
@@ -242,7 +245,13 @@ class Gateway:
 
     async def _serve(self, wire: Wire, receive: Receive, who: Principal) -> None:
         client = ClientConnection(
-            who=who, wire=wire, hub=self.hub, acl=self.acl, chats=self.chats, settings=self.settings
+            who=who,
+            wire=wire,
+            hub=self.hub,
+            acl=self.acl,
+            chats=self.chats,
+            settings=self.settings,
+            terminals=self.terminals,
         )
         self.clients.add(client)
         self.credentials.watch(client)

@@ -4,7 +4,9 @@ A refused handshake is answered with HTTP 401 and the error shape, whose ``code`
 failed check. After ``hello`` (worker id and capacity) the socket carries the worker protocol
 of the design: ``state``, ``turn.delta``, ``turn.done``, ``turn.failed``, ``turn.released``
 and ``tool.approval_request`` from the worker; ``turn.assigned``, ``turn.cancel`` and
-``tool.approval`` to it. Frames for an attempt the worker no longer holds are refused.
+``tool.approval`` to it. Frames for an attempt the worker no longer holds are refused. Frames of a
+protocol extension (terminal sessions' ``term.*``) go to the observer that claims their type
+(:mod:`relayline.turns.link_observer`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -25,6 +28,7 @@ from relayline.protocol import jsoncodec
 from relayline.protocol.jsoncodec import JsonTooDeep
 from relayline.protocol.names import ErrorCode, WorkerFrame
 from relayline.turns.dispatcher import TurnDispatcher
+from relayline.turns.link_observer import LinkObserver
 from relayline.turns.signing import SignatureVerifier
 from relayline.turns.worker_link import WorkerLink
 
@@ -36,12 +40,19 @@ _STATE_FIELDS = {"status": 32, "detail": 200, "breaker": 16, "last_error": 32}
 
 class WorkerGateway:
     def __init__(
-        self, settings: Settings, dispatcher: TurnDispatcher, verifier: SignatureVerifier, bus: Bus
+        self,
+        settings: Settings,
+        dispatcher: TurnDispatcher,
+        verifier: SignatureVerifier,
+        bus: Bus,
+        observers: Sequence[LinkObserver] = (),
     ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
         self.verifier = verifier
         self.bus = bus
+        self.observers = tuple(observers)
+        self._claimed = {kind: o for o in self.observers for kind in o.frame_types}
 
     async def authenticate(self, scope: Scope) -> str:
         headers: dict[str, str] = {
@@ -89,11 +100,14 @@ class WorkerGateway:
             await send({"type": "websocket.http.response.body", "body": body.encode()})
             return
         await send({"type": "websocket.accept"})
-        link = await self._hello(key_id, receive, send)
-        if link is None:
+        hello = await self._hello(key_id, receive, send)
+        if hello is None:
             return
+        link, hello_frame = hello
         link.start()
         self.dispatcher.attach(link)
+        for observer in self.observers:
+            observer.attached(link, hello_frame)
         link.send(
             {
                 "type": WorkerFrame.WELCOME,
@@ -109,11 +123,15 @@ class WorkerGateway:
         finally:
             await self.dispatcher.detach(link)
             await link.stop()
+            for observer in self.observers:
+                await observer.detached(link)
             link.state["status"] = "offline"
             await self._publish_state(link)
             log.info("worker_disconnected", worker_id=link.worker_id)
 
-    async def _hello(self, key_id: str, receive: Receive, send: Send) -> WorkerLink | None:
+    async def _hello(
+        self, key_id: str, receive: Receive, send: Send
+    ) -> tuple[WorkerLink, dict[str, Any]] | None:
         async def send_text(text: str) -> None:
             await send({"type": "websocket.send", "text": text})
 
@@ -146,7 +164,7 @@ class WorkerGateway:
         worker_id = raw_id[:64] if isinstance(raw_id, str) and raw_id else new_id()
         if worker_id in self.dispatcher.workers:
             worker_id = f"{worker_id}-{new_id()[-6:]}"
-        return WorkerLink(worker_id, key_id, capacity, send_text, close)
+        return WorkerLink(worker_id, key_id, capacity, send_text, close), frame
 
     async def _serve(self, link: WorkerLink, receive: Receive) -> None:
         dispatcher = self.dispatcher
@@ -168,7 +186,13 @@ class WorkerGateway:
             if kind == WorkerFrame.STATE:
                 self._update_state(link, frame)
                 dispatcher.renew(link)
+                for observer in self.observers:
+                    observer.state(link, frame)
                 await self._publish_state(link)
+                continue
+            claimed = self._claimed.get(kind) if isinstance(kind, str) else None
+            if claimed is not None:
+                await claimed.frame(link, frame)
                 continue
             if kind not in (
                 WorkerFrame.TURN_DELTA,

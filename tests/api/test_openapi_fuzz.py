@@ -31,6 +31,17 @@ ADMIN_KEY = "fuzz-admin-key-" + "a" * 32
 GENEROUS = "1000000/minute"
 # A stream that never ends on its own; its handshake is covered by the hub's tests.
 STREAMING_PATHS = ("/v1/events",)
+# 503s the API promises (with their code): this relay has no worker running terminals.
+DESIGNED_UNAVAILABLE = {("POST", "/v1/terminals"): "no_terminal_worker"}
+
+
+def no_server_error(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """``not_a_server_error``, less the 503s the API documents as its answer."""
+    designed = DESIGNED_UNAVAILABLE.get((case.method.upper(), case.path))
+    if designed is not None and response.status_code == 503:
+        assert response.json()["error"]["code"] == designed
+        return None
+    return not_a_server_error(ctx, response, case)
 
 
 def _free_port() -> int:
@@ -182,6 +193,6 @@ def test_api_conforms_to_its_openapi_document(
     case.call_and_validate(
         base_url=live_relay.base_url,
         headers=live_relay.headers_for(case.path),
-        checks=[not_a_server_error, response_schema_conformance],
+        checks=[no_server_error, response_schema_conformance],
         timeout=10,
     )

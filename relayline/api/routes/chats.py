@@ -56,6 +56,8 @@ async def create_chat(body: s.ChatIn, who: TenantChats, st: State) -> s.NewChatO
             now,
             can_create_chats=True,
             can_read_analytics=who.can_read_analytics,
+            terminals=who.terminals,
+            terminal_ids=sorted(who.terminal_ids),
         )
     return s.NewChatOut(**s.ChatOut.of(chat).model_dump(), session_token=token)
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from relayline import session_tokens
 from relayline.api import schemas as s
 from relayline.api.deps import State, TenantSessions, check_max
-from relayline.errors import NotFound, ValidationFailed
+from relayline.errors import Forbidden, NotFound, ValidationFailed
 from relayline.store.models import Chat
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -24,8 +24,12 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
     check_max("ttl_s", ttl, settings.max_session_ttl_s)
     tenant_id = who.require_tenant()
     wanted = sorted(set(body.chat_ids))
-    if not wanted and not body.can_create_chats:
-        raise ValidationFailed("chat_ids: at least one chat (or can_create_chats)")
+    if not wanted and not body.can_create_chats and not body.terminal_ids:
+        raise ValidationFailed("chat_ids: at least one chat (or can_create_chats, terminal_ids)")
+    if body.terminal_ids and body.terminals is None:
+        raise ValidationFailed("terminal_ids: needs terminals ('read' or 'write')")
+    if body.terminals is not None and who.scopes and "terminals" not in who.scopes:
+        raise Forbidden("this key lacks the 'terminals' scope")
     async with st.db.read() as session:
         owned = await session.scalar(
             select(func.count())
@@ -42,5 +46,7 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
         int(time.time()),
         can_create_chats=body.can_create_chats,
         can_read_analytics=body.analytics,
+        terminals=body.terminals,
+        terminal_ids=body.terminal_ids,
     )
     return s.SessionOut(token=token, expires_at=expires_at)
