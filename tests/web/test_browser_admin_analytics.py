@@ -105,8 +105,9 @@ def test_a_tenants_days_as_charts(live: LiveRelay, new_page: Any, traffic: dict[
     page = new_page(viewport={"width": 1280, "height": 1400})
     sign_in(page, live)
     expect(page.locator("[data-tab=analytics]")).to_have_attribute("aria-current", "page")
-    # The first tenant by name is shown: Acme, its 30 days up to yesterday.
-    expect(page.locator("#analytics-tenant option:checked")).to_have_text("Acme")
+    # All tenants are shown first; Acme's 30 days up to yesterday once chosen.
+    expect(page.locator("#analytics-tenant option:checked")).to_have_text("All tenants")
+    page.select_option("#analytics-tenant", label="Acme")
     acme = sums(traffic, "Acme", 30)
     expect(stat(page, "Messages").locator(".stat__value")).to_have_text(f"{acme['messages']:,}")
     expect(stat(page, "Failed").locator(".stat__value")).to_have_text(str(acme["failed"]))
@@ -115,7 +116,7 @@ def test_a_tenants_days_as_charts(live: LiveRelay, new_page: Any, traffic: dict[
     expect(page.locator("#analytics-rows tr").first).to_have_attribute("data-day", yesterday)
     # Four charts drawn, the failures' legend naming the categories seen.
     expect(page.locator("#analytics-charts canvas")).to_have_count(4)
-    legend = page.locator("#chart-failures .chart__legend")
+    legend = page.locator("#analytics-chart-failures .chart__legend")
     for category in ("upstream_5xx", "timeout", "circuit_open"):
         expect(legend.locator(f"[data-key={category}]")).to_be_visible()
     expect(page.locator("#analytics-through")).to_contain_text("computed through")
@@ -123,19 +124,19 @@ def test_a_tenants_days_as_charts(live: LiveRelay, new_page: Any, traffic: dict[
     # Pointing at the incident's day reads its figures out.
     incident = analytics.utc_today() - timedelta(days=8)
     index = (incident - (analytics.utc_today() - timedelta(days=30))).days
-    over = page.locator("#chart-failures .u-over")
+    over = page.locator("#analytics-chart-failures .u-over")
     box = over.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] * (index + 0.5) / 30, box["y"] + box["height"] / 2)
     label = f"{incident:%b} {incident.day}"
-    expect(page.locator("#chart-failures .chart__readout")).to_have_text(
+    expect(page.locator("#analytics-chart-failures .chart__readout")).to_have_text(
         re.compile(rf"^{label} · \d+ failed: .*upstream_5xx \d+")
     )
-    first_token = page.locator("#chart-first-token .u-over")
+    first_token = page.locator("#analytics-chart-first-token .u-over")
     box = first_token.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] * (index + 0.5) / 30, box["y"] + 10)
-    expect(page.locator("#chart-first-token .chart__readout")).to_have_text(
+    expect(page.locator("#analytics-chart-first-token .chart__readout")).to_have_text(
         re.compile(rf"^{label} · p50 \d.* · p95 \d")
     )
     page.mouse.move(0, 0)

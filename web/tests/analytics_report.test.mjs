@@ -5,6 +5,7 @@ import { test } from "node:test";
 
 import {
   analyticsPath,
+  usagePath,
   categoriesOf,
   categoryColor,
   CATEGORY_COLOR,
@@ -62,6 +63,10 @@ test("the query names the tenant and the range", () => {
     analyticsPath({ tenantId: "01HX", from: "2024-03-01", to: "2024-03-31" }),
     "/v1/admin/analytics?tenant_id=01HX&from=2024-03-01&to=2024-03-31",
   );
+  // No tenant: every tenant's figures added up.
+  assert.equal(analyticsPath({ tenantId: "", from: "2024-03-01", to: "2024-03-31" }), "/v1/admin/analytics?from=2024-03-01&to=2024-03-31");
+  // A tenant's own, with its key or its session.
+  assert.equal(usagePath({ from: "2024-03-01", to: "2024-03-31" }), "/v1/analytics?from=2024-03-01&to=2024-03-31");
 });
 
 test("categories follow the protocol's order, unknown ones after by name", () => {

@@ -1,6 +1,7 @@
-// What the admin console's analytics tab shows of a tenant's daily figures (GET
-// /v1/admin/analytics): the query, the days of a range (UTC), the series its charts draw, the
-// totals of the range. No DOM here: admin_analytics.js draws it, web/tests checks it.
+// What the admin console's analytics tab and the chat's Usage view show of daily figures (GET
+// /v1/admin/analytics, GET /v1/analytics): the query, the days of a range (UTC), the series
+// its charts draw, the totals of the range. No DOM here: analytics_view.js draws it,
+// web/tests checks it.
 
 import { FAILURE_CATEGORY } from "./protocol.js";
 
@@ -51,11 +52,20 @@ export function lastDays(count, now = Date.now()) {
 }
 
 /**
- * @param {{ tenantId: string, from: string, to: string }} query
+ * The operator's query: one tenant's days, or (no tenant) every tenant's added up.
+ * @param {{ tenantId?: string, from: string, to: string }} query
  */
-export function analyticsPath({ tenantId, from, to }) {
-  const params = new URLSearchParams({ tenant_id: tenantId, from, to });
+export function analyticsPath({ tenantId = "", from, to }) {
+  const params = new URLSearchParams(tenantId ? { tenant_id: tenantId, from, to } : { from, to });
   return `/v1/admin/analytics?${params}`;
+}
+
+/**
+ * A tenant's own days (GET /v1/analytics: its key, or a session token minted with analytics).
+ * @param {{ from: string, to: string }} range
+ */
+export function usagePath({ from, to }) {
+  return `/v1/analytics?${new URLSearchParams({ from, to })}`;
 }
 
 /**

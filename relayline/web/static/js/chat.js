@@ -14,6 +14,7 @@ import { RelaySocket } from "./socket.js";
 import { HistoryStore } from "./store.js";
 import { TerminalPanel } from "./terminal_panel.js";
 import { TerminalStore } from "./terminal_store.js";
+import { UsagePanel } from "./usage_panel.js";
 import { closestTo } from "./dom.js";
 
 const TOKEN_KEY = "relayline.session";
@@ -63,6 +64,7 @@ class ChatApp {
       policy: RECONNECT_POLICY,
     });
     this.debug = new DebugOverlay({ capacity: 200, getState: () => ({ connection: connectionText(this.connection) }) });
+    this.usage = new UsagePanel({ api: this.api, token: () => this.token });
     this.view = new MessageListView({
       scroller: $("scroller"),
       list: $("messages"),
