@@ -52,6 +52,7 @@ def _token_with(who: Principal, terminal_id: str, st: State) -> str | None:
         max(1, (who.expires_at or now) - now),
         now,
         can_create_chats=who.can_create_chats,
+        can_read_analytics=who.can_read_analytics,
         terminals=who.terminals,
         terminal_ids=[*who.terminal_ids, terminal_id],
     )

@@ -88,16 +88,17 @@ def _exit_as(status: int) -> NoReturn:
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
 
-def _reap(program_pid: int) -> int | None:
-    """Reap every ended child (orphans of the session included); the program's status."""
+def _reap(program_pid: int) -> tuple[int | None, bool]:
+    """Reap every ended child (orphans of the session included): the program's status if it
+    was reaped now, and whether any child is left (running or not yet reaped)."""
     status = None
     while True:
         try:
             pid, code = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return status
+            return status, False
         if pid == 0:
-            return status
+            return status, True
         if pid == program_pid:
             status = code
 
@@ -123,10 +124,11 @@ def run(parent: int, grace_s: float, program: list[str]) -> NoReturn:
     if os.getppid() != parent:  # the worker died before the parent-death signal was set
         deadline = stop()
     while True:
-        reaped = _reap(program_pid)
+        reaped, children = _reap(program_pid)
         status = reaped if reaped is not None else status
         others = [pid for pid in session_members(sid) if pid != me]
-        if status is not None and not others:
+        # Every descendant reaped too, so that none is left a zombie for PID 1 to collect.
+        if status is not None and not others and not children:
             _exit_as(status)
         if deadline is None and status is not None:
             deadline = stop()  # the program ended; what it left running goes too
