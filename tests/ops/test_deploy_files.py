@@ -184,9 +184,9 @@ def test_nginx_upgrades_the_websockets_and_keeps_them_past_the_heartbeat() -> No
     server = https_server()
     settings = Settings()
     assert one(server, "proxy_http_version") == ["1.1"]
+    assert ["Upgrade", "$http_upgrade"] in directives(server, "proxy_set_header")
     for path in ("/v1/ws", "/v1/worker/ws"):
         block = location(server, path)
-        assert one(block, "proxy_set_header") == ["Upgrade", "$http_upgrade"]
         assert timeout_s(block, "proxy_read_timeout") > settings.heartbeat_timeout_s
         assert timeout_s(block, "proxy_send_timeout") > settings.heartbeat_timeout_s
     # The map sends "Connection: upgrade" for an upgrade and nothing otherwise.
@@ -194,6 +194,16 @@ def test_nginx_upgrades_the_websockets_and_keeps_them_past_the_heartbeat() -> No
     assert maps and ["default", "upgrade"] in [[n, *a] for n, a, _ in maps[0]]  # type: ignore[union-attr]
     assert ["Connection", "$relayline_connection"] in directives(server, "proxy_set_header")
     assert location(server, "/v1/wsx") is location(server, "/")
+
+
+def test_no_location_drops_the_servers_headers() -> None:
+    # nginx inherits proxy_set_header only into a block that sets none of its own: one
+    # Upgrade header set in a location would send WebSockets without Host, Connection and
+    # X-Forwarded-For.
+    server = https_server()
+    for name, args, children in server:
+        if name == "location":
+            assert directives(children, "proxy_set_header") == [], args
 
 
 def test_nginx_does_not_buffer_server_sent_events() -> None:
