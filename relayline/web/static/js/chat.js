@@ -82,6 +82,11 @@ class ChatApp {
       onShow: (shown) => this.showTerminal(shown),
       notice: (id, kind, text, ttlMs) => this.notice(id, kind, text, ttlMs),
       clearNotice: (id) => this.clearNotice(id),
+      onToken: (token) => {
+        this.token = token;
+        localStorage.setItem(TOKEN_KEY, token);
+        this.socket.setToken(() => this.token);
+      },
     });
   }
 

@@ -29,6 +29,14 @@ const LINK_TEXT = {
   offline: "Disconnected. What you type is kept and sent when the link is back.",
 };
 
+const STATE_TEXT = {
+  connecting: "connecting",
+  starting: "starting",
+  running: "running",
+  detached: "worker away",
+  exited: "ended",
+};
+
 export class TerminalPanel {
   /**
    * @param {object} options
@@ -39,8 +47,9 @@ export class TerminalPanel {
    * @param {(shown: {id: string, program: string} | null) => void} options.onShow the panel replaced the conversation (or gave it back)
    * @param {(id: string, kind: string, text: string, ttlMs?: number) => void} options.notice
    * @param {(id: string) => void} options.clearNotice
+   * @param {(token: string) => void} [options.onToken] a session token that also lists a terminal just opened
    */
-  constructor({ api, socket, store, $, onShow, notice, clearNotice }) {
+  constructor({ api, socket, store, $, onShow, notice, clearNotice, onToken = () => {} }) {
     this.api = api;
     this.socket = socket;
     this.store = store;
@@ -48,6 +57,7 @@ export class TerminalPanel {
     this.onShow = onShow;
     this.notice = notice;
     this.clearNotice = clearNotice;
+    this.onToken = onToken;
     /** @type {TerminalView | null} */
     this.view = null;
     this.programs = [];
@@ -101,8 +111,9 @@ export class TerminalPanel {
     }
     this.programs = programsOf(body);
     const live = new Map(sessionsOf(body).map((t) => [t.id, t]));
+    const remembered = this.store.read();
     this.sessions.clear();
-    for (const r of this.store.read()) {
+    for (const r of remembered) {
       const t = live.get(r.id);
       // The relay's list is the truth once it answered: a terminal it no longer has is gone.
       if (body && !t) {
@@ -110,6 +121,12 @@ export class TerminalPanel {
         continue;
       }
       this.sessions.set(r.id, { id: r.id, program: t?.program ?? r.program, state: t?.state ?? "running" });
+    }
+    // Running terminals this session may use, opened elsewhere (another tab, another device).
+    for (const t of live.values()) {
+      if (!this.sessions.has(t.id) && t.state !== "exited") {
+        this.sessions.set(t.id, { id: t.id, program: String(t.program ?? "terminal"), state: t.state ?? "running" });
+      }
     }
     this.render();
   }
@@ -134,7 +151,7 @@ export class TerminalPanel {
       title.textContent = t.program;
       const state = document.createElement("span");
       state.className = "chat-item__when";
-      state.textContent = t.state === "exited" ? "ended" : t.id.slice(-4);
+      state.textContent = STATE_TEXT[t.state] ?? t.state;
       open.append(dot, title, state);
       const forget = document.createElement("button");
       forget.type = "button";
@@ -213,6 +230,9 @@ export class TerminalPanel {
       if (view !== this.view) return;
       view.id = created.id;
       view.topic = created.topic ?? `term:${created.id}`;
+      // A session token opened it: the relay's new token lists it, so a reload (or a token
+      // minted later from this one) still reaches it.
+      if (created.session_token) this.onToken(created.session_token);
       this.store.remember({ id: created.id, program });
       this.sessions.set(created.id, { id: created.id, program, state: "running" });
       this.onShow({ id: created.id, program });
@@ -339,7 +359,7 @@ export class TerminalPanel {
       kind = "offline";
       text = LINK_TEXT[this.link] ?? LINK_TEXT.offline;
       const queued = view?.queue.size ?? 0;
-      if (queued) text += ` (${queued} bytes waiting)`;
+      if (queued) text += ` ${queued} ${queued === 1 ? "byte" : "bytes"} typed, waiting to be sent.`;
     }
     panel.dataset.link = this.link === "online" ? "online" : "offline";
     panel.dataset.state = view?.state ?? "idle";
@@ -347,5 +367,9 @@ export class TerminalPanel {
     banner.dataset.kind = kind;
     $("term-banner-text").textContent = text;
     $("term-end").hidden = !view?.id || view.state === "exited";
+    const size = view?.term ? `${view.term.cols}×${view.term.rows}` : "";
+    const access = view && !view.writable ? "view only" : "";
+    $("term-meta").textContent = view ? [STATE_TEXT[view.state] ?? view.state, size, access].filter(Boolean).join(" · ") : "";
+    $("term-meta").dataset.state = view?.state ?? "";
   }
 }

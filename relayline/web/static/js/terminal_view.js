@@ -31,6 +31,7 @@ export function sessionStateOf(body) {
   return {
     program: typeof body?.program === "string" ? body.program : null,
     state: exit || state === "exited" ? "exited" : state,
+    writable: body?.writable !== false,
     cols: Number.isInteger(body?.cols) ? body.cols : null,
     rows: Number.isInteger(body?.rows) ? body.rows : null,
     exit,
@@ -97,6 +98,7 @@ export class TerminalView {
     this.onChange = onChange;
     this.state = "connecting";
     this.exit = null;
+    this.writable = true;
     this.term = null;
     this.fit = null;
     this.closed = false;
@@ -157,6 +159,7 @@ export class TerminalView {
     if (this.closed || !this.term) return;
     this.fitNow();
     this.resizer.request(this.term.cols, this.term.rows);
+    this.onChange({ kind: "size", cols: this.term.cols, rows: this.term.rows });
   }
 
   /**
@@ -170,6 +173,7 @@ export class TerminalView {
         if (this.closed) return;
         const info = sessionStateOf(body);
         if (info.program) this.program = info.program;
+        this.writable = info.writable;
         this.setState(info.state, info.exit);
         this.awaitingSnapshot = true;
         this.socket.subscribe(this.topic).catch(() => {
@@ -237,7 +241,7 @@ export class TerminalView {
 
   /** Keys from xterm: straight to the relay, or into the queue while the link is down. */
   input(data) {
-    if (this.closed || this.state === "exited") return;
+    if (this.closed || this.state === "exited" || !this.writable) return;
     if (!this.socket.online || !this.queue.empty || this.flushing) {
       this.queue.push(data);
       this.onChange({ kind: "queued", bytes: this.queue.size });
@@ -286,7 +290,7 @@ export class TerminalView {
   }
 
   sendResize({ cols, rows }) {
-    if (this.closed || this.state === "exited" || !this.socket.online) return;
+    if (this.closed || this.state === "exited" || !this.writable || !this.socket.online) return;
     this.socket.request(OP.TERM_RESIZE, { topic: this.topic, cols, rows }).catch(() => {
       // Told again after the next reconnect (online() sends the current size).
     });
