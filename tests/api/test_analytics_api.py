@@ -39,7 +39,7 @@ async def test_the_operator_reads_any_tenants_days(api: Api, seeded: dict[str, s
     acme = seeded["acme"]
     r = await api.client.get(
         "/v1/admin/analytics",
-        params={"tenant_id": acme, "from": "2024-03-29", "to": "2024-04-05"},
+        params={"tenant": acme, "from": "2024-03-29", "to": "2024-04-05"},
         headers=admin_headers(),
     )
     assert r.status_code == 200, r.text
@@ -82,6 +82,25 @@ async def test_a_tenant_key_reads_its_own_tenant_only(api: Api, seeded: dict[str
         headers=bearer(key),
     )
     assert r.json()["tenant_id"] == seeded["globex"]
+
+
+async def test_tenant_id_is_the_same_as_tenant(api: Api, seeded: dict[str, str]) -> None:
+    days = {"from": "2024-03-30", "to": "2024-03-31"}
+    for params in (
+        {"tenant_id": seeded["acme"]},
+        {"tenant": seeded["acme"], "tenant_id": seeded["acme"]},
+    ):
+        r = await api.client.get(
+            "/v1/admin/analytics", params={**params, **days}, headers=admin_headers()
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["tenant_id"] == seeded["acme"]
+    both = {"tenant": seeded["acme"], "tenant_id": seeded["idle"], **days}
+    assert_error(
+        await api.client.get("/v1/admin/analytics", params=both, headers=admin_headers()),
+        422,
+        "validation_error",
+    )
 
 
 async def test_the_default_range_is_the_last_30_days(api: Api, seeded: dict[str, str]) -> None:

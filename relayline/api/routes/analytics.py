@@ -145,12 +145,19 @@ async def _all_tenants(db: Database, start: date, end: date) -> AnalyticsOut:
 async def admin_analytics(
     _: Admin,
     st: State,
-    tenant_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)] = None,
+    tenant: Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)] = None,
+    tenant_id: Annotated[
+        str | None,
+        Query(min_length=1, max_length=64, pattern=ID_PATTERN, description="Same as `tenant`."),
+    ] = None,
     first: FromDay = None,
     last: ToDay = None,
 ) -> AnalyticsOut:
     """A tenant's daily figures, ``from``..``to`` (at most 366 days; default the last 30);
-    without ``tenant_id``, every tenant's added up, with the busiest tenants' sums."""
+    without ``tenant``, every tenant's added up, with the busiest tenants' sums."""
+    if tenant is not None and tenant_id is not None and tenant != tenant_id:
+        raise ValidationFailed("tenant and tenant_id name different tenants")
+    tenant_id = tenant or tenant_id
     start, end = _range(first, last)
     if tenant_id is None:
         return await _all_tenants(st.db, start, end)

@@ -56,7 +56,7 @@ export function lastDays(count, now = Date.now()) {
  * @param {{ tenantId?: string, from: string, to: string }} query
  */
 export function analyticsPath({ tenantId = "", from, to }) {
-  const params = new URLSearchParams(tenantId ? { tenant_id: tenantId, from, to } : { from, to });
+  const params = new URLSearchParams(tenantId ? { tenant: tenantId, from, to } : { from, to });
   return `/v1/admin/analytics?${params}`;
 }
 
