@@ -93,13 +93,25 @@ async def start_setup(
 
 
 async def output_until(ws: WsHarness, topic: str, needle: str, timeout: float = 10.0) -> str:
-    """Everything ``term.output`` brought on ``topic`` until ``needle`` showed up."""
+    """The live output ``term.output`` brought on ``topic`` until ``needle`` showed up
+    (snapshots, which redraw the whole screen, are skipped)."""
     seen = ""
     async with asyncio.timeout(timeout):
         while needle not in seen:
             frame = await ws.expect("term.output", timeout, topic=topic)
-            seen += frame["data"]["data"]
+            if not frame["data"].get("snapshot"):
+                seen += frame["data"]["data"]
     return seen
+
+
+async def snapshot_of(ws: WsHarness, topic: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The data of the next snapshot on ``topic``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.expect("term.output", timeout, topic=topic)
+            if frame["data"].get("snapshot"):
+                data: dict[str, Any] = frame["data"]
+                return data
 
 
 # Processes

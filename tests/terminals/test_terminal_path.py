@@ -5,48 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from relayline.testing import OpError
-from tests.fixtures import RelayFactory, Workers, eventually
+from tests.fixtures import RelayFactory, eventually
 from tests.terminals.helpers import (
     HAVE_PROC,
     Setup,
     output_until,
     remaining,
     session_pids,
-    start_setup,
     zombie_children,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def own_threads() -> set[int]:
-    """This process's threads, less the frameworks' worker pools (Starlette runs sync
-    dependencies on AnyIO's, the loop resolves names on its executor's): the terminal code
-    starts none, so the rest must be back to where it was."""
+# The libraries' own pools, which grow on demand: Starlette runs sync dependencies on AnyIO's
+# threads, the loop resolves names on its executor's, aiosqlite has a thread per connection.
+POOLS = ("AnyIO worker", "asyncio_")
+
+
+def own_threads() -> set[str]:
+    """This process's threads, less the libraries' pools: the terminal code starts none, so
+    the rest must be back to where it was."""
     return {
-        t.ident or 0
+        f"{t.name}:{t.ident}"
         for t in threading.enumerate()
-        if not t.name.startswith(("AnyIO worker", "asyncio_"))
+        if not t.name.startswith(POOLS) and "_connection_worker_thread" not in t.name
     }
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[httpx.AsyncClient]]:
-    made: list[httpx.AsyncClient] = []
-    yield made
-    for client in made:
-        await client.aclose()
-
-
-@pytest.fixture
-async def setup(turn_relay: RelayFactory, workers: Workers, clients: list) -> Setup:  # type: ignore[type-arg]
-    return await start_setup(turn_relay, workers, clients)
 
 
 async def test_echo_output_reaches_a_websocket_viewer(setup: Setup) -> None:
