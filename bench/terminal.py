@@ -1,0 +1,511 @@
+"""Terminals: output throughput and keystroke echo latency through relayline (relay + worker
+with ``--terminals``) against terminado (Jupyter's PTY WebSocket server) on the same machine,
+in the same run.
+
+    .venv/bin/python bench/terminal.py                 # 3 rounds; ~1 min; prints a markdown report
+    .venv/bin/python bench/terminal.py --rounds 5 --flood-mib 64 --keys 500
+
+Everything listens on 127.0.0.1. Processes: ``relayline serve`` (SQLite, in-process bus),
+``relayline worker --terminals`` with ``flood`` and ``echo`` in its allowlist, and
+``bench/terminado_server.py``; the programs are bench/term_programs.py for both. This driver is
+the browser: one WebSocket client (the ``websockets`` library) that decodes every frame as
+JSON, as a page does.
+
+Throughput: the program waits for one line of input, then prints ``--flood-mib`` MiB of 80-byte text
+lines and an end marker. Timed from sending the Enter key to the end marker's arrival; MB/s
+counts the program's bytes (MiB/s, 2^20). relayline: ``POST /v1/terminals {program: flood}``,
+subscribe to its topic on ``/v1/ws``, wait for the first snapshot, send ``\r`` with
+``term.input``. terminado: connect to ``/flood`` (a fresh PTY per connection), wait for
+``setup``, send ``["stdin", "\r"]``.
+
+Echo: ``echo`` puts its PTY in raw mode and writes back every byte it reads. One character at a
+time: send it, wait until it comes back, note the time, pause 5 ms, next; ``--keys`` of them
+after 20 unmeasured ones. p50 and p99 (nearest rank) of the round trips.
+
+Rounds alternate (relayline then terminado, then the other way round) so that a change in the
+machine's load hits both. Every wait is bounded (``STEP_TIMEOUT_S``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from servers import ADMIN_KEY, HOST, ROOT, machine, spawn_relay
+from term_programs import END_MARKER, LINE
+from turns import cpu_seconds
+from websockets.asyncio.client import ClientConnection, connect
+
+BENCH = Path(__file__).resolve().parent
+PROGRAMS = BENCH / "term_programs.py"
+LINE_TEXT = LINE.decode()
+KEY_ID = "bench-term"
+SECRET = "bench-term-" + os.urandom(16).hex()
+STEP_TIMEOUT_S = 60.0
+WARMUP_KEYS = 20
+KEY_PAUSE_S = 0.005
+COLS, ROWS = 120, 40
+
+
+def free_port() -> int:
+    from relayline.testing import free_port as pick
+
+    return pick()
+
+
+def nearest_rank(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+@dataclass
+class Figures:
+    pids: dict[str, int]  # the server's processes, by role
+    mib_s: list[float] = field(default_factory=list)
+    echo_ms: list[list[float]] = field(default_factory=list)  # one list per round
+    # CPU seconds each process spent per MiB of flood, one value per round
+    cpu_s_per_mib: dict[str, list[float]] = field(default_factory=dict)
+
+    def echo_all(self) -> list[float]:
+        return [v for r in self.echo_ms for v in r]
+
+
+# Processes
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not healthy in {STEP_TIMEOUT_S:.0f} s; see {log}")
+
+
+def start_terminado(workdir: Path, flood_mib: float) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    log = workdir / "terminado.log"
+    cmd = [
+        sys.executable,
+        str(BENCH / "terminado_server.py"),
+        "--port",
+        str(port),
+        "--flood-mib",
+        str(flood_mib),
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://{HOST}:{port}", proc, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, port
+
+
+def program_spec(flood_mib: float) -> str:
+    """The worker's allowlist (``RELAYLINE_TERMINAL_PROGRAMS``: name=command line; ...)."""
+    py, prog = shlex.quote(sys.executable), shlex.quote(str(PROGRAMS))
+    return f"flood={py} {prog} flood {flood_mib:g}; echo={py} {prog} echo"
+
+
+def start_worker(
+    relay_url: str, workdir: Path, flood_mib: float, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    log = workdir / "worker.log"
+    env = {
+        **os.environ,
+        "RELAYLINE_LOG_LEVEL": "WARNING",
+        "RELAYLINE_TERMINAL_PROGRAMS": program_spec(flood_mib),
+        "RELAYLINE_WORKSPACE_ROOTS": str(workdir),
+        **extra_env,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "relayline",
+        "worker",
+        "--terminals",
+        "--relay",
+        relay_url,
+        "--key-id",
+        KEY_ID,
+        "--secret",
+        SECRET,
+    ]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def provision(url: str) -> str:
+    """A tenant and its key."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        tenant = client.post("/v1/admin/tenants", json={"name": "bench"}, headers=admin)
+        tenant.raise_for_status()
+        made = client.post(f"/v1/admin/tenants/{tenant.json()['id']}/keys", json={}, headers=admin)
+        made.raise_for_status()
+        key: str = made.json()["key"]
+        return key
+
+
+def wait_programs(url: str, key: str, worker: subprocess.Popen[bytes]) -> None:
+    """Until a worker offers the bench's programs."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    auth = {"Authorization": f"Bearer {key}"}
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited ({worker.returncode})")
+        with httpx.Client(base_url=url, timeout=5) as client:
+            r = client.get("/v1/terminals", headers=auth)
+            if r.status_code == 200 and {"flood", "echo"} <= set(programs_of(r.json())):
+                return
+        time.sleep(0.2)
+    raise RuntimeError("no worker offered the bench's terminal programs in time")
+
+
+def programs_of(body: Any) -> list[str]:
+    raw = body.get("programs", []) if isinstance(body, dict) else []
+    return [p if isinstance(p, str) else p.get("name", "") for p in raw]
+
+
+# Clients
+
+
+class RelayTerminal:
+    """One terminal session through the relay, as the page drives it."""
+
+    def __init__(self, url: str, key: str, program: str) -> None:
+        self.url = url
+        self.key = key
+        self.program = program
+        self.ws: ClientConnection | None = None
+        self.topic = ""
+        self.id = ""
+        self.ref = 0
+
+    async def __aenter__(self) -> RelayTerminal:
+        auth = {"Authorization": f"Bearer {self.key}"}
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+            r = await client.post(
+                "/v1/terminals",
+                json={"program": self.program, "cols": COLS, "rows": ROWS},
+                headers=auth,
+            )
+            r.raise_for_status()
+            self.id, self.topic = r.json()["id"], r.json()["topic"]
+        ws_url = self.url.replace("http://", "ws://") + "/v1/ws"
+        self.ws = await connect(
+            ws_url,
+            subprotocols=["relayline.v1", f"bearer.{self.key}"],  # type: ignore[list-item]
+            max_size=None,
+            origin=None,
+        )
+        await self.op("subscribe", topic=self.topic)
+        # The screen as it is now comes first; output is live from there on.
+        await self.until(lambda frame: bool(frame.get("data", {}).get("snapshot")))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+            await client.delete(
+                f"/v1/terminals/{self.id}", headers={"Authorization": f"Bearer {self.key}"}
+            )
+
+    async def op(self, op: str, **fields: Any) -> None:
+        """Send an op and wait for its ack (events that come first are skipped)."""
+        assert self.ws is not None
+        self.ref += 1
+        ref = str(self.ref)
+        await self.ws.send(json.dumps({"op": op, "ref": ref, **fields}))
+        frame = await self.until(lambda f: f.get("ref") == ref)
+        if frame.get("type") != "ack":
+            raise RuntimeError(f"{op} refused: {frame}")
+
+    async def send_input(self, data: str) -> None:
+        """term.input without waiting for its ack (a page does not wait either)."""
+        assert self.ws is not None
+        self.ref += 1
+        await self.ws.send(
+            json.dumps(
+                {"op": "term.input", "ref": str(self.ref), "topic": self.topic, "data": data}
+            )
+        )
+
+    async def until(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        assert self.ws is not None
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            while True:
+                frame = json.loads(await self.ws.recv())
+                if match(frame):
+                    return frame  # type: ignore[no-any-return]
+
+    async def output(self) -> str:
+        """The next term.output's text (acks and other events skipped)."""
+        frame = await self.until(lambda f: f.get("type") in ("term.output", "term.exited"))
+        if frame["type"] == "term.exited":
+            raise RuntimeError(f"the program ended: {frame.get('data')}")
+        text: str = frame["data"]["data"]
+        return text
+
+
+class TerminadoTerminal:
+    def __init__(self, port: int, path: str) -> None:
+        self.url = f"ws://{HOST}:{port}{path}"
+        self.ws: ClientConnection | None = None
+
+    async def __aenter__(self) -> TerminadoTerminal:
+        self.ws = await connect(self.url, max_size=None)
+        await self.ws.send(json.dumps(["set_size", ROWS, COLS]))
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            while json.loads(await self.ws.recv())[0] != "setup":
+                pass
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def send_input(self, data: str) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps(["stdin", data]))
+
+    async def output(self) -> str:
+        assert self.ws is not None
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            while True:
+                message = json.loads(await self.ws.recv())
+                if message[0] == "stdout":
+                    text: str = message[1]
+                    return text
+                if message[0] == "disconnect":
+                    raise RuntimeError("the program ended")
+
+
+Terminal = RelayTerminal | TerminadoTerminal
+
+
+async def flood_run(term: Terminal, mib: float, into: Figures) -> None:
+    """MiB/s from the Enter key to the end marker, and the CPU each server process spent."""
+    tail = ""
+    received = 0
+    cpu_before = {role: cpu_seconds(pid) for role, pid in into.pids.items()}
+    started = time.perf_counter()
+    await term.send_input("\r")  # a line: the PTY is in canonical mode
+    # Bounded, and generous: down to a quarter of a MiB a second still finishes.
+    async with asyncio.timeout(STEP_TIMEOUT_S + mib * 4):
+        while END_MARKER not in tail:
+            text = await term.output()
+            received += len(text)
+            tail = (tail + text)[-64:]
+    elapsed = time.perf_counter() - started
+    if received < mib * 1024 * 1024:
+        raise RuntimeError(f"only {received} characters arrived for {mib} MiB")
+    into.mib_s.append(mib / elapsed)
+    for role, pid in into.pids.items():
+        used = cpu_seconds(pid) - cpu_before[role]
+        into.cpu_s_per_mib.setdefault(role, []).append(used / mib)
+
+
+async def echo_run(term: Terminal, keys: int) -> list[float]:
+    """Round trips of single characters, in ms (warm-up ones left out)."""
+    found: list[float] = []
+    for i in range(WARMUP_KEYS + keys):
+        char = chr(ord("a") + i % 26)
+        started = time.perf_counter()
+        await term.send_input(char)
+        seen = ""
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            while char not in seen:
+                seen += await term.output()
+        if i >= WARMUP_KEYS:
+            found.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(KEY_PAUSE_S)
+    return found
+
+
+async def relay_round(url: str, key: str, mib: float, keys: int, into: Figures) -> None:
+    async with RelayTerminal(url, key, "flood") as term:
+        await flood_run(term, mib, into)
+    async with RelayTerminal(url, key, "echo") as term:
+        into.echo_ms.append(await echo_run(term, keys))
+
+
+async def terminado_round(port: int, mib: float, keys: int, into: Figures) -> None:
+    async with TerminadoTerminal(port, "/flood") as term:
+        await flood_run(term, mib, into)
+    async with TerminadoTerminal(port, "/echo") as term:
+        into.echo_ms.append(await echo_run(term, keys))
+
+
+# Report
+
+
+def pyte_s_per_mib() -> float:
+    """CPU seconds pyte (the worker's screen mirror) takes per MiB of the flood's text, fed
+    here in 32 KiB pieces as the worker feeds it."""
+    import pyte
+
+    text = (LINE_TEXT.replace("\n", "\r\n")) * (1024 * 1024 // len(LINE_TEXT))
+    screen = pyte.Screen(COLS, ROWS)
+    stream = pyte.Stream(screen)
+    started = time.process_time()
+    for i in range(0, len(text), 32 * 1024):
+        stream.feed(text[i : i + 32 * 1024])
+    return (time.process_time() - started) / (len(text) / 2**20)
+
+
+def revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = [f"python {sys.version.split()[0]}"]
+    for name in ("uvicorn", "websockets", "terminado", "tornado", "ptyprocess"):
+        with contextlib.suppress(PackageNotFoundError):
+            found.append(f"{name} {version(name)}")
+    return ", ".join(found)
+
+
+def report(args: argparse.Namespace, relay: Figures, terminado: Figures) -> str:
+    def row(name: str, f: Figures) -> str:
+        echo = f.echo_all()
+        spread = f"{min(f.mib_s):.1f} to {max(f.mib_s):.1f}"
+        return (
+            f"| {name} | {statistics.median(f.mib_s):.1f} | {spread} "
+            f"| {nearest_rank(echo, 0.5):.2f} | {nearest_rank(echo, 0.99):.2f} "
+            f"| {max(echo):.2f} |"
+        )
+
+    r_tp, t_tp = statistics.median(relay.mib_s), statistics.median(terminado.mib_s)
+    r_p99 = nearest_rank(relay.echo_all(), 0.99)
+    t_p99 = nearest_rank(terminado.echo_all(), 0.99)
+    settings = ", ".join(args.worker_env) or "defaults"
+    lines = [
+        f"Commit `{revision()}`; {machine()}; {versions()}. Worker settings: {settings}.",
+        f"{args.rounds} rounds; each: {args.flood_mib:g} MiB flood, {args.keys} echoed keys "
+        f"(after {WARMUP_KEYS} unmeasured).",
+        "",
+        "| server | throughput MiB/s (median) | range | echo p50 ms | echo p99 ms | max ms |",
+        "|---|---|---|---|---|---|",
+        row("relayline (relay + worker)", relay),
+        row("terminado", terminado),
+        "",
+        f"Throughput relayline / terminado: {r_tp / t_tp:.2f} (target ≥ 1). "
+        f"Echo p99 relayline / terminado: {r_p99 / t_p99:.2f} (target ≤ 2).",
+        "",
+        "CPU seconds per MiB of flood (median over rounds): "
+        + ", ".join(
+            f"{role} {statistics.median(values):.3f}"
+            for f in (relay, terminado)
+            for role, values in f.cpu_s_per_mib.items()
+        )
+        + f"; pyte alone, fed the same text in this process: {pyte_s_per_mib():.3f}.",
+    ]
+    return "\n".join(lines)
+
+
+async def measure(
+    args: argparse.Namespace, url: str, key: str, port: int, pids: dict[str, int]
+) -> tuple[Figures, Figures]:
+    relay = Figures({"relay": pids["relay"], "worker": pids["worker"]})
+    terminado = Figures({"terminado": pids["terminado"]})
+    runs: list[Callable[[], Awaitable[None]]] = [
+        lambda: relay_round(url, key, args.flood_mib, args.keys, relay),
+        lambda: terminado_round(port, args.flood_mib, args.keys, terminado),
+    ]
+    for i in range(args.rounds):
+        order = runs if i % 2 == 0 else runs[::-1]
+        for run in order:
+            await run()
+        print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+    return relay, terminado
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--flood-mib", type=float, default=16)
+    parser.add_argument("--keys", type=int, default=300)
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the worker only, e.g. RELAYLINE_TERMINAL_FLUSH_MS=0 (repeatable)",
+    )
+    args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.worker_env if "=" in item)
+    if len(extra_env) != len(args.worker_env):
+        parser.error("--worker-env takes NAME=VALUE")
+    if not (1 <= args.rounds <= 50 and 0 < args.flood_mib <= 512 and 1 <= args.keys <= 10_000):
+        parser.error("rounds 1..50, flood-mib up to 512, keys 1..10000")
+    with tempfile.TemporaryDirectory(prefix="bench-term-") as tmp:
+        workdir = Path(tmp)
+        relay_port = free_port()
+        relay_proc, _ = spawn_relay(
+            relay_port, workdir, {"RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}"}
+        )
+        procs = [relay_proc]
+        try:
+            url = f"http://{HOST}:{relay_port}"
+            key = provision(url)
+            worker = start_worker(url, workdir, args.flood_mib, extra_env)
+            procs.append(worker)
+            wait_programs(url, key, worker)
+            terminado, port = start_terminado(workdir, args.flood_mib)
+            procs.append(terminado)
+            pids = {"relay": relay_proc.pid, "worker": worker.pid, "terminado": terminado.pid}
+            relay, terminado_figures = asyncio.run(measure(args, url, key, port, pids))
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    print(report(args, relay, terminado_figures))
+
+
+if __name__ == "__main__":
+    main()
