@@ -242,12 +242,13 @@ export class TerminalView {
   /** Keys from xterm: straight to the relay, or into the queue while the link is down. */
   input(data) {
     if (this.closed || this.state === "exited" || !this.writable) return;
-    if (!this.socket.online || !this.queue.empty || this.flushing) {
-      this.queue.push(data);
-      this.onChange({ kind: "queued", bytes: this.queue.size });
+    if (this.socket.online && this.queue.empty && !this.flushing) {
+      for (const piece of utf8Chunks(data, DEFAULT_CHUNK_BYTES)) this.sendInput(piece);
       return;
     }
-    for (const piece of utf8Chunks(data, DEFAULT_CHUNK_BYTES)) this.sendInput(piece);
+    this.queue.push(data);
+    this.onChange({ kind: "queued", bytes: this.queue.size });
+    if (this.socket.online) this.flush();
   }
 
   sendInput(data) {
@@ -263,24 +264,33 @@ export class TerminalView {
     });
   }
 
-  /** The link is back (subscriptions renewed): the queued keys go out, once, in order. */
+  /** The link is back (subscriptions renewed): the size is told again, queued keys go out. */
   async online() {
     if (this.closed) return;
     this.resizer.forget();
     this.resizer.flush();
-    if (this.flushing || this.queue.empty) return;
+    await this.flush();
+  }
+
+  /** Send what waits, once each, in order, for as long as the link holds. */
+  async flush() {
+    if (this.flushing) return;
     this.flushing = true;
     try {
-      const frames = this.queue.drain();
-      for (let i = 0; i < frames.length; i += 1) {
-        try {
-          await this.socket.request(OP.TERM_INPUT, { topic: this.topic, data: frames[i] });
-        } catch (err) {
-          if (err?.code === "offline") {
-            this.queue.requeueFront(frames.slice(i));
-            break;
+      while (!this.closed && !this.queue.empty && this.socket.online) {
+        const frames = this.queue.drain();
+        for (let i = 0; i < frames.length; i += 1) {
+          try {
+            await this.socket.request(OP.TERM_INPUT, { topic: this.topic, data: frames[i] });
+          } catch (err) {
+            if (err?.code === "offline" || err?.code === "disconnected") {
+              // Not written ("offline"): it waits with the rest. Written when the link dropped:
+              // it may have arrived, so only what follows it waits.
+              this.queue.requeueFront(frames.slice(err.code === "offline" ? i : i + 1));
+              return;
+            }
+            if (!err?.retryable) this.onChange({ kind: "error", error: err });
           }
-          if (!err?.retryable) this.onChange({ kind: "error", error: err });
         }
       }
     } finally {
