@@ -5,14 +5,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Boolean, Select, Table, and_, bindparam, func, or_, select, true, update
+from sqlalchemy import (
+    Boolean,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
 from relayline.store.chats import INSERT_MESSAGE, MESSAGES, TURNS, next_seq
 from relayline.store.database import Database
-from relayline.store.models import Message, MessageMetric, Tenant, Turn
+from relayline.store.models import MessageMetric, Tenant, Turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +229,50 @@ async def history(
     return picked
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The answer an attempt's outcome was stored in."""
+
+    id: str
+    seq: int
+
+
+_METRICS: Table = MessageMetric.__table__  # type: ignore[assignment]
+
+
+def _finish_statement(writable: tuple[str, ...]) -> Update:
+    return (
+        update(TURNS)
+        .where(
+            TURNS.c.id == bindparam("p_turn_id"),
+            TURNS.c.attempt == bindparam("p_attempt"),
+            TURNS.c.state.in_(writable),
+        )
+        .values(
+            state=bindparam("p_state"),
+            finished_at=bindparam("p_now"),
+            error_category=bindparam("p_category"),
+            error_detail=bindparam("p_detail"),
+        )
+        .returning(TURNS.c.response_message_id, TURNS.c.tenant_id, TURNS.c.chat_id)
+    )
+
+
+_FINISH = _finish_statement(("running",))
+_FINISH_CANCELLED = _finish_statement(("running", "cancelled"))
+_STORE_ANSWER = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("p_message_id"))
+    .values(
+        content=bindparam("p_content"),
+        status=bindparam("p_status"),
+        finish_reason=bindparam("p_finish_reason"),
+    )
+    .returning(MESSAGES.c.seq)
+)
+_INSERT_METRIC = insert(_METRICS)
+
+
 async def finish(
     db: Database,
     turn_id: str,
@@ -228,58 +285,64 @@ async def finish(
     detail: str | None = None,
     metrics: dict[str, int | str | None] | None = None,
     finish_reason: str | None = None,
-) -> Message | None:
+) -> StoredAnswer | None:
     """Store the outcome of ``attempt``; None when that attempt no longer owns the turn.
 
     A turn the store already marked cancelled (a cancel request) only takes ``cancelled``: a
     completion or failure that raced the cancel returns None and leaves it cancelled, so the
-    store agrees with the ``turn.cancelled`` the chat was told.
+    store agrees with the ``turn.cancelled`` the chat was told. The turn, its answer and the
+    answer's metrics commit together.
     """
-    writable = ("running", "cancelled") if state == "cancelled" else ("running",)
+    now = now_ms()
     async with db.write() as session:
         fenced = await session.execute(
-            update(Turn)
-            .where(
-                Turn.id == turn_id,
-                Turn.attempt == attempt,
-                Turn.state.in_(writable),
-            )
-            .values(
-                state=state,
-                finished_at=now_ms(),
-                error_category=category,
-                error_detail=(detail or "")[:1000] or None,
-            )
-            .returning(Turn.response_message_id, Turn.tenant_id, Turn.chat_id)
+            _FINISH_CANCELLED if state == "cancelled" else _FINISH,
+            {
+                "p_turn_id": turn_id,
+                "p_attempt": attempt,
+                "p_state": state,
+                "p_now": now,
+                "p_category": category,
+                "p_detail": (detail or "")[:1000] or None,
+            },
         )
         row = fenced.first()
         if row is None:
             return None
         message_id, tenant_id, chat_id = row
-        message = await session.get(Message, message_id) if message_id else None
-        if message is None:
+        if message_id is None:
             return None
-        message.content = text
-        message.status = message_status
-        message.finish_reason = finish_reason
-        if metrics is not None:
-            session.add(
-                MessageMetric(
-                    id=new_id(),
-                    message_id=message.id,
-                    tenant_id=tenant_id,
-                    chat_id=chat_id,
-                    first_token_ms=_int(metrics.get("first_token_ms")),
-                    latency_ms=_int(metrics.get("latency_ms")),
-                    tokens_in=_int(metrics.get("tokens_in")),
-                    tokens_out=_int(metrics.get("tokens_out")),
-                    usage_source=_str(metrics.get("usage_source")),
-                    status=message_status,
-                    created_at=now_ms(),
-                )
+        seq = (
+            await session.execute(
+                _STORE_ANSWER,
+                {
+                    "p_message_id": message_id,
+                    "p_content": text,
+                    "p_status": message_status,
+                    "p_finish_reason": finish_reason,
+                },
             )
-        await session.flush()
-        return message
+        ).scalar_one_or_none()
+        if seq is None:
+            return None
+        if metrics is not None:
+            await session.execute(
+                _INSERT_METRIC,
+                {
+                    "id": new_id(),
+                    "message_id": message_id,
+                    "tenant_id": tenant_id,
+                    "chat_id": chat_id,
+                    "first_token_ms": _int(metrics.get("first_token_ms")),
+                    "latency_ms": _int(metrics.get("latency_ms")),
+                    "tokens_in": _int(metrics.get("tokens_in")),
+                    "tokens_out": _int(metrics.get("tokens_out")),
+                    "usage_source": _str(metrics.get("usage_source")),
+                    "status": message_status,
+                    "created_at": now,
+                },
+            )
+        return StoredAnswer(message_id, int(seq))
 
 
 def _int(value: object) -> int | None:
