@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
+from relayline.store.chats import TURNS
 from relayline.store.database import Database
 from relayline.store.models import Message, Turn
 from relayline.store.turns import Assignment, start_attempt
@@ -45,10 +46,19 @@ def _heads_its_chat() -> ColumnElement[bool]:
 
 
 def _claimable(exclude: bool) -> Select[str]:
-    query = select(Turn.__table__.c.id).where(Turn.state == "queued", _heads_its_chat())
+    """The claim's query in Core (no ORM compile step on the hot path), same test as
+    :func:`_heads_its_chat`."""
+    turns = TURNS
+    earlier = TURNS.alias("earlier")
+    heads = ~exists().where(
+        earlier.c.chat_id == turns.c.chat_id,
+        earlier.c.state.in_(ACTIVE),
+        earlier.c.id < turns.c.id,
+    )
+    query = select(turns.c.id).where(turns.c.state == "queued", heads)
     if exclude:
-        query = query.where(Turn.chat_id.not_in(bindparam("p_exclude", expanding=True)))
-    return query.order_by(Turn.id).limit(1).with_for_update(skip_locked=True)
+        query = query.where(turns.c.chat_id.not_in(bindparam("p_exclude", expanding=True)))
+    return query.order_by(turns.c.id).limit(1).with_for_update(skip_locked=True)
 
 
 # Built once: the claim runs after every post, and building this query is most of its cost.
