@@ -28,6 +28,8 @@ import json
 import os
 import secrets
 import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -174,7 +176,11 @@ async def throughput(server: Server, profile: dict[str, Any], workdir: Path) -> 
                 pids = {"relay": server.proc.pid, "worker": worker.pid, "driver": os.getpid()}
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 cores = cpu_busy()
-                result = await run_turns(client, ws, auth, chats, profile["turns"])
+                spy = start_profiler(server.proc.pid, profile.get("profile_to"))
+                try:
+                    result = await run_turns(client, ws, auth, chats, profile["turns"])
+                finally:
+                    stop_profiler(spy)
                 core_busy = busy_share(cores, cpu_busy())
                 result["cpu"] = {
                     name: (cpu_seconds(pid) - before[name]) / result["seconds"]
@@ -188,6 +194,41 @@ async def throughput(server: Server, profile: dict[str, Any], workdir: Path) -> 
     finally:
         worker.terminate()
         worker.wait(15)
+
+
+def start_profiler(pid: int, path: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the relay while turns run: folded stacks of the thread holding the GIL."""
+    if not path:
+        return None
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
+    cmd = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--gil",
+        "--format",
+        "raw",
+        "-o",
+        path,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the first post
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 async def run_turns(
@@ -453,8 +494,14 @@ def main() -> None:
         metavar="SECONDS",
         help="first wait up to SECONDS for other processes to leave the CPUs idle",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="sample the relay with py-spy during the measured turns; folded stacks to PATH "
+        "(summarise with bench/profile_breakdown.py)",
+    )
     args = parser.parse_args()
-    profile = PROFILES["quick" if args.quick else "full"]
+    profile = {**PROFILES["quick" if args.quick else "full"], "profile_to": args.profile}
     pin(1)
     started = time.monotonic()
 
