@@ -100,7 +100,15 @@ class RelayConnection:
         return signed_headers(key_id, secret, "GET", PATH)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected until ``stop`` is set; then drain and return."""
+        """Stay connected until ``stop`` is set; then drain and return. However it returns
+        (stopped, cancelled, failed), every terminal session has ended by then."""
+        try:
+            await self._run(stop)
+        finally:
+            if self.terminals is not None:
+                await self.terminals.aclose()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             started = time.monotonic()

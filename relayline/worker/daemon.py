@@ -174,10 +174,7 @@ async def run_worker(settings: WorkerSettings, stop: asyncio.Event | None = None
         connection, llm = build_connection(settings)
         try:
             await probe_upstream(settings, llm)
-            await connection.run(stop)
+            await connection.run(stop)  # every terminal has ended when it returns
         finally:
-            if connection.terminals is not None:
-                # Every child ends with the worker, connected or not.
-                await connection.terminals.aclose()
             await llm.aclose()
             log.info("worker_stopped")

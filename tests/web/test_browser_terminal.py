@@ -142,11 +142,6 @@ def test_type_read_reload_and_resize(live_terminals: LiveRelay, new_page: Any) -
     assert page.js_errors == [] and dark.js_errors == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker's screen mirror shrinks like pyte's Screen.resize, dropping rows from "
-    "the top, so a snapshot taken after the window got smaller lacks the top of the screen",
-)
 def test_a_reload_after_the_window_shrank_shows_the_whole_screen(
     live_terminals: LiveRelay, new_page: Any
 ) -> None:

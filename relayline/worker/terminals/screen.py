@@ -69,7 +69,18 @@ class ScreenMirror:
         self.stream.feed(text)
 
     def resize(self, cols: int, rows: int) -> None:
-        self.screen.resize(lines=rows, columns=cols)
+        """Resize as xterm does: fewer rows drop the empty ones below the cursor first, and
+        only then rows from the top (pyte alone always drops from the top, which would lose
+        the output of a shell whose prompt is still near the top)."""
+        screen = self.screen
+        if rows < screen.lines:
+            below_cursor = screen.lines - 1 - screen.cursor.y
+            drop = min(screen.lines - rows, below_cursor)
+            for y in range(screen.lines - drop, screen.lines):
+                screen.buffer.pop(y, None)
+            screen.lines -= drop
+        screen.resize(lines=rows, columns=cols)
+        screen.set_margins()
 
     def redraw(self) -> str:
         """ANSI text that paints the screen as it is now on an xterm of the same size."""
