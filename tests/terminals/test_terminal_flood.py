@@ -20,7 +20,7 @@ async def test_a_flooding_terminal_does_not_break_a_streaming_chat(setup: Setup)
         await viewer.subscribe(topic)
         await output_until(viewer, topic, "y\r\ny\r\ny\r\n")
         await reader.subscribe(f"chat:{chat}")
-        questions = ["first question", "second question"]
+        questions = ["a question asked while the terminal floods"]
         history: list[tuple[str, str]] = []
         for question in questions:
             turn = await post(setup.tenant, chat, question)

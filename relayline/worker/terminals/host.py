@@ -277,7 +277,8 @@ class TerminalHost:
         """Stop: every session ended (``shutdown``), their last frames sent if a relay is
         connected (for up to ``flush_s``), timers and the writer stopped."""
         await self.close_all(TermExitReason.SHUTDOWN)
-        await self.outbox.drained(flush_s)
+        if self.outbox.linked:
+            await self.outbox.drained(flush_s)
         if self._detach_timer is not None:
             self._detach_timer.cancel()
             self._detach_timer = None

@@ -52,6 +52,11 @@ class TerminalOutbox:
         """Whether producers should stop until :meth:`when_drained` calls them back."""
         return self.queued_bytes > self.max_bytes
 
+    @property
+    def linked(self) -> bool:
+        """Whether a relay connection takes the frames now."""
+        return self._send is not None
+
     def push(self, frame: dict[str, Any]) -> None:
         text = encode(frame)
         self.queued.append(text)
