@@ -175,6 +175,16 @@ def test_disconnected_state_and_input_typed_offline(
     type_line(page, "echo offline-$((40+2))")
     expect(banner).to_contain_text("23 bytes typed, waiting to be sent")
     screenshot(page, "terminal-offline")
+    # Past 64 KiB the oldest input goes, and the page says so: a long paste of x pushes the
+    # line above out; Ctrl-U then clears what is left of the x before the command.
+    page.evaluate("() => relayline.terminals.view.input('x'.repeat(70000))")
+    notice = page.locator(".notice", has_text="Too much typed while offline")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("the oldest 4.4 KB of it was dropped")
+    page.locator("#term-screen .xterm-helper-textarea").focus()
+    page.keyboard.press("Control+U")
+    type_line(page, "echo offline-$((40+2))")
+    expect(banner).to_contain_text("65536 bytes typed, waiting to be sent")
 
     live.start_relay()
     wait_online(page, timeout=20_000)
