@@ -6,7 +6,7 @@
 
 The profile holds folded stacks of the thread holding the GIL (``py-spy record --gil --format
 raw``). Each sample is put in one *phase* (what the relay was doing it for: the HTTP post, the
-claim, a worker's frames, the clients' WebSockets...) by its outermost relayline frame, and in
+claim, a worker's frames, the clients' WebSockets...) by the relayline frames on its stack, and in
 one *kind* (the store, JSON, logging, metrics, the web framework, asyncio, relayline's own code)
 by its innermost frame that names one. With ``--turns``, ``--seconds`` (the measured run) and
 ``--cpu`` (the relay's CPU share then), the shares become milliseconds of relay CPU per turn.
@@ -22,18 +22,21 @@ from pathlib import Path
 
 FRAME = re.compile(r"(?P<fn>.+?) \((?P<path>[^:()]+)(?::\d+)?\)$")
 
-# Outermost match wins: (phase, predicate on "path function").
+# The first rule that matches any frame of the sample wins, so the specific phases come first.
 PHASES: list[tuple[str, str]] = [
     ("HTTP post: store the message, queue the turn", r"api/routes/chats\.py post_message"),
-    ("HTTP other routes", r"api/routes/"),
     ("claim and assign", r"turns/claims\.py"),
     ("lease renewal and sweep", r"turns/leases\.py"),
-    ("worker frames: turn.done (store the answer, publish)", r"dispatcher\.py on_done"),
-    ("worker frames: turn.delta (coalesce, publish)", r"dispatcher\.py on_delta"),
+    ("worker frames: turn.done (store the answer, publish)", r"dispatcher\.py \S*on_done"),
+    ("worker frames: turn.delta (coalesce, publish)", r"dispatcher\.py \S*on_delta|streaming\.py"),
     ("worker socket: reading, other frames", r"turns/worker_gateway\.py"),
-    ("HTTP request: parsing, middleware, auth", r"relayline/(api|http_protocol)"),
     ("client WebSockets: fan-out, ops", r"relayline/hub/"),
     ("bus deliveries", r"relayline/bus/"),
+    ("HTTP other routes", r"api/routes/"),
+    ("HTTP request: parsing, middleware, auth", r"relayline/(api|http_protocol)"),
+    # SQLAlchemy runs each statement in a greenlet whose stack starts at the session: the
+    # caller is not in the sample, so these are the statements of every phase above.
+    ("store statements (in SQLAlchemy's greenlets, any phase)", r"^sqlalchemy/"),
 ]
 # Innermost match wins.
 KINDS: list[tuple[str, str]] = [
@@ -63,12 +66,10 @@ def parse(path: Path) -> list[tuple[list[str], int]]:
 
 
 def classify(frames: list[str]) -> tuple[str, str]:
-    phase = "other (event loop, threads)"
-    for frame in frames:
-        hit = next((name for name, rule in PHASES if re.search(rule, frame)), None)
-        if hit is not None:
-            phase = hit
-            break
+    phase = next(
+        (name for name, rule in PHASES if any(re.search(rule, f) for f in frames)),
+        "other (event loop, threads)",
+    )
     if any("aiosqlite/core.py _connection_worker_thread" in f for f in frames[:4]):
         phase = "store thread (aiosqlite's connection thread)"
     kind = "relayline's own code" if any("relayline/" in f for f in frames) else "other"
