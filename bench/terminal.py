@@ -2,8 +2,9 @@
 with ``--terminals``) against terminado (Jupyter's PTY WebSocket server) on the same machine,
 in the same run.
 
-    .venv/bin/python bench/terminal.py                 # 3 rounds; ~1 min; prints a markdown report
+    .venv/bin/python bench/terminal.py                 # 3 rounds; ~2 min; prints a markdown report
     .venv/bin/python bench/terminal.py --rounds 5 --flood-mib 64 --keys 500
+    .venv/bin/python bench/terminal.py --wait-quiet 300   # first wait (at most 300 s) for idle CPUs
 
 Everything listens on 127.0.0.1. Processes: ``relayline serve`` (SQLite, in-process bus),
 ``relayline worker --terminals`` with ``flood`` and ``echo`` in its allowlist, and
@@ -48,7 +49,7 @@ from typing import Any
 import httpx
 from servers import ADMIN_KEY, HOST, ROOT, machine, spawn_relay
 from term_programs import END_MARKER, LINE
-from turns import cpu_seconds
+from turns import cpu_seconds, wait_quiet
 from websockets.asyncio.client import ClientConnection, connect
 
 BENCH = Path(__file__).resolve().parent
@@ -472,6 +473,13 @@ def main() -> None:
     parser.add_argument("--flood-mib", type=float, default=16)
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before measuring, wait up to S seconds for every CPU to be under 20%% busy",
+    )
+    parser.add_argument(
         "--worker-env",
         action="append",
         default=[],
@@ -499,6 +507,13 @@ def main() -> None:
             wait_programs(url, key, worker)
             terminado, port = start_terminado(workdir, args.flood_mib)
             procs.append(terminado)
+            if args.wait_quiet > 0:
+                load = wait_quiet(args.wait_quiet, lambda m: print(m, file=sys.stderr))
+                print(
+                    "load before measuring: "
+                    + ", ".join(f"CPU {c} {v:.0%}" for c, v in load.items()),
+                    file=sys.stderr,
+                )
             pids = {"relay": relay_proc.pid, "worker": worker.pid, "terminado": terminado.pid}
             relay, terminado_figures = asyncio.run(measure(args, url, key, port, pids))
         finally:
