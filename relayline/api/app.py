@@ -49,6 +49,8 @@ from relayline.ops.scheduled_analytics import ScheduledAnalytics
 from relayline.ops.scheduled_backups import ScheduledBackups
 from relayline.store import migrate
 from relayline.store.database import Database
+from relayline.terminals.directory import create_directory
+from relayline.terminals.service import CONTROL_KIND as TERMINAL_CONTROL
 from relayline.terminals.service import TerminalService
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier
@@ -167,8 +169,15 @@ def create_http_app(settings: Settings) -> FastAPI:
             bus = shared.bus
             auth = Authenticator(settings, db)
             hub = Hub(bus, replay_max_events=settings.replay_max_events)
-            terminal_service = TerminalService(settings, bus)
+            terminal_service = TerminalService(
+                settings,
+                bus,
+                directory=create_directory(shared.redis, settings.redis_prefix),
+                instance_id=shared.instance_id,
+                broadcast=shared.coordinator.broadcast,
+            )
             stack.push_async_callback(terminal_service.stop)
+            terminal_service.start()
             acl = TopicAcl(db, terminal_service)
             dispatcher = TurnDispatcher(settings, db, bus, shared.coordinator)
             credentials = LiveCredentials(
@@ -178,6 +187,7 @@ def create_http_app(settings: Settings) -> FastAPI:
                 on_change=auth.forget,
             )
             dispatcher.control_handlers[CONTROL_KIND] = credentials.on_control
+            dispatcher.control_handlers[TERMINAL_CONTROL] = terminal_service.on_control
             stack.push_async_callback(dispatcher.stop)
             await dispatcher.start()
             stack.push_async_callback(credentials.close)
@@ -192,7 +202,7 @@ def create_http_app(settings: Settings) -> FastAPI:
                 settings.worker_key_map, shared.nonces, settings.worker_signature_window_s
             )
             workers = WorkerGateway(
-                settings, dispatcher, verifier, bus, observers=[terminal_service]
+                settings, dispatcher, verifier, bus, observers=[terminal_service.local]
             )
             chats_service = ChatService(settings, db, bus, limiter, dispatcher)
             gateway = Gateway(

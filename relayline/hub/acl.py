@@ -55,9 +55,9 @@ class TopicAcl:
                 return
         elif parsed.kind == "tenant" and who.kind == "tenant" and ident == who.tenant_id:
             return
-        if parsed.kind == "term" and self._sees_terminal(who, ident):
+        if parsed.kind == "term" and await self._sees_terminal(who, ident):
             return
         raise Forbidden("topic not allowed")
 
-    def _sees_terminal(self, who: Principal, session_id: str) -> bool:
-        return self._terminals is not None and self._terminals.can_view(who, session_id)
+    async def _sees_terminal(self, who: Principal, session_id: str) -> bool:
+        return self._terminals is not None and await self._terminals.can_view(who, session_id)

@@ -343,13 +343,13 @@ class ClientConnection:
     async def op_term_input(self, frame: dict[str, Any]) -> dict[str, Any]:
         terminals, session_id = self._terminal_of(self._topic(frame))
         self._still_open()
-        terminals.input(self.who, session_id, frame.get("data"))
+        await terminals.input(self.who, session_id, frame.get("data"))
         return {}
 
     async def op_term_resize(self, frame: dict[str, Any]) -> dict[str, Any]:
         terminals, session_id = self._terminal_of(self._topic(frame))
         self._still_open()
-        terminals.resize(self.who, session_id, frame.get("cols"), frame.get("rows"))
+        await terminals.resize(self.who, session_id, frame.get("cols"), frame.get("rows"))
         return {}
 
     def closed_by_peer(self) -> None:

@@ -1,6 +1,7 @@
 """The terminal sessions this relay knows: where each runs, whose it is, how it is now.
 
-Records live in memory on the instance whose worker runs the session. A relay that restarts
+Records live in memory on the instance whose worker runs the session (the holder, which also
+shares them through :mod:`.directory` when there are several instances). A relay that restarts
 learns the sessions again from its workers: each worker lists its running sessions in its
 ``hello`` with the ``meta`` the relay gave at ``term.open`` (tenant, chat, opener), so the
 owner of a session survives a relay restart without a database row.
@@ -8,7 +9,8 @@ owner of a session survives a relay restart without a database row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from relayline.envelope import now_ms
@@ -30,6 +32,7 @@ class TerminalRecord:
     created_at: int = field(default_factory=now_ms)
     ended_at: int | None = None
     exit: dict[str, Any] | None = None  # term.exited's data once it ended
+    instance: str | None = None  # the relay instance whose worker runs it
 
     @property
     def topic(self) -> str:
@@ -47,6 +50,19 @@ class TerminalRecord:
             "opener": self.opener,
             "created_at": self.created_at,
         }
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TerminalRecord | None:
+        """A record stored by :meth:`as_json` (by this or another instance), or None."""
+        try:
+            value = json.loads(raw)
+            names = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in value.items() if k in names})
+        except (ValueError, TypeError, AttributeError):
+            return None
 
     @classmethod
     def adopted(cls, info: dict[str, Any], worker_id: str) -> TerminalRecord | None:

@@ -1,30 +1,26 @@
-"""Terminal sessions, relay side: open on a worker that offers the program, route clients' ops
-to that worker, publish what it sends on ``term:<id>``.
+"""Terminal sessions for clients: open one on a worker that offers the program, list and look
+them up, route typing, resizes, redraws and endings to the worker that runs the session.
 
 Guarantees:
 
-- A session runs on exactly one worker; frames about it from any other link are ignored, and
-  so is anything about a session already reported ended.
 - ``open`` returns once the worker said the program runs (its first ``term.state``), or
   raises the refusal with a stable code: ``no_terminal_worker`` (503, no connected worker runs
   terminals), ``unknown_program`` (422, none offers it), ``too_many_terminals`` (429, the
   tenant's limit or every offering worker full), ``cwd_not_allowed`` (422), ``unavailable``
   (503, the worker did not answer within ``RELAYLINE_TERMINAL_OPEN_TIMEOUT_S``).
-- Output is published in the order the worker sent it, on the bus, so every instance's
-  viewers get it. ``term.exited`` is published once per session.
-- A worker that disconnects leaves its sessions ``detached``; when it comes back with them
-  (its ``hello`` lists them) they are ``running`` again, else after
-  ``RELAYLINE_TERMINAL_DETACH_GRACE_S`` (plus a margin) they end as ``lost``. A relay that
-  restarted adopts the sessions its workers list, owner and all (``meta``).
+- Every instance answers for every session: a session another instance's worker runs is found
+  in the directory, and its ops are broadcast to that instance (best effort, at most once, like
+  the turns' cancel: a lost one is the client's to retry). Its output reaches every instance's
+  viewers through the bus.
 - Input is checked here, at the edge (write grant, at most ``TERM_INPUT_MAX_BYTES`` of valid
-  UTF-8), and again by the worker.
+  UTF-8), and again by the worker. Who may do what: :mod:`.access`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,7 +28,7 @@ import structlog
 from relayline.auth import Principal
 from relayline.bus.base import Bus
 from relayline.config import Settings
-from relayline.envelope import now_ms
+from relayline.envelope import Event
 from relayline.errors import (
     Conflict,
     Forbidden,
@@ -45,29 +41,18 @@ from relayline.errors import (
 )
 from relayline.ids import new_id
 from relayline.observability import terminal_metrics as m
-from relayline.protocol.limits import TERM_INPUT_MAX_BYTES, TERM_MAX_SIZE, TERM_MIN_SIZE
+from relayline.protocol.limits import TERM_INPUT_MAX_BYTES
 from relayline.protocol.names import ErrorCode, EventType, TermExitReason, WorkerFrame
 from relayline.terminals.access import Access, access, may_open
-from relayline.terminals.hosts import TerminalHostLink, parse_announcement
-from relayline.terminals.registry import TerminalRecord, TerminalRegistry
-from relayline.turns.worker_link import WorkerLink
+from relayline.terminals.directory import LocalDirectory, TerminalDirectory
+from relayline.terminals.registry import TerminalRecord
+from relayline.terminals.sessions import LocalSessions, check_size
 
 log = structlog.get_logger("relayline.terminals")
 
-DETACH_MARGIN_S = 10.0  # the worker's own detach grace ends first; then the relay gives up
+CONTROL_KIND = "terminal"  # the coordinator's broadcasts about terminal sessions
 REDRAW_COALESCE_S = 0.02  # viewers that subscribe together share one snapshot
-
-
-def check_size(cols: object, rows: object) -> tuple[int, int]:
-    for name, value in (("cols", cols), ("rows", rows)):
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or not TERM_MIN_SIZE <= value <= TERM_MAX_SIZE
-        ):
-            raise ValidationFailed(f"{name}: an integer from {TERM_MIN_SIZE} to {TERM_MAX_SIZE}")
-    assert isinstance(cols, int) and isinstance(rows, int)
-    return cols, rows
+Broadcast = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def check_input(data: object) -> None:
@@ -96,230 +81,86 @@ def _refusal(error: object) -> RelaylineError:
     return Unavailable(text)
 
 
+def _read_only() -> Forbidden:
+    return Forbidden("this viewer may only watch this terminal", code=ErrorCode.READ_ONLY)
+
+
 class TerminalService:
-    """See the module docstring. One per relay process; also the workers' link observer."""
+    """See the module docstring. One per relay process; :attr:`local` observes its workers."""
 
-    frame_types: frozenset[str] = frozenset(
-        {WorkerFrame.TERM_OUTPUT, WorkerFrame.TERM_STATE, WorkerFrame.TERM_EXITED}
-    )
-
-    def __init__(self, settings: Settings, bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        *,
+        directory: TerminalDirectory | None = None,
+        instance_id: str | None = None,
+        broadcast: Broadcast | None = None,
+    ) -> None:
         self.settings = settings
         self.bus = bus
-        self.registry = TerminalRegistry()
-        self.hosts: dict[str, TerminalHostLink] = {}
-        self._opening: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.directory = directory or LocalDirectory()
+        self.instance_id = instance_id or new_id()
+        self.local = LocalSessions(settings, bus, self.directory, self.instance_id)
+        self._broadcast = broadcast
         self._redraws: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.local.start()
 
     async def stop(self) -> None:
-        for handle in [*self._timers.values(), *self._redraws.values()]:
+        for handle in self._redraws.values():
             handle.cancel()
-        self._timers.clear()
         self._redraws.clear()
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.local.stop()
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # Finding sessions
 
-    async def _publish(self, record: TerminalRecord, kind: str, data: dict[str, Any]) -> None:
-        try:
-            await self.bus.publish(record.topic, kind, data)
-        except Exception as exc:  # the bus is away: viewers redraw from the next snapshot
-            log.warning("terminal_publish_failed", session=record.id, error=type(exc).__name__)
+    async def find(self, session_id: str) -> TerminalRecord | None:
+        record = self.local.registry.get(session_id)
+        if record is None and self.directory.shared:
+            record = await self.directory.get(session_id)
+        return record
 
-    def _gauge(self) -> None:
-        m.SESSIONS.set(self.registry.live_count())
-
-    # Workers (the LinkObserver side)
-
-    def attached(self, link: WorkerLink, hello: dict[str, Any]) -> None:
-        parsed = parse_announcement(hello.get("terminals"))
-        if parsed is None:
-            return
-        programs, capacity, sessions = parsed
-        self.hosts[link.worker_id] = TerminalHostLink(link, programs, capacity, sessions)
-        for info in sessions:
-            self._reattach(link, info)
-        self._gauge()
-
-    def _reattach(self, link: WorkerLink, info: dict[str, Any]) -> None:
-        session_id = info.get("id")
-        if not isinstance(session_id, str):
-            return
-        record = self.registry.get(session_id)
-        if record is None:
-            record = TerminalRecord.adopted(info, link.worker_id)
-            if record is None:
-                link.send({"type": WorkerFrame.TERM_CLOSE, "id": session_id})
-                return
-            self.registry.add(record)
-            log.info("terminal_adopted", session=session_id, worker_id=link.worker_id)
-        elif not record.live:  # already reported ended: it must not run on
-            link.send({"type": WorkerFrame.TERM_CLOSE, "id": session_id})
-            return
-        record.worker_id = link.worker_id
-        record.state = "running"
-        timer = self._timers.pop(session_id, None)
-        if timer is not None:
-            timer.cancel()
-        self._spawn(self._publish(record, EventType.TERM_STATE, self._state_data(record)))
-
-    def state(self, link: WorkerLink, frame: dict[str, Any]) -> None:
-        parsed = parse_announcement(frame.get("terminals"))
-        host = self.hosts.get(link.worker_id)
-        if parsed is None or host is None or host.link is not link:
-            return
-        host.programs, host.capacity, host.sessions = parsed
-
-    async def frame(self, link: WorkerLink, frame: dict[str, Any]) -> None:
-        session_id = frame.get("id")
-        record = self.registry.get(session_id) if isinstance(session_id, str) else None
-        if record is None or not record.live or record.worker_id != link.worker_id:
-            return  # a session this link does not run (any more)
-        kind = frame.get("type")
-        if kind == WorkerFrame.TERM_OUTPUT:
-            text = frame.get("data")
-            if not isinstance(text, str):
-                return
-            data: dict[str, Any] = {"data": text}
-            if frame.get("snapshot") is True:
-                data["snapshot"] = True
-                data["cols"], data["rows"] = record.cols, record.rows
-            m.OUTPUT_BYTES.inc(len(text))
-            await self._publish(record, EventType.TERM_OUTPUT, data)
-        elif kind == WorkerFrame.TERM_STATE:
-            with contextlib.suppress(ValidationFailed):
-                record.cols, record.rows = check_size(frame.get("cols"), frame.get("rows"))
-            record.state = "running"
-            await self._publish(record, EventType.TERM_STATE, self._state_data(record))
-            self._resolve(record.id, None)
-        elif kind == WorkerFrame.TERM_EXITED:
-            await self._ended(record, self._exit_data(frame))
-
-    @staticmethod
-    def _state_data(record: TerminalRecord) -> dict[str, Any]:
-        return {
-            "state": record.state,
-            "program": record.program,
-            "cols": record.cols,
-            "rows": record.rows,
-        }
-
-    @staticmethod
-    def _exit_data(frame: dict[str, Any]) -> dict[str, Any]:
-        reason = frame.get("reason")
-        known = {r.value for r in TermExitReason}
-        data: dict[str, Any] = {"reason": reason if reason in known else TermExitReason.EXITED}
-        for name in ("status", "signal"):
-            value = frame.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                data[name] = value
-        error = frame.get("error")
-        if isinstance(error, dict):
-            data["error"] = {
-                "code": str(error.get("code", ErrorCode.INTERNAL))[:64],
-                "detail": str(error.get("detail", ""))[:300],
-            }
-        return data
-
-    def _resolve(self, session_id: str, exit_data: dict[str, Any] | None) -> None:
-        future = self._opening.get(session_id)
-        if future is not None and not future.done():
-            future.set_result(exit_data)
-
-    async def _ended(self, record: TerminalRecord, data: dict[str, Any]) -> None:
-        if not record.live:
-            return
-        record.state = "exited"
-        record.exit = data
-        record.ended_at = now_ms()
-        timer = self._timers.pop(record.id, None)
-        if timer is not None:
-            timer.cancel()
-        m.EXITS.labels(str(data["reason"])).inc()
-        self._gauge()
-        self._resolve(record.id, data)
-        log.info("terminal_ended", session=record.id, **data)
-        self._timers[record.id] = asyncio.get_running_loop().call_later(
-            self.settings.terminal_keep_ended_s, self._forget, record.id
-        )
-        await self._publish(record, EventType.TERM_EXITED, data)
-
-    def _forget(self, session_id: str) -> None:
-        self._timers.pop(session_id, None)
-        record = self.registry.get(session_id)
-        if record is not None and not record.live:
-            self.registry.forget(session_id)
-
-    async def detached(self, link: WorkerLink) -> None:
-        host = self.hosts.get(link.worker_id)
-        if host is not None and host.link is link:
-            del self.hosts[link.worker_id]
-        loop = asyncio.get_running_loop()
-        for record in self.registry.live_on(link.worker_id):
-            if record.state == "starting":
-                await self._ended(
-                    record,
-                    {
-                        "reason": TermExitReason.FAILED,
-                        "error": {"code": ErrorCode.UNAVAILABLE, "detail": "the worker went away"},
-                    },
-                )
-                continue
-            record.state = "detached"
-            await self._publish(record, EventType.TERM_STATE, self._state_data(record))
-            self._timers[record.id] = loop.call_later(
-                self.settings.terminal_detach_grace_s + DETACH_MARGIN_S,
-                self._lost,
-                record.id,
-                link.worker_id,
-            )
-
-    def _lost(self, session_id: str, worker_id: str) -> None:
-        self._timers.pop(session_id, None)
-        record = self.registry.get(session_id)
-        if record is not None and record.state == "detached" and record.worker_id == worker_id:
-            self._spawn(self._ended(record, {"reason": TermExitReason.LOST}))
-
-    # Clients
-
-    def programs(self) -> list[str]:
-        """The programs some connected worker offers now."""
-        return sorted({p for host in self.hosts.values() if host.usable for p in host.programs})
-
-    def visible(self, who: Principal) -> list[tuple[TerminalRecord, Access]]:
-        found = []
-        for record in self.registry.records.values():
-            granted = access(who, record)
-            if granted is not None:
-                found.append((record, granted))
-        found.sort(key=lambda item: item[0].created_at)
-        return found
-
-    def lookup(self, who: Principal, session_id: str) -> tuple[TerminalRecord, Access]:
+    async def lookup(self, who: Principal, session_id: str) -> tuple[TerminalRecord, Access]:
         """The session and what ``who`` may do with it; NotFound when it may not see it."""
-        record = self.registry.get(session_id)
+        record = await self.find(session_id)
         granted = access(who, record) if record is not None else None
         if record is None or granted is None:
             raise NotFound("terminal not found")
         return record, granted
 
-    def can_view(self, who: Principal, session_id: str) -> bool:
-        record = self.registry.get(session_id)
+    async def can_view(self, who: Principal, session_id: str) -> bool:
+        record = await self.find(session_id)
         return record is not None and access(who, record) is not None
 
-    def _link_of(self, record: TerminalRecord) -> WorkerLink:
-        host = self.hosts.get(record.worker_id)
-        if record.state == "detached" or host is None or host.link.closed:
-            raise Unavailable("the terminal's worker is away; try again when it is back")
-        return host.link
+    async def visible(self, who: Principal) -> list[tuple[TerminalRecord, Access]]:
+        records = dict(self.local.registry.records)
+        if self.directory.shared and who.tenant_id is not None:
+            for record in await self.directory.of_tenant(who.tenant_id):
+                records.setdefault(record.id, record)
+        found = [(r, a) for r in records.values() if (a := access(who, r)) is not None]
+        found.sort(key=lambda item: item[0].created_at)
+        return found
+
+    async def _live_of_tenant(self, tenant_id: str) -> int:
+        live = {
+            r.id
+            for r in self.local.registry.records.values()
+            if r.live and r.tenant_id == tenant_id
+        }
+        if self.directory.shared:
+            live |= {r.id for r in await self.directory.of_tenant(tenant_id) if r.live}
+        return len(live)
+
+    async def programs(self) -> list[str]:
+        """The programs some connected worker (of any instance) offers now."""
+        names = {p for host in self.local.hosts.values() if host.usable for p in host.programs}
+        for report in await self.directory.hosts_elsewhere(self.instance_id):
+            names.update(p for p in report.get("programs", []) if isinstance(p, str))
+        return sorted(names)
+
+    # Opening
 
     async def open(
         self,
@@ -338,7 +179,14 @@ class TerminalService:
             m.OPENS.labels(exc.code).inc()
             raise
         m.OPENS.labels("ok").inc()
+        log.info("terminal_opened", session=record.id, program=program, worker_id=record.worker_id)
         return record
+
+    async def _hosts(self) -> list[dict[str, Any]]:
+        """Every usable terminal host, this instance's first: worker_id, programs, capacity,
+        load and instance."""
+        here = [{**h, "instance": self.instance_id} for h in self.local.host_reports()]
+        return here + await self.directory.hosts_elsewhere(self.instance_id)
 
     async def _open(
         self,
@@ -353,40 +201,39 @@ class TerminalService:
         if not may_open(who, chat_id):
             raise Forbidden("this credential may not open terminals")
         cols, rows = check_size(cols, rows)
-        hosts = [h for h in self.hosts.values() if h.usable]
+        hosts = await self._hosts()
         if not hosts:
             raise Unavailable(
                 "no connected worker runs terminals", code=ErrorCode.NO_TERMINAL_WORKER
             )
-        offering = [h for h in hosts if program in h.programs]
+        offering = [h for h in hosts if program in h.get("programs", ())]
         if not offering:
             raise ValidationFailed(
                 "no connected worker offers this program", code=ErrorCode.UNKNOWN_PROGRAM
             )
         limit = self.settings.terminal_max_per_tenant
-        if self.registry.live_of_tenant(tenant_id) >= limit:
+        if await self._live_of_tenant(tenant_id) >= limit:
             raise RateLimited(
                 f"at most {limit} terminals per tenant", code=ErrorCode.TOO_MANY_TERMINALS
             )
-        load = {h.link.worker_id: len(self.registry.live_on(h.link.worker_id)) for h in offering}
-        with_room = [h for h in offering if load[h.link.worker_id] < h.capacity]
+        with_room = [h for h in offering if h["load"] < h["capacity"]]
         if not with_room:
             raise RateLimited(
                 "every worker that offers this program is full", code=ErrorCode.TOO_MANY_TERMINALS
             )
-        host = min(with_room, key=lambda h: load[h.link.worker_id] / max(h.capacity, 1))
+        # The least loaded; this instance's own worker on a tie (no hop through Redis).
+        host = min(with_room, key=lambda h: h["load"] / max(h["capacity"], 1))
         record = TerminalRecord(
             id=new_id(),
             tenant_id=tenant_id,
             program=program,
             cols=cols,
             rows=rows,
-            worker_id=host.link.worker_id,
+            worker_id=str(host["worker_id"]),
             chat_id=chat_id,
             opener=who.rate_key,
+            instance=str(host["instance"]),
         )
-        self.registry.add(record)
-        self._gauge()
         frame: dict[str, Any] = {
             "type": WorkerFrame.TERM_OPEN,
             "id": record.id,
@@ -397,58 +244,112 @@ class TerminalService:
         }
         if cwd:
             frame["cwd"] = cwd
+        if record.instance == self.instance_id:
+            outcome = await self._open_here(record, frame)
+        else:
+            outcome = await self._open_elsewhere(record, frame)
+        if outcome is not None:
+            raise _refusal(outcome.get("error"))
+        return record
+
+    async def _open_here(
+        self, record: TerminalRecord, frame: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Start it on this instance's worker: None once running, else term.exited's data."""
+        host = self.local.hosts.get(record.worker_id)
+        if host is None or not host.usable:
+            raise Unavailable("the terminal's worker went away; try again")
+        self.local.registry.add(record)
+        self.local.changed(record)
         future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._opening[record.id] = future
+        self.local.opening[record.id] = future
         host.link.send(frame)
         try:
             async with asyncio.timeout(self.settings.terminal_open_timeout_s):
-                exit_data = await future
+                return await future
         except TimeoutError:
             host.link.send({"type": WorkerFrame.TERM_CLOSE, "id": record.id})
-            await self._ended(
-                record,
-                {
-                    "reason": TermExitReason.FAILED,
-                    "error": {"code": ErrorCode.UNAVAILABLE, "detail": "no answer from the worker"},
-                },
-            )
+            error = {"code": ErrorCode.UNAVAILABLE, "detail": "no answer from the worker"}
+            await self.local.ended(record, {"reason": TermExitReason.FAILED, "error": error})
             raise Unavailable("the worker did not start the terminal in time") from None
         finally:
-            self._opening.pop(record.id, None)
-        if exit_data is not None:
-            raise _refusal(exit_data.get("error"))
-        log.info("terminal_opened", session=record.id, program=program, worker_id=record.worker_id)
-        return record
+            self.local.opening.pop(record.id, None)
 
-    def input(self, who: Principal, session_id: str, data: object) -> None:
+    async def _open_elsewhere(
+        self, record: TerminalRecord, frame: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Have the instance whose worker was picked start it, and learn the outcome from the
+        session's topic (its first term.state or term.exited)."""
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+
+        def listen(event: Event) -> None:
+            if future.done():
+                return
+            if event.type == EventType.TERM_STATE and event.data.get("state") == "running":
+                future.set_result(None)
+            elif event.type == EventType.TERM_EXITED:
+                future.set_result(dict(event.data))
+
+        subscription = await self.bus.subscribe(record.topic, listen)
         try:
-            record = self._live_writable(who, session_id)
-            check_input(data)
-            link = self._link_of(record)
-        except RelaylineError as exc:
-            m.INPUT_REFUSED.labels(exc.code).inc()
-            raise
-        link.send({"type": WorkerFrame.TERM_INPUT, "id": session_id, "data": data})
+            await self._tell({"action": "open", "record": record.as_json(), "frame": frame})
+            async with asyncio.timeout(self.settings.terminal_open_timeout_s):
+                return await future
+        except TimeoutError:
+            await self._tell({"action": "close", "id": record.id})
+            raise Unavailable("the worker did not start the terminal in time") from None
+        finally:
+            subscription.close()
 
-    def resize(self, who: Principal, session_id: str, cols: object, rows: object) -> None:
-        try:
-            record = self._live_writable(who, session_id)
-            size = check_size(cols, rows)
-            link = self._link_of(record)
-        except RelaylineError as exc:
-            m.INPUT_REFUSED.labels(exc.code).inc()
-            raise
-        link.send(
-            {"type": WorkerFrame.TERM_RESIZE, "id": session_id, "cols": size[0], "rows": size[1]}
-        )
+    # Typing, resizing, redrawing, ending
 
-    def _live_writable(self, who: Principal, session_id: str) -> TerminalRecord:
-        record, granted = self.lookup(who, session_id)
+    async def _live_writable(self, who: Principal, session_id: str) -> TerminalRecord:
+        record, granted = await self.lookup(who, session_id)
         if granted != "write":
-            raise Forbidden("this viewer may only watch this terminal", code=ErrorCode.READ_ONLY)
+            raise _read_only()
         if not record.live:
             raise Conflict("this terminal has ended", code=ErrorCode.TERMINAL_EXITED)
+        if record.state == "detached":
+            raise Unavailable("the terminal's worker is away; try again when it is back")
         return record
+
+    async def _deliver(self, record: TerminalRecord, frame: dict[str, Any]) -> None:
+        """Send ``frame`` to the worker that runs ``record``, wherever it is connected."""
+        if self.local.registry.get(record.id) is not None:
+            link = self.local.link_of(record)
+            if link is None:
+                raise Unavailable("the terminal's worker is away; try again when it is back")
+            link.send(frame)
+        else:
+            await self._tell({"action": "deliver", "id": record.id, "frame": frame})
+
+    async def input(self, who: Principal, session_id: str, data: object) -> None:
+        try:
+            record = await self._live_writable(who, session_id)
+            check_input(data)
+            await self._deliver(
+                record, {"type": WorkerFrame.TERM_INPUT, "id": session_id, "data": data}
+            )
+        except RelaylineError as exc:
+            m.INPUT_REFUSED.labels(exc.code).inc()
+            raise
+
+    async def resize(self, who: Principal, session_id: str, cols: object, rows: object) -> None:
+        try:
+            record = await self._live_writable(who, session_id)
+            size = check_size(cols, rows)
+            await self._deliver(
+                record,
+                {
+                    "type": WorkerFrame.TERM_RESIZE,
+                    "id": session_id,
+                    "cols": size[0],
+                    "rows": size[1],
+                },
+            )
+        except RelaylineError as exc:
+            m.INPUT_REFUSED.labels(exc.code).inc()
+            raise
 
     def redraw(self, session_id: str) -> None:
         """Have the worker send the screen as it is now (``term.output`` with ``snapshot``);
@@ -461,22 +362,80 @@ class TerminalService:
 
     def _send_redraw(self, session_id: str) -> None:
         self._redraws.pop(session_id, None)
-        record = self.registry.get(session_id)
-        host = self.hosts.get(record.worker_id) if record is not None else None
-        if record is not None and record.state == "running" and host is not None:
-            host.link.send({"type": WorkerFrame.TERM_REDRAW, "id": session_id})
+        frame = {"type": WorkerFrame.TERM_REDRAW, "id": session_id}
+        record = self.local.registry.get(session_id)
+        if record is None:
+            if self.directory.shared:
+                self.local.spawn(
+                    self._tell({"action": "deliver", "id": session_id, "frame": frame})
+                )
+            return
+        link = self.local.link_of(record)
+        if record.state == "running" and link is not None:
+            link.send(frame)
 
     async def close(self, who: Principal, session_id: str) -> TerminalRecord:
         """End the session (idempotent: an ended one is returned as it is)."""
-        record, granted = self.lookup(who, session_id)
+        record, granted = await self.lookup(who, session_id)
         if granted != "write":
-            raise Forbidden("this viewer may only watch this terminal", code=ErrorCode.READ_ONLY)
-        if not record.live:
-            return record
-        host = self.hosts.get(record.worker_id)
-        if record.state == "detached" or host is None:
-            # Its worker is away: reported ended now, and closed if it comes back with it.
-            await self._ended(record, {"reason": TermExitReason.TERMINATED})
-        else:
-            host.link.send({"type": WorkerFrame.TERM_CLOSE, "id": session_id})
+            raise _read_only()
+        if record.live:
+            if self.local.registry.get(session_id) is not None:
+                await self._close_here(record)
+            else:
+                await self._tell({"action": "close", "id": session_id})
         return record
+
+    async def _close_here(self, record: TerminalRecord) -> None:
+        link = self.local.link_of(record)
+        if link is None:
+            # Its worker is away: reported ended now, and closed if it comes back with it.
+            await self.local.ended(record, {"reason": TermExitReason.TERMINATED})
+        else:
+            link.send({"type": WorkerFrame.TERM_CLOSE, "id": record.id})
+
+    # Other instances
+
+    async def _tell(self, message: dict[str, Any]) -> None:
+        if self._broadcast is None:
+            raise Unavailable("the terminal runs on another relay instance, out of reach")
+        await self._broadcast({"kind": CONTROL_KIND, **message})
+
+    async def on_control(self, message: dict[str, Any]) -> None:
+        """A broadcast of another instance about a session this one may hold."""
+        action = message.get("action")
+        if action == "open":
+            await self._opened_for_another(message)
+            return
+        session_id = message.get("id")
+        record = self.local.registry.get(session_id) if isinstance(session_id, str) else None
+        if record is None or not record.live:
+            return
+        frame = message.get("frame")
+        if action == "deliver" and isinstance(frame, dict) and frame.get("id") == record.id:
+            link = self.local.link_of(record)
+            if link is not None and frame.get("type") in (
+                WorkerFrame.TERM_INPUT,
+                WorkerFrame.TERM_RESIZE,
+                WorkerFrame.TERM_REDRAW,
+            ):
+                link.send(frame)
+        elif action == "close":
+            await self._close_here(record)
+
+    async def _opened_for_another(self, message: dict[str, Any]) -> None:
+        raw, frame = message.get("record"), message.get("frame")
+        if not isinstance(raw, dict) or not isinstance(frame, dict):
+            return
+        with contextlib.suppress(TypeError):
+            record = TerminalRecord(**raw)
+            if record.instance != self.instance_id or frame.get("id") != record.id:
+                return
+            host = self.local.hosts.get(record.worker_id)
+            self.local.registry.add(record)
+            if host is None or not host.usable:
+                error = {"code": ErrorCode.UNAVAILABLE, "detail": "the worker went away"}
+                await self.local.ended(record, {"reason": TermExitReason.FAILED, "error": error})
+                return
+            self.local.changed(record)
+            host.link.send(frame)

@@ -112,7 +112,12 @@ async def test_a_worker_away_past_its_detach_grace_ends_its_sessions(
     tenant = await new_tenant(relay, http)
     host = worker.connection.terminals
     assert host is not None
-    await eventually(lambda: bool(relay.app.http.state.relay.terminals.programs()))
+    service = relay.app.http.state.relay.terminals
+
+    async def offered() -> bool:
+        return bool(await service.programs())
+
+    await eventually(offered)
     r = await http.post(
         "/v1/terminals", json={"program": "stubborn", "cols": 80, "rows": 24}, headers=tenant.auth
     )

@@ -87,14 +87,14 @@ async def list_terminals(who: TenantTerminals, st: State) -> s.TerminalList:
     """The sessions this caller may see (running and recently ended), and the programs the
     connected workers offer."""
     return s.TerminalList(
-        items=[_out(record, granted) for record, granted in st.terminals.visible(who)],
-        programs=st.terminals.programs(),
+        items=[_out(record, granted) for record, granted in await st.terminals.visible(who)],
+        programs=await st.terminals.programs(),
     )
 
 
 @router.get("/{terminal_id}")
 async def get_terminal(terminal_id: IdPath, who: TenantTerminals, st: State) -> s.TerminalOut:
-    return _out(*st.terminals.lookup(who, terminal_id))
+    return _out(*await st.terminals.lookup(who, terminal_id))
 
 
 @router.delete("/{terminal_id}", status_code=202)

@@ -1,0 +1,106 @@
+"""Two relay instances sharing PostgreSQL and Redis, a worker running terminals connected to
+one of them: every step of a terminal works through the other one too."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from relayline.testing import RelayServer, WsHarness
+from tests.conftest import SettingsFactory
+from tests.fixtures import KEY_ID, SECRET, Workers, eventually, new_tenant
+from tests.scaleout.test_shared_instances import REDIS, _redis_up
+from tests.terminals.helpers import output_until, snapshot_of, terminal_worker_settings
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not _redis_up(), reason=f"Redis not reachable at {REDIS}"),
+]
+
+
+@pytest.fixture
+async def pair(
+    make_settings: SettingsFactory, own_pg_url: str
+) -> AsyncIterator[tuple[RelayServer, RelayServer]]:
+    prefix = f"rltest:{secrets.token_hex(4)}:"
+    overrides: dict[str, Any] = {
+        "database_url": own_pg_url,
+        "redis_url": REDIS,
+        "redis_prefix": prefix,
+        "worker_keys": [f"{KEY_ID}:{SECRET}"],
+        "instances": 2,
+    }
+    first = RelayServer(make_settings(**overrides))
+    second = RelayServer(make_settings(**overrides))
+    await first.start()
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await second.stop()
+        await first.stop()
+        import redis.asyncio as aredis
+
+        client = aredis.Redis.from_url(REDIS)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_a_terminal_through_the_instance_its_worker_is_not_on(
+    pair: tuple[RelayServer, RelayServer], workers: Workers
+) -> None:
+    a, b = pair
+    await workers.start(a, **terminal_worker_settings())
+    async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
+        tenant = await new_tenant(b, http)
+
+        async def offered() -> bool:
+            r = await http.get("/v1/terminals", headers=tenant.auth)
+            return "cat" in r.json()["programs"]
+
+        await eventually(offered)  # b learns a's hosts from a's report
+        chat = await tenant.chat()
+        r = await http.post(
+            "/v1/terminals",
+            json={"program": "cat", "cols": 80, "rows": 24, "chat_id": chat},
+            headers=tenant.auth,
+        )
+        assert r.status_code == 201, r.text
+        terminal = r.json()["id"]
+        topic = f"term:{terminal}"
+        reader = (
+            await http.post(
+                "/v1/sessions", json={"chat_ids": [chat], "terminals": "read"}, headers=tenant.auth
+            )
+        ).json()["token"]
+        async with (
+            WsHarness(b, token=tenant.key, auth="header") as on_b,
+            WsHarness(a, token=reader, auth="header") as on_a,
+        ):
+            await on_b.subscribe(topic)  # the ACL of b finds the session in the directory
+            await snapshot_of(on_b, topic)  # the redraw went to a, the snapshot came back
+            await on_a.subscribe(topic)
+            await on_b.send_op("term.input", topic=topic, data="typed on b\n")
+            assert "typed on b" in await output_until(on_b, topic, "typed on b\r\ntyped on b")
+            assert "typed on b" in await output_until(on_a, topic, "typed on b\r\ntyped on b")
+            await on_b.send_op("term.resize", topic=topic, cols=100, rows=30)
+
+            async def resized() -> bool:
+                r = await http.get(f"/v1/terminals/{terminal}", headers=tenant.auth)
+                return (r.json()["cols"], r.json()["rows"]) == (100, 30)
+
+            await eventually(resized)
+            listed = (await http.get("/v1/terminals", headers=tenant.auth)).json()["items"]
+            assert [t["id"] for t in listed] == [terminal]
+            r = await http.delete(f"/v1/terminals/{terminal}", headers=tenant.auth)
+            assert r.status_code == 202
+            exited = await on_b.expect("term.exited", 10, topic=topic)
+            assert exited["data"]["reason"] == "terminated"
+        r = await http.get(f"/v1/terminals/{terminal}", headers=tenant.auth)
+        assert r.json()["state"] == "exited"
