@@ -123,16 +123,30 @@ def test_type_read_reload_and_resize(live_terminals: LiveRelay, new_page: Any) -
     assert [e["id"] for e in remembered] == [term_id]
     type_line(page, "echo after-$((1+1))")
     expect(rows(page)).to_contain_text("after-2", timeout=WAIT_MS)
-    type_line(page, "ls -l --color=always /usr/lib/python3*/json; printf '\\e[1;32mdone\\e[0m\\n'")
+    type_line(
+        page,
+        "ls -l --color=always /usr/lib/python3*/json; "
+        "printf '\\e[1;32mdone\\e[0m \\e[38;2;255;128;0min 24-bit colour\\e[0m\\n'",
+    )
     expect(rows(page)).to_contain_text("decoder.py", timeout=WAIT_MS)
-    expect(rows(page)).to_contain_text("done", timeout=WAIT_MS)
+    expect(rows(page)).to_contain_text("in 24-bit colour", timeout=WAIT_MS)
+    # xterm's run-time styles apply under the page's style-src 'self': a palette colour (a
+    # class its theme stylesheet defines) and a 24-bit one (a style attribute on the cell).
+    colours = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#term-screen .xterm-rows span')]
+            .filter(s => ['done', 'in 24-bit colour'].includes(s.textContent))
+            .map(s => [s.textContent, getComputedStyle(s).color]))"""
+    )
+    assert colours == {"done": "rgb(138, 226, 52)", "in 24-bit colour": "rgb(255, 128, 0)"}
     screenshot(page, "terminal-light")
 
     # Another page of the same session lists the terminal and shows the same screen.
     dark = open_page(new_page, live, current_token(page), color_scheme="dark")
     dark.locator(f"#term-list [data-term='{term_id}']").click()
     expect(dark.locator("#term-screen .xterm-rows")).to_contain_text("after-2", timeout=WAIT_MS)
-    expect(dark.locator("#term-screen .xterm-rows")).to_contain_text("done", timeout=WAIT_MS)
+    expect(dark.locator("#term-screen .xterm-rows")).to_contain_text(
+        "in 24-bit colour", timeout=WAIT_MS
+    )
     screenshot(dark, "terminal-dark")
 
     # A smaller window: one term.resize once it settles, and the PTY has the new size.
