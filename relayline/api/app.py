@@ -178,6 +178,7 @@ def create_http_app(settings: Settings) -> FastAPI:
             )
             stack.push_async_callback(terminal_service.stop)
             terminal_service.start()
+            hub.on_missed = terminal_service.topic_missed
             acl = TopicAcl(db, terminal_service)
             dispatcher = TurnDispatcher(settings, db, bus, shared.coordinator)
             credentials = LiveCredentials(

@@ -106,6 +106,9 @@ class Hub:
         self.replay_max_events = replay_max_events
         self.topics: dict[str, TopicState] = {}
         self._creating: dict[str, asyncio.Lock] = {}
+        # Told of each topic whose subscribers were sent events.missed by the bus (a topic
+        # whose snapshot travels on the topic itself, a terminal's, asks for a fresh one).
+        self.on_missed: Callable[[str], None] | None = None
 
     # Bus side
 
@@ -140,6 +143,8 @@ class Hub:
                 _BYTES[transport].inc(sent * len(frame))
 
     def _dispatch_missed(self, state: TopicState, event: Event) -> None:
+        if self.on_missed is not None:
+            self.on_missed(event.topic)
         for transport, subs in state.subs.items():
             if not subs:
                 continue

@@ -360,6 +360,11 @@ class TerminalService:
             REDRAW_COALESCE_S, self._send_redraw, session_id
         )
 
+    def topic_missed(self, topic: str) -> None:
+        """The bus lost events of ``topic``: a terminal's viewers need the screen again."""
+        if topic.startswith("term:"):
+            self.redraw(topic[5:])
+
     def _send_redraw(self, session_id: str) -> None:
         self._redraws.pop(session_id, None)
         frame = {"type": WorkerFrame.TERM_REDRAW, "id": session_id}

@@ -128,3 +128,21 @@ async def test_a_worker_away_past_its_detach_grace_ends_its_sessions(
     await relay.stop()  # the worker keeps trying to reconnect, in vain
     await eventually(lambda: not host.sessions, 10)
     assert remaining(members, sid) == set()
+
+
+async def test_viewers_told_the_bus_lost_events_get_the_screen_again(setup: Setup) -> None:
+    from relayline.bus.base import missed_event
+
+    terminal = await setup.open("cat")
+    topic = f"term:{terminal}"
+    hub = setup.relay.app.http.state.relay.hub
+    async with setup.ws() as ws:
+        await ws.subscribe(topic)
+        await snapshot_of(ws, topic)
+        await ws.send_op("term.input", topic=topic, data="kept\n")
+        await output_until(ws, topic, "kept\r\nkept")
+        epoch, seq = ws.positions[topic]
+        # What the Redis bus does when it finds its log replaced or fell behind its trimming.
+        hub.dispatch(hub.topics[topic], missed_event(topic, epoch, seq, "gap"))
+        await ws.expect("events.missed", 5, topic=topic)
+        assert "kept" in (await snapshot_of(ws, topic))["data"]
