@@ -4,9 +4,7 @@ The PTY's child is the :mod:`supervisor`, which starts the program and outlives 
 end and reap what it left. This side:
 
 - reads the PTY master without blocking the loop (``loop.add_reader`` on a non-blocking fd,
-  no thread), decodes UTF-8 incrementally (a character split across reads waits for its
-  other bytes; invalid bytes become U+FFFD), feeds the screen mirror, and coalesces output
-  into ``term.output`` frames by time (``flush_s``) and size (``flush_chars``);
+  no thread) and hands the bytes to :mod:`.output` (decoded, mirrored, coalesced);
 - stops reading while the outbox is over its bound and resumes when it has drained;
 - learns that the supervisor ended through a pidfd on the loop (or, without pidfds, by polling)
   and reaps it: it ends last, once nothing of the session runs, with the program's status;
@@ -17,7 +15,6 @@ end and reap what it left. This side:
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import os
 import signal
@@ -34,14 +31,13 @@ from ptyprocess import PtyProcess
 import relayline
 from relayline.protocol.names import TermExitReason, WorkerFrame
 from relayline.worker.terminals import metrics
-from relayline.worker.terminals.outbox import TerminalOutbox, encode
+from relayline.worker.terminals.outbox import TerminalOutbox
+from relayline.worker.terminals.output import TerminalOutput
 from relayline.worker.terminals.processes import kill_members, signal_session
-from relayline.worker.terminals.screen import ScreenMirror
 
 log = structlog.get_logger("relayline.worker.terminals")
 
 READ_CHUNK = 16 * 1024  # per readable event: bounds how long one read holds the loop
-FRAME_MAX_BYTES = 48 * 1024  # a term.output frame's JSON, well within the relay's frame limit
 INPUT_BACKLOG_BYTES = 64 * 1024  # typed ahead of a program that does not read its input
 _POLL_S = 0.05
 _KILL_WAIT_S = 2.0
@@ -78,21 +74,6 @@ def supervisor_argv(grace_s: float, program: tuple[str, ...]) -> list[str]:
     ]
 
 
-def split_output(frame: dict[str, Any], text: str) -> list[dict[str, Any]]:
-    """``term.output`` frames carrying ``text``, each within :data:`FRAME_MAX_BYTES` of JSON."""
-    pieces = [text]
-    frames: list[dict[str, Any]] = []
-    while pieces:
-        piece = pieces.pop()
-        candidate = {**frame, "data": piece}
-        if len(encode(candidate).encode()) <= FRAME_MAX_BYTES or len(piece) < 2:
-            frames.append(candidate)
-        else:
-            middle = len(piece) // 2
-            pieces += [piece[middle:], piece[:middle]]  # popped first half first
-    return frames
-
-
 class TerminalSession:
     """A running program in a PTY; create with :meth:`start`."""
 
@@ -119,13 +100,17 @@ class TerminalSession:
         self.on_ended = on_ended
         self.started = time.monotonic()
         self.last_activity = self.started
-        self.screen = ScreenMirror(cols, rows)
+        self.output = TerminalOutput(
+            session_id,
+            cols,
+            rows,
+            outbox,
+            flush_s=limits.flush_s,
+            flush_chars=limits.flush_chars,
+            after_flush=self._check_outbox,
+        )
         self._loop = asyncio.get_running_loop()
         self._fd = proc.fd
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending: list[str] = []
-        self._pending_chars = 0
-        self._flush_timer: asyncio.TimerHandle | None = None
         self._resize_timer: asyncio.TimerHandle | None = None
         self._wanted_size = (cols, rows)
         self._reading = False
@@ -211,36 +196,18 @@ class TerminalSession:
         if not data:
             self._eof = True
             self._stop_reading()
-            self._take(self._decoder.decode(b"", final=True))
-            self.flush()
+            self.output.take(b"", final=True)
+            self.output.flush()
             return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         metrics.OUTPUT_BYTES.inc(len(data))
-        self._take(self._decoder.decode(data))
-        if self._pending_chars >= self.limits.flush_chars:
-            self.flush()
-        elif self._flush_timer is None and self._pending:
-            self._flush_timer = self._loop.call_later(self.limits.flush_s, self.flush)
-
-    def _take(self, text: str) -> None:
-        if text:
+        if self.output.take(data):
             self.last_activity = time.monotonic()
-            self.screen.feed(text)
-            self._pending.append(text)
-            self._pending_chars += len(text)
 
-    def flush(self) -> None:
-        """Send what waits as ``term.output`` frames; pause reading when the outbox is over."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if not self._pending:
-            return
-        text = "".join(self._pending)
-        self._pending.clear()
-        self._pending_chars = 0
-        base = {"type": WorkerFrame.TERM_OUTPUT, "id": self.id}
-        for frame in split_output(base, text):
-            self.outbox.push(frame)
+    def _check_outbox(self) -> None:
+        """After a flush: stop reading while the outbox is over its bound."""
         if self.outbox.over and self._reading:
             self._stop_reading()
             metrics.READ_PAUSES.inc()
@@ -248,16 +215,7 @@ class TerminalSession:
 
     def send_snapshot(self) -> None:
         """Send the screen as it is after everything sent so far (``snapshot: true``)."""
-        self.flush()
-        frame = {
-            "type": WorkerFrame.TERM_OUTPUT,
-            "id": self.id,
-            "snapshot": True,
-            "cols": self.cols,
-            "rows": self.rows,
-        }
-        for piece in split_output(frame, self.screen.redraw()):
-            self.outbox.push(piece)
+        self.output.snapshot()
 
     def send_state(self) -> None:
         self.outbox.push(
@@ -317,11 +275,10 @@ class TerminalSession:
         cols, rows = self._wanted_size
         if (cols, rows) == (self.cols, self.rows) or self._child_gone.is_set():
             return
-        self.flush()  # output so far was laid out for the old size
+        self.output.resize(cols, rows)
         with contextlib.suppress(OSError):
             self.proc.setwinsize(rows, cols)  # the kernel sends SIGWINCH to the program
         self.cols, self.rows = cols, rows
-        self.screen.resize(cols, rows)
         self.send_state()
 
     # The end
@@ -406,10 +363,9 @@ class TerminalSession:
                 break
             if not data:
                 break
-            metrics.OUTPUT_BYTES.inc(len(data))
-            self._take(self._decoder.decode(data))
-        self._take(self._decoder.decode(b"", final=True))
-        self.flush()
+            self._take(data)
+        self.output.take(b"", final=True)
+        self.output.flush()
         deadline = time.monotonic() + _KILL_WAIT_S
         # The pidfd said it ended: reaping is immediate, the loop only bounds a wedged kernel.
         while self._alive() and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -428,9 +384,9 @@ class TerminalSession:
         return frame
 
     def _close(self) -> None:
-        for timer in (self._flush_timer, self._resize_timer):
-            if timer is not None:
-                timer.cancel()
+        self.output.close()
+        if self._resize_timer is not None:
+            self._resize_timer.cancel()
         self._stop_reading()
         if self._writing:
             self._loop.remove_writer(self._fd)

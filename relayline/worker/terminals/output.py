@@ -1,0 +1,116 @@
+"""What a terminal program prints, on its way to the relay.
+
+Bytes from the PTY are decoded incrementally (a character split across reads waits for its
+other bytes; invalid bytes become U+FFFD), fed to the screen mirror, then coalesced into
+``term.output`` frames by time (``flush_s`` after the first waiting text) and size
+(``flush_chars``), each frame within :data:`FRAME_MAX_BYTES` of JSON. The screen is fed before
+anything is sent, so a snapshot taken after a flush describes exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from collections.abc import Callable
+from typing import Any
+
+from relayline.protocol.names import WorkerFrame
+from relayline.worker.terminals.outbox import TerminalOutbox, encode
+from relayline.worker.terminals.screen import ScreenMirror
+
+FRAME_MAX_BYTES = 48 * 1024  # a term.output frame's JSON, well within the relay's frame limit
+
+
+def split_output(frame: dict[str, Any], text: str) -> list[dict[str, Any]]:
+    """``term.output`` frames carrying ``text``, each within :data:`FRAME_MAX_BYTES` of JSON."""
+    pieces = [text]
+    frames: list[dict[str, Any]] = []
+    while pieces:
+        piece = pieces.pop()
+        candidate = {**frame, "data": piece}
+        if len(encode(candidate).encode()) <= FRAME_MAX_BYTES or len(piece) < 2:
+            frames.append(candidate)
+        else:
+            middle = len(piece) // 2
+            pieces += [piece[middle:], piece[:middle]]  # popped first half first
+    return frames
+
+
+class TerminalOutput:
+    """One session's output: decoder, screen, coalescing (see the module docstring).
+    ``after_flush`` is called after every flush (the session checks the outbox's bound)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        cols: int,
+        rows: int,
+        outbox: TerminalOutbox,
+        *,
+        flush_s: float,
+        flush_chars: int,
+        after_flush: Callable[[], None],
+    ) -> None:
+        self.session_id = session_id
+        self.screen = ScreenMirror(cols, rows)
+        self.cols, self.rows = cols, rows
+        self.outbox = outbox
+        self.flush_s = flush_s
+        self.flush_chars = flush_chars
+        self.after_flush = after_flush
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def take(self, data: bytes, *, final: bool = False) -> bool:
+        """Decode and keep ``data`` (``final``: no more will come); whether any text came."""
+        text = self._decoder.decode(data, final=final)
+        if not text:
+            return False
+        self.screen.feed(text)
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if self._pending_chars >= self.flush_chars:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Send what waits as ``term.output`` frames."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        base = {"type": WorkerFrame.TERM_OUTPUT, "id": self.session_id}
+        for frame in split_output(base, text):
+            self.outbox.push(frame)
+        self.after_flush()
+
+    def snapshot(self) -> None:
+        """Send the screen as it is after everything sent so far (``snapshot: true``)."""
+        self.flush()
+        frame = {
+            "type": WorkerFrame.TERM_OUTPUT,
+            "id": self.session_id,
+            "snapshot": True,
+            "cols": self.cols,
+            "rows": self.rows,
+        }
+        for piece in split_output(frame, self.screen.redraw()):
+            self.outbox.push(piece)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.flush()  # output so far was laid out for the old size
+        self.cols, self.rows = cols, rows
+        self.screen.resize(cols, rows)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
