@@ -50,7 +50,7 @@ from relayline.ops.scheduled_backups import ScheduledBackups
 from relayline.store import migrate
 from relayline.store.database import Database
 from relayline.terminals.directory import create_directory
-from relayline.terminals.service import CONTROL_KIND as TERMINAL_CONTROL
+from relayline.terminals.remote import CONTROL_KIND as TERMINAL_CONTROL
 from relayline.terminals.service import TerminalService
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.signing import SignatureVerifier

@@ -19,8 +19,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -28,7 +26,6 @@ import structlog
 from relayline.auth import Principal
 from relayline.bus.base import Bus
 from relayline.config import Settings
-from relayline.envelope import Event
 from relayline.errors import (
     Conflict,
     Forbidden,
@@ -42,17 +39,16 @@ from relayline.errors import (
 from relayline.ids import new_id
 from relayline.observability import terminal_metrics as m
 from relayline.protocol.limits import TERM_INPUT_MAX_BYTES
-from relayline.protocol.names import ErrorCode, EventType, TermExitReason, WorkerFrame
+from relayline.protocol.names import ErrorCode, TermExitReason, WorkerFrame
 from relayline.terminals.access import Access, access, may_open
 from relayline.terminals.directory import LocalDirectory, TerminalDirectory
 from relayline.terminals.registry import TerminalRecord
+from relayline.terminals.remote import Broadcast, OtherInstances
 from relayline.terminals.sessions import LocalSessions, check_size
 
 log = structlog.get_logger("relayline.terminals")
 
-CONTROL_KIND = "terminal"  # the coordinator's broadcasts about terminal sessions
 REDRAW_COALESCE_S = 0.02  # viewers that subscribe together share one snapshot
-Broadcast = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def check_input(data: object) -> None:
@@ -102,7 +98,7 @@ class TerminalService:
         self.directory = directory or LocalDirectory()
         self.instance_id = instance_id or new_id()
         self.local = LocalSessions(settings, bus, self.directory, self.instance_id)
-        self._broadcast = broadcast
+        self.remote = OtherInstances(self.local, bus, broadcast)
         self._redraws: dict[str, asyncio.TimerHandle] = {}
 
     def start(self) -> None:
@@ -247,7 +243,8 @@ class TerminalService:
         if record.instance == self.instance_id:
             outcome = await self._open_here(record, frame)
         else:
-            outcome = await self._open_elsewhere(record, frame)
+            timeout = self.settings.terminal_open_timeout_s
+            outcome = await self.remote.open(record, frame, timeout)
         if outcome is not None:
             raise _refusal(outcome.get("error"))
         return record
@@ -275,32 +272,6 @@ class TerminalService:
         finally:
             self.local.opening.pop(record.id, None)
 
-    async def _open_elsewhere(
-        self, record: TerminalRecord, frame: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Have the instance whose worker was picked start it, and learn the outcome from the
-        session's topic (its first term.state or term.exited)."""
-        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-
-        def listen(event: Event) -> None:
-            if future.done():
-                return
-            if event.type == EventType.TERM_STATE and event.data.get("state") == "running":
-                future.set_result(None)
-            elif event.type == EventType.TERM_EXITED:
-                future.set_result(dict(event.data))
-
-        subscription = await self.bus.subscribe(record.topic, listen)
-        try:
-            await self._tell({"action": "open", "record": record.as_json(), "frame": frame})
-            async with asyncio.timeout(self.settings.terminal_open_timeout_s):
-                return await future
-        except TimeoutError:
-            await self._tell({"action": "close", "id": record.id})
-            raise Unavailable("the worker did not start the terminal in time") from None
-        finally:
-            subscription.close()
-
     # Typing, resizing, redrawing, ending
 
     async def _live_writable(self, who: Principal, session_id: str) -> TerminalRecord:
@@ -321,7 +292,7 @@ class TerminalService:
                 raise Unavailable("the terminal's worker is away; try again when it is back")
             link.send(frame)
         else:
-            await self._tell({"action": "deliver", "id": record.id, "frame": frame})
+            await self.remote.deliver(record.id, frame)
 
     async def input(self, who: Principal, session_id: str, data: object) -> None:
         try:
@@ -371,9 +342,7 @@ class TerminalService:
         record = self.local.registry.get(session_id)
         if record is None:
             if self.directory.shared:
-                self.local.spawn(
-                    self._tell({"action": "deliver", "id": session_id, "frame": frame})
-                )
+                self.local.spawn(self.remote.deliver(session_id, frame))
             return
         link = self.local.link_of(record)
         if record.state == "running" and link is not None:
@@ -388,7 +357,7 @@ class TerminalService:
             if self.local.registry.get(session_id) is not None:
                 await self._close_here(record)
             else:
-                await self._tell({"action": "close", "id": session_id})
+                await self.remote.close(session_id)
         return record
 
     async def _close_here(self, record: TerminalRecord) -> None:
@@ -401,46 +370,6 @@ class TerminalService:
 
     # Other instances
 
-    async def _tell(self, message: dict[str, Any]) -> None:
-        if self._broadcast is None:
-            raise Unavailable("the terminal runs on another relay instance, out of reach")
-        await self._broadcast({"kind": CONTROL_KIND, **message})
-
     async def on_control(self, message: dict[str, Any]) -> None:
         """A broadcast of another instance about a session this one may hold."""
-        action = message.get("action")
-        if action == "open":
-            await self._opened_for_another(message)
-            return
-        session_id = message.get("id")
-        record = self.local.registry.get(session_id) if isinstance(session_id, str) else None
-        if record is None or not record.live:
-            return
-        frame = message.get("frame")
-        if action == "deliver" and isinstance(frame, dict) and frame.get("id") == record.id:
-            link = self.local.link_of(record)
-            if link is not None and frame.get("type") in (
-                WorkerFrame.TERM_INPUT,
-                WorkerFrame.TERM_RESIZE,
-                WorkerFrame.TERM_REDRAW,
-            ):
-                link.send(frame)
-        elif action == "close":
-            await self._close_here(record)
-
-    async def _opened_for_another(self, message: dict[str, Any]) -> None:
-        raw, frame = message.get("record"), message.get("frame")
-        if not isinstance(raw, dict) or not isinstance(frame, dict):
-            return
-        with contextlib.suppress(TypeError):
-            record = TerminalRecord(**raw)
-            if record.instance != self.instance_id or frame.get("id") != record.id:
-                return
-            host = self.local.hosts.get(record.worker_id)
-            self.local.registry.add(record)
-            if host is None or not host.usable:
-                error = {"code": ErrorCode.UNAVAILABLE, "detail": "the worker went away"}
-                await self.local.ended(record, {"reason": TermExitReason.FAILED, "error": error})
-                return
-            self.local.changed(record)
-            host.link.send(frame)
+        await self.remote.on_control(message, self._close_here)
