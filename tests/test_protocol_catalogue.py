@@ -8,7 +8,7 @@ import sys
 
 from relayline.protocol import jsmodule
 from relayline.protocol.close_codes import ACTIONS, DEFAULT_ACTION, ClientAction, Close
-from relayline.protocol.names import EventType, Op
+from relayline.protocol.names import EventType, Op, WorkerFrame
 
 
 def test_every_close_code_has_its_designed_action() -> None:
@@ -28,6 +28,11 @@ def test_the_design_names_are_the_wire_names() -> None:
     assert {"term.input", "term.resize", "ping"} <= {o.value for o in Op}
     assert EventType.EVENTS_MISSED == "events.missed"
     assert EventType.MESSAGE_DELTA == "message.delta"
+    terminal_events = {"term.output", "term.state", "term.exited"}
+    assert terminal_events <= {e.value for e in EventType}
+    assert terminal_events | {"term.open", "term.input", "term.resize", "term.close"} <= {
+        f.value for f in WorkerFrame
+    }
 
 
 def test_the_generated_js_module_is_up_to_date() -> None:
