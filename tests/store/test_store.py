@@ -14,9 +14,10 @@ from sqlalchemy import event, func, select, text
 
 from relayline import api_keys
 from relayline.errors import Conflict, NotFound
-from relayline.store import chats, migrate, tenants
+from relayline.store import chats, migrate, tenants, turn_queue
+from relayline.store import turns as store_turns
 from relayline.store.database import Database
-from relayline.store.models import Chat, Message, Tenant, Turn
+from relayline.store.models import Chat, Message, MessageMetric, Tenant, Turn
 from tests.conftest import SettingsFactory
 
 
@@ -232,6 +233,76 @@ async def test_post_user_message_checks_the_chat(db: Database) -> None:
         await chats.post_user_message(db, tenant.id, chat.id, "x", None)
     async with db.read() as session:
         assert (await session.get_one(Chat, chat.id)).last_seq == 0
+
+
+async def test_a_retry_after_the_chat_was_archived_gets_its_message(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat = await _chat(db, tenant.id)
+    first = await chats.post_user_message(db, tenant.id, chat.id, "before", "c-1")
+    async with db.write() as session:
+        await chats.archive_chat(session, tenant.id, chat.id)
+
+    again = await chats.post_user_message(db, tenant.id, chat.id, "before", "c-1")
+    with pytest.raises(Conflict):
+        await chats.post_user_message(db, tenant.id, chat.id, "after", "c-2")
+
+    assert not again.created and again.message.id == first.message.id
+    assert again.turn is not None and first.turn is not None and again.turn.id == first.turn.id
+    async with db.read() as session:
+        assert (await session.get_one(Chat, chat.id)).last_seq == 1  # the refusal took no seq
+
+
+async def test_a_new_attempt_reuses_its_answer_and_fences_the_old_one(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat = await _chat(db, tenant.id)
+    posted = await chats.post_user_message(db, tenant.id, chat.id, "question", None)
+    assert posted.turn is not None
+
+    async with db.read() as session:  # other tests' turns may wait in the same database
+        others = set(await session.scalars(select(Turn.chat_id).where(Turn.chat_id != chat.id)))
+    first = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000, exclude_chats=others)
+    assert first is not None and first.attempt == 1
+    assert first.history == [{"role": "user", "content": "question"}]
+    assert first.message_seq == 2
+    assert await store_turns.requeue(db, first.turn_id, first.attempt)
+    second = await turn_queue.claim_next(db, "w2", 30_000, 50, 10_000, exclude_chats=others)
+    assert second is not None and second.attempt == 2
+    # The same answer row, in the same place, emptied for the new attempt.
+    assert (second.message_id, second.message_seq) == (first.message_id, first.message_seq)
+
+    stale = await store_turns.finish(
+        db, first.turn_id, first.attempt, state="completed", text="old", message_status="complete"
+    )
+    stored = await store_turns.finish(
+        db,
+        second.turn_id,
+        second.attempt,
+        state="completed",
+        text="new",
+        message_status="complete",
+        metrics={"first_token_ms": 5, "usage_source": "counted"},
+        finish_reason="stop",
+    )
+
+    assert stale is None
+    assert stored is not None and (stored.id, stored.seq) == (first.message_id, 2)
+    async with db.read() as session:
+        answer = await session.get_one(Message, first.message_id)
+        turn = await session.get_one(Turn, first.turn_id)
+        metric = (
+            await session.scalars(
+                select(MessageMetric).where(MessageMetric.message_id == answer.id)
+            )
+        ).one()
+        last_seq = (await session.get_one(Chat, chat.id)).last_seq
+    assert (answer.content, answer.status, answer.finish_reason) == ("new", "complete", "stop")
+    assert (turn.state, turn.attempt, turn.worker_id) == ("completed", 2, "w2")
+    assert (metric.first_token_ms, metric.usage_source, metric.tenant_id) == (
+        5,
+        "counted",
+        tenant.id,
+    )
+    assert last_seq == 2  # one question, one answer: the retry took no new seq
 
 
 async def test_list_messages_pages_by_seq(db: Database) -> None:
