@@ -50,8 +50,11 @@ def prepare_workspace(workspace: Path) -> None:
         readme.write_text(WORKSPACE_README, encoding="utf-8")
 
 
-async def demo_session(settings: Settings, workspace: Path, *, tools: bool = True) -> str:
-    """Make sure the demo tenant exists; return a session token covering its chats."""
+async def demo_session(
+    settings: Settings, workspace: Path, *, tools: bool = True, terminals: bool = False
+) -> str:
+    """Make sure the demo tenant exists; return a session token covering its chats (and,
+    with ``terminals``, allowed to open and use terminal sessions)."""
     db = await open_store(settings)
     try:
         async with db.write() as session:
@@ -84,6 +87,7 @@ async def demo_session(settings: Settings, workspace: Path, *, tools: bool = Tru
         int(time.time()),
         can_create_chats=True,
         can_read_analytics=True,  # the demo's person runs it: the Usage view works
+        terminals="write" if terminals else None,
     )
     return token
 
@@ -101,14 +105,6 @@ async def run_demo(
     (OpenAI-compatible) instead of the built-in model; the demo agent then gets no tools (a
     small model does not call them reliably)."""
     settings, key_id, secret = prepare(settings, host, port)
-    token = await demo_session(settings, workspace, tools=llm_url is None)
-    server = RelayServerProcess(server_config(settings, host, port))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            await serving
-            return
-        await asyncio.sleep(0.05)
     worker_settings = WorkerSettings(
         _env_file=None,
         relay_url=f"http://{host}:{port}",
@@ -122,6 +118,19 @@ async def run_demo(
         llm_url=llm_url,
         model=model,
     )
+    if worker_settings.terminal_program_map:
+        # RELAYLINE_TERMINAL_PROGRAMS set: the demo's worker runs terminals of those programs.
+        worker_settings = worker_settings.model_copy(update={"terminals": True})
+    token = await demo_session(
+        settings, workspace, tools=llm_url is None, terminals=worker_settings.terminals
+    )
+    server = RelayServerProcess(server_config(settings, host, port))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            await serving
+            return
+        await asyncio.sleep(0.05)
     connection, llm = build_connection(worker_settings)
     await probe_upstream(worker_settings, llm)
     stop = asyncio.Event()
