@@ -146,3 +146,55 @@ async def test_viewers_told_the_bus_lost_events_get_the_screen_again(setup: Setu
         hub.dispatch(hub.topics[topic], missed_event(topic, epoch, seq, "gap"))
         await ws.expect("events.missed", 5, topic=topic)
         assert "kept" in (await snapshot_of(ws, topic))["data"]
+
+
+async def test_a_slow_viewer_loses_output_then_gets_the_screen(
+    turn_relay: RelayFactory, workers: Workers, clients: list[httpx.AsyncClient]
+) -> None:
+    import asyncio
+    import json
+
+    from tests.hub.rawws import RawWs
+    from tests.terminals.helpers import start_setup
+
+    setup = await start_setup(
+        turn_relay,
+        workers,
+        clients,
+        ws_slow_policy="drop",
+        ws_queue_max_bytes=64 * 1024,
+        ws_send_buffer=4096,
+        ws_write_high_water=4096,
+    )
+    terminal = await setup.open("yes")
+    topic = f"term:{terminal}"
+    service = setup.relay.app.http.state.relay.terminals
+    asked: list[str] = []
+    redraw = service.redraw
+
+    def counted(session_id: str) -> None:
+        asked.append(session_id)
+        redraw(session_id)
+
+    service.redraw = counted
+    slow = await RawWs.connect(setup.relay.port, setup.tenant.key, rcvbuf=4096)
+    try:
+        await slow.send_frame(json.dumps({"op": "subscribe", "topic": topic, "ref": 1}).encode())
+        await asyncio.sleep(1.0)  # reading nothing while yes floods: the outbox overflows
+        missed = redrawn = False
+        async with asyncio.timeout(15):
+            while not redrawn:
+                opcode, payload = await slow.read_frame()
+                if opcode != 0x1:
+                    continue
+                frame = json.loads(payload)
+                if frame.get("type") == "events.missed":
+                    assert frame["topic"] == topic
+                    missed = True
+                elif missed and frame.get("type") == "term.output":
+                    redrawn = bool(frame["data"].get("snapshot"))
+    finally:
+        slow.close()
+    # Told it missed output, then given the screen as it is: all a terminal viewer needs.
+    assert missed and redrawn
+    assert asked.count(terminal) >= 2  # on subscribing, and on dropping its output
