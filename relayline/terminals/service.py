@@ -113,10 +113,12 @@ class TerminalService:
     # Finding sessions
 
     async def find(self, session_id: str) -> TerminalRecord | None:
-        record = self.local.registry.get(session_id)
+        """The session's record: this instance's while it runs it, else the directory's (a
+        session detached here may have been adopted by another instance), else this one's."""
+        record = self.local.holds(session_id)
         if record is None and self.directory.shared:
             record = await self.directory.get(session_id)
-        return record
+        return record or self.local.registry.get(session_id)
 
     async def lookup(self, who: Principal, session_id: str) -> tuple[TerminalRecord, Access]:
         """The session and what ``who`` may do with it; NotFound when it may not see it."""
@@ -286,7 +288,7 @@ class TerminalService:
 
     async def _deliver(self, record: TerminalRecord, frame: dict[str, Any]) -> None:
         """Send ``frame`` to the worker that runs ``record``, wherever it is connected."""
-        if self.local.registry.get(record.id) is not None:
+        if record.instance in (None, self.instance_id):
             link = self.local.link_of(record)
             if link is None:
                 raise Unavailable("the terminal's worker is away; try again when it is back")
@@ -339,7 +341,7 @@ class TerminalService:
     def _send_redraw(self, session_id: str) -> None:
         self._redraws.pop(session_id, None)
         frame = {"type": WorkerFrame.TERM_REDRAW, "id": session_id}
-        record = self.local.registry.get(session_id)
+        record = self.local.holds(session_id)
         if record is None:
             if self.directory.shared:
                 self.local.spawn(self.remote.deliver(session_id, frame))
@@ -354,7 +356,7 @@ class TerminalService:
         if granted != "write":
             raise _read_only()
         if record.live:
-            if self.local.registry.get(session_id) is not None:
+            if record.instance in (None, self.instance_id):
                 await self._close_here(record)
             else:
                 await self.remote.close(session_id)

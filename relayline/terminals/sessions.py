@@ -285,4 +285,20 @@ class LocalSessions:
         self._timers.pop(session_id, None)
         record = self.registry.get(session_id)
         if record is not None and record.state == "detached" and record.worker_id == worker_id:
-            self.spawn(self.ended(record, {"reason": TermExitReason.LOST}))
+            self.spawn(self._declare_lost(record))
+
+    async def _declare_lost(self, record: TerminalRecord) -> None:
+        """The worker did not come back here with the session. If it went to another
+        instance, which adopted the session, the session lives on there: forget it here."""
+        if self.directory.shared:
+            current = await self.directory.get(record.id)
+            if current is not None and current.live and current.instance != self.instance_id:
+                self.registry.forget(record.id)
+                m.SESSIONS.set(self.registry.live_count())
+                return
+        await self.ended(record, {"reason": TermExitReason.LOST})
+
+    def holds(self, session_id: str) -> TerminalRecord | None:
+        """The session's record when this instance runs it now (not while it is detached)."""
+        record = self.registry.get(session_id)
+        return record if record is not None and record.state != "detached" else None

@@ -224,3 +224,21 @@ async def test_ops_on_a_topic_that_is_not_a_terminal(setup: Setup) -> None:
         with pytest.raises(OpError) as refused:
             await ws.send_op("term.input", topic="term:nosuchterminal", data="x")
         assert refused.value.code == "not_found"
+
+
+async def test_typing_has_a_budget_of_its_own(
+    turn_relay: RelayFactory, workers: Workers, clients: list[httpx.AsyncClient]
+) -> None:
+    # Far beyond the other ops' burst, within the terminal ops' own.
+    setup = await start_setup(
+        turn_relay, workers, clients, ws_op_burst=5, ws_op_rate=1.0, terminal_input_burst=100
+    )
+    terminal = await setup.open("cat")
+    topic = f"term:{terminal}"
+    async with setup.ws() as ws:
+        await ws.subscribe(topic)
+        for n in range(60):
+            await ws.send_op("term.input", topic=topic, data=f"k{n} ")
+        await ws.send_op("term.input", topic=topic, data="\n")
+        assert "k59" in await output_until(ws, topic, "k59")
+        assert not [f for f in ws.frames if f.get("type") == "error"]

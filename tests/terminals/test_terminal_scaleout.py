@@ -3,6 +3,7 @@ one of them: every step of a terminal works through the other one too."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,6 +34,7 @@ async def pair(
         "redis_prefix": prefix,
         "worker_keys": [f"{KEY_ID}:{SECRET}"],
         "instances": 2,
+        "terminal_detach_grace_s": 0.2,
     }
     first = RelayServer(make_settings(**overrides))
     second = RelayServer(make_settings(**overrides))
@@ -104,3 +106,45 @@ async def test_a_terminal_through_the_instance_its_worker_is_not_on(
             assert exited["data"]["reason"] == "terminated"
         r = await http.get(f"/v1/terminals/{terminal}", headers=tenant.auth)
         assert r.json()["state"] == "exited"
+
+
+async def test_a_worker_that_moves_to_another_instance_takes_its_sessions_along(
+    pair: tuple[RelayServer, RelayServer], workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relayline.terminals import sessions
+
+    monkeypatch.setattr(sessions, "DETACH_MARGIN_S", 0.3)
+    a, b = pair
+    worker = await workers.start(f"{a.url},{b.url}", **terminal_worker_settings())
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        tenant = await new_tenant(a, http)
+
+        async def offered() -> bool:
+            r = await http.get("/v1/terminals", headers=tenant.auth)
+            return "cat" in r.json()["programs"]
+
+        await eventually(offered)
+        r = await http.post(
+            "/v1/terminals", json={"program": "cat", "cols": 80, "rows": 24}, headers=tenant.auth
+        )
+        terminal = r.json()["id"]
+        topic = f"term:{terminal}"
+        # a drops the worker's connection (say, a network blip); the worker goes on to b.
+        link = next(iter(a.app.http.state.relay.dispatcher.pool.workers.values()))
+        await link._close(1012, "moving")
+        state_b = b.app.http.state.relay.terminals
+
+        async def adopted_by_b() -> bool:
+            return state_b.local.holds(terminal) is not None
+
+        await eventually(adopted_by_b, 15)
+        # a's detach grace ends: the session lives on b, so a forgets it without ending it.
+        await asyncio.sleep(a.settings.terminal_detach_grace_s + 0.5)
+        async with WsHarness(a, token=tenant.key, auth="header") as on_a:
+            await on_a.subscribe(topic)
+            await on_a.send_op("term.input", topic=topic, data="still here\n")
+            assert "still here" in await output_until(on_a, topic, "still here\r\nstill here")
+            assert not [f for f in on_a.frames if f.get("type") == "term.exited"]
+        body = (await http.get(f"/v1/terminals/{terminal}", headers=tenant.auth)).json()
+        assert body["state"] == "running"
+        assert worker.connection.relay == b.url

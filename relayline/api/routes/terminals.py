@@ -20,6 +20,7 @@ from relayline.terminals.access import Access
 from relayline.terminals.registry import TerminalRecord
 
 router = APIRouter(prefix="/v1/terminals", tags=["terminals"])
+MAX_TOKEN_TERMINALS = 50
 
 
 def _out(record: TerminalRecord, granted: Access) -> s.TerminalOut:
@@ -54,7 +55,8 @@ def _token_with(who: Principal, terminal_id: str, st: State) -> str | None:
         can_create_chats=who.can_create_chats,
         can_read_analytics=who.can_read_analytics,
         terminals=who.terminals,
-        terminal_ids=[*who.terminal_ids, terminal_id],
+        # Ids are ULIDs, in time order: the token keeps its newest ones.
+        terminal_ids=sorted({*who.terminal_ids, terminal_id})[-MAX_TOKEN_TERMINALS:],
     )
     return token
 
