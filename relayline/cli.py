@@ -354,6 +354,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if worker_settings.terminals and not sys.platform.startswith("linux"):
+        print("fatal: --terminals needs Linux (/proc, prctl)", file=sys.stderr)
+        return EXIT_CONFIG
     if worker_settings.terminals and not worker_settings.terminal_program_map:
         print(
             "fatal: --terminals needs RELAYLINE_TERMINAL_PROGRAMS "
