@@ -315,7 +315,12 @@ class TerminalOut(BaseModel):
     writable: bool = Field(description="whether this caller may type, resize and end it")
 
 
-class NewTerminalOut(TerminalOut):
+class TerminalSnapshotOut(TerminalOut):
+    epoch: str = Field(description="the topic's epoch: subscribe with it and seq to replay")
+    seq: int = Field(description="the topic's last seq when this was read")
+
+
+class NewTerminalOut(TerminalSnapshotOut):
     session_token: str | None = Field(
         default=None,
         description="for a session token: a new token that also lists this terminal",

@@ -38,7 +38,22 @@ def own_threads() -> set[str]:
     }
 
 
-async def test_echo_output_reaches_a_websocket_viewer(setup: Setup) -> None:
+async def test_a_program_that_prints_and_ends_reaches_a_viewer(setup: Setup) -> None:
+    r = await setup.tenant.http.post(
+        "/v1/terminals", json={"program": "echo", "cols": 80, "rows": 24}, headers=setup.tenant.auth
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    topic = created["topic"]
+    async with setup.ws() as ws:
+        # Subscribing from the position the open answered with replays what came after it.
+        await ws.subscribe(topic, epoch=created["epoch"], after_seq=created["seq"])
+        assert "hello-terminal\r\n" in await output_until(ws, topic, "hello-terminal\r\n")
+        exited = await ws.expect("term.exited", 10, topic=topic)
+        assert exited["data"] == {"reason": "exited", "status": 0}
+
+
+async def test_typing_echoes_back_to_a_websocket_viewer(setup: Setup) -> None:
     async with setup.ws() as ws:
         terminal = await setup.open("cat")
         topic = f"term:{terminal}"

@@ -81,7 +81,10 @@ async def open_terminal(body: s.TerminalIn, who: TenantTerminals, st: State) -> 
         cwd=body.cwd,
     )
     out = _out(record, "write")
-    return s.NewTerminalOut(**out.model_dump(), session_token=_token_with(who, record.id, st))
+    epoch, seq = await st.bus.position(record.topic)
+    return s.NewTerminalOut(
+        **out.model_dump(), epoch=epoch, seq=seq, session_token=_token_with(who, record.id, st)
+    )
 
 
 @router.get("")
@@ -95,8 +98,14 @@ async def list_terminals(who: TenantTerminals, st: State) -> s.TerminalList:
 
 
 @router.get("/{terminal_id}")
-async def get_terminal(terminal_id: IdPath, who: TenantTerminals, st: State) -> s.TerminalOut:
-    return _out(*await st.terminals.lookup(who, terminal_id))
+async def get_terminal(
+    terminal_id: IdPath, who: TenantTerminals, st: State
+) -> s.TerminalSnapshotOut:
+    """The session as it is, and its topic's position: subscribing with ``epoch`` and
+    ``after_seq`` = ``seq`` replays nothing older (the screen comes on the topic anyway)."""
+    out = _out(*await st.terminals.lookup(who, terminal_id))
+    epoch, seq = await st.bus.position(out.topic)
+    return s.TerminalSnapshotOut(**out.model_dump(), epoch=epoch, seq=seq)
 
 
 @router.delete("/{terminal_id}", status_code=202)
