@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from relayline import session_tokens
 from relayline.api.app import open_store
-from relayline.config import Settings
+from relayline.config import DEV_ADMIN_KEY, Settings
 from relayline.server import RelayServerProcess, server_config
 from relayline.store import tenants
 from relayline.store.models import Chat, Tenant
@@ -92,6 +92,27 @@ async def demo_session(
     return token
 
 
+def admin_sign_in(settings: Settings) -> str:
+    """How to sign in to the admin console: the development admin key in full (the built-in,
+    published value, so printing it gives nothing away), or where the operator's own key lives
+    (a key of their own is never printed)."""
+    key = settings.admin_key.get_secret_value()
+    if key == DEV_ADMIN_KEY:
+        return f"{key}  (paste it on the sign-in page)"
+    return "the one set in RELAYLINE_ADMIN_KEY"
+
+
+def banner(base: str, token: str, settings: Settings) -> str:
+    """What the demo prints once it serves: the chat link, the admin console and the key that
+    signs in to it, the readiness check."""
+    return (
+        f"\n  relayline demo is running\n\n  Chat:   {base}/#session={token}\n"
+        f"  Admin:  {base}/admin\n"
+        f"          admin key: {admin_sign_in(settings)}\n"
+        f"  Health: {base}/health/ready\n\n  Press Ctrl+C to stop.\n"
+    )
+
+
 async def run_demo(
     settings: Settings,
     host: str,
@@ -136,12 +157,7 @@ async def run_demo(
     stop = asyncio.Event()
     worker = asyncio.create_task(connection.run(stop))
     base = f"http://{host}:{port}"
-    print(
-        f"\n  relayline demo is running\n\n  Chat:   {base}/#session={token}\n"
-        f"  Admin:  {base}/admin  (admin key: RELAYLINE_ADMIN_KEY)\n"
-        f"  Health: {base}/health/ready\n\n  Press Ctrl+C to stop.\n",
-        flush=True,
-    )
+    print(banner(base, token, settings), flush=True)
     try:
         await serving
     finally:

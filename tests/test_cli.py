@@ -261,3 +261,48 @@ def test_serve_says_at_start_up_what_stays_per_process_with_several_instances(
     ]
     assert any("RELAYLINE_REDIS_URL is unset" in w for w in warnings), stderr
     assert any("SQLite cannot be shared" in w for w in warnings), stderr
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def test_demo_prints_an_admin_key_that_signs_in(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relayline", "demo", "--port", str(port), "--workspace", "ws"],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:  # bounded by the test's timeout
+            lines.append(line.strip())
+            if "Press Ctrl+C" in line:
+                break
+        out = "\n".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert f"Chat:   {base}/#session=" in out
+        assert f"Admin:  {base}/admin" in out
+        key = next(ln for ln in lines if ln.startswith("admin key:")).split()[2]
+        r = httpx.get(f"{base}/v1/admin/tenants", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        assert "Demo" in [t["name"] for t in r.json()["items"]]
+        page = httpx.get(f"{base}/admin")
+        assert page.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=RUN_TIMEOUT_S)
+
+
+def test_demo_never_prints_an_admin_key_of_the_operators_own() -> None:
+    from relayline.config import Settings
+    from relayline.demo import banner
+
+    own = Settings(_env_file=None, admin_key=STRONG)  # type: ignore[call-arg]
+    text = banner("http://127.0.0.1:8080", "tok", own)
+    assert STRONG not in text
+    assert "admin key: the one set in RELAYLINE_ADMIN_KEY" in text
