@@ -35,7 +35,12 @@ def parse_announcement(value: object) -> tuple[frozenset[str], int, list[dict[st
     programs = value.get("programs")
     capacity = value.get("capacity")
     sessions = value.get("sessions")
-    if not isinstance(programs, list) or not isinstance(capacity, int) or capacity < 0:
+    if (
+        not isinstance(programs, list)
+        or not isinstance(capacity, int)
+        or isinstance(capacity, bool)
+        or capacity < 0
+    ):
         return None
     names = frozenset(
         p for p in programs[:_MAX_PROGRAMS] if isinstance(p, str) and _PROGRAM.fullmatch(p)

@@ -83,6 +83,13 @@ async def test_a_read_only_viewer_may_watch_but_not_type(setup: Setup) -> None:
         assert r.status_code == 403 and r.json()["error"]["code"] == "read_only"
 
 
+async def setup_programs(setup: Setup) -> list[str]:
+    r = await setup.tenant.http.get("/v1/terminals", headers=setup.tenant.auth)
+    programs: list[str] = r.json()["programs"]
+    assert "cat" in programs
+    return programs
+
+
 async def test_credentials_that_do_not_reach_a_terminal_do_not_see_it(setup: Setup) -> None:
     chat, other_chat = await setup.tenant.chat(), await setup.tenant.chat()
     terminal = await setup.open("cat", chat_id=chat)
@@ -94,9 +101,10 @@ async def test_credentials_that_do_not_reach_a_terminal_do_not_see_it(setup: Set
             headers = {"Authorization": f"Bearer {token}"}
             r = await http.get(f"/v1/terminals/{terminal}", headers=headers)
             assert r.status_code == 404
-            assert terminal not in [
-                t["id"] for t in (await http.get("/v1/terminals", headers=headers)).json()["items"]
-            ]
+            listed = (await http.get("/v1/terminals", headers=headers)).json()
+            assert terminal not in [t["id"] for t in listed["items"]]
+            # Programs are offered only to a credential that may open terminals.
+            assert listed["programs"] == ([] if token == plain else await setup_programs(setup))
             async with setup.ws(token) as ws:
                 with pytest.raises(OpError) as refused:
                     await ws.subscribe(topic)

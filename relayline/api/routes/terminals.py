@@ -16,7 +16,7 @@ from relayline.api.deps import State, TenantTerminals
 from relayline.api.params import IdPath
 from relayline.auth import Principal
 from relayline.errors import NotFound
-from relayline.terminals.access import Access
+from relayline.terminals.access import Access, may_open
 from relayline.terminals.registry import TerminalRecord
 
 router = APIRouter(prefix="/v1/terminals", tags=["terminals"])
@@ -90,10 +90,10 @@ async def open_terminal(body: s.TerminalIn, who: TenantTerminals, st: State) -> 
 @router.get("")
 async def list_terminals(who: TenantTerminals, st: State) -> s.TerminalList:
     """The sessions this caller may see (running and recently ended), and the programs the
-    connected workers offer."""
+    connected workers offer (to a caller that may open terminals; else none)."""
     return s.TerminalList(
         items=[_out(record, granted) for record, granted in await st.terminals.visible(who)],
-        programs=await st.terminals.programs(),
+        programs=await st.terminals.programs() if may_open(who, None) else [],
     )
 
 
