@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -415,7 +416,8 @@ def report(
             f"{d['p50_ms']:.2f} / {d['p99_ms']:.2f} ms (max {d['max_ms']:.2f}) |",
             "",
             f"Throughput: {t['turns']} turns over {profile['chats']} chats, worker capacity "
-            f"{profile['capacity']}, SQLite store, in {t['seconds']:.1f} s; {t['failed']} failed, "
+            f"{profile['capacity']}, {'PostgreSQL' if profile.get('postgres') else 'SQLite'} "
+            f"store, in {t['seconds']:.1f} s; {t['failed']} failed, "
             f"{t['refused']} posts refused with a 5xx (not counted as answered). "
             "CPU busy during the run: "
             + ", ".join(f"{name} {share:.0%}" for name, share in t["cpu"].items())
@@ -452,6 +454,32 @@ def write_doc(section: str) -> None:
         DOC.write_text(text.rstrip() + "\n\n" + section + "\n")
 
 
+@contextlib.asynccontextmanager
+async def store_url(server: str | None) -> AsyncIterator[dict[str, str]]:
+    """The relay's store for the throughput run: a fresh SQLite file (the relay's default in
+    the bench), or a database created on the PostgreSQL ``server`` and dropped afterwards."""
+    if not server:
+        yield {}
+        return
+    import asyncpg
+
+    name = "relayline_bench_" + secrets.token_hex(4)
+    admin = server.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield {"RELAYLINE_DATABASE_URL": admin.rsplit("/", 1)[0] + "/" + name}
+    finally:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
 async def measure(profile: dict[str, Any], workdir: Path, log: Any) -> dict[str, Any]:
     from relayline.testing import free_port
 
@@ -459,16 +487,17 @@ async def measure(profile: dict[str, Any], workdir: Path, log: Any) -> dict[str,
     env = {"RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}", "RELAYLINE_WS_OP_BURST": "1000"}
     results: dict[str, Any] = {}
     log("throughput: relay + worker processes")
-    server = start_relay(free_port(), workdir, env)
-    try:
-        results["throughput"] = await throughput(server, profile, workdir)
-    except BaseException:
-        server.stop()
-        assert server.log is not None
-        log("relay log, last lines:\n" + server.log.read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        server.stop()
+    async with store_url(profile.get("postgres")) as url:
+        server = start_relay(free_port(), workdir, {**env, **url})
+        try:
+            results["throughput"] = await throughput(server, profile, workdir)
+        except BaseException:
+            server.stop()
+            assert server.log is not None
+            log("relay log, last lines:\n" + server.log.read_text(errors="replace")[-4000:])
+            raise
+        finally:
+            server.stop()
     log(f"throughput: {results['throughput']['turns_per_s']:.0f} turns/s")
     results["latency"] = []
     for run in range(profile["latency_runs"]):
@@ -500,8 +529,18 @@ def main() -> None:
         help="sample the relay with py-spy during the measured turns; folded stacks to PATH "
         "(summarise with bench/profile_breakdown.py)",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run the throughput part on PostgreSQL: a fresh database created on this server "
+        "(e.g. postgresql://postgres@127.0.0.1:5432/test) and dropped afterwards",
+    )
     args = parser.parse_args()
-    profile = {**PROFILES["quick" if args.quick else "full"], "profile_to": args.profile}
+    profile = {
+        **PROFILES["quick" if args.quick else "full"],
+        "profile_to": args.profile,
+        "postgres": args.postgres,
+    }
     pin(1)
     started = time.monotonic()
 
