@@ -6,8 +6,11 @@
   worker dies (parent-death signal), reaps every descendant (child subreaper).
 - :mod:`.processes` — the members of a session, signalled group by group (Linux ``/proc``).
 - :mod:`.screen` — a ``pyte`` screen fed with the output, redrawn as ANSI for a new viewer.
-- :mod:`.session` — one PTY: non-blocking reads on the event loop, coalescing, flow control,
-  termination (SIGHUP and SIGTERM, a grace, SIGKILL), reaping.
+- :mod:`.output` — what a program prints: incremental UTF-8, the screen, coalescing into frames.
+- :mod:`.ending` — when the supervisor ended (a pidfd on the loop), and ending a session
+  (SIGHUP and SIGTERM, a grace, SIGKILL).
+- :mod:`.session` — one PTY: non-blocking reads on the event loop, input, resize, flow
+  control, the end (reader removed, PTY closed, child reaped, ``term.exited``).
 - :mod:`.outbox` — the frames on their way to the relay, bounded: past the bound, sessions stop
   reading their PTY (the programs block on their own writes) until it drains.
 - :mod:`.host` — every session of the worker: limits, idle and lifetime timers, the relay's

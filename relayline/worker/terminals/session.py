@@ -6,10 +6,11 @@ end and reap what it left. This side:
 - reads the PTY master without blocking the loop (``loop.add_reader`` on a non-blocking fd,
   no thread) and hands the bytes to :mod:`.output` (decoded, mirrored, coalesced);
 - stops reading while the outbox is over its bound and resumes when it has drained;
-- learns that the supervisor ended through a pidfd on the loop (or, without pidfds, by polling)
-  and reaps it: it ends last, once nothing of the session runs, with the program's status;
-- terminates: SIGHUP and SIGTERM to every process group of the session, the grace period,
-  then SIGKILL to whatever is left; reader removed, PTY closed, child reaped, ``term.exited``.
+- learns that the supervisor ended (:mod:`.ending`) and reaps it: it ends last, once nothing
+  of the session runs, with the program's status;
+- terminates (:func:`.ending.stop_session`): SIGHUP and SIGTERM to every process group of the
+  session, the grace period, then SIGKILL to whatever is left; then reader removed, PTY
+  closed, child reaped, ``term.exited``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,16 +31,14 @@ from ptyprocess import PtyProcess
 import relayline
 from relayline.protocol.names import TermExitReason, WorkerFrame
 from relayline.worker.terminals import metrics
+from relayline.worker.terminals.ending import ChildWatch, stop_session
 from relayline.worker.terminals.outbox import TerminalOutbox
 from relayline.worker.terminals.output import TerminalOutput
-from relayline.worker.terminals.processes import kill_members, signal_session
 
 log = structlog.get_logger("relayline.worker.terminals")
 
 READ_CHUNK = 16 * 1024  # per readable event: bounds how long one read holds the loop
 INPUT_BACKLOG_BYTES = 64 * 1024  # typed ahead of a program that does not read its input
-_POLL_S = 0.05
-_KILL_WAIT_S = 2.0
 _PACKAGE_ROOT = str(Path(relayline.__file__).resolve().parents[1])
 # The supervisor runs isolated from the environment (-I): it finds this package by path.
 _SUPERVISOR = (
@@ -119,10 +117,8 @@ class TerminalSession:
         self._writing = False
         self.ending: TermExitReason | None = None
         self.ended = asyncio.Event()
-        self._child_gone = asyncio.Event()
-        self._pidfd: int | None = None
-        self._poller: asyncio.Task[None] | None = None
         self._terminator: asyncio.Task[None] | None = None
+        self.child = ChildWatch(proc, self._child_ended)
 
     # Start
 
@@ -154,7 +150,6 @@ class TerminalSession:
         proc.delayafterterminate = 0
         os.set_blocking(proc.fd, False)
         session = cls(session_id, program, proc, cols, rows, meta, outbox, limits, on_ended)
-        session._watch_child()
         session._read()
         metrics.SESSIONS_OPEN.inc()
         log.info("terminal_started", session=session_id, program=program, pid=proc.pid)
@@ -177,7 +172,7 @@ class TerminalSession:
     # Output
 
     def _read(self) -> None:
-        if not self._reading and not self._eof and not self._child_gone.is_set():
+        if not self._reading and not self._eof and not self.child.gone.is_set():
             self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
 
@@ -233,7 +228,7 @@ class TerminalSession:
 
     def write(self, data: bytes) -> bool:
         """Type ``data``; False (nothing written) when the program has that much unread."""
-        if self.ending is not None or self._child_gone.is_set():
+        if self.ending is not None or self.child.gone.is_set():
             metrics.INPUT_REFUSED.labels("not_running").inc()
             return False
         if len(self._input) + len(data) > INPUT_BACKLOG_BYTES:
@@ -273,7 +268,7 @@ class TerminalSession:
     def _resize(self) -> None:
         self._resize_timer = None
         cols, rows = self._wanted_size
-        if (cols, rows) == (self.cols, self.rows) or self._child_gone.is_set():
+        if (cols, rows) == (self.cols, self.rows) or self.child.gone.is_set():
             return
         self.output.resize(cols, rows)
         with contextlib.suppress(OSError):
@@ -282,37 +277,6 @@ class TerminalSession:
         self.send_state()
 
     # The end
-
-    def _watch_child(self) -> None:
-        try:
-            self._pidfd = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):  # no pidfds (not Linux 5.3+): poll instead
-            self._poller = self._loop.create_task(self._poll_child())
-            return
-        self._loop.add_reader(self._pidfd, self._on_child_exit)
-
-    def _on_child_exit(self) -> None:
-        if self._pidfd is not None:
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-        if self.ending is None:
-            self.ending = TermExitReason.EXITED
-        self._child_gone.set()
-        if self._terminator is None:
-            self._terminator = self._loop.create_task(self._finish())
-
-    async def _poll_child(self) -> None:
-        # Nothing wakes a waiter when a child ends without a pidfd, hence the polling.
-        while self._alive():  # noqa: ASYNC110
-            await asyncio.sleep(_POLL_S)
-        self._on_child_exit()
-
-    def _alive(self) -> bool:
-        try:
-            return bool(self.proc.isalive())  # reaps it when it has ended (WNOHANG)
-        except Exception:  # already reaped
-            return False
 
     def terminate(self, reason: TermExitReason) -> None:
         """End the session (idempotent): the first reason given is the one reported."""
@@ -324,35 +288,22 @@ class TerminalSession:
     async def wait(self) -> None:
         await self.ended.wait()
 
+    def _child_ended(self) -> None:
+        if self.ending is None:
+            self.ending = TermExitReason.EXITED
+        if self._terminator is None:
+            self._terminator = self._loop.create_task(self._finish())
+
     async def _finish(self) -> None:
         try:
-            if not self._child_gone.is_set():
-                await self._stop_session()
+            if not self.child.gone.is_set():
+                grace = self.limits.grace_s
+                if await stop_session(self.pid, self.child, grace):
+                    metrics.KILLED_AFTER_GRACE.inc()
+                    log.warning("terminal_killed_after_grace", session=self.id, grace_s=grace)
             await self._reap()
         finally:
             self._close()
-
-    async def _stop_session(self) -> None:
-        sid = self.pid
-        signal_session(sid, signal.SIGHUP)
-        signal_session(sid, signal.SIGTERM)
-        if await self._child_within(self.limits.grace_s):
-            return
-        metrics.KILLED_AFTER_GRACE.inc()
-        log.warning("terminal_killed_after_grace", session=self.id, grace_s=self.limits.grace_s)
-        # Everything but the supervisor first: it reaps them, then ends by itself.
-        kill_members(sid, spare=sid)
-        if await self._child_within(_KILL_WAIT_S):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(sid, signal.SIGKILL)
-        await self._child_within(_KILL_WAIT_S)
-
-    async def _child_within(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._child_gone.wait()
-        return self._child_gone.is_set()
 
     async def _reap(self) -> None:
         # Output the program wrote just before the end is still in the PTY: read it out.
@@ -366,10 +317,7 @@ class TerminalSession:
             self._take(data)
         self.output.take(b"", final=True)
         self.output.flush()
-        deadline = time.monotonic() + _KILL_WAIT_S
-        # The pidfd said it ended: reaping is immediate, the loop only bounds a wedged kernel.
-        while self._alive() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(_POLL_S / 5)
+        await self.child.reap()
 
     def exit_frame(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -391,12 +339,7 @@ class TerminalSession:
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
-        if self._pidfd is not None:
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-        if self._poller is not None:
-            self._poller.cancel()
+        self.child.close()
         with contextlib.suppress(Exception):
             self.proc.close(force=True)
         frame = self.exit_frame()
