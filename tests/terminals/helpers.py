@@ -28,6 +28,7 @@ PROGRAMS = "; ".join(
         "yes=/usr/bin/yes",
         "env=/usr/bin/env",
         "pwd=/bin/sh -c 'pwd; sleep 30'",
+        "burst=/bin/sh -c 'sleep 0.5; seq 1 200000; sleep 30'",
     ]
 )
 GRACE_S = 0.5

@@ -166,7 +166,7 @@ async def test_a_slow_viewer_loses_output_then_gets_the_screen(
         ws_send_buffer=4096,
         ws_write_high_water=4096,
     )
-    terminal = await setup.open("yes")
+    terminal = await setup.open("burst")  # 1.3 MB of lines at once, then quiet
     topic = f"term:{terminal}"
     service = setup.relay.app.http.state.relay.terminals
     asked: list[str] = []
@@ -180,7 +180,7 @@ async def test_a_slow_viewer_loses_output_then_gets_the_screen(
     slow = await RawWs.connect(setup.relay.port, setup.tenant.key, rcvbuf=4096)
     try:
         await slow.send_frame(json.dumps({"op": "subscribe", "topic": topic, "ref": 1}).encode())
-        await asyncio.sleep(1.0)  # reading nothing while yes floods: the outbox overflows
+        await asyncio.sleep(1.5)  # reading nothing through the burst: the outbox overflows
         missed = redrawn = False
         async with asyncio.timeout(15):
             while not redrawn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyte
+import pytest
 
 from relayline.worker.terminals.screen import ScreenMirror
 
@@ -48,3 +49,53 @@ def test_shrinking_drops_empty_rows_below_the_cursor_first() -> None:
     assert [line.strip() for line in mirror.screen.display] == ["1", "2", "3"]
     mirror.resize(10, 6)
     assert len(mirror.screen.display) == 6 and mirror.screen.columns == 10
+
+
+def plain_pyte(cols: int, rows: int, chunks: list[str]) -> pyte.Screen:
+    screen = pyte.Screen(cols, rows)
+    stream = pyte.Stream(screen)
+    for chunk in chunks:
+        stream.feed(chunk)
+    return screen
+
+
+def same_screen(mirror: ScreenMirror, screen: pyte.Screen) -> bool:
+    ours = mirror.screen
+    return (
+        ours.display == screen.display
+        and (ours.cursor.x, ours.cursor.y) == (screen.cursor.x, screen.cursor.y)
+        and all(ours.buffer[y] == screen.buffer[y] for y in range(screen.lines))
+        and ours.cursor.attrs == screen.cursor.attrs
+    )
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["y\r\n" * 5000],
+        ["\x1b[1;32mgreen from here\r\n", "line %d\tcol\r\n" * 3000, "end"],
+        ["x" * 200 + "\r\n" + "wrapped long lines " * 40 + "\r\n" * 2] * 60,
+        ["a\r\n" * 3000 + "\x1b[2J\x1b[Htop after a clear\r\n"],  # an escape: no shortcut
+        ["partial \x1b[", "31mred\r\n" + "r\r\n" * 3000],  # a chunk that starts mid-sequence
+        ["\x0e" + "shifted\r\n" * 3000],  # SO: a charset shift persists
+        ["\x1b[5;10r" + "in a region\r\n" * 3000],  # a scroll region
+        ["\x1b[20h" + "new line mode\r\n" * 3000],
+        ["ü wide 漢字\r\n" * 2000 + "no newline at the end"],
+        ["\r\n" * 24 + "few\r\n" * 30],
+    ],
+)
+def test_a_flood_of_lines_leaves_the_screen_pyte_would(chunks: list[str]) -> None:
+    mirror = ScreenMirror(40, 12)
+    for chunk in chunks:
+        mirror.feed(chunk)
+    assert same_screen(mirror, plain_pyte(40, 12, chunks))
+
+
+def test_the_shortcut_is_taken_on_plain_floods() -> None:
+    mirror = ScreenMirror(80, 24)
+    fed: list[str] = []
+    real = mirror.stream.feed
+    mirror.stream.feed = lambda text: (fed.append(text), real(text))[1]  # type: ignore[method-assign]
+    mirror.feed("y\r\n" * 100_000)
+    assert len(fed[0]) == 3 * 24  # the last rows lines only
+    assert mirror.screen.display[-2].strip() == "y" and (mirror.screen.cursor.y) == 23

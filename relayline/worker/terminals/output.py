@@ -2,9 +2,12 @@
 
 Bytes from the PTY are decoded incrementally (a character split across reads waits for its
 other bytes; invalid bytes become U+FFFD), fed to the screen mirror, then coalesced into
-``term.output`` frames by time (``flush_s`` after the first waiting text) and size
-(``flush_chars``), each frame within :data:`FRAME_MAX_BYTES` of JSON. The screen is fed before
-anything is sent, so a snapshot taken after a flush describes exactly what was sent.
+``term.output`` frames by time and size, each frame within :data:`FRAME_MAX_BYTES` of JSON:
+the first text after a quiet moment (no flush for ``flush_s``) goes at once, so a typed key's
+echo waits for nothing; what follows it within ``flush_s`` waits for the window to end, or
+for ``flush_chars`` characters. The screen is fed with
+each flush, in one piece (which lets it skip what a flood scrolls off), before anything is
+sent, so a snapshot taken after a flush describes exactly what was sent.
 """
 
 from __future__ import annotations
@@ -62,19 +65,24 @@ class TerminalOutput:
         self._pending: list[str] = []
         self._pending_chars = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._last_flush = float("-inf")
 
     def take(self, data: bytes, *, final: bool = False) -> bool:
         """Decode and keep ``data`` (``final``: no more will come); whether any text came."""
         text = self._decoder.decode(data, final=final)
         if not text:
             return False
-        self.screen.feed(text)
         self._pending.append(text)
         self._pending_chars += len(text)
         if self._pending_chars >= self.flush_chars:
             self.flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+            quiet = self._loop.time() - self._last_flush
+            if quiet >= self.flush_s:
+                self.flush()  # the first output after a quiet moment: at once
+            else:
+                self._timer = self._loop.call_later(self.flush_s - quiet, self.flush)
         return True
 
     def flush(self) -> None:
@@ -84,9 +92,11 @@ class TerminalOutput:
             self._timer = None
         if not self._pending:
             return
+        self._last_flush = self._loop.time()
         text = "".join(self._pending)
         self._pending.clear()
         self._pending_chars = 0
+        self.screen.feed(text)
         base = {"type": WorkerFrame.TERM_OUTPUT, "id": self.session_id}
         for frame in split_output(base, text):
             self.outbox.push(frame)

@@ -4,6 +4,13 @@ Every byte of output is fed here before it is sent, so :meth:`ScreenMirror.redra
 describes the screen as it is after everything sent so far: a viewer that attaches (or lost
 events) gets that redraw first, then live output, and sees what the others see.
 
+pyte costs about a CPU second per MiB, which would cap a flooding program at that speed. A long
+run of plain lines (no escape sequence, no character-set shift) only scrolls: when the run
+holds more lines than the screen has rows twice over, everything before its last rows lines
+scrolls off whatever it drew, and leaves the cursor at the start of the bottom row. The mirror
+then puts the cursor there and feeds pyte only that tail, which gives the same screen at a
+cost that does not grow with the run (``tests/worker/test_terminal_screen.py`` compares both).
+
 The redraw resets attributes, clears the screen, writes every row's cells with their colours
 and attributes (SGR), restores the modes a keyboard depends on (application cursor keys,
 bracketed paste), the cursor's position and its visibility. Scrollback is not kept: a redraw is
@@ -12,8 +19,10 @@ the visible screen only.
 
 from __future__ import annotations
 
+import re
+
 import pyte
-from pyte import graphics
+from pyte import graphics, modes
 from pyte.screens import Char
 
 _CSI = "\x1b["
@@ -22,6 +31,10 @@ _BG = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.
 # pyte keeps private modes shifted left by 5 bits.
 _PRIVATE_MODES = {1: "application cursor keys", 2004: "bracketed paste"}
 _CURSOR_VISIBLE = 25 << 5
+# Text that only draws, moves within a line (BS, HT) or moves down (CR LF): its effects are
+# gone once scrolled off. Escape sequences, C1 controls and SO/SI (charset shifts) persist.
+_PLAIN = re.compile(r"[^\x00-\x06\x0b-\x0c\x0e-\x1f\x7f-\x9f]*")
+_FAST_MIN_CHARS = 4096
 
 
 def _colour(value: str, named: dict[str, int], extended: int) -> str:
@@ -66,7 +79,32 @@ class ScreenMirror:
         self.stream = pyte.Stream(self.screen)
 
     def feed(self, text: str) -> None:
-        self.stream.feed(text)
+        self.stream.feed(self._scroll_off(text))
+
+    def _scroll_off(self, text: str) -> str:
+        """``text``, or the tail of it that leaves the screen as all of it would (see the
+        module docstring), the cursor already put where the rest would have left it."""
+        screen, stream = self.screen, self.stream
+        rows = screen.lines
+        if (
+            len(text) < _FAST_MIN_CHARS
+            or not stream._taking_plain_text  # in the middle of an escape sequence
+            or screen.margins is not None  # a scroll region: rows outside it stay
+            or modes.LNM in screen.mode  # LF would also return the carriage
+            or not _PLAIN.fullmatch(text)
+        ):
+            return text
+        cut = len(text)
+        for _ in range(rows + 1):
+            cut = text.rfind("\r\n", 0, cut)
+            if cut < 0:
+                return text
+        cut += 2  # after the CR LF: the start of a line
+        if text.count("\n", 0, cut) < rows:
+            return text
+        screen.cursor.x = 0
+        screen.cursor.y = rows - 1
+        return text[cut:]
 
     def resize(self, cols: int, rows: int) -> None:
         """Resize as xterm does: fewer rows drop the empty ones below the cursor first, and
