@@ -4,9 +4,9 @@ follows it within the window waits for it, a full window's worth goes at once.""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
-from relayline.worker.terminals.outbox import encode
 from relayline.worker.terminals.output import FRAME_MAX_BYTES, TerminalOutput, split_output
 
 
@@ -16,8 +16,8 @@ class Frames:
     def __init__(self) -> None:
         self.pushed: list[dict[str, Any]] = []
 
-    def push(self, frame: dict[str, Any]) -> None:
-        self.pushed.append(frame)
+    def push_encoded(self, text: str) -> None:
+        self.pushed.append(json.loads(text))
 
     @property
     def text(self) -> str:
@@ -62,5 +62,19 @@ async def test_a_full_window_goes_at_once_and_frames_stay_within_the_limit() -> 
     # Control characters take six bytes in JSON: a frame of them is split to fit.
     pieces = split_output({"type": "term.output", "id": "t"}, "\x1b" * 30_000)
     assert len(pieces) > 1
-    assert all(len(encode(p).encode()) <= FRAME_MAX_BYTES for p in pieces)
-    assert "".join(p["data"] for p in pieces) == "\x1b" * 30_000
+    assert all(len(p.encode()) <= FRAME_MAX_BYTES for p in pieces)
+    assert "".join(json.loads(p)["data"] for p in pieces) == "\x1b" * 30_000
+    wide = split_output({"type": "term.output", "id": "t"}, "漢" * 30_000)  # 3 bytes each
+    assert all(len(p.encode()) <= FRAME_MAX_BYTES for p in wide) and len(wide) > 1
+
+
+async def test_the_output_after_a_key_is_typed_goes_at_once() -> None:
+    frames = Frames()
+    out = output(frames, flush_s=10)
+    out.take(b"prompt$ ")
+    out.typed()
+    out.take(b"l")  # within the window, but the echo of a key
+    assert frames.text == "prompt$ l"
+    out.take(b"s")  # not typed: waits
+    assert frames.text == "prompt$ l"
+    out.close()

@@ -82,6 +82,12 @@ def same_screen(mirror: ScreenMirror, screen: pyte.Screen) -> bool:
         ["\x1b[20h" + "new line mode\r\n" * 3000],
         ["ü wide 漢字\r\n" * 2000 + "no newline at the end"],
         ["\r\n" * 24 + "few\r\n" * 30],
+        # Colour, then a long plain run, then more sequences: the run is skipped, not the rest.
+        ["\x1b[1;31mred\x1b[0m\r\n" * 50 + "plain\r\n" * 3000 + "\x1b[7mrev\x1b[0m tail\r\n" * 5],
+        # A run that starts inside a sequence (its ESC just before): the sequence still ends.
+        ["\x1b[", "38;5;200m" + "pink\r\n" * 3000, "\x1b[0m"],
+        # Many batches' worth.
+        ["z" * 70 + "\r\n"] * 5000 + ["\x1b[Hhome"],
     ],
 )
 def test_a_flood_of_lines_leaves_the_screen_pyte_would(chunks: list[str]) -> None:
@@ -91,11 +97,14 @@ def test_a_flood_of_lines_leaves_the_screen_pyte_would(chunks: list[str]) -> Non
     assert same_screen(mirror, plain_pyte(40, 12, chunks))
 
 
-def test_the_shortcut_is_taken_on_plain_floods() -> None:
+def test_floods_are_read_in_batches_and_mostly_skipped() -> None:
     mirror = ScreenMirror(80, 24)
     fed: list[str] = []
     real = mirror.stream.feed
     mirror.stream.feed = lambda text: (fed.append(text), real(text))[1]  # type: ignore[method-assign]
-    mirror.feed("y\r\n" * 100_000)
-    assert len(fed[0]) == 3 * 24  # the last rows lines only
-    assert mirror.screen.display[-2].strip() == "y" and (mirror.screen.cursor.y) == 23
+    mirror.feed("y\r\n" * 1000)
+    assert fed == []  # kept until a batch is full, or the screen is looked at
+    mirror.feed("y\r\n" * 100_000)  # past a batch: read now
+    # The start of the run (room for a sequence it might end), then its last rows lines.
+    assert sum(len(text) for text in fed) <= 256 + 3 * 24
+    assert mirror.screen.display[-2].strip() == "y" and mirror.screen.cursor.y == 23

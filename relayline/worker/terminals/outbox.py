@@ -58,7 +58,10 @@ class TerminalOutbox:
         return self._send is not None
 
     def push(self, frame: dict[str, Any]) -> None:
-        text = encode(frame)
+        self.push_encoded(encode(frame))
+
+    def push_encoded(self, text: str) -> None:
+        """Queue a frame already encoded as JSON (see :func:`encode`)."""
         self.queued.append(text)
         self.queued_bytes += len(text)
         self._idle.clear()

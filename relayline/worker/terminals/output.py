@@ -3,9 +3,9 @@
 Bytes from the PTY are decoded incrementally (a character split across reads waits for its
 other bytes; invalid bytes become U+FFFD), fed to the screen mirror, then coalesced into
 ``term.output`` frames by time and size, each frame within :data:`FRAME_MAX_BYTES` of JSON:
-the first text after a quiet moment (no flush for ``flush_s``) goes at once, so a typed key's
-echo waits for nothing; what follows it within ``flush_s`` waits for the window to end, or
-for ``flush_chars`` characters. The screen is fed with
+the first text after a quiet moment (no flush for ``flush_s``), and the first after a key was
+typed (:meth:`TerminalOutput.typed`: most likely its echo), go at once; what follows within
+``flush_s`` waits for the window to end, or for ``flush_chars`` characters. The screen is fed with
 each flush, in one piece (which lets it skip what a flood scrolls off), before anything is
 sent, so a snapshot taken after a flush describes exactly what was sent.
 """
@@ -24,15 +24,18 @@ from relayline.worker.terminals.screen import ScreenMirror
 FRAME_MAX_BYTES = 48 * 1024  # a term.output frame's JSON, well within the relay's frame limit
 
 
-def split_output(frame: dict[str, Any], text: str) -> list[dict[str, Any]]:
-    """``term.output`` frames carrying ``text``, each within :data:`FRAME_MAX_BYTES` of JSON."""
+def split_output(frame: dict[str, Any], text: str) -> list[str]:
+    """``term.output`` frames carrying ``text``, JSON-encoded, each within
+    :data:`FRAME_MAX_BYTES` (at most four bytes a character in UTF-8: most texts are checked
+    by their length alone)."""
     pieces = [text]
-    frames: list[dict[str, Any]] = []
+    frames: list[str] = []
     while pieces:
         piece = pieces.pop()
-        candidate = {**frame, "data": piece}
-        if len(encode(candidate).encode()) <= FRAME_MAX_BYTES or len(piece) < 2:
-            frames.append(candidate)
+        encoded = encode({**frame, "data": piece})
+        fits = len(encoded) * 4 <= FRAME_MAX_BYTES or len(encoded.encode()) <= FRAME_MAX_BYTES
+        if fits or len(piece) < 2:
+            frames.append(encoded)
         else:
             middle = len(piece) // 2
             pieces += [piece[middle:], piece[:middle]]  # popped first half first
@@ -67,6 +70,7 @@ class TerminalOutput:
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._last_flush = float("-inf")
+        self._typed = False
 
     def take(self, data: bytes, *, final: bool = False) -> bool:
         """Decode and keep ``data`` (``final``: no more will come); whether any text came."""
@@ -77,6 +81,8 @@ class TerminalOutput:
         self._pending_chars += len(text)
         if self._pending_chars >= self.flush_chars:
             self.flush()
+        elif self._typed:
+            self.flush()  # most likely the echo of what was typed: at once
         elif self._timer is None:
             quiet = self._loop.time() - self._last_flush
             if quiet >= self.flush_s:
@@ -93,14 +99,19 @@ class TerminalOutput:
         if not self._pending:
             return
         self._last_flush = self._loop.time()
+        self._typed = False
         text = "".join(self._pending)
         self._pending.clear()
         self._pending_chars = 0
         self.screen.feed(text)
         base = {"type": WorkerFrame.TERM_OUTPUT, "id": self.session_id}
-        for frame in split_output(base, text):
-            self.outbox.push(frame)
+        for encoded in split_output(base, text):
+            self.outbox.push_encoded(encoded)
         self.after_flush()
+
+    def typed(self) -> None:
+        """Input was written to the program: send the next output at once."""
+        self._typed = True
 
     def snapshot(self) -> None:
         """Send the screen as it is after everything sent so far (``snapshot: true``)."""
@@ -112,8 +123,8 @@ class TerminalOutput:
             "cols": self.cols,
             "rows": self.rows,
         }
-        for piece in split_output(frame, self.screen.redraw()):
-            self.outbox.push(piece)
+        for encoded in split_output(frame, self.screen.redraw()):
+            self.outbox.push_encoded(encoded)
 
     def resize(self, cols: int, rows: int) -> None:
         self.flush()  # output so far was laid out for the old size

@@ -4,12 +4,14 @@ Every byte of output is fed here before it is sent, so :meth:`ScreenMirror.redra
 describes the screen as it is after everything sent so far: a viewer that attaches (or lost
 events) gets that redraw first, then live output, and sees what the others see.
 
-pyte costs about a CPU second per MiB, which would cap a flooding program at that speed. A long
-run of plain lines (no escape sequence, no character-set shift) only scrolls: when the run
-holds more lines than the screen has rows twice over, everything before its last rows lines
-scrolls off whatever it drew, and leaves the cursor at the start of the bottom row. The mirror
-then puts the cursor there and feeds pyte only that tail, which gives the same screen at a
-cost that does not grow with the run (``tests/worker/test_terminal_screen.py`` compares both).
+pyte costs about a CPU second per MiB, which would cap a flooding program at that speed. Two
+things keep that off the output path. Text is fed in batches (:meth:`ScreenMirror.feed` only
+keeps it; it is read into pyte past :data:`BATCH_CHARS`, and before a redraw or a resize). And
+a long run of plain lines (no escape sequence, no character-set shift) only scrolls: when the
+run holds more lines than the screen has rows twice over, everything before its last rows
+lines scrolls off whatever it drew and leaves the cursor at the start of the bottom row, so the
+mirror puts the cursor there and feeds pyte only that tail. Both give the same screen as
+feeding every byte as it comes (``tests/worker/test_terminal_screen.py`` compares them).
 
 The redraw resets attributes, clears the screen, writes every row's cells with their colours
 and attributes (SGR), restores the modes a keyboard depends on (application cursor keys,
@@ -33,8 +35,10 @@ _PRIVATE_MODES = {1: "application cursor keys", 2004: "bracketed paste"}
 _CURSOR_VISIBLE = 25 << 5
 # Text that only draws, moves within a line (BS, HT) or moves down (CR LF): its effects are
 # gone once scrolled off. Escape sequences, C1 controls and SO/SI (charset shifts) persist.
-_PLAIN = re.compile(r"[^\x00-\x06\x0b-\x0c\x0e-\x1f\x7f-\x9f]*")
-_FAST_MIN_CHARS = 4096
+_PLAIN_RUN = re.compile(r"[^\x00-\x06\x0b-\x0c\x0e-\x1f\x7f-\x9f]{4096,}")
+# Fed normally at the start of a run: the end of an escape sequence that its ESC opened.
+_SEQUENCE_ROOM = 256
+BATCH_CHARS = 256 * 1024
 
 
 def _colour(value: str, named: dict[str, int], extended: int) -> str:
@@ -75,42 +79,66 @@ class ScreenMirror:
     """A ``cols`` by ``rows`` screen fed with a terminal's output."""
 
     def __init__(self, cols: int, rows: int) -> None:
-        self.screen = pyte.Screen(cols, rows)
-        self.stream = pyte.Stream(self.screen)
+        self._screen = pyte.Screen(cols, rows)
+        self.stream = pyte.Stream(self._screen)
+        self._unfed: list[str] = []
+        self._unfed_chars = 0
+
+    @property
+    def screen(self) -> pyte.Screen:
+        """The pyte screen, with everything fed so far read into it."""
+        self._catch_up()
+        return self._screen
 
     def feed(self, text: str) -> None:
-        self.stream.feed(self._scroll_off(text))
+        self._unfed.append(text)
+        self._unfed_chars += len(text)
+        if self._unfed_chars > BATCH_CHARS:
+            self._catch_up()
 
-    def _scroll_off(self, text: str) -> str:
-        """``text``, or the tail of it that leaves the screen as all of it would (see the
-        module docstring), the cursor already put where the rest would have left it."""
-        screen, stream = self.screen, self.stream
+    def _catch_up(self) -> None:
+        if not self._unfed:
+            return
+        text = "".join(self._unfed)
+        self._unfed.clear()
+        self._unfed_chars = 0
+        position = 0
+        for run in _PLAIN_RUN.finditer(text):
+            start = run.start() + _SEQUENCE_ROOM
+            self.stream.feed(text[position:start])
+            position = start + self._scrolled_off(text, start, run.end())
+        self.stream.feed(text[position:])
+
+    def _scrolled_off(self, text: str, start: int, end: int) -> int:
+        """How much of the plain ``text[start:end]`` can go unread because the rest of it
+        scrolls it all off (see the module docstring): 0, or up to the start of a line, the
+        cursor then put where the skipped text would have left it."""
+        screen, stream = self._screen, self.stream
         rows = screen.lines
         if (
-            len(text) < _FAST_MIN_CHARS
+            end - start < 4 * rows
             or not stream._taking_plain_text  # in the middle of an escape sequence
             or screen.margins is not None  # a scroll region: rows outside it stay
             or modes.LNM in screen.mode  # LF would also return the carriage
-            or not _PLAIN.fullmatch(text)
         ):
-            return text
-        cut = len(text)
+            return 0
+        cut = end
         for _ in range(rows + 1):
-            cut = text.rfind("\r\n", 0, cut)
+            cut = text.rfind("\r\n", start, cut)
             if cut < 0:
-                return text
+                return 0
         cut += 2  # after the CR LF: the start of a line
-        if text.count("\n", 0, cut) < rows:
-            return text
+        if text.count("\n", start, cut) < rows:
+            return 0
         screen.cursor.x = 0
         screen.cursor.y = rows - 1
-        return text[cut:]
+        return cut - start
 
     def resize(self, cols: int, rows: int) -> None:
         """Resize as xterm does: fewer rows drop the empty ones below the cursor first, and
         only then rows from the top (pyte alone always drops from the top, which would lose
         the output of a shell whose prompt is still near the top)."""
-        screen = self.screen
+        screen = self.screen  # caught up: what came before was laid out at the old size
         if rows < screen.lines:
             below_cursor = screen.lines - 1 - screen.cursor.y
             drop = min(screen.lines - rows, below_cursor)

@@ -236,6 +236,7 @@ class TerminalSession:
             return False
         self.last_activity = time.monotonic()
         metrics.INPUT_BYTES.inc(len(data))
+        self.output.typed()
         self._input += data
         self._write_input()
         return True
