@@ -210,6 +210,45 @@ def test_disconnected_state_and_input_typed_offline(
     assert page.js_errors == []
 
 
+def test_relay_back_before_the_worker(live_terminals: LiveRelay, new_page: Any) -> None:
+    """A restarted relay learns a terminal only when its worker is back: until then the page
+    says the worker is away and keeps what is typed, then follows the terminal again."""
+    live = live_terminals
+    page = open_page(new_page, live, terminal_token(live))
+    open_shell(page)
+    type_line(page, "echo before-$((5*5))")
+    expect(rows(page)).to_contain_text("before-25", timeout=WAIT_MS)
+
+    # The relay comes back refusing the worker's key for a while (so the page is surely back
+    # first), then knows it again.
+    keys = live.settings.worker_keys
+    live.stop_relay()
+    live.settings = live.settings.model_copy(update={"worker_keys": ["other:" + "s" * 32]})
+    live.start_relay()
+    wait_online(page, timeout=20_000)
+    banner = page.locator("#term-banner")
+    expect(banner).to_contain_text("worker running this terminal is away", timeout=WAIT_MS)
+    # A reload meanwhile (the relay answers 404 for the terminal): still remembered, still
+    # waiting for it.
+    term_id = terminal_id(page)
+    page.reload()
+    wait_online(page)
+    expect(banner).to_contain_text("worker running this terminal is away", timeout=WAIT_MS)
+    expect(page.locator(f"#term-list [data-term='{term_id}']")).to_contain_text("worker away")
+    type_line(page, "echo back-$((50+5))")
+    expect(banner).to_contain_text("typed, waiting to be sent")
+    screenshot(page, "terminal-worker-away")
+
+    live.stop_relay()
+    live.settings = live.settings.model_copy(update={"worker_keys": keys})
+    live.start_relay()
+    expect(rows(page)).to_contain_text("back-55", timeout=30_000)
+    expect(banner).to_be_hidden()
+    text = page.evaluate("() => relayline.terminals.view.screenText()")
+    assert text.count("back-55") == 1
+    assert page.js_errors == []
+
+
 def test_program_menu_phone_layout_and_how_a_session_ended(
     live_terminals: LiveRelay, new_page: Any
 ) -> None:

@@ -22,7 +22,9 @@ class FakeSocket {
     if (error) return Promise.reject(new SocketError(error, error));
     return Promise.resolve({});
   }
-  subscribe() {
+  subscribe(topic) {
+    this.subscribes = (this.subscribes ?? 0) + 1;
+    if (this.refuseSubscribe) return Promise.reject(new SocketError("forbidden", `${topic}: not allowed`));
     return Promise.resolve({});
   }
   unsubscribe() {}
@@ -39,6 +41,8 @@ function view(socket, changes = []) {
     inputLimitBytes: 16,
   });
   v.state = "running";
+  v.following = true; // the relay took the subscription
+  v.awaitingSnapshot = false;
   return v;
 }
 
@@ -143,7 +147,7 @@ test("output before the first snapshot is not drawn; a snapshot paints, then out
   const socket = new FakeSocket();
   const v = view(socket);
   const drawn = [];
-  v.term = /** @type {any} */ ({ write: (t) => drawn.push(t) });
+  v.term = /** @type {any} */ ({ write: (t) => drawn.push(t), dispose: () => {} });
   v.paint = (text) => {
     drawn.length = 0;
     drawn.push(`[snapshot]${text}`);
@@ -157,6 +161,7 @@ test("output before the first snapshot is not drawn; a snapshot paints, then out
   v.apply({ topic: "term:t1", type: "events.missed", data: {} });
   v.apply({ topic: "term:t1", type: "term.output", data: { data: "gap" } });
   assert.deepEqual(drawn, ["[snapshot]screen", "live"]);
+  v.dispose();
 });
 
 test("how a session ended, in words", () => {
@@ -168,4 +173,26 @@ test("how a session ended, in words", () => {
     "The program could not be started: no such program",
   );
   assert.equal(exitText(null), "The program ended.");
+});
+
+test("a relay that does not know the terminal yet: keys wait, it is asked again until it does", async () => {
+  const socket = new FakeSocket();
+  const changes = [];
+  const v = view(socket, changes);
+  // The relay restarted and its worker is not back: the renewed subscription was refused.
+  socket.refuseSubscribe = true;
+  await v.online([{ topic: "term:t1", ok: false }]);
+  assert.equal(v.following, false);
+  assert.equal(v.state, "detached");
+  v.input("ls\r");
+  assert.deepEqual(inputs(socket), []);
+  // The worker is back: the next try is taken, and the keys go out once.
+  socket.refuseSubscribe = false;
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(v.following, true);
+  assert.equal(v.state, "running");
+  assert.deepEqual(inputs(socket), ["ls\r"]);
+  assert.ok(socket.subscribes >= 1);
+  v.dispose();
 });

@@ -122,9 +122,9 @@ class ChatApp {
       if (event.topic.startsWith("term:")) this.terminals.apply(event);
       else this.conversation?.apply(event);
     });
-    s.on("ready", () => {
+    s.on("ready", (info) => {
       this.flushQueue();
-      this.terminals.ready();
+      this.terminals.ready(info);
     });
     s.on("auth", () => this.showSignIn("Your session has expired. Open a fresh link to continue."));
     s.on("error", (data) => {

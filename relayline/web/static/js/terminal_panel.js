@@ -29,6 +29,11 @@ const LINK_TEXT = {
   offline: "Disconnected. What you type is kept and sent when the link is back.",
 };
 
+// A remembered terminal the relay does not list is forgotten only after this long: a relay
+// that restarted learns its terminals when their workers reconnect.
+const MISSING_GRACE_MS = 90_000;
+const MISSING_RECHECK_MS = 15_000;
+
 const STATE_TEXT = {
   connecting: "connecting",
   starting: "starting",
@@ -63,6 +68,8 @@ export class TerminalPanel {
     this.programs = [];
     this.sessions = new Map(); // id -> {id, program, state}
     this.link = "idle";
+    this.missing = new Map(); // id -> when the relay's list first lacked it
+    this.recheck = null;
   }
 
   get currentId() {
@@ -113,15 +120,25 @@ export class TerminalPanel {
     const live = new Map(sessionsOf(body).map((t) => [t.id, t]));
     const remembered = this.store.read();
     this.sessions.clear();
+    const now = Date.now();
     for (const r of remembered) {
       const t = live.get(r.id);
-      // The relay's list is the truth once it answered: a terminal it no longer has is gone.
-      if (body && !t) {
-        this.store.forget(r.id);
-        continue;
+      if (t || !body) {
+        this.missing.delete(r.id);
+      } else {
+        // Not on the relay's list: gone, or its worker has not reconnected to a relay that
+        // restarted. Only a long absence counts as gone.
+        if (!this.missing.has(r.id)) this.missing.set(r.id, now);
+        if (now - this.missing.get(r.id) > MISSING_GRACE_MS && r.id !== this.currentId) {
+          this.missing.delete(r.id);
+          this.store.forget(r.id);
+          continue;
+        }
       }
-      this.sessions.set(r.id, { id: r.id, program: t?.program ?? r.program, state: t?.state ?? "running" });
+      this.sessions.set(r.id, { id: r.id, program: t?.program ?? r.program, state: t?.state ?? (t || !body ? "running" : "detached") });
     }
+    clearTimeout(this.recheck);
+    this.recheck = this.missing.size ? setTimeout(() => this.refresh(), MISSING_RECHECK_MS) : null;
     // Running terminals this session may use, opened elsewhere (another tab, another device).
     for (const t of live.values()) {
       if (!this.sessions.has(t.id) && t.state !== "exited") {
@@ -284,6 +301,7 @@ export class TerminalPanel {
   forget(id) {
     this.store.forget(id);
     this.sessions.delete(id);
+    this.missing.delete(id);
     if (id === this.currentId) this.hide();
     else this.render();
   }
@@ -314,8 +332,9 @@ export class TerminalPanel {
     this.renderBanner();
   }
 
-  ready() {
-    this.view?.online();
+  /** @param {{results?: {topic?: string, ok: boolean}[]}} [info] the socket's "ready" */
+  ready(info = {}) {
+    this.view?.online(info.results ?? []);
     // Workers may have come or gone while the link was down.
     this.refresh();
   }
@@ -354,13 +373,13 @@ export class TerminalPanel {
       text = exitText(view.exit);
     } else if (view?.state === "detached" && this.link === "online") {
       kind = "offline";
-      text = "The worker running this terminal is away; waiting for it to come back.";
+      text = "The worker running this terminal is away; waiting for it to come back. What you type is kept.";
     } else if (this.link !== "online" && this.link !== "idle") {
       kind = "offline";
       text = LINK_TEXT[this.link] ?? LINK_TEXT.offline;
-      const queued = view?.queue.size ?? 0;
-      if (queued) text += ` ${queued} ${queued === 1 ? "byte" : "bytes"} typed, waiting to be sent.`;
     }
+    const queued = view?.queue.size ?? 0;
+    if (kind === "offline" && queued) text += ` ${queued} ${queued === 1 ? "byte" : "bytes"} typed, waiting to be sent.`;
     panel.dataset.link = this.link === "online" ? "online" : "offline";
     panel.dataset.state = view?.state ?? "idle";
     banner.hidden = !kind;

@@ -10,6 +10,17 @@ import { DEFAULT_CHUNK_BYTES, TerminalInputQueue, utf8Chunks } from "./terminal_
 import { ResizeReporter } from "./terminal_resize.js";
 
 const VENDOR_URL = new URL("../vendor/vendor_terminal.js", import.meta.url).href;
+// Following a terminal again after the relay refused or lost it (a restarted relay learns its
+// terminals only when their worker is back): subscribe again after this long, doubling...
+const FOLLOW_RETRY_BASE_MS = 500;
+const FOLLOW_RETRY_MAX_MS = 8000;
+// ...for this long before the terminal counts as gone (the relay keeps a detached session
+// for the worker's detach grace, 60 s by default, and a margin).
+const FOLLOW_GIVE_UP_MS = 90_000;
+// A snapshot asked for and not come after this long is asked for again, then after twice as
+// long, up to the maximum.
+const SNAPSHOT_WAIT_MS = 3000;
+const SNAPSHOT_WAIT_MAX_MS = 30_000;
 let vendorPromise = null;
 
 /** xterm.js from its vendor bundle, loaded once, on first use. */
@@ -107,6 +118,14 @@ export class TerminalView {
     this.awaitingSnapshot = true;
     this.painted = false;
     this.missed = false;
+    // Whether the relay took our subscription: keys wait until it has (it refuses term.input
+    // for a terminal it does not know yet).
+    this.following = false;
+    this.followTimer = null;
+    this.followSince = null;
+    this.followDelay = FOLLOW_RETRY_BASE_MS;
+    this.snapshotTimer = null;
+    this.snapshotWait = SNAPSHOT_WAIT_MS;
     this.cleanups = [];
     this.queue = new TerminalInputQueue({
       limitBytes: inputLimitBytes,
@@ -169,16 +188,22 @@ export class TerminalView {
   reload() {
     this.reloading ??= (async () => {
       try {
-        const body = await this.api.get(`/v1/terminals/${encodeURIComponent(this.id)}`);
+        let body;
+        try {
+          body = await this.api.get(`/v1/terminals/${encodeURIComponent(this.id)}`);
+        } catch (err) {
+          if (err?.status !== 404 || this.closed) throw err;
+          // Unknown to the relay: ended long ago, or a relay that restarted before the
+          // terminal's worker came back. Ask again, paced, until it is known or given up.
+          this.retryFollow();
+          return;
+        }
         if (this.closed) return;
         const info = sessionStateOf(body);
         if (info.program) this.program = info.program;
         this.writable = info.writable;
         this.setState(info.state, info.exit);
-        this.awaitingSnapshot = true;
-        this.socket.subscribe(this.topic).catch(() => {
-          // Offline: the socket subscribes once it is back.
-        });
+        this.follow();
       } finally {
         this.reloading = null;
       }
@@ -194,6 +219,8 @@ export class TerminalView {
     if (cols > 0 && rows > 0 && (cols !== term.cols || rows !== term.rows)) term.resize(cols, rows);
     if (text) term.write(text);
     this.awaitingSnapshot = false;
+    this.snapshotWait = SNAPSHOT_WAIT_MS;
+    this.clearSnapshotWatch();
     this.fitNow();
     this.resizer.forget();
     this.resizer.request(term.cols, term.rows);
@@ -233,6 +260,7 @@ export class TerminalView {
         // What was missed cannot be replayed: the relay sends the screen as it is now.
         this.awaitingSnapshot = true;
         this.missed = true;
+        this.watchSnapshot();
         break;
       default:
         break;
@@ -242,13 +270,13 @@ export class TerminalView {
   /** Keys from xterm: straight to the relay, or into the queue while the link is down. */
   input(data) {
     if (this.closed || this.state === "exited" || !this.writable) return;
-    if (this.socket.online && this.queue.empty && !this.flushing) {
+    if (this.socket.online && this.following && this.queue.empty && !this.flushing) {
       for (const piece of utf8Chunks(data, DEFAULT_CHUNK_BYTES)) this.sendInput(piece);
       return;
     }
     this.queue.push(data);
     this.onChange({ kind: "queued", bytes: this.queue.size });
-    if (this.socket.online) this.flush();
+    if (this.socket.online && this.following) this.flush();
   }
 
   sendInput(data) {
@@ -264,12 +292,82 @@ export class TerminalView {
     });
   }
 
-  /** The link is back (subscriptions renewed): the size is told again, queued keys go out. */
-  async online() {
+  /**
+   * The link is back and the socket renewed its subscriptions (`results`: how each went). If
+   * ours was taken, the size is told again and queued keys go out; if not (a relay that
+   * restarted knows the terminal only once its worker is back), we ask again, paced.
+   * @param {{topic?: string, ok: boolean}[]} [results]
+   */
+  async online(results = []) {
     if (this.closed) return;
+    const mine = results.find((r) => r.topic === this.topic);
+    if (mine && !mine.ok) {
+      this.following = false;
+      this.retryFollow();
+      return;
+    }
+    this.following = true;
     this.resizer.forget();
     this.resizer.flush();
+    if (this.awaitingSnapshot) this.watchSnapshot();
     await this.flush();
+  }
+
+  /** Subscribe to the terminal's topic (the relay answers with a snapshot, then live). */
+  follow() {
+    if (this.closed) return;
+    this.awaitingSnapshot = true;
+    this.watchSnapshot();
+    this.socket.subscribe(this.topic).then(
+      () => {
+        if (this.closed) return;
+        this.following = true;
+        this.followSince = null;
+        this.followDelay = FOLLOW_RETRY_BASE_MS;
+        if (this.state === "detached") this.setState("running");
+        this.resizer.forget();
+        this.resizer.flush();
+        this.flush();
+      },
+      (err) => {
+        // Offline: the socket subscribes once it is back, and online() hears how it went.
+        if (err?.code !== "offline") this.retryFollow();
+      },
+    );
+  }
+
+  retryFollow() {
+    if (this.closed || this.followTimer !== null || this.state === "exited") return;
+    const now = Date.now();
+    this.followSince ??= now;
+    if (now - this.followSince > FOLLOW_GIVE_UP_MS) {
+      this.setState("exited", { reason: "lost" });
+      return;
+    }
+    if (this.state !== "detached") this.setState("detached");
+    const delay = this.followDelay;
+    this.followDelay = Math.min(FOLLOW_RETRY_MAX_MS, this.followDelay * 2);
+    this.followTimer = setTimeout(() => {
+      this.followTimer = null;
+      if (this.socket.online) this.follow();
+    }, delay);
+  }
+
+  /** Ask for a snapshot again should the one asked for not come (its worker was away). */
+  watchSnapshot() {
+    this.clearSnapshotWatch();
+    const wait = this.snapshotWait;
+    this.snapshotTimer = setTimeout(() => {
+      this.snapshotTimer = null;
+      if (this.closed || !this.awaitingSnapshot || !this.socket.online || !this.following) return;
+      this.snapshotWait = Math.min(SNAPSHOT_WAIT_MAX_MS, wait * 2);
+      this.follow();
+    }, wait);
+  }
+
+  clearSnapshotWatch() {
+    if (this.snapshotTimer !== null) clearTimeout(this.snapshotTimer);
+    this.snapshotTimer = null;
   }
 
   /** Send what waits, once each, in order, for as long as the link holds. */
@@ -277,7 +375,7 @@ export class TerminalView {
     if (this.flushing) return;
     this.flushing = true;
     try {
-      while (!this.closed && !this.queue.empty && this.socket.online) {
+      while (!this.closed && !this.queue.empty && this.socket.online && this.following) {
         const frames = this.queue.drain();
         for (let i = 0; i < frames.length; i += 1) {
           try {
@@ -322,6 +420,8 @@ export class TerminalView {
   /** Stop following the terminal here (it keeps running on the worker). */
   dispose() {
     this.closed = true;
+    this.clearSnapshotWatch();
+    if (this.followTimer !== null) clearTimeout(this.followTimer);
     this.resizer.dispose();
     this.socket.unsubscribe(this.topic);
     for (const fn of this.cleanups.splice(0)) fn();
