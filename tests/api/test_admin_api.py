@@ -101,7 +101,8 @@ async def test_new_key_is_shown_once_and_never_listed(api: Api) -> None:
     assert key.startswith("rl_") and len(key) > 40
     assert created["tenant_id"] == tenant_id
     assert created["name"] == "server"
-    assert created["scopes"] == ["chats", "publish", "sessions", "terminals"]  # default: every scope
+    # Default: every scope.
+    assert created["scopes"] == ["chats", "publish", "sessions", "terminals"]
     assert created["revoked_at"] is None
 
     r = await api.client.get(f"/v1/admin/tenants/{tenant_id}/keys", headers=admin_headers())
