@@ -110,5 +110,6 @@ class OtherInstances:
                 error = {"code": ErrorCode.UNAVAILABLE, "detail": "the worker went away"}
                 await self.local.ended(record, {"reason": TermExitReason.FAILED, "error": error})
                 return
-            self.local.changed(record)
+            # Findable by the opener's instance before the worker can say it runs.
+            await self.local.stored(record)
             host.link.send(frame)

@@ -133,10 +133,13 @@ class TerminalService:
         return record is not None and access(who, record) is not None
 
     async def visible(self, who: Principal) -> list[tuple[TerminalRecord, Access]]:
-        records = dict(self.local.registry.records)
+        records: dict[str, TerminalRecord] = {}
         if self.directory.shared and who.tenant_id is not None:
-            for record in await self.directory.of_tenant(who.tenant_id):
-                records.setdefault(record.id, record)
+            records = {r.id: r for r in await self.directory.of_tenant(who.tenant_id)}
+        for record in self.local.registry.records.values():
+            # This instance's word, unless it lost the session's worker and another has it.
+            if record.state != "detached" or record.id not in records:
+                records[record.id] = record
         found = [(r, a) for r in records.values() if (a := access(who, r)) is not None]
         found.sort(key=lambda item: item[0].created_at)
         return found

@@ -131,6 +131,12 @@ class LocalSessions:
             ttl = LIVE_TTL_S if record.live else self.settings.terminal_keep_ended_s + LIVE_TTL_S
             self.spawn(self.directory.put(record, ttl))
 
+    async def stored(self, record: TerminalRecord) -> None:
+        """As :meth:`changed`, waiting until the other instances can find the record."""
+        m.SESSIONS.set(self.registry.live_count())
+        if self.directory.shared:
+            await self.directory.put(record, LIVE_TTL_S)
+
     def host_reports(self) -> list[dict[str, Any]]:
         return [
             {
