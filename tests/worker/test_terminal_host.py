@@ -26,6 +26,7 @@ PROGRAMS = {
     "pwd": ("/bin/sh", "-c", "pwd"),
     "yes": ("/usr/bin/yes",),
     "sleep": ("/bin/sleep", "30"),
+    "missing": ("/nonexistent/program",),
 }
 
 
@@ -144,6 +145,7 @@ async def test_the_worker_checks_input_again(linked: tuple[TerminalHost, Relay])
         (open_frame("r", "cat", cwd="/etc"), "cwd_not_allowed"),
         (open_frame("r", "cat", cols=0), "validation_error"),
         (open_frame("r", "cat", rows=501), "validation_error"),
+        (open_frame("r", "missing"), "unavailable"),
     ],
 )
 async def test_refused_opens_end_as_failed(

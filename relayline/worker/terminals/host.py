@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class TerminalHost:
         self.env = terminal_env(env)
         self.outbox = TerminalOutbox(settings.outbox_max_bytes)
         self.sessions: dict[str, TerminalSession] = {}
+        for name, argv in settings.programs.items():
+            if shutil.which(argv[0], path=self.env.get("PATH")) is None:
+                log.warning("terminal_program_missing", program=name, command=argv[0])
         self._sweeper: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
 
@@ -226,6 +230,10 @@ class TerminalHost:
             )
         except CwdNotAllowed as exc:
             raise TerminalRefused(ErrorCode.CWD_NOT_ALLOWED, str(exc)) from None
+        if shutil.which(argv[0], path=self.env.get("PATH")) is None:
+            raise TerminalRefused(
+                ErrorCode.UNAVAILABLE, f"{argv[0]} is not installed on this worker"
+            )
         meta = frame.get("meta")
         if not isinstance(meta, dict) or len(meta) > _MAX_META_KEYS:
             meta = {}
