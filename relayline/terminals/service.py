@@ -5,7 +5,8 @@ Guarantees:
 
 - ``open`` returns once the worker said the program runs (its first ``term.state``), or
   raises the refusal with a stable code: ``no_terminal_worker`` (503, no connected worker runs
-  terminals), ``unknown_program`` (422, none offers it), ``too_many_terminals`` (429, the
+  terminals, or none offers this program now though one did before), ``unknown_program``
+  (422, no worker ever offered it), ``too_many_terminals`` (429, the
   tenant's limit or every offering worker full), ``cwd_not_allowed`` (422), ``unavailable``
   (503, the worker did not answer within ``RELAYLINE_TERMINAL_OPEN_TIMEOUT_S``).
 - Every instance answers for every session: a session another instance's worker runs is found
@@ -208,10 +209,12 @@ class TerminalService:
                 "no connected worker runs terminals", code=ErrorCode.NO_TERMINAL_WORKER
             )
         offering = [h for h in hosts if program in h.get("programs", ())]
-        if not offering:
-            raise ValidationFailed(
-                "no connected worker offers this program", code=ErrorCode.UNKNOWN_PROGRAM
+        if not offering and program in self.local.programs_seen:
+            raise Unavailable(
+                "no connected worker offers this program now", code=ErrorCode.NO_TERMINAL_WORKER
             )
+        if not offering:
+            raise ValidationFailed("no worker offers this program", code=ErrorCode.UNKNOWN_PROGRAM)
         limit = self.settings.terminal_max_per_tenant
         if await self._live_of_tenant(tenant_id) >= limit:
             raise RateLimited(

@@ -94,6 +94,9 @@ class LocalSessions:
         self.instance_id = instance_id
         self.registry = TerminalRegistry()
         self.hosts: dict[str, TerminalHostLink] = {}
+        # Every program some worker offered since this process started: one that no connected
+        # worker offers now is then "no worker hosts it" (503), not "unknown" (422).
+        self.programs_seen: set[str] = set()
         self.opening: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,6 +177,7 @@ class LocalSessions:
         if parsed is None:
             return
         programs, capacity, sessions = parsed
+        self.programs_seen |= programs
         self.hosts[link.worker_id] = TerminalHostLink(link, programs, capacity, sessions)
         for info in sessions:
             self._reattach(link, info)
@@ -209,6 +213,7 @@ class LocalSessions:
         if parsed is None or host is None or host.link is not link:
             return
         host.programs, host.capacity, host.sessions = parsed
+        self.programs_seen |= host.programs
 
     async def frame(self, link: WorkerLink, frame: dict[str, Any]) -> None:
         session_id = frame.get("id")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from relayline.testing import OpError
-from tests.fixtures import RelayFactory, eventually
+from tests.fixtures import RelayFactory, Workers, eventually
 from tests.terminals.helpers import (
     HAVE_PROC,
     Setup,
@@ -183,3 +183,32 @@ async def test_no_terminal_worker_is_503(turn_relay: RelayFactory, clients: list
     r = await client.get("/v1/terminals", headers=tenant.auth)
     assert r.json() == {"items": [], "programs": []}
     await asyncio.sleep(0)
+
+
+async def test_a_program_whose_workers_went_away_is_503_not_unknown(
+    setup: Setup, workers: Workers
+) -> None:
+    from tests.terminals.helpers import terminal_worker_settings
+
+    await workers.start(setup.relay, **terminal_worker_settings(terminal_programs="other=/bin/cat"))
+    http, auth = setup.tenant.http, setup.tenant.auth
+
+    async def both() -> bool:
+        r = await http.get("/v1/terminals", headers=auth)
+        return {"cat", "other"} <= set(r.json()["programs"])
+
+    await eventually(both)
+    await setup.worker.stop()  # the only worker offering cat
+
+    async def gone() -> bool:
+        r = await http.get("/v1/terminals", headers=auth)
+        return r.json()["programs"] == ["other"]
+
+    await eventually(gone)
+    body = {"cols": 80, "rows": 24}
+    r = await http.post("/v1/terminals", json={"program": "cat", **body}, headers=auth)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_terminal_worker"
+    r = await http.post("/v1/terminals", json={"program": "nope", **body}, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_program"
+    r = await http.post("/v1/terminals", json={"program": "other", **body}, headers=auth)
+    assert r.status_code == 201
