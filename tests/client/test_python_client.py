@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +13,11 @@ from relayline.client import (
     Backoff,
     ConnectionStopped,
     Event,
+    OpError,
     RelayClient,
     Reset,
     Subscription,
+    TurnCancelled,
 )
 from relayline.testing import RelayServer
 from tests.fixtures import (
@@ -264,3 +267,54 @@ async def test_a_send_whose_ack_was_lost_is_sent_again_and_stored_once(
         ("user", "m-1"),
         ("assistant", None),
     ]
+
+
+async def test_a_tool_call_waits_for_approve_and_the_answer_follows(
+    turn_relay: RelayFactory, workers: Workers, tenants: Tenants, clients: Make, workspace: Path
+) -> None:
+    relay = await turn_relay()
+    await workers.start(relay)
+    tenant = await tenants.new(relay)
+    r = await tenant.http.put(
+        f"/v1/admin/tenants/{tenant.id}/agent", json={"tools": ["edit_file"]}, headers=admin()
+    )
+    assert r.status_code == 200, r.text
+    client = await clients(relay, tenant.key)
+    chat = await client.create_chat()
+
+    async with await chat.events() as events:
+        answer = await chat.send("/edit notes.md written from Python")
+        async with asyncio.timeout(10):
+            asked = await first_of(events, "tool.approval_requested")
+        await chat.approve(asked.data["approval_id"])
+        text = await answer.text()
+        with pytest.raises(OpError) as again:
+            await chat.approve(asked.data["approval_id"])
+
+    assert (workspace / "notes.md").read_text() == "written from Python"
+    assert "Here is what `edit_file` returned" in text
+    assert again.value.code == "not_found"
+
+
+async def test_cancel_ends_the_answer_with_turn_cancelled(
+    turn_relay: RelayFactory, workers: Workers, tenants: Tenants, clients: Make
+) -> None:
+    relay = await turn_relay()
+    await workers.start(relay, local_model_delay_s=0.05)  # slow enough to cancel mid-answer
+    tenant = await tenants.new(relay)
+    client = await clients(relay, tenant.key)
+    chat = await client.create_chat()
+    answer = await chat.send("tell me something long")
+
+    with pytest.raises(TurnCancelled) as cancelled:
+        async for _ in answer:
+            assert await chat.cancel() == answer.turn_id
+
+    assert cancelled.value.turn_id == answer.turn_id
+
+
+async def first_of(sub: Subscription, type: str) -> Event:
+    async for item in sub:
+        if isinstance(item, Event) and item.type == type:
+            return item
+    raise AssertionError(f"the subscription ended before {type}")
