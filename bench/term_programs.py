@@ -1,7 +1,9 @@
 """Programs bench/terminal.py runs in a PTY, under relayline's worker and under terminado alike.
 
-    python bench/term_programs.py flood MB   # waits for one byte of input, prints MB MiB of
-                                             # text lines, then an end marker, and exits
+    python bench/term_programs.py flood MB [plain|colour]
+                                             # waits for a line of input, prints MB MiB of
+                                             # 80-byte text lines (colour: two coloured runs
+                                             # a line), then an end marker, and exits
     python bench/term_programs.py echo       # raw mode: every byte read is written back at
                                              # once (an editor's echo); ends on Ctrl-D
 
@@ -20,12 +22,18 @@ END_MARKER = "__FLOOD_END__"
 LINE = (
     "".join(chr(33 + (i % 94)) for i in range(79)) + "\n"
 ).encode()  # 80 bytes of printable ASCII a line
+# 80 bytes too: a green run and a bold blue one, each reset, as `ls --color` or a log prints.
+COLOUR_LINE = (
+    "\x1b[32m" + LINE.decode()[:34] + "\x1b[0m \x1b[1;34m" + LINE.decode()[34:58] + "\x1b[0m\n"
+).encode()
+LINES = {"plain": LINE, "colour": COLOUR_LINE}
 
 
-def flood(mib: float) -> None:
+def flood(mib: float, style: str = "plain") -> None:
     os.read(0, 1)
     total = int(mib * 1024 * 1024)
-    block = LINE * (65536 // len(LINE))
+    line = LINES[style]
+    block = line * (65536 // len(line))
     sent = 0
     while sent < total:
         chunk = block[: total - sent]
@@ -48,8 +56,8 @@ def echo() -> None:
 
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    if mode == "flood" and len(sys.argv) == 3:
-        flood(float(sys.argv[2]))
+    if mode == "flood" and len(sys.argv) in (3, 4) and sys.argv[3:4] in ([], ["plain"], ["colour"]):
+        flood(float(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else "plain")
     elif mode == "echo":
         echo()
     else:

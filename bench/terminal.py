@@ -5,6 +5,7 @@ in the same run.
     .venv/bin/python bench/terminal.py                 # 3 rounds; ~2 min; prints a markdown report
     .venv/bin/python bench/terminal.py --rounds 5 --flood-mib 64 --keys 500
     .venv/bin/python bench/terminal.py --wait-quiet 300   # first wait (at most 300 s) for idle CPUs
+    .venv/bin/python bench/terminal.py --lines colour     # the flood's lines carry colours
 
 Everything listens on 127.0.0.1. Processes: ``relayline serve`` (SQLite, in-process bus),
 ``relayline worker --terminals`` with ``flood`` and ``echo`` in its allowlist, and
@@ -48,13 +49,12 @@ from typing import Any
 
 import httpx
 from servers import ADMIN_KEY, HOST, ROOT, machine, spawn_relay
-from term_programs import END_MARKER, LINE
+from term_programs import END_MARKER, LINES
 from turns import cpu_seconds, wait_quiet
 from websockets.asyncio.client import ClientConnection, connect
 
 BENCH = Path(__file__).resolve().parent
 PROGRAMS = BENCH / "term_programs.py"
-LINE_TEXT = LINE.decode()
 KEY_ID = "bench-term"
 SECRET = "bench-term-" + os.urandom(16).hex()
 STEP_TIMEOUT_S = 60.0
@@ -113,7 +113,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"{url} not healthy in {STEP_TIMEOUT_S:.0f} s; see {log}")
 
 
-def start_terminado(workdir: Path, flood_mib: float) -> tuple[subprocess.Popen[bytes], int]:
+def start_terminado(
+    workdir: Path, flood_mib: float, lines: str
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = workdir / "terminado.log"
     cmd = [
@@ -123,6 +125,8 @@ def start_terminado(workdir: Path, flood_mib: float) -> tuple[subprocess.Popen[b
         str(port),
         "--flood-mib",
         str(flood_mib),
+        "--lines",
+        lines,
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -134,20 +138,20 @@ def start_terminado(workdir: Path, flood_mib: float) -> tuple[subprocess.Popen[b
     return proc, port
 
 
-def program_spec(flood_mib: float) -> str:
+def program_spec(flood_mib: float, lines: str) -> str:
     """The worker's allowlist (``RELAYLINE_TERMINAL_PROGRAMS``: name=command line; ...)."""
     py, prog = shlex.quote(sys.executable), shlex.quote(str(PROGRAMS))
-    return f"flood={py} {prog} flood {flood_mib:g}; echo={py} {prog} echo"
+    return f"flood={py} {prog} flood {flood_mib:g} {lines}; echo={py} {prog} echo"
 
 
 def start_worker(
-    relay_url: str, workdir: Path, flood_mib: float, extra_env: dict[str, str]
+    relay_url: str, workdir: Path, flood_mib: float, lines: str, extra_env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
     log = workdir / "worker.log"
     env = {
         **os.environ,
         "RELAYLINE_LOG_LEVEL": "WARNING",
-        "RELAYLINE_TERMINAL_PROGRAMS": program_spec(flood_mib),
+        "RELAYLINE_TERMINAL_PROGRAMS": program_spec(flood_mib, lines),
         "RELAYLINE_WORKSPACE_ROOTS": str(workdir),
         **extra_env,
     }
@@ -323,6 +327,7 @@ async def flood_run(term: Terminal, mib: float, into: Figures) -> None:
     tail = ""
     received = 0
     cpu_before = {role: cpu_seconds(pid) for role, pid in into.pids.items()}
+    driver_before = time.process_time()
     started = time.perf_counter()
     await term.send_input("\r")  # a line: the PTY is in canonical mode
     # Bounded, and generous: down to a quarter of a MiB a second still finishes.
@@ -338,6 +343,8 @@ async def flood_run(term: Terminal, mib: float, into: Figures) -> None:
     for role, pid in into.pids.items():
         used = cpu_seconds(pid) - cpu_before[role]
         into.cpu_s_per_mib.setdefault(role, []).append(used / mib)
+    driver = (time.process_time() - driver_before) / mib
+    into.cpu_s_per_mib.setdefault("client", []).append(driver)
 
 
 async def echo_run(term: Terminal, keys: int) -> list[float]:
@@ -374,12 +381,13 @@ async def terminado_round(port: int, mib: float, keys: int, into: Figures) -> No
 # Report
 
 
-def pyte_s_per_mib() -> float:
+def pyte_s_per_mib(lines: str) -> float:
     """CPU seconds pyte (the worker's screen mirror) takes per MiB of the flood's text, fed
-    here in 32 KiB pieces as the worker feeds it."""
+    here in 32 KiB pieces, if every byte of it were fed."""
     import pyte
 
-    text = (LINE_TEXT.replace("\n", "\r\n")) * (1024 * 1024 // len(LINE_TEXT))
+    line = LINES[lines].decode()
+    text = (line.replace("\n", "\r\n")) * (1024 * 1024 // len(line))
     screen = pyte.Screen(COLS, ROWS)
     stream = pyte.Stream(screen)
     started = time.process_time()
@@ -428,7 +436,8 @@ def report(args: argparse.Namespace, relay: Figures, terminado: Figures) -> str:
     settings = ", ".join(args.worker_env) or "defaults"
     lines = [
         f"Commit `{revision()}`; {machine()}; {versions()}. Worker settings: {settings}.",
-        f"{args.rounds} rounds; each: {args.flood_mib:g} MiB flood, {args.keys} echoed keys "
+        f"{args.rounds} rounds; each: {args.flood_mib:g} MiB flood of {args.lines} lines, "
+        f"{args.keys} echoed keys "
         f"(after {WARMUP_KEYS} unmeasured).",
         "",
         "| server | throughput MiB/s (median) | range | echo p50 ms | echo p99 ms | max ms |",
@@ -440,12 +449,16 @@ def report(args: argparse.Namespace, relay: Figures, terminado: Figures) -> str:
         f"Echo p99 relayline / terminado: {r_p99 / t_p99:.2f} (target ≤ 2).",
         "",
         "CPU seconds per MiB of flood (median over rounds): "
-        + ", ".join(
-            f"{role} {statistics.median(values):.3f}"
-            for f in (relay, terminado)
-            for role, values in f.cpu_s_per_mib.items()
+        + "; ".join(
+            f"{name}: "
+            + ", ".join(
+                f"{role} {statistics.median(values):.3f}"
+                for role, values in f.cpu_s_per_mib.items()
+            )
+            for name, f in (("relayline", relay), ("terminado", terminado))
         )
-        + f"; pyte alone, fed the same text in this process: {pyte_s_per_mib():.3f}.",
+        + f"; pyte alone, fed every byte of the same text: "
+        f"{pyte_s_per_mib(args.lines):.3f}.",
     ]
     return "\n".join(lines)
 
@@ -471,6 +484,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flood-mib", type=float, default=16)
+    parser.add_argument(
+        "--lines", choices=("plain", "colour"), default="plain", help="the flood's lines"
+    )
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument(
         "--wait-quiet",
@@ -502,10 +518,10 @@ def main() -> None:
         try:
             url = f"http://{HOST}:{relay_port}"
             key = provision(url)
-            worker = start_worker(url, workdir, args.flood_mib, extra_env)
+            worker = start_worker(url, workdir, args.flood_mib, args.lines, extra_env)
             procs.append(worker)
             wait_programs(url, key, worker)
-            terminado, port = start_terminado(workdir, args.flood_mib)
+            terminado, port = start_terminado(workdir, args.flood_mib, args.lines)
             procs.append(terminado)
             if args.wait_quiet > 0:
                 load = wait_quiet(args.wait_quiet, lambda m: print(m, file=sys.stderr))
