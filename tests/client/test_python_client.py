@@ -318,3 +318,32 @@ async def first_of(sub: Subscription, type: str) -> Event:
         if isinstance(item, Event) and item.type == type:
             return item
     raise AssertionError(f"the subscription ended before {type}")
+
+
+async def test_an_answer_cut_by_events_missed_resumes_from_the_snapshot_without_doubling(
+    turn_relay: RelayFactory, workers: Workers, tenants: Tenants, clients: Make
+) -> None:
+    relay = await turn_relay()
+    await workers.start(relay, local_model_delay_s=0.02)
+    tenant = await tenants.new(relay)
+    client = await clients(relay, tenant.key)
+    chat = await client.create_chat()
+    watcher = await chat.events()
+    answer = await chat.send("tell me something long")
+    pieces: list[str] = []
+
+    async for delta in answer:
+        pieces.append(delta.text)
+        if len(pieces) == 2:
+            # The log the client's position points into is gone; then the link breaks.
+            client.connection.positions[chat.topic] = ("an-epoch-long-gone", 1)
+            ws = client.connection._ws
+            assert ws is not None
+            ws.transport.abort()
+
+    expected = local_answer(("user", "tell me something long"))
+    assert "".join(pieces) == expected
+    assert answer.content == expected
+    assert len(pieces) > 3
+    resets = [i for i in await drain(watcher) if isinstance(i, Reset)]
+    assert len(resets) == 1
