@@ -48,6 +48,9 @@ def test_admin_creates_a_tenant_and_a_key(live: LiveRelay, new_page: Any) -> Non
     expect(secret).to_have_text(re.compile(r"^\s*rl_\w+"), use_inner_text=True)
     key = secret.inner_text().strip()
     expect(page.locator(".secret__copy")).to_be_visible()
+    # Every scope is ticked by default, terminals included.
+    for scope in ("chats", "sessions", "publish", "terminals"):
+        expect(detail.locator("td .badge", has_text=scope).first).to_be_visible()
     screenshot(page, "admin-tenants")
 
     # The key shown once really works, and a revoked key stops working.

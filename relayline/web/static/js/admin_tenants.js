@@ -8,7 +8,7 @@ import { apiErrorText } from "./errors.js";
 
 /** An element of the page by id (inputs, buttons, sections: the caller knows which). */
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
-const SCOPES = ["chats", "sessions", "publish"];
+const SCOPES = ["chats", "sessions", "publish", "terminals"];
 const TOOLS = ["read_file", "list_dir", "edit_file", "run_command"];
 const CONFIRM_MS = 4000;
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
