@@ -202,18 +202,18 @@ class Connection:
         if not topics:
             await self._request(Op.PING, {})
         for topic in topics:
-            await self._subscribe_now(topic)
+            try:
+                await self._subscribe_now(topic)
+            except OpError as exc:
+                # Refused now (the new token does not cover it, say): the others carry on.
+                log.warning("subscription to %s refused: %s", topic, exc.code)
 
     async def _subscribe_now(self, topic: str) -> None:
         epoch, seq = self.positions.get(topic, (None, None))
         fields: Frame = {"topic": topic}
         if epoch is not None:
             fields.update(epoch=epoch, after_seq=seq or 0)
-        try:
-            data = await self._request(Op.SUBSCRIBE, fields)
-        except OpError as exc:
-            log.warning("subscription to %s refused: %s", topic, exc.code)
-            return
+        data = await self._request(Op.SUBSCRIBE, fields)
         epoch_now, seq_now = self.positions.get(topic, (None, None))
         if epoch_now is None:
             # A fresh subscription: live events follow the position the relay answered with.
@@ -300,18 +300,24 @@ class Connection:
     # Topics
 
     async def subscribe(self, topic: str) -> None:
-        """Follow ``topic`` from now on, across reconnects (idempotent)."""
+        """Follow ``topic`` from now on, across reconnects (idempotent). Raises
+        :class:`OpError` when the relay refuses it (``forbidden``: the credential does not
+        cover that topic)."""
         if topic in self.positions:
             return
         self.positions[topic] = (None, None)
-        while True:
-            await self.wait_online()
-            try:
-                await self._subscribe_now(topic)
-                return
-            except _Disconnected:
-                if self.positions[topic][0] is not None:
-                    return  # the reconnect resubscribed it
+        try:
+            while True:
+                await self.wait_online()
+                try:
+                    await self._subscribe_now(topic)
+                    return
+                except _Disconnected:
+                    if self.positions.get(topic, (None, None))[0] is not None:
+                        return  # the reconnect resubscribed it
+        except BaseException:
+            self.positions.pop(topic, None)
+            raise
 
     def listen(self, topic: str) -> asyncio.Queue[Event | None]:
         """A queue of ``topic``'s events from now on; ``None`` means the connection stopped."""

@@ -347,3 +347,19 @@ async def test_an_answer_cut_by_events_missed_resumes_from_the_snapshot_without_
     assert len(pieces) > 3
     resets = [i for i in await drain(watcher) if isinstance(i, Reset)]
     assert len(resets) == 1
+
+
+async def test_a_topic_the_token_does_not_cover_is_refused(
+    relay: RelayServer, tenants: Tenants, clients: Make
+) -> None:
+    tenant = await tenants.new(relay)
+    mine, other = await tenant.chat(), await tenant.chat()
+    client = await clients(relay, await tenant.session([mine]))
+
+    with pytest.raises(OpError) as refused:
+        await client.chat(other).events()
+    events = await client.chat(mine).events()  # the connection carries on
+
+    assert refused.value.code == "forbidden"
+    assert f"chat:{other}" not in client.connection.positions
+    await events.aclose()
