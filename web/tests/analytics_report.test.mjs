@@ -61,7 +61,7 @@ test("a range ends yesterday, UTC", () => {
 test("the query names the tenant and the range", () => {
   assert.equal(
     analyticsPath({ tenantId: "01HX", from: "2024-03-01", to: "2024-03-31" }),
-    "/v1/admin/analytics?tenant_id=01HX&from=2024-03-01&to=2024-03-31",
+    "/v1/admin/analytics?tenant=01HX&from=2024-03-01&to=2024-03-31",
   );
   // No tenant: every tenant's figures added up.
   assert.equal(analyticsPath({ tenantId: "", from: "2024-03-01", to: "2024-03-31" }), "/v1/admin/analytics?from=2024-03-01&to=2024-03-31");
