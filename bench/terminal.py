@@ -6,6 +6,7 @@ in the same run.
     .venv/bin/python bench/terminal.py --rounds 5 --flood-mib 64 --keys 500
     .venv/bin/python bench/terminal.py --wait-quiet 300   # first wait (at most 300 s) for idle CPUs
     .venv/bin/python bench/terminal.py --lines colour     # the flood's lines carry colours
+    .venv/bin/python bench/terminal.py --taps             # then split echo (bench/terminal_taps.py)
 
 Everything listens on 127.0.0.1. Processes: ``relayline serve`` (SQLite, in-process bus),
 ``relayline worker --terminals`` with ``flood`` and ``echo`` in its allowlist, and
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import terminal_taps as taps
 from servers import ADMIN_KEY, HOST, ROOT, machine, spawn_relay
 from term_programs import END_MARKER, LINES
 from turns import cpu_seconds, wait_quiet
@@ -182,6 +184,21 @@ def provision(url: str) -> str:
         made.raise_for_status()
         key: str = made.json()["key"]
         return key
+
+
+def offered(url: str, key: str) -> set[str]:
+    with httpx.Client(base_url=url, timeout=5) as client:
+        r = client.get("/v1/terminals", headers={"Authorization": f"Bearer {key}"})
+        return set(programs_of(r.json())) if r.status_code == 200 else set()
+
+
+def wait_gone(url: str, key: str) -> None:
+    """Until no worker offers the bench's programs (a stopped one was noticed)."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while "echo" in offered(url, key):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the relay still lists a stopped worker's programs")
+        time.sleep(0.1)
 
 
 def wait_programs(url: str, key: str, worker: subprocess.Popen[bytes]) -> None:
@@ -496,6 +513,11 @@ def main() -> None:
         help="before measuring, wait up to S seconds for every CPU to be under 20%% busy",
     )
     parser.add_argument(
+        "--taps",
+        action="store_true",
+        help="then split echo latency with a recording tap between worker and relay",
+    )
+    parser.add_argument(
         "--worker-env",
         action="append",
         default=[],
@@ -532,10 +554,53 @@ def main() -> None:
                 )
             pids = {"relay": relay_proc.pid, "worker": worker.pid, "terminado": terminado.pid}
             relay, terminado_figures = asyncio.run(measure(args, url, key, port, pids))
+            tapped = ""
+            if args.taps:
+                stop(worker)
+                wait_gone(url, key)
+                tapped = asyncio.run(
+                    tapped_series(
+                        args,
+                        url,
+                        key,
+                        relay_port,
+                        lambda relay: start_worker(
+                            relay, workdir, args.flood_mib, args.lines, extra_env
+                        ),
+                    )
+                )
         finally:
             for proc in reversed(procs):
                 stop(proc)
     print(report(args, relay, terminado_figures))
+    if tapped:
+        print()
+        print(tapped)
+
+
+async def tapped_series(
+    args: argparse.Namespace,
+    url: str,
+    key: str,
+    relay_port: int,
+    start: Callable[[str], subprocess.Popen[bytes]],
+) -> str:
+    """Echo again, with a worker that reaches the relay through a recording tap."""
+    marks = taps.Marks()
+    tap = await taps.start_tap(relay_port, marks)
+    worker = None
+    try:
+        worker = start(taps.tapped_url(tap))
+        await asyncio.to_thread(wait_programs, url, key, worker)
+        splits: list[tuple[float, float, float]] = []
+        for _ in range(args.rounds):
+            async with RelayTerminal(url, key, "echo") as term:
+                splits += await taps.echo_split(term, args.keys, marks)
+        return taps.report(splits)
+    finally:
+        if worker is not None:
+            await asyncio.to_thread(stop, worker)
+        await tap.close()
 
 
 if __name__ == "__main__":
