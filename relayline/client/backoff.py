@@ -12,10 +12,11 @@ from relayline.protocol.close_codes import RESTART_SPREAD_MS, ClientAction
 class Backoff:
     """Exponential backoff with full jitter: the n-th failed attempt in a row waits a random
     time in ``[0, min(max_s, base_s * 2**n))``. A relay that restarts (1012) spreads its
-    clients over ``restart_spread_s``."""
+    clients over ``restart_spread_s``. The defaults are the web UI's (reconnect.js), so a
+    relay sees every kind of client come back the same way."""
 
-    base_s: float = 0.25
-    max_s: float = 15.0
+    base_s: float = 0.5
+    max_s: float = 30.0
     restart_spread_s: float = RESTART_SPREAD_MS / 1000
 
     def delay(self, action: ClientAction, attempt: int) -> float:
