@@ -59,11 +59,22 @@ def open_page(new_page: Any, live: LiveRelay, token: str, **options: Any) -> Any
     return page
 
 
+VIEW_STATE = """() => {
+    const v = relayline.terminals.view;
+    return v && {id: v.id, state: v.state, following: v.following, awaiting: v.awaitingSnapshot,
+        painted: v.painted, queued: v.queue.size, link: relayline.socket.state,
+        topics: [...relayline.socket.topics.keys()]};
+}"""
+
+
 def open_shell(page: Any) -> None:
     page.locator("#term-new").click()
     page.locator("#term-menu [data-program=shell]").click()
     expect(page.locator("#term-panel")).to_be_visible()
-    expect(page.locator("#term-screen .xterm-rows")).to_contain_text("term$", timeout=WAIT_MS)
+    try:
+        expect(rows(page)).to_contain_text("term$", timeout=WAIT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nthe view: {page.evaluate(VIEW_STATE)}") from None
 
 
 def type_line(page: Any, text: str) -> None:
@@ -132,12 +143,12 @@ def test_type_read_reload_and_resize(live_terminals: LiveRelay, new_page: Any) -
     expect(rows(page)).to_contain_text("in 24-bit colour", timeout=WAIT_MS)
     # xterm's run-time styles apply under the page's style-src 'self': a palette colour (a
     # class its theme stylesheet defines) and a 24-bit one (a style attribute on the cell).
-    colours = page.evaluate(
-        """() => Object.fromEntries([...document.querySelectorAll('#term-screen .xterm-rows span')]
-            .filter(s => ['done', 'in 24-bit colour'].includes(s.textContent))
-            .map(s => [s.textContent, getComputedStyle(s).color]))"""
+    # (The command line holds the same words in one plain span, so the match is exact.)
+    cells = page.locator("#term-screen .xterm-rows span")
+    expect(cells.filter(has_text=re.compile(r"^done$"))).to_have_css("color", "rgb(138, 226, 52)")
+    expect(cells.filter(has_text=re.compile(r"^in 24-bit colour$"))).to_have_css(
+        "color", "rgb(255, 128, 0)"
     )
-    assert colours == {"done": "rgb(138, 226, 52)", "in 24-bit colour": "rgb(255, 128, 0)"}
     screenshot(page, "terminal-light")
 
     # Another page of the same session lists the terminal and shows the same screen.

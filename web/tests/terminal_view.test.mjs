@@ -196,3 +196,15 @@ test("a relay that does not know the terminal yet: keys wait, it is asked again 
   assert.ok(socket.subscribes >= 1);
   v.dispose();
 });
+
+test("a renewal that did not cover the terminal (never followed) sends nothing", async () => {
+  const socket = new FakeSocket();
+  const v = view(socket);
+  v.following = false; // opened while the relay did not know it; a retry is pending
+  socket.online = true;
+  v.input("x");
+  await v.online([{ topic: "chat:c1", ok: true }]);
+  assert.deepEqual(inputs(socket), []);
+  assert.equal(v.queue.size, 1);
+  v.dispose();
+});

@@ -300,13 +300,14 @@ export class TerminalView {
    */
   async online(results = []) {
     if (this.closed) return;
+    // No result for our topic: it was never taken on any link (the relay did not know the
+    // terminal when the page opened it); follow() and its retries see to it.
     const mine = results.find((r) => r.topic === this.topic);
-    if (mine && !mine.ok) {
-      this.following = false;
-      this.retryFollow();
+    if (mine) this.following = mine.ok;
+    if (!this.following) {
+      if (mine) this.retryFollow();
       return;
     }
-    this.following = true;
     this.resizer.forget();
     this.resizer.flush();
     if (this.awaitingSnapshot) this.watchSnapshot();
@@ -349,7 +350,9 @@ export class TerminalView {
     this.followDelay = Math.min(FOLLOW_RETRY_MAX_MS, this.followDelay * 2);
     this.followTimer = setTimeout(() => {
       this.followTimer = null;
-      if (this.socket.online) this.follow();
+      // Offline, this still registers the topic: the socket subscribes once it is back, and
+      // online() hears how that went.
+      this.follow();
     }, delay);
   }
 
