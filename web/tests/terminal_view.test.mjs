@@ -34,7 +34,7 @@ function view(socket, changes = []) {
   const v = new TerminalView({
     id: "t1",
     program: "shell",
-    api: /** @type {any} */ ({}),
+    api: /** @type {any} */ ({ get: () => Promise.resolve({ state: "running", program: "shell" }) }),
     socket: /** @type {any} */ (socket),
     container: /** @type {any} */ (null),
     onChange: (c) => changes.push(c),

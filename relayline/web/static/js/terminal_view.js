@@ -308,10 +308,26 @@ export class TerminalView {
       if (mine) this.retryFollow();
       return;
     }
+    if (this.state === "detached") this.refreshState();
     this.resizer.forget();
     this.resizer.flush();
     if (this.awaitingSnapshot) this.watchSnapshot();
     await this.flush();
+  }
+
+  /** The session's state as the relay has it now (after we followed it again). */
+  refreshState() {
+    this.api.get(`/v1/terminals/${encodeURIComponent(this.id)}`).then(
+      (body) => {
+        if (this.closed) return;
+        const info = sessionStateOf(body);
+        this.writable = info.writable;
+        this.setState(info.state, info.exit);
+      },
+      () => {
+        // Not known (yet) or not reachable: term.state events still tell us.
+      },
+    );
   }
 
   /** Subscribe to the terminal's topic (the relay answers with a snapshot, then live). */
@@ -325,7 +341,7 @@ export class TerminalView {
         this.following = true;
         this.followSince = null;
         this.followDelay = FOLLOW_RETRY_BASE_MS;
-        if (this.state === "detached") this.setState("running");
+        if (this.state === "detached") this.refreshState();
         this.resizer.forget();
         this.resizer.flush();
         this.flush();
