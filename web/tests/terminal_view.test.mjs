@@ -4,7 +4,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { SocketError } from "../../relayline/web/static/js/socket.js";
-import { exitText, TerminalView } from "../../relayline/web/static/js/terminal_view.js";
+import { exitText } from "../../relayline/web/static/js/terminal_state.js";
+import { TerminalView } from "../../relayline/web/static/js/terminal_view.js";
 
 /** The RelaySocket surface a view uses; `fail` decides each request's fate. */
 class FakeSocket {

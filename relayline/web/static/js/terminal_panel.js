@@ -3,7 +3,8 @@
 // (terminal_store.js), so a reload reattaches to the one that was showing, screen and all.
 
 import { apiErrorText } from "./errors.js";
-import { exitText, TerminalView } from "./terminal_view.js";
+import { exitText } from "./terminal_state.js";
+import { TerminalView } from "./terminal_view.js";
 
 /**
  * The programs a `GET /v1/terminals` answer offers: names of the workers' allowlisted

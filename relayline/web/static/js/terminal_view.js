@@ -8,8 +8,9 @@ import { bridgeXtermStyles } from "./csp_styles.js";
 import { EVENT, OP } from "./protocol.js";
 import { DEFAULT_CHUNK_BYTES, TerminalInputQueue, utf8Chunks } from "./terminal_input_queue.js";
 import { ResizeReporter } from "./terminal_resize.js";
+import { sessionStateOf } from "./terminal_state.js";
+import { loadXterm, themeFrom } from "./xterm_loader.js";
 
-const VENDOR_URL = new URL("../vendor/vendor_terminal.js", import.meta.url).href;
 // Following a terminal again after the relay refused or lost it (a restarted relay learns its
 // terminals only when their worker is back): subscribe again after this long, doubling...
 const FOLLOW_RETRY_BASE_MS = 500;
@@ -21,71 +22,8 @@ const FOLLOW_GIVE_UP_MS = 90_000;
 // long, up to the maximum.
 const SNAPSHOT_WAIT_MS = 3000;
 const SNAPSHOT_WAIT_MAX_MS = 30_000;
-let vendorPromise = null;
 
-/** xterm.js from its vendor bundle, loaded once, on first use. */
-export function loadXterm(url = VENDOR_URL) {
-  vendorPromise ??= import(url).catch((err) => {
-    vendorPromise = null;
-    throw err;
-  });
-  return vendorPromise;
-}
 
-/**
- * A session's state from `GET /v1/terminals/{id}` (or an item of the list).
- * @param {any} body
- */
-export function sessionStateOf(body) {
-  const exit = body?.exit && typeof body.exit === "object" ? body.exit : null;
-  const state = typeof body?.state === "string" ? body.state : "running";
-  return {
-    program: typeof body?.program === "string" ? body.program : null,
-    state: exit || state === "exited" ? "exited" : state,
-    writable: body?.writable !== false,
-    cols: Number.isInteger(body?.cols) ? body.cols : null,
-    rows: Number.isInteger(body?.rows) ? body.rows : null,
-    exit,
-  };
-}
-
-const EXIT_REASONS = {
-  terminated: "This terminal session was ended.",
-  idle: "This terminal session ended after a long time without input or output.",
-  lifetime: "This terminal session reached its time limit and was ended.",
-  shutdown: "The worker running this terminal stopped, so the session ended.",
-  detached: "The worker running this terminal lost the relay for too long, so the session ended.",
-  lost: "The worker running this terminal went away and did not come back with it.",
-};
-
-/**
- * What to say about a session that ended (term.exited's data: reason, status | signal, error).
- * @param {any} exit
- */
-export function exitText(exit) {
-  if (!exit) return "The program ended.";
-  if (exit.reason === "failed") {
-    const why = exit.error?.detail ? `: ${exit.error.detail}` : ".";
-    return `The program could not be started${why}`;
-  }
-  if (exit.reason && exit.reason !== "exited" && Object.hasOwn(EXIT_REASONS, exit.reason)) return EXIT_REASONS[exit.reason];
-  if (exit.signal != null) return `The program was ended by signal ${exit.signal}.`;
-  if (exit.status != null) return `The program exited with status ${exit.status}.`;
-  return "The program ended.";
-}
-
-/** xterm's colours from the page's design tokens, so the screen follows light and dark. */
-function themeFrom(el) {
-  const css = getComputedStyle(el);
-  const v = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
-  return {
-    background: v("--term-bg", "#101116"),
-    foreground: v("--term-fg", "#e6e7eb"),
-    cursor: v("--term-cursor", "#8d89ff"),
-    cursorAccent: v("--term-bg", "#101116"),
-    selectionBackground: v("--term-selection", "#3b3a6b"),
-  };
-}
 
 export class TerminalView {
   /**
