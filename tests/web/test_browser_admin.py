@@ -51,6 +51,9 @@ def test_admin_creates_a_tenant_and_a_key(live: LiveRelay, new_page: Any) -> Non
     # Every scope is ticked by default, terminals included.
     for scope in ("chats", "sessions", "publish", "terminals"):
         expect(detail.locator("td .badge", has_text=scope).first).to_be_visible()
+    # Every section sits inside the console's column: nothing runs past the window's edge.
+    assert page.evaluate("document.querySelector('#tenants').closest('main') !== null")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     screenshot(page, "admin-tenants")
 
     # The key shown once really works, and a revoked key stops working.
