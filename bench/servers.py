@@ -102,8 +102,11 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0
+) -> None:
+    """Until ``url``/health answers 200; raises when ``proc`` exits or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
@@ -113,7 +116,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"server at {url} not healthy after 60 s; see {log}")
+    raise RuntimeError(f"server at {url} not healthy after {timeout_s:.0f} s; see {log}")
 
 
 def spawn_relay(
@@ -127,7 +130,7 @@ def spawn_relay(
     cmd = [sys.executable, "-m", "relayline", "serve", "--host", HOST, "--port", str(port)]
     proc = _spawn(cmd, full_env, log)
     try:
-        _wait_healthy(f"http://{HOST}:{port}", proc, log)
+        wait_healthy(f"http://{HOST}:{port}", proc, log)
     except BaseException:
         proc.kill()
         raise
@@ -185,7 +188,7 @@ def start_node(port: int, workdir: Path) -> Server:
     if not (BENCH / "node" / "node_modules" / "socket.io").is_dir():
         raise RuntimeError("run `npm ci` in bench/node first")
     proc = _spawn(["node", str(script), "--port", str(port), "--token", token], {}, log)
-    _wait_healthy(f"http://{HOST}:{port}", proc, log)
+    wait_healthy(f"http://{HOST}:{port}", proc, log)
     return Server("node-socket.io", "sio", port, proc, token, token, "/publish", "room-1", log=log)
 
 
@@ -194,7 +197,7 @@ def start_pyio(port: int, workdir: Path) -> Server:
     log = workdir / f"pyio-{port}.log"
     cmd = [sys.executable, str(BENCH / "pyio_server.py"), "--port", str(port), "--token", token]
     proc = _spawn(cmd, {}, log)
-    _wait_healthy(f"http://{HOST}:{port}", proc, log)
+    wait_healthy(f"http://{HOST}:{port}", proc, log)
     return Server("python-socketio", "sio", port, proc, token, token, "/publish", "room-1", log=log)
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 import terminal_taps as taps
-from servers import ADMIN_KEY, HOST, ROOT, machine, spawn_relay
+from servers import ADMIN_KEY, HOST, ROOT, machine, spawn_relay, wait_healthy
 from term_clients import COLS, ROWS, STEP_TIMEOUT_S, RelayTerminal, TerminadoTerminal, Terminal
 from term_programs import END_MARKER, LINES
 from turns import cpu_seconds, wait_quiet
@@ -98,20 +98,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not healthy in {STEP_TIMEOUT_S:.0f} s; see {log}")
-
-
 def start_terminado(
     workdir: Path, flood_mib: float, lines: str
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -130,7 +116,7 @@ def start_terminado(
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(f"http://{HOST}:{port}", proc, log)
+        wait_healthy(f"http://{HOST}:{port}", proc, log, STEP_TIMEOUT_S)
     except BaseException:
         stop(proc)
         raise

@@ -97,7 +97,7 @@ def report(splits: list[tuple[float, float, float]]) -> str:
     names = ("client → relay → worker link", "worker, PTY and program", "relay → client")
     totals = [sum(s) for s in splits]
     rows = [
-        f"| {name} | {statistics.median(v):.2f} | {nearest_rank(v, 0.99):.2f} |"
+        f"| {name} | {statistics.median(v):.2f} | {nearest_rank(list(v), 0.99):.2f} |"
         for name, v in zip(names, zip(*splits, strict=True), strict=True)
     ]
     return "\n".join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,21 +35,16 @@ def _redis_up() -> bool:
 pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"Redis not reachable at {REDIS}")
 
 
-@pytest.fixture
-async def pair(
-    request: pytest.FixtureRequest, make_settings: SettingsFactory, own_pg_url: str
+@contextlib.asynccontextmanager
+async def two_instances(
+    make_settings: SettingsFactory, **overrides: Any
 ) -> AsyncIterator[tuple[RelayServer, RelayServer]]:
+    """Two relay instances sharing Redis (under a key prefix of their own, deleted at the end)
+    and whatever database ``overrides`` name."""
     prefix = f"rltest:{secrets.token_hex(4)}:"
-    overrides: dict[str, Any] = {
-        "database_url": own_pg_url,
-        "redis_url": REDIS,
-        "redis_prefix": prefix,
-        "worker_keys": [f"{WORKER[0]}:{WORKER[1]}"],
-        "instances": 2,
-        **getattr(request, "param", {}),  # a test's own settings, through indirect parametrize
-    }
-    first = RelayServer(make_settings(**overrides))
-    second = RelayServer(make_settings(**overrides))
+    settings = {"redis_url": REDIS, "redis_prefix": prefix, "instances": 2, **overrides}
+    first = RelayServer(make_settings(**settings))
+    second = RelayServer(make_settings(**settings))
     await first.start()
     await second.start()
     try:
@@ -63,6 +59,19 @@ async def pair(
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture
+async def pair(
+    request: pytest.FixtureRequest, make_settings: SettingsFactory, own_pg_url: str
+) -> AsyncIterator[tuple[RelayServer, RelayServer]]:
+    async with two_instances(
+        make_settings,
+        database_url=own_pg_url,
+        worker_keys=[f"{WORKER[0]}:{WORKER[1]}"],
+        **getattr(request, "param", {}),  # a test's own settings, through indirect parametrize
+    ) as relays:
+        yield relays
 
 
 async def tenant_on(server: RelayServer, http: httpx.AsyncClient) -> Tenant:

@@ -4,9 +4,7 @@ one of them: every step of a terminal works through the other one too."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from relayline.testing import RelayServer, WsHarness
 from tests.conftest import SettingsFactory
 from tests.fixtures import KEY_ID, SECRET, Workers, eventually, new_tenant
-from tests.scaleout.test_shared_instances import REDIS, _redis_up
+from tests.scaleout.test_shared_instances import REDIS, _redis_up, two_instances
 from tests.terminals.helpers import output_until, snapshot_of, terminal_worker_settings
 
 pytestmark = [
@@ -27,31 +25,13 @@ pytestmark = [
 async def pair(
     make_settings: SettingsFactory, own_pg_url: str
 ) -> AsyncIterator[tuple[RelayServer, RelayServer]]:
-    prefix = f"rltest:{secrets.token_hex(4)}:"
-    overrides: dict[str, Any] = {
-        "database_url": own_pg_url,
-        "redis_url": REDIS,
-        "redis_prefix": prefix,
-        "worker_keys": [f"{KEY_ID}:{SECRET}"],
-        "instances": 2,
-        "terminal_detach_grace_s": 0.2,
-    }
-    first = RelayServer(make_settings(**overrides))
-    second = RelayServer(make_settings(**overrides))
-    await first.start()
-    await second.start()
-    try:
-        yield first, second
-    finally:
-        await second.stop()
-        await first.stop()
-        import redis.asyncio as aredis
-
-        client = aredis.Redis.from_url(REDIS)
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    async with two_instances(
+        make_settings,
+        database_url=own_pg_url,
+        worker_keys=[f"{KEY_ID}:{SECRET}"],
+        terminal_detach_grace_s=0.2,
+    ) as relays:
+        yield relays
 
 
 async def test_a_terminal_through_the_instance_its_worker_is_not_on(
