@@ -109,6 +109,10 @@ class ErrorCode(StrEnum):
     READ_ONLY = "read_only"  # term.input / term.resize from a viewer without the write grant
     CWD_NOT_ALLOWED = "cwd_not_allowed"  # 422: a working directory outside the workspace roots
     TERMINAL_EXITED = "terminal_exited"  # 409: the session has already ended
+    # The OpenAI-compatible gateway (/v1/chat/completions, /v1/models)
+    UNKNOWN_MODEL = "unknown_model"  # 404: no connected worker announces that model
+    NO_WORKER = "no_worker"  # 503: no worker is connected that can answer
+    TOO_MANY_COMPLETIONS = "too_many_completions"  # 429: the tenant's concurrent-completions cap
 
 
 class FailureCategory(StrEnum):
@@ -132,6 +136,7 @@ class FinishReason(StrEnum):
     STOP = "stop"  # the model finished (or hit a stop sequence)
     LENGTH = "length"  # cut at the length limit (max_tokens): stored, shown as cut
     CONTENT_FILTER = "content_filter"  # the model server withheld the rest
+    TOOL_CALLS = "tool_calls"  # the model asked for tool calls (completions that pass tools)
 
 
 class UsageSource(StrEnum):

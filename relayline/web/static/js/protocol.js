@@ -92,6 +92,9 @@ export const ERROR_CODE = Object.freeze({
   "READ_ONLY": "read_only",
   "CWD_NOT_ALLOWED": "cwd_not_allowed",
   "TERMINAL_EXITED": "terminal_exited",
+  "UNKNOWN_MODEL": "unknown_model",
+  "NO_WORKER": "no_worker",
+  "TOO_MANY_COMPLETIONS": "too_many_completions",
 });
 export const FAILURE_CATEGORY = Object.freeze({
   "TIMEOUT": "timeout",
@@ -106,6 +109,7 @@ export const FINISH_REASON = Object.freeze({
   "STOP": "stop",
   "LENGTH": "length",
   "CONTENT_FILTER": "content_filter",
+  "TOOL_CALLS": "tool_calls",
 });
 export const TERM_EXIT_REASON = Object.freeze({
   "EXITED": "exited",
