@@ -38,10 +38,14 @@ def test_the_design_names_are_the_wire_names() -> None:
 def test_the_generated_js_module_is_up_to_date() -> None:
     expected = jsmodule.render()
     assert jsmodule.TARGET.read_text(encoding="utf-8") == expected, (
-        "relayline/web/static/js/protocol.js is stale: python -m relayline.protocol.jsmodule"
+        "relayline/web/static/sdk/protocol.js is stale: python -m relayline.protocol.jsmodule"
+    )
+    assert jsmodule.TYPES_TARGET.read_text(encoding="utf-8") == jsmodule.render_types(), (
+        "relayline/web/static/sdk/protocol.d.ts is stale: python -m relayline.protocol.jsmodule"
     )
     for code, action in ACTIONS.items():
         assert f'"{int(code)}": "{action}"' in expected
+        assert f'"{int(code)}": "{action}";' in jsmodule.render_types()
     check = subprocess.run(
         [sys.executable, "-m", "relayline.protocol.jsmodule", "--check"], capture_output=True
     )
@@ -50,7 +54,15 @@ def test_the_generated_js_module_is_up_to_date() -> None:
 
 def test_the_drift_check_fails_on_a_stale_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     stale = tmp_path / "protocol.js"
+    types = tmp_path / "protocol.d.ts"
     stale.write_text(jsmodule.render().replace('"jittered"', '"backoff"'), encoding="utf-8")
+    types.write_text(jsmodule.render_types(), encoding="utf-8")
     monkeypatch.setattr(jsmodule, "TARGET", stale)
+    monkeypatch.setattr(jsmodule, "TYPES_TARGET", types)
     assert jsmodule.main(["--check"]) == 1
     assert jsmodule.main([]) == 0 and jsmodule.main(["--check"]) == 0
+    # The declarations alone out of date fail the check too.
+    types.write_text(jsmodule.render_types().replace('"jittered"', '"backoff"'), encoding="utf-8")
+    assert jsmodule.main(["--check"]) == 1
+    types.unlink()
+    assert jsmodule.main(["--check"]) == 1

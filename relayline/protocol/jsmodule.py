@@ -1,9 +1,11 @@
-"""The web UI's copy of the protocol's catalogues, generated from this package.
+"""The JavaScript client's copy of the protocol's catalogues, generated from this package:
+``protocol.js`` and its type declarations ``protocol.d.ts`` in ``relayline/web/static/sdk/``
+(the JS SDK, which the web UI uses too).
 
-    python -m relayline.protocol.jsmodule           # rewrite relayline/web/static/js/protocol.js
-    python -m relayline.protocol.jsmodule --check   # exit 1 when the file is out of date
+    python -m relayline.protocol.jsmodule           # rewrite both files
+    python -m relayline.protocol.jsmodule --check   # exit 1 when either is out of date
 
-``tests/test_protocol_js.py`` fails when the checked-in file differs from what this renders.
+``tests/test_protocol_catalogue.py`` fails when a checked-in file differs from what this renders.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from relayline.protocol.names import (
     TermExitReason,
 )
 
-TARGET = Path(__file__).resolve().parents[1] / "web" / "static" / "js" / "protocol.js"
+SDK = Path(__file__).resolve().parents[1] / "web" / "static" / "sdk"
+TARGET = SDK / "protocol.js"
+TYPES_TARGET = SDK / "protocol.d.ts"
 
 
 def _object(values: Mapping[str, object]) -> str:
@@ -39,8 +43,58 @@ def _names(enum: type[Enum]) -> str:
     return _object({member.name: member.value for member in enum})
 
 
+def _actions() -> dict[str, str]:
+    return {str(int(code)): str(action) for code, action in ACTIONS.items()}
+
+
+def _limits() -> dict[str, int]:
+    return {
+        "maxMessageChars": limits.MAX_MESSAGE_CHARS,
+        "wsMaxFrameBytes": limits.WS_MAX_FRAME_BYTES,
+        "maxJsonDepth": MAX_JSON_DEPTH,
+        "termInputMaxBytes": limits.TERM_INPUT_MAX_BYTES,
+        "termMinSize": limits.TERM_MIN_SIZE,
+        "termMaxSize": limits.TERM_MAX_SIZE,
+    }
+
+
+_ENUMS: dict[str, type[Enum]] = {
+    "OP": Op,
+    "EVENT": EventType,
+    "ERROR_CODE": ErrorCode,
+    "FAILURE_CATEGORY": FailureCategory,
+    "FINISH_REASON": FinishReason,
+    "TERM_EXIT_REASON": TermExitReason,
+}
+
+
+def _type(values: Mapping[str, object]) -> str:
+    body = "".join(f"  {json.dumps(k)}: {json.dumps(v)};\n" for k, v in values.items())
+    return "Readonly<{\n" + body + "}>"
+
+
+def render_types() -> str:
+    """``protocol.d.ts``: the same catalogues as literal types."""
+    parts = [
+        "// Generated from relayline/protocol by `python -m relayline.protocol.jsmodule`.",
+        "// Do not edit: change the Python catalogue and regenerate.",
+        "",
+        f"export declare const CLOSE: {_type({m.name: m.value for m in Close})};",
+        f"export declare const CLOSE_ACTIONS: {_type(_actions())};",
+        f"export declare const DEFAULT_CLOSE_ACTION: {json.dumps(str(DEFAULT_ACTION))};",
+        f"export declare const RESTART_SPREAD_MS: {RESTART_SPREAD_MS};",
+        *(
+            f"export declare const {name}: {_type({m.name: m.value for m in enum})};"
+            for name, enum in _ENUMS.items()
+        ),
+        f"export declare const LIMITS: {_type(_limits())};",
+        "",
+    ]
+    return "\n".join(parts)
+
+
 def render() -> str:
-    actions = {str(int(code)): str(action) for code, action in ACTIONS.items()}
+    actions = _actions()
     parts = [
         "// Generated from relayline/protocol by `python -m relayline.protocol.jsmodule`.",
         "// Do not edit: change the Python catalogue and regenerate.",
@@ -54,26 +108,10 @@ def render() -> str:
         "/** The clients of a restarting relay (1012) spread their reconnects over this long. */",
         f"export const RESTART_SPREAD_MS = {RESTART_SPREAD_MS};",
         "",
-        f"export const OP = {_names(Op)};",
-        f"export const EVENT = {_names(EventType)};",
-        f"export const ERROR_CODE = {_names(ErrorCode)};",
-        f"export const FAILURE_CATEGORY = {_names(FailureCategory)};",
-        f"export const FINISH_REASON = {_names(FinishReason)};",
-        f"export const TERM_EXIT_REASON = {_names(TermExitReason)};",
+        *(f"export const {name} = {_names(enum)};" for name, enum in _ENUMS.items()),
         "",
         "/** Defaults of the limits the relay enforces (an operator may set others). */",
-        "export const LIMITS = "
-        + _object(
-            {
-                "maxMessageChars": limits.MAX_MESSAGE_CHARS,
-                "wsMaxFrameBytes": limits.WS_MAX_FRAME_BYTES,
-                "maxJsonDepth": MAX_JSON_DEPTH,
-                "termInputMaxBytes": limits.TERM_INPUT_MAX_BYTES,
-                "termMinSize": limits.TERM_MIN_SIZE,
-                "termMaxSize": limits.TERM_MAX_SIZE,
-            }
-        )
-        + ";",
+        f"export const LIMITS = {_object(_limits())};",
         "",
     ]
     return "\n".join(parts)
@@ -83,16 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the file is stale")
     args = parser.parse_args(argv)
-    text = render()
+    files = {TARGET: render(), TYPES_TARGET: render_types()}
     if args.check:
-        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        if current != text:
-            print(
-                f"{TARGET} is out of date: python -m relayline.protocol.jsmodule", file=sys.stderr
-            )
-            return 1
-        return 0
-    TARGET.write_text(text, encoding="utf-8")
+        stale = [
+            path
+            for path, text in files.items()
+            if not path.exists() or path.read_text(encoding="utf-8") != text
+        ]
+        for path in stale:
+            print(f"{path} is out of date: python -m relayline.protocol.jsmodule", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -18,7 +18,7 @@ import {
   totals,
   utcDay,
 } from "../../relayline/web/static/js/analytics_report.js";
-import { FAILURE_CATEGORY } from "../../relayline/web/static/js/protocol.js";
+import { FAILURE_CATEGORY } from "../../relayline/web/static/sdk/protocol.js";
 
 const row = (day, fields = {}) => ({
   day,

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Conversation } from "../../relayline/web/static/js/conversation.js";
-import { EVENT, FINISH_REASON } from "../../relayline/web/static/js/protocol.js";
+import { EVENT, FINISH_REASON } from "../../relayline/web/static/sdk/protocol.js";
 
 const TURN = "turn-1";
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { apiErrorText, closeText, connectionText, finishReasonText, RECOVERY, turnFailureText } from "../../relayline/web/static/js/errors.js";
-import { FINISH_REASON } from "../../relayline/web/static/js/protocol.js";
+import { FINISH_REASON } from "../../relayline/web/static/sdk/protocol.js";
 
 const CATEGORIES = ["no_worker", "timeout", "upstream_4xx", "upstream_5xx", "circuit_open", "rate_limited", "tool_error", "internal"];
 

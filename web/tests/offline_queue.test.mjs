@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { newClientMsgId, OfflineQueue, QueueFullError } from "../../relayline/web/static/js/offline_queue.js";
+import { newClientMsgId, OfflineQueue, QueueFullError } from "../../relayline/web/static/sdk/offline_queue.js";
 
 class MemoryStorage {
   constructor() {

@@ -7,7 +7,7 @@ import {
   closeAction,
   ReconnectPolicy,
   RelaySocket,
-} from "../../relayline/web/static/js/socket.js";
+} from "../../relayline/web/static/sdk/socket.js";
 
 test("full jitter stays within an exponentially growing, capped window", () => {
   const policy = new ReconnectPolicy({ baseMs: 100, maxMs: 1000, factor: 2 }, () => 0.999999);
@@ -160,6 +160,29 @@ test("after a relay restart (1012) reconnects within the restart spread and resu
   assert.deepEqual(ws.sent[0], { op: "subscribe", ref: ws.sent[0].ref, topic: "chat:1", epoch: "E1", after_seq: 7 });
 });
 
+test("a connection that fails with an error and no close event (Node 20's WebSocket) is retried", () => {
+  const { socket, timers, states } = makeSocket();
+  socket.connect();
+  const ws = FakeWs.instances[0];
+  ws.onerror?.({ type: "error" });
+  timers.advance(0);
+  assert.equal(ws.onclose, null);
+  assert.deepEqual(states.at(-1), { state: "reconnecting", retryInMs: 1000, code: 1006, reason: "connection failed" });
+  timers.advance(1000);
+  assert.equal(FakeWs.instances.length, 2);
+});
+
+test("an error followed by its close event is handled once, with the close's code", () => {
+  const { socket, timers, states } = makeSocket();
+  socket.connect();
+  const ws = FakeWs.instances[0];
+  ws.onerror?.({ type: "error" });
+  ws.serverClose(1006, "");
+  timers.advance(0);
+  assert.deepEqual(states.filter((s) => s.state === "reconnecting").map((s) => s.code), [1006]);
+  assert.equal(states.at(-1).reason, "");
+});
+
 test("a subscription refused as unavailable (the relay's bus is away) is asked again, paced", async () => {
   const { socket, timers } = makeSocket();
   socket.topics.set("chat:1", { epoch: "E1", seq: 4 });
@@ -289,7 +312,7 @@ test("the restart spread is jittered: uniform within it, the whole of it without
 });
 
 test("the close-action table is the relay's catalogue, generated (protocol.js)", async () => {
-  const { CLOSE, CLOSE_ACTIONS } = await import("../../relayline/web/static/js/protocol.js");
+  const { CLOSE, CLOSE_ACTIONS } = await import("../../relayline/web/static/sdk/protocol.js");
   assert.equal(CLOSE_ACTIONS[CLOSE.RESTARTING], "jittered");
   assert.equal(closeAction(CLOSE.UNAUTHENTICATED), "new_token");
   assert.equal(closeAction(1006), "backoff");

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { HistoryStore } from "../../relayline/web/static/js/store.js";
+import { HistoryStore } from "../../relayline/web/static/sdk/store.js";
 
 class MemoryStorage {
   constructor() {

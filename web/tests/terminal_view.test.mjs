@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { SocketError } from "../../relayline/web/static/js/socket.js";
+import { SocketError } from "../../relayline/web/static/sdk/socket.js";
 import { exitText } from "../../relayline/web/static/js/terminal_state.js";
 import { TerminalView } from "../../relayline/web/static/js/terminal_view.js";
 

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { FAILURE_CATEGORY } from "../../relayline/web/static/js/protocol.js";
+import { FAILURE_CATEGORY } from "../../relayline/web/static/sdk/protocol.js";
 import {
   ago,
   BREAKER_TEXT,

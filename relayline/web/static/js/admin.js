@@ -3,15 +3,15 @@
 // breakers and last errors), workers live over the `admin` topic, a tenant's daily analytics,
 // tenants and keys.
 
-import { Api } from "./api.js";
+import { Api } from "../sdk/api.js";
 import { AnalyticsPanel } from "./admin_analytics.js";
 import { TenantsPanel } from "./admin_tenants.js";
 import { failuresCard, FailedTurnsPanel, turnStats } from "./admin_turns.js";
 import { badge, el } from "./dom.js";
 import { apiErrorText, connectionText } from "./errors.js";
 import { keyFigures, parseMetrics } from "./metrics.js";
-import { RelaySocket } from "./socket.js";
-import { EVENT } from "./protocol.js";
+import { RelaySocket } from "../sdk/socket.js";
+import { EVENT } from "../sdk/protocol.js";
 import { BREAKER_TEXT, BREAKER_TONE, CATEGORY_TEXT } from "./turn_report.js";
 
 const KEY = "relayline.admin";

@@ -3,7 +3,7 @@
 // its charts draw, the totals of the range. No DOM here: analytics_view.js draws it,
 // web/tests checks it.
 
-import { FAILURE_CATEGORY } from "./protocol.js";
+import { FAILURE_CATEGORY } from "../sdk/protocol.js";
 
 export const DAY_MS = 86_400_000;
 /** The ranges offered, in days. */

@@ -2,16 +2,16 @@
 // Wires the pieces together; the pieces themselves hold the logic (socket.js, conversation.js,
 // message_list.js, offline_queue.js, store.js, render.js, terminal_panel.js).
 
-import { Api } from "./api.js";
+import { Api } from "../sdk/api.js";
 import { Conversation } from "./conversation.js";
 import { DebugOverlay } from "./debug.js";
 import { apiErrorText, closeText, connectionText } from "./errors.js";
 import { MessageListView } from "./message_list.js";
-import { OfflineQueue, QueueFullError } from "./offline_queue.js";
-import { CLOSE, LIMITS, OP } from "./protocol.js";
+import { OfflineQueue, QueueFullError } from "../sdk/offline_queue.js";
+import { CLOSE, LIMITS, OP } from "../sdk/protocol.js";
 import { loadRenderer } from "./render.js";
-import { RelaySocket } from "./socket.js";
-import { HistoryStore } from "./store.js";
+import { RelaySocket } from "../sdk/socket.js";
+import { HistoryStore } from "../sdk/store.js";
 import { TerminalPanel } from "./terminal_panel.js";
 import { TerminalStore } from "./terminal_store.js";
 import { UsagePanel } from "./usage_panel.js";
@@ -20,7 +20,7 @@ import { closestTo } from "./dom.js";
 const TOKEN_KEY = "relayline.session";
 const MAX_MESSAGE_CHARS = LIMITS.maxMessageChars; // the relay's default; it answers 422 past its own
 // Reconnect pacing; the one place to tune it for this page.
-/** @type {import("./reconnect.js").ReconnectOptions} */
+/** @type {import("../sdk/reconnect.js").ReconnectOptions} */
 const RECONNECT_POLICY = { baseMs: 500, maxMs: 15_000, factor: 2, jitter: "full" };
 
 /** An element of the page by id (inputs, buttons, sections: the caller knows which). */

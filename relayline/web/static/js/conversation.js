@@ -4,8 +4,8 @@
 // reload overlap what the snapshot already shows).
 
 import { apiErrorText, finishReasonText, RECOVERY, turnFailureText } from "./errors.js";
-import { SocketError } from "./socket.js";
-import { EVENT, OP } from "./protocol.js";
+import { SocketError } from "../sdk/socket.js";
+import { EVENT, OP } from "../sdk/protocol.js";
 
 export const PAGE_SIZE = 100;
 const LOCAL_BASE = 1e15; // sort key of not-yet-stored messages: after every stored one

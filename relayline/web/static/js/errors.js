@@ -1,7 +1,7 @@
 // What people read when something goes wrong: one sentence on what happened, one on what
 // happens next or what they can do. Keyed by the relay's failure categories and error codes.
 
-import { CLOSE, FINISH_REASON } from "./protocol.js";
+import { CLOSE, FINISH_REASON } from "../sdk/protocol.js";
 
 const TURN_FAILURES = {
   no_worker:

@@ -46,8 +46,8 @@ const STATE_TEXT = {
 export class TerminalPanel {
   /**
    * @param {object} options
-   * @param {import("./api.js").Api} options.api
-   * @param {import("./socket.js").RelaySocket} options.socket
+   * @param {import("../sdk/api.js").Api} options.api
+   * @param {import("../sdk/socket.js").RelaySocket} options.socket
    * @param {import("./terminal_store.js").TerminalStore} options.store
    * @param {(id: string) => any} options.$ the page's elements by id
    * @param {(shown: {id: string, program: string} | null) => void} options.onShow the panel replaced the conversation (or gave it back)

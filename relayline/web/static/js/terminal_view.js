@@ -5,7 +5,7 @@
 // window's size is told to the other end once it settles.
 
 import { bridgeXtermStyles } from "./csp_styles.js";
-import { EVENT, OP } from "./protocol.js";
+import { EVENT, OP } from "../sdk/protocol.js";
 import { DEFAULT_CHUNK_BYTES, TerminalInputQueue, utf8Chunks } from "./terminal_input_queue.js";
 import { ResizeReporter } from "./terminal_resize.js";
 import { sessionStateOf } from "./terminal_state.js";
@@ -31,8 +31,8 @@ export class TerminalView {
    * @param {string} options.id
    * @param {string} options.program
    * @param {string} [options.topic]
-   * @param {import("./api.js").Api} options.api
-   * @param {import("./socket.js").RelaySocket} options.socket
+   * @param {import("../sdk/api.js").Api} options.api
+   * @param {import("../sdk/socket.js").RelaySocket} options.socket
    * @param {HTMLElement} options.container the element xterm draws in
    * @param {(change: {kind: string, [key: string]: any}) => void} [options.onChange] state, exit, drop, error
    * @param {number} [options.inputLimitBytes]

@@ -2,7 +2,7 @@
 // is, failures by category, the query of a page of turns and the cursors of the pages seen.
 // No DOM here: admin.js and admin_turns.js draw it, web/tests checks it.
 
-import { FAILURE_CATEGORY } from "./protocol.js";
+import { FAILURE_CATEGORY } from "../sdk/protocol.js";
 
 /** What each failure category means, for an operator (the chat tells people otherwise). */
 export const CATEGORY_TEXT = Object.freeze({

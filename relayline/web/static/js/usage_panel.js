@@ -30,7 +30,7 @@ export function mayReadUsage(token) {
 
 export class UsagePanel {
   /**
-   * @param {{ api: import("./api.js").Api, token: () => string | null }} options
+   * @param {{ api: import("../sdk/api.js").Api, token: () => string | null }} options
    */
   constructor({ api, token }) {
     this.api = api;

@@ -2,17 +2,17 @@
 // chat of their own, after a proof of work when the relay asks for one. The conversation
 // itself is the same machinery as the main chat page.
 
-import { Api } from "./api.js";
+import { Api } from "../sdk/api.js";
 import { Conversation } from "./conversation.js";
 import { DebugOverlay } from "./debug.js";
 import { apiErrorText, connectionText } from "./errors.js";
 import { MessageListView } from "./message_list.js";
-import { OfflineQueue } from "./offline_queue.js";
+import { OfflineQueue } from "../sdk/offline_queue.js";
 import { solveChallenge } from "./pow.js";
-import { LIMITS, OP } from "./protocol.js";
+import { LIMITS, OP } from "../sdk/protocol.js";
 import { loadRenderer } from "./render.js";
-import { RelaySocket } from "./socket.js";
-import { HistoryStore } from "./store.js";
+import { RelaySocket } from "../sdk/socket.js";
+import { HistoryStore } from "../sdk/store.js";
 import { closestTo } from "./dom.js";
 
 /** An element of the page by id (inputs, buttons, sections: the caller knows which). */

@@ -1,7 +1,7 @@
 // REST calls to the relay: bearer auth, the API's error shape turned into ApiError, and retries
 // with backoff for failures that a later attempt can fix (network, 429, 502/503/504).
 
-import { ReconnectPolicy } from "./socket.js";
+import { ReconnectPolicy } from "./reconnect.js";
 
 export class ApiError extends Error {
   constructor(status, code, detail, { requestId = null, retryAfterS = null } = {}) {

@@ -163,7 +163,21 @@ export class RelaySocket {
     ws.onopen = () => this.onOpen(ws);
     ws.onmessage = (msg) => this.onMessage(ws, msg);
     ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
-    ws.onerror = () => {}; // a close event always follows and carries what we need
+    // In browsers a close event follows every error (in the same task) and carries what we
+    // need; Node 20's WebSocket reports a refused connection with an error alone, so a close
+    // that has not come by the next turn is taken as a dropped link.
+    ws.onerror = () => {
+      this.timers.setTimeout(() => {
+        if (ws !== this.ws) return;
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        try {
+          ws.close();
+        } catch {
+          // never opened
+        }
+        this.onClose(ws, 1006, "connection failed");
+      }, 0);
+    };
   }
 
   onOpen(ws) {
