@@ -26,7 +26,9 @@ class PostedMessage:
 
 
 async def create_chat(session: AsyncSession, tenant_id: str, title: str | None) -> Chat:
-    chat = Chat(id=new_id(), tenant_id=tenant_id, title=title, last_seq=0, created_at=now_ms())
+    chat = Chat(
+        id=new_id(), tenant_id=tenant_id, title=title, last_seq=0, created_at=now_ms(), kind="chat"
+    )
     session.add(chat)
     await session.flush()
     return chat
@@ -42,7 +44,12 @@ async def list_chats(
     only: frozenset[str] | None = None,
 ) -> Sequence[Chat]:
     """Newest first; ``after`` is the last id of the previous page."""
-    query = select(Chat).where(Chat.tenant_id == tenant_id).order_by(Chat.id.desc()).limit(limit)
+    query = (
+        select(Chat)
+        .where(Chat.tenant_id == tenant_id, Chat.kind == "chat")
+        .order_by(Chat.id.desc())
+        .limit(limit)
+    )
     if after:
         query = query.where(Chat.id < after)
     if not include_archived:
@@ -54,7 +61,7 @@ async def list_chats(
 
 async def get_chat(session: AsyncSession, tenant_id: str, chat_id: str) -> Chat:
     chat = await session.get(Chat, chat_id)
-    if chat is None or chat.tenant_id != tenant_id:
+    if chat is None or chat.tenant_id != tenant_id or chat.kind != "chat":
         raise NotFound("chat not found")
     return chat
 
@@ -90,7 +97,7 @@ BUMP_SEQ = (
     update(CHATS)
     .where(CHATS.c.id == bindparam("p_chat_id"))
     .values(last_seq=CHATS.c.last_seq + 1)
-    .returning(CHATS.c.last_seq, CHATS.c.tenant_id, CHATS.c.archived_at)
+    .returning(CHATS.c.last_seq, CHATS.c.tenant_id, CHATS.c.archived_at, CHATS.c.kind)
 )
 INSERT_MESSAGE = insert(MESSAGES)
 _INSERT_TURN = insert(TURNS)
@@ -124,7 +131,7 @@ async def post_user_message(
     try:
         async with db.write() as session:
             row = (await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).first()
-            if row is None or row.tenant_id != tenant_id:
+            if row is None or row.tenant_id != tenant_id or row.kind != "chat":
                 raise NotFound("chat not found")
             if row.archived_at is not None:
                 raise _Refused

@@ -68,6 +68,10 @@ class Chat(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger)
     archived_at: Mapped[int | None] = mapped_column(BigInteger)
+    # "chat": a conversation of the chat API (listed, readable); "completion": one request of
+    # the OpenAI-compatible gateway that its tenant does not keep as a chat (never listed or
+    # readable through the chat API; its texts are not stored).
+    kind: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
 
 
 class Message(Base):
@@ -125,6 +129,13 @@ class Turn(Base):
     # While running: until when the instance that holds the attempt vouches for it. Any
     # instance re-queues a running turn whose lease ran out (its holder died).
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # A completion of the OpenAI-compatible gateway: only a worker that announces this model
+    # may claim the turn (None: any worker, as for chat turns).
+    model: Mapped[str | None] = mapped_column(String(200))
+    # A completion's request as the worker gets it (messages with their tool calls, tools,
+    # tool_choice, sampling) and whether its texts are kept; cleared when the turn ends unless
+    # they are (see relayline.store.completions).
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class MessageMetric(Base):

@@ -55,7 +55,9 @@ def _claimable(exclude: bool) -> Select[str]:
         earlier.c.state.in_(ACTIVE),
         earlier.c.id < turns.c.id,
     )
-    query = select(turns.c.id).where(turns.c.state == "queued", heads)
+    # A completion waits for a worker that announces its model; a chat turn takes any worker.
+    fits = or_(turns.c.model.is_(None), turns.c.model.in_(bindparam("p_models", expanding=True)))
+    query = select(turns.c.id).where(turns.c.state == "queued", heads, fits)
     if exclude:
         query = query.where(turns.c.chat_id.not_in(bindparam("p_exclude", expanding=True)))
     return query.order_by(turns.c.id).limit(1).with_for_update(skip_locked=True)
@@ -67,17 +69,23 @@ _CLAIMABLE_EXCLUDING = _claimable(exclude=True)
 
 
 async def claimable_turn_id(
-    session: AsyncSession, *, exclude_chats: Collection[str] = ()
+    session: AsyncSession,
+    *,
+    exclude_chats: Collection[str] = (),
+    models: Collection[str] = (),
 ) -> str | None:
-    """The oldest queued turn that heads its chat, locked for this transaction.
+    """The oldest queued turn that heads its chat and that a worker serving ``models`` can
+    answer (a turn that names no model, or one of them), locked for this transaction.
 
     ``exclude_chats``: chats this instance still holds while it stores and announces the
     outcome of their previous turn, so the next one does not overtake that announcement.
     """
     if exclude_chats:
-        result = await session.execute(_CLAIMABLE_EXCLUDING, {"p_exclude": list(exclude_chats)})
+        result = await session.execute(
+            _CLAIMABLE_EXCLUDING, {"p_exclude": list(exclude_chats), "p_models": list(models)}
+        )
     else:
-        result = await session.execute(_CLAIMABLE)
+        result = await session.execute(_CLAIMABLE, {"p_models": list(models)})
     return result.scalar_one_or_none()
 
 
@@ -90,10 +98,12 @@ async def claim_next(
     *,
     exclude_chats: Collection[str] = (),
     include_failed: bool = False,
+    models: Collection[str] = (),
 ) -> Assignment | None:
-    """Claim the head turn for ``worker_id`` and start its next attempt, in one transaction."""
+    """Claim the head turn for ``worker_id`` (serving ``models``) and start its next attempt,
+    in one transaction."""
     async with db.write() as session:
-        turn_id = await claimable_turn_id(session, exclude_chats=exclude_chats)
+        turn_id = await claimable_turn_id(session, exclude_chats=exclude_chats, models=models)
         if turn_id is None:
             return None
         return await start_attempt(

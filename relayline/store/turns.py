@@ -39,6 +39,8 @@ class Assignment:
     history: list[dict[str, str]]
     agent: dict[str, object]
     correlation_id: str
+    # A completion's request (see relayline.store.completions); None for a chat turn.
+    request: dict[str, object] | None = None
 
 
 _TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
@@ -63,6 +65,7 @@ _START = (
         TURNS.c.message_id,
         TURNS.c.response_message_id,
         TURNS.c.correlation_id,
+        TURNS.c.request,
     )
 )
 _RESTART_ANSWER = (
@@ -163,6 +166,21 @@ async def start_attempt(
         answer_seq = (
             await session.execute(_RESTART_ANSWER, {"p_message_id": turn.response_message_id})
         ).scalar_one()
+    if turn.request is not None:
+        # A completion carries its whole conversation: no history to read, no agent settings.
+        request = dict(turn.request)
+        return Assignment(
+            turn_id,
+            turn.chat_id,
+            turn.tenant_id,
+            turn.attempt,
+            turn.response_message_id,
+            answer_seq,
+            list(request.get("messages") or []),
+            {},
+            turn.correlation_id or turn_id,
+            request,
+        )
     agent = (await session.execute(_AGENT, {"p_tenant_id": turn.tenant_id})).scalar_one_or_none()
     messages = await history(
         session,
@@ -254,7 +272,7 @@ def _finish_statement(writable: tuple[str, ...]) -> Update:
             error_category=bindparam("p_category"),
             error_detail=bindparam("p_detail"),
         )
-        .returning(TURNS.c.response_message_id, TURNS.c.tenant_id, TURNS.c.chat_id)
+        .returning(TURNS.c.response_message_id, TURNS.c.tenant_id, TURNS.c.chat_id, TURNS.c.request)
     )
 
 
@@ -271,6 +289,7 @@ _STORE_ANSWER = (
     .returning(MESSAGES.c.seq)
 )
 _INSERT_METRIC = insert(_METRICS)
+_FORGET_REQUEST = update(TURNS).where(TURNS.c.id == bindparam("p_turn_id")).values(request=None)
 
 
 async def finish(
@@ -309,15 +328,20 @@ async def finish(
         row = fenced.first()
         if row is None:
             return None
-        message_id, tenant_id, chat_id = row
+        message_id, tenant_id, chat_id, request = row
         if message_id is None:
             return None
+        kept = request is None or bool(request.get("keep"))
+        if not kept:
+            # A completion whose tenant does not keep them: its request goes, its answer's
+            # text is not stored (its metrics are).
+            await session.execute(_FORGET_REQUEST, {"p_turn_id": turn_id})
         seq = (
             await session.execute(
                 _STORE_ANSWER,
                 {
                     "p_message_id": message_id,
-                    "p_content": text,
+                    "p_content": text if kept else "",
                     "p_status": message_status,
                     "p_finish_reason": finish_reason,
                 },
