@@ -28,7 +28,13 @@ from relayline.protocol.signing import signed_headers
 from relayline.testing import RelayServer, WsHarness
 from relayline.worker.connection import PATH, RelayConnection
 from relayline.worker.daemon import build_connection, probe_upstream
-from relayline.worker.llm.base import ChatMessage, LLMClient, StreamChunk, ToolSpec
+from relayline.worker.llm.base import (
+    ChatMessage,
+    LLMClient,
+    StreamChunk,
+    ToolChoice,
+    ToolSpec,
+)
 from relayline.worker.settings import WorkerSettings
 from tests.conftest import ADMIN_KEY, SettingsFactory
 
@@ -245,14 +251,22 @@ class SpyModel:
         *,
         model: str,
         options: Generation | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[StreamChunk]:
         self.calls.append((list(messages), [t.name for t in tools]))
         self.requests.append((model, options))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         done = False
+        chunks = (
+            self.inner.stream(messages, tools, model=model, options=options)
+            if tool_choice is None
+            else self.inner.stream(
+                messages, tools, model=model, options=options, tool_choice=tool_choice
+            )
+        )
         try:
-            async for chunk in self.inner.stream(messages, tools, model=model, options=options):
+            async for chunk in chunks:
                 yield chunk
             done = True
         finally:

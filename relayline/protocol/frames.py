@@ -116,6 +116,9 @@ class MessageDeltaData(TypedDict):
     turn_id: str
     offset: int  # characters of the answer before this text: gap-free, in order
     text: str
+    # A completion's tool calls, in OpenAI's streamed form ({index, id, type, function:
+    # {name, arguments}}); with them ``text`` is empty and ``offset`` unchanged.
+    tool_calls: NotRequired[list[dict[str, Any]]]
 
 
 class MessageCompletedData(TypedDict):
@@ -126,6 +129,7 @@ class MessageCompletedData(TypedDict):
     finish_reason: str  # a FinishReason
     metrics: dict[str, Any]  # timings, token counts and usage_source
     correlation_id: str | None  # the request id of the post that created the turn
+    tool_calls: NotRequired[list[dict[str, Any]]]  # a completion's tool calls, whole
 
 
 class TurnRetryingData(TypedDict):
@@ -164,12 +168,18 @@ class Hello(TypedDict):
     type: Literal["hello"]
     worker_id: NotRequired[str]
     capacity: int
+    models: NotRequired[list[str]]  # what it answers: completions of these models come to it
 
 
 class Welcome(TypedDict):
     type: Literal["welcome"]
     worker_id: str
     capacity: int
+
+
+class CompletionRequest(TypedDict):
+    tools: NotRequired[list[dict[str, Any]]]
+    tool_choice: NotRequired[str | dict[str, Any]]
 
 
 class TurnAssigned(TypedDict):
@@ -186,6 +196,10 @@ class TurnAssigned(TypedDict):
     generation: NotRequired[dict[str, Any]]
     correlation_id: str
     deadline: int  # ms since the Unix epoch
+    # A completion of the OpenAI-compatible gateway: answer ``messages`` in one model call,
+    # offering these tools (OpenAI's form) with this tool_choice, and stream tool calls back
+    # in ``turn.delta``'s ``tool_calls`` instead of running tools.
+    completion: NotRequired[CompletionRequest]
 
 
 class TurnDelta(TypedDict):
@@ -193,6 +207,7 @@ class TurnDelta(TypedDict):
     turn_id: str
     attempt: int
     text: str
+    tool_calls: NotRequired[list[dict[str, Any]]]  # a completion's, as in message.delta
 
 
 class Usage(TypedDict):

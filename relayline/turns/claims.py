@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -50,19 +51,22 @@ class ClaimLoop:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            while True:
-                worker = self.pool.pick()
-                if worker is None:
-                    break
-                try:
-                    claimed = await self._claim(worker)
-                except Exception:
-                    log.exception("claim_failed", worker_id=worker.worker_id)
-                    await asyncio.sleep(RETRY_AFTER_FAILURE_S)
-                    self._kick.set()
-                    break
-                if not claimed:
-                    break
+            while await self._claim_round():
+                pass
+
+    async def _claim_round(self) -> bool:
+        """Claim one turn for the least loaded worker that can take one; False when none
+        could (or the store failed: the loop is kicked again after a pause)."""
+        for worker in self.pool.candidates():
+            try:
+                if await self._claim(worker):
+                    return True
+            except Exception:
+                log.exception("claim_failed", worker_id=worker.worker_id)
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                self._kick.set()
+                return False
+        return False
 
     async def _claim(self, worker: WorkerLink) -> bool:
         """Claim the store's head turn for ``worker``; False when nothing is claimable."""
@@ -75,6 +79,7 @@ class ClaimLoop:
             settings.turn_history_chars,
             exclude_chats=set(self.turns.by_chat),
             include_failed=settings.turn_history_failed,
+            models=worker.models,
         )
         if assignment is None:
             return False
@@ -99,6 +104,8 @@ class ClaimLoop:
             now + settings.turn_lease_s,
             now,
             correlation_id=assignment.correlation_id,
+            # A completion has one reader, waiting on each chunk: nothing to coalesce for.
+            immediate=assignment.request is not None,
         )
         if self.ctx.coordinator.shared:
             # A new attempt starts with no open approval requests: an earlier attempt's, kept
@@ -113,22 +120,7 @@ class ClaimLoop:
             # Cancelled between the claim and now: the worker never hears of it.
             await self.cancelled(running)
             return
-        agent = assignment.agent
-        worker.send(
-            {
-                "type": WorkerFrame.TURN_ASSIGNED,
-                "turn_id": assignment.turn_id,
-                "attempt": assignment.attempt,
-                "chat_id": assignment.chat_id,
-                "messages": assignment.history,
-                "tools": _names(agent.get("tools")),
-                "model": agent.get("model"),
-                "system_prompt": agent.get("system_prompt"),
-                "generation": {k: agent[k] for k in GENERATION_FIELDS if agent.get(k) is not None},
-                "correlation_id": running.correlation_id,
-                "deadline": int((time.time() + settings.turn_deadline_s) * 1000),
-            }
-        )
+        worker.send(_assigned(assignment, running, settings.turn_deadline_s))
         await self.ctx.events.turn_started(
             assignment.chat_id,
             assignment.turn_id,
@@ -142,6 +134,39 @@ class ClaimLoop:
         # Let the worker link's writer put the frame on the wire before the next claim's
         # transaction runs: the first token waits on it.
         await asyncio.sleep(0)
+
+
+def _assigned(assignment: store.Assignment, running: Running, deadline_s: float) -> dict[str, Any]:
+    """The ``turn.assigned`` frame: a chat turn runs the tenant's agent settings; a completion
+    carries its own request (model, sampling, tools) and no agent settings."""
+    frame: dict[str, Any] = {
+        "type": WorkerFrame.TURN_ASSIGNED,
+        "turn_id": assignment.turn_id,
+        "attempt": assignment.attempt,
+        "chat_id": assignment.chat_id,
+        "messages": assignment.history,
+        "correlation_id": running.correlation_id,
+        "deadline": int((time.time() + deadline_s) * 1000),
+    }
+    request = assignment.request
+    if request is not None:
+        completion = {k: request[k] for k in ("tools", "tool_choice") if k in request}
+        frame.update(
+            tools=[],
+            model=request.get("model"),
+            system_prompt=None,
+            generation=request.get("generation") or {},
+            completion=completion,
+        )
+        return frame
+    agent = assignment.agent
+    frame.update(
+        tools=_names(agent.get("tools")),
+        model=agent.get("model"),
+        system_prompt=agent.get("system_prompt"),
+        generation={k: agent[k] for k in GENERATION_FIELDS if agent.get(k) is not None},
+    )
+    return frame
 
 
 def _names(value: object) -> list[str]:

@@ -40,7 +40,7 @@ from relayline.turns.coordination import Coordinator, Handler, LocalCoordinator
 from relayline.turns.leases import LeaseKeeper
 from relayline.turns.outcomes import Outcomes
 from relayline.turns.running import Running, RunningTurns
-from relayline.turns.streaming import DeltaStream
+from relayline.turns.streaming import DeltaStream, checked_tool_calls, tool_call_chars
 from relayline.turns.worker_link import WorkerLink
 from relayline.turns.workers import WorkerPool
 
@@ -181,6 +181,33 @@ class TurnDispatcher:
             await self.outcomes.failed(running, "internal", detail)
             return
         await self.stream.on_delta(running, text)
+
+    async def on_tool_calls(self, running: Running, value: object) -> None:
+        """A completion's tool calls, from ``turn.delta``; malformed ones fail the turn."""
+        calls = checked_tool_calls(value)
+        if calls is None:
+            running.worker.send(
+                {
+                    "type": WorkerFrame.TURN_CANCEL,
+                    "turn_id": running.turn_id,
+                    "attempt": running.attempt,
+                }
+            )
+            await self.outcomes.failed(running, "internal", "malformed tool_calls from the worker")
+            return
+        limit = self.settings.max_answer_chars
+        if tool_call_chars(running.tool_calls) + tool_call_chars(calls) > limit:
+            running.worker.send(
+                {
+                    "type": WorkerFrame.TURN_CANCEL,
+                    "turn_id": running.turn_id,
+                    "attempt": running.attempt,
+                }
+            )
+            detail = f"the tool calls are longer than RELAYLINE_MAX_ANSWER_CHARS ({limit})"
+            await self.outcomes.failed(running, "internal", detail)
+            return
+        await self.stream.on_tool_calls(running, calls)
 
     async def on_done(
         self, running: Running, usage: dict[str, Any], finish_reason: object = None

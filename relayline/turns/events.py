@@ -91,7 +91,13 @@ class ChatEvents:
         await self._publish(chat_topic(chat_id), EventType.TURN_STARTED, dict(data))
 
     async def message_delta(
-        self, chat_id: str, message_id: str, turn_id: str, offset: int, text: str
+        self,
+        chat_id: str,
+        message_id: str,
+        turn_id: str,
+        offset: int,
+        text: str,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         data: MessageDeltaData = {
             "message_id": message_id,
@@ -99,6 +105,8 @@ class ChatEvents:
             "offset": offset,
             "text": text,
         }
+        if tool_calls:
+            data["tool_calls"] = tool_calls
         await self._publish(chat_topic(chat_id), EventType.MESSAGE_DELTA, dict(data))
 
     async def message_completed(
@@ -111,6 +119,7 @@ class ChatEvents:
         finish_reason: str,
         metrics: dict[str, Any],
         correlation_id: str | None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         data: MessageCompletedData = {
             "message_id": message_id,
@@ -121,6 +130,8 @@ class ChatEvents:
             "metrics": metrics,
             "correlation_id": correlation_id,
         }
+        if tool_calls:
+            data["tool_calls"] = tool_calls
         await self._publish(chat_topic(chat_id), EventType.MESSAGE_COMPLETED, dict(data))
 
     async def turn_retrying(

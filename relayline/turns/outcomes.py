@@ -88,6 +88,7 @@ class Outcomes:
                     str(reason),
                     measured,
                     running.correlation_id,
+                    running.tool_calls or None,
                 )
         finally:
             self._free_chat(running)

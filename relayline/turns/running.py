@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from relayline.turns.worker_link import WorkerLink
 
@@ -28,6 +29,7 @@ class Running:
     lease_expires: float  # monotonic; the attempt is lost when its worker is silent past it
     started: float
     correlation_id: str
+    immediate: bool = False  # publish every delta as it comes (no coalescing)
     first_token: float | None = None
     # The answer streamed so far: ``published`` holds what went out as ``message.delta``
     # events (``published_chars`` characters), ``pending`` what waits for the next flush.
@@ -38,6 +40,8 @@ class Running:
     flush_handle: asyncio.TimerHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     approvals: set[str] = field(default_factory=set)
+    # A completion's tool calls so far, whole (merged from their streamed pieces by index).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def published_text(self) -> str:

@@ -2,7 +2,9 @@
 
 The first text of an answer is published at once; after it, a worker's ``turn.delta`` text is
 buffered and published once ``delta_coalesce_chars`` are pending or ``delta_coalesce_ms`` after
-the first pending delta, whichever comes first.
+the first pending delta, whichever comes first. A completion of the OpenAI-compatible gateway
+has a single reader waiting on each chunk: its deltas are published as they come
+(:attr:`Running.immediate`), and its tool calls right after the text before them.
 Guarantees: events carry consecutive, gap-free ``offset``s (flushes of one attempt never
 interleave); :attr:`Running.published_text` is exactly what subscribers were sent; with a
 shared coordinator, that text is stored as the chat's partial answer before it is published,
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from relayline.turns.context import TurnContext
 from relayline.turns.running import Running
@@ -32,7 +35,11 @@ class DeltaStream:
         running.pending_chars += len(text)
         # The first text of an answer leaves at once (the wait for a first token is what people
         # notice); coalescing is for the deltas after it.
-        if first or running.pending_chars >= self.ctx.settings.delta_coalesce_chars:
+        if (
+            first
+            or running.immediate
+            or running.pending_chars >= self.ctx.settings.delta_coalesce_chars
+        ):
             await self.flush(running)
         elif running.flush_handle is None:
             delay = self.ctx.settings.delta_coalesce_ms / 1000
@@ -66,9 +73,90 @@ class DeltaStream:
                 running.chat_id, running.message_id, running.turn_id, offset, text
             )
 
+    async def on_tool_calls(self, running: Running, calls: list[dict[str, Any]]) -> None:
+        """A completion's tool calls (already checked): the text before them goes out first,
+        then they do, at once, at the answer's current offset."""
+        if running.first_token is None:
+            running.first_token = time.monotonic()
+        await self.flush(running)
+        async with running.lock:
+            merge_tool_calls(running.tool_calls, calls)
+            await self.ctx.events.message_delta(
+                running.chat_id,
+                running.message_id,
+                running.turn_id,
+                running.published_chars,
+                "",
+                calls,
+            )
+
     @staticmethod
     def cancel_timer(running: Running) -> None:
         """Drop a scheduled flush: what is pending then stays unpublished."""
         if running.flush_handle is not None:
             running.flush_handle.cancel()
             running.flush_handle = None
+
+
+MAX_TOOL_CALLS = 128
+MAX_NAME_CHARS = 200
+
+
+def checked_tool_calls(value: object) -> list[dict[str, Any]] | None:
+    """A worker's ``tool_calls`` in OpenAI's streamed form, reduced to the fields clients read
+    (``index``, ``id``, ``type``, ``function.name``, ``function.arguments``); None when
+    malformed."""
+    if not isinstance(value, list) or not value or len(value) > MAX_TOOL_CALLS:
+        return None
+    calls: list[dict[str, Any]] = []
+    for item in value:
+        if not isinstance(item, dict):
+            return None
+        index = item.get("index")
+        function = item.get("function") or {}
+        if (
+            not isinstance(index, int)
+            or isinstance(index, bool)
+            or not 0 <= index < MAX_TOOL_CALLS
+            or not isinstance(function, dict)
+        ):
+            return None
+        call: dict[str, Any] = {"index": index}
+        fn: dict[str, str] = {}
+        for key, source, limit in (
+            ("id", item, MAX_NAME_CHARS),
+            ("name", function, MAX_NAME_CHARS),
+            ("arguments", function, None),
+        ):
+            part = source.get(key)
+            if part is None:
+                continue
+            if not isinstance(part, str) or (limit is not None and len(part) > limit):
+                return None
+            if key == "id":
+                call["id"] = part
+                call["type"] = "function"
+            else:
+                fn[key] = part
+        if fn:
+            call["function"] = fn
+        calls.append(call)
+    return calls
+
+
+def merge_tool_calls(whole: list[dict[str, Any]], pieces: list[dict[str, Any]]) -> None:
+    """Add streamed pieces to the whole calls, by index (names and arguments are appended)."""
+    for piece in pieces:
+        index = piece["index"]
+        while len(whole) <= index:
+            whole.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call = whole[index]
+        if "id" in piece:
+            call["id"] = piece["id"]
+        function = piece.get("function") or {}
+        call["function"]["name"] += function.get("name", "")
+        call["function"]["arguments"] += function.get("arguments", "")
+
+
+def tool_call_chars(calls: list[dict[str, Any]]) -> int:
+    return sum(len((c.get("function") or {}).get("arguments", "")) for c in calls)

@@ -30,7 +30,7 @@ from relayline.protocol.names import ErrorCode, WorkerFrame
 from relayline.turns.dispatcher import TurnDispatcher
 from relayline.turns.link_observer import LinkObserver
 from relayline.turns.signing import SignatureVerifier
-from relayline.turns.worker_link import WorkerLink
+from relayline.turns.worker_link import WorkerLink, announced_models
 
 log = structlog.get_logger("relayline.workers")
 
@@ -164,7 +164,10 @@ class WorkerGateway:
         worker_id = raw_id[:64] if isinstance(raw_id, str) and raw_id else new_id()
         if worker_id in self.dispatcher.workers:
             worker_id = f"{worker_id}-{new_id()[-6:]}"
-        return WorkerLink(worker_id, key_id, capacity, send_text, close), frame
+        link = WorkerLink(
+            worker_id, key_id, capacity, send_text, close, announced_models(frame.get("models"))
+        )
+        return link, frame
 
     async def _serve(self, link: WorkerLink, receive: Receive) -> None:
         dispatcher = self.dispatcher
@@ -223,6 +226,9 @@ class WorkerGateway:
             if kind == WorkerFrame.TURN_DELTA:
                 text = frame.get("text")
                 await dispatcher.on_delta(running, text if isinstance(text, str) else "")
+                calls = frame.get("tool_calls")
+                if calls is not None and dispatcher.turns.holds(running):
+                    await dispatcher.on_tool_calls(running, calls)
             elif kind == WorkerFrame.TURN_DONE:
                 usage = frame.get("usage")
                 await dispatcher.on_done(

@@ -13,6 +13,16 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 MAX_QUEUED_FRAMES = 10_000
+MAX_MODELS = 64
+MAX_MODEL_CHARS = 200
+
+
+def announced_models(value: object) -> tuple[str, ...]:
+    """The models a worker's ``hello`` announces (malformed entries dropped, bounded)."""
+    if not isinstance(value, list):
+        return ()
+    names = [v for v in value if isinstance(v, str) and 0 < len(v) <= MAX_MODEL_CHARS]
+    return tuple(dict.fromkeys(names))[:MAX_MODELS]
 
 
 class WorkerLink:
@@ -23,10 +33,13 @@ class WorkerLink:
         capacity: int,
         send: Callable[[str], Coroutine[Any, Any, None]],
         close: Callable[[int, str], Coroutine[Any, Any, None]],
+        models: tuple[str, ...] = (),
     ) -> None:
         self.worker_id = worker_id
         self.key_id = key_id
         self.capacity = capacity
+        # The models it answers (its hello's ``models``): completions naming one come to it.
+        self.models = models
         self.inflight: set[str] = set()
         self.state: dict[str, Any] = {
             "status": "ready",
@@ -56,6 +69,7 @@ class WorkerLink:
             "capacity": self.capacity,
             "inflight": len(self.inflight),
             "draining": self.draining,
+            "models": list(self.models),
             **self.state,
         }
 

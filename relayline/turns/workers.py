@@ -43,6 +43,32 @@ class WorkerPool:
                 best = worker
         return best
 
+    def candidates(self) -> list[WorkerLink]:
+        """Workers with free credit to claim for, least loaded first, one per set of
+        announced models (a turn none of them can take, no other worker of the same models
+        can either)."""
+        free = sorted((w for w in self.workers.values() if w.free > 0), key=lambda w: w.load)
+        seen: set[tuple[str, ...]] = set()
+        picked: list[WorkerLink] = []
+        for worker in free:
+            if worker.models not in seen:
+                seen.add(worker.models)
+                picked.append(worker)
+        return picked
+
+    async def models(self) -> dict[str, int]:
+        """The models that connected workers announce (every instance's), each with how many
+        ready (not draining) workers announce it."""
+        found: dict[str, int] = {}
+        for worker in await self.everywhere():
+            if worker.get("status") == "offline":
+                continue
+            ready = 0 if worker.get("draining") else 1
+            for model in worker.get("models") or ():
+                if isinstance(model, str):
+                    found[model] = found.get(model, 0) + ready
+        return found
+
     async def any_worker(self) -> bool:
         """Whether this or any other instance has a worker."""
         return bool(self.workers) or bool(await self.ctx.coordinator.workers_elsewhere())

@@ -25,6 +25,7 @@ from relayline.worker.llm.base import (
     LLMError,
     StreamChunk,
     ToolCall,
+    ToolChoice,
     ToolSpec,
 )
 from relayline.worker.llm.upstream_probe import UpstreamInfo, request_id_header
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DeltaCallback = Callable[[str], Awaitable[None]]
 """``on_delta(text)``: forward a piece of the answer; awaited, so it can apply backpressure."""
+ToolCallCallback = Callable[[int, ToolCall], Awaitable[None]]
+"""``on_tool_call(index, call)``: forward a tool call the model asked for (a completion's)."""
 
 TurnStatus = Literal["completed", "tool_limit"]
 UsageSource = Literal["reported", "counted", "estimated"]
@@ -151,9 +154,53 @@ class AgentRunner:
                 raise  # someone else's timeout, e.g. from a callback
             raise LLMError("timeout", f"turn did not finish within {timeout_s}s") from None
 
+    async def complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice | None = None,
+        timeout_s: float | None = None,
+        on_delta: DeltaCallback,
+        on_tool_call: ToolCallCallback,
+        turn_id: str = "",
+        model: str | None = None,
+        options: Generation | None = None,
+    ) -> TurnResult:
+        """One model call for a completion of the OpenAI-compatible gateway: the caller's
+        ``tools`` are offered (with ``tool_choice``) but never run here: each call the model
+        asks for goes to ``on_tool_call`` as soon as it is whole, and the caller runs it.
+
+        Failures, timeout and cancellation behave as in :meth:`run`; ``finish_reason`` is the
+        model's (``tool_calls`` when it asked for tools).
+        """
+
+        async def no_approvals(tool: str, arguments: dict[str, object]) -> bool:
+            return False  # nothing runs here, so nothing asks
+
+        turn = _Turn(
+            self,
+            self.registry.subset(()),
+            on_delta,
+            ToolContext(no_approvals, turn_id),
+            turn_id,
+            model or self.model,
+            options,
+        )
+        turn.on_tool_call = on_tool_call
+        scope = asyncio.timeout(timeout_s)
+        try:
+            async with scope:
+                return await turn.once(messages, list(tools), tool_choice)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise LLMError("timeout", f"turn did not finish within {timeout_s}s") from None
+
 
 class _Turn:
-    """The mutable state of one :meth:`AgentRunner.run` call."""
+    """The mutable state of one :meth:`AgentRunner.run` or :meth:`AgentRunner.complete`
+    call."""
 
     def __init__(
         self,
@@ -179,6 +226,7 @@ class _Turn:
         self.tokens_out = 0
         self.usage_source: UsageSource = "reported"
         self.finish_reason = "stop"
+        self.on_tool_call: ToolCallCallback | None = None
 
     async def run(self, messages: Sequence[ChatMessage]) -> TurnResult:
         runner = self.runner
@@ -217,11 +265,43 @@ class _Turn:
             usage_source=self.usage_source,
         )
 
+    async def once(
+        self,
+        messages: Sequence[ChatMessage],
+        offered: list[ToolSpec],
+        tool_choice: ToolChoice | None,
+    ) -> TurnResult:
+        """One model call whose tool calls are handed on, not run (see ``complete``)."""
+        result = await self._call_model(
+            list(messages), offered, first_round=True, choice=tool_choice
+        )
+        return TurnResult(
+            text="".join(self.text),
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            first_token_latency_s=self.first_token_latency_s,
+            status="completed",
+            finish_reason="tool_calls" if result.calls else self.finish_reason,
+            usage_source=self.usage_source,
+        )
+
     async def _call_model(
-        self, history: list[ChatMessage], offered: list[ToolSpec], *, first_round: bool
+        self,
+        history: list[ChatMessage],
+        offered: list[ToolSpec],
+        *,
+        first_round: bool,
+        choice: ToolChoice | None = None,
     ) -> _Round:
         result = _Round()
-        chunks = self.runner.llm.stream(history, offered, model=self.model, options=self.options)
+        llm = self.runner.llm
+        chunks = (
+            llm.stream(history, offered, model=self.model, options=self.options)
+            if choice is None
+            else llm.stream(
+                history, offered, model=self.model, options=self.options, tool_choice=choice
+            )
+        )
         try:
             async for chunk in chunks:
                 await self._take(chunk, result, separate=not first_round)
@@ -261,6 +341,10 @@ class _Turn:
             await self._emit(chunk.text)
         elif chunk.tool_call is not None:
             result.calls.append(chunk.tool_call)
+            if self.on_tool_call is not None:
+                if self.first_token_latency_s is None:
+                    self.first_token_latency_s = self.runner._clock() - self.started
+                await self.on_tool_call(len(result.calls) - 1, chunk.tool_call)
         elif chunk.finish_reason is not None:
             result.finish_reason = chunk.finish_reason
         elif chunk.usage is not None:

@@ -29,7 +29,7 @@ from relayline.protocol.names import TermExitReason, WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker import metrics
 from relayline.worker.agent import AgentRunner
-from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError
+from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError, ToolCall, ToolSpec
 from relayline.worker.settings import WorkerSettings
 from relayline.worker.terminals.host import TerminalHost
 
@@ -361,18 +361,52 @@ class RelayConnection:
             generation=options.wire(),
             upstream_request_id=self.runner.upstream_request_id(correlation_id),
         )
+
+        async def on_tool_call(index: int, call: ToolCall) -> None:
+            await self._send(
+                {
+                    "type": WorkerFrame.TURN_DELTA,
+                    **base,
+                    "text": "",
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        }
+                    ],
+                }
+            )
+
+        completion = frame.get("completion")
         final: dict[str, Any]
         try:
-            result = await self.runner.run(
-                messages,
-                tools=frame.get("tools") or (),
-                timeout_s=timeout,
-                on_delta=on_delta,
-                request_approval=request_approval,
-                turn_id=turn_id,
-                model=model,
-                options=options,
-            )
+            if isinstance(completion, dict):
+                # A completion of the relay's OpenAI-compatible gateway: one model call with
+                # the client's tools, whose calls go back to the client instead of running.
+                result = await self.runner.complete(
+                    messages,
+                    tools=offered_tools(completion.get("tools")),
+                    tool_choice=completion.get("tool_choice"),
+                    timeout_s=timeout,
+                    on_delta=on_delta,
+                    on_tool_call=on_tool_call,
+                    turn_id=turn_id,
+                    model=model,
+                    options=options,
+                )
+            else:
+                result = await self.runner.run(
+                    messages,
+                    tools=frame.get("tools") or (),
+                    timeout_s=timeout,
+                    on_delta=on_delta,
+                    request_approval=request_approval,
+                    turn_id=turn_id,
+                    model=model,
+                    options=options,
+                )
         except LLMError as exc:
             self.last_error = exc.category
             final = {
@@ -423,3 +457,21 @@ class RelayConnection:
             # The failure (and a breaker it may have opened) shows in the workers view now,
             # not at the next periodic report.
             await self._send_state()
+
+
+def offered_tools(value: object) -> list[ToolSpec]:
+    """A completion's tools (OpenAI's ``[{"type": "function", "function": {...}}]``, checked by
+    the relay) as the model client offers them."""
+    specs: list[ToolSpec] = []
+    for tool in value if isinstance(value, list) else ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            parameters = function.get("parameters")
+            specs.append(
+                ToolSpec(
+                    name=function["name"],
+                    description=str(function.get("description") or ""),
+                    parameters=parameters if isinstance(parameters, dict) else {},
+                )
+            )
+    return specs

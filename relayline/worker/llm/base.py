@@ -143,6 +143,11 @@ class StreamChunk:
             )
 
 
+ToolChoice = str | dict[str, Any]
+"""OpenAI's ``tool_choice`` (``"auto"``, ``"none"``, ``"required"`` or a named function), passed
+through to the model server as the client sent it."""
+
+
 class LLMClient(Protocol):
     """A model endpoint. Implementations are safe to share between concurrent turns."""
 
@@ -153,9 +158,10 @@ class LLMClient(Protocol):
         *,
         model: str,
         options: Generation | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[StreamChunk]:
-        """Stream the model's answer to ``messages``, offering ``tools``, sampled as
-        ``options`` says (``None``: the model server's defaults).
+        """Stream the model's answer to ``messages``, offering ``tools`` (with ``tool_choice``
+        when given), sampled as ``options`` says (``None``: the model server's defaults).
 
         Guarantees:
 

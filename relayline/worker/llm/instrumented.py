@@ -13,7 +13,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from relayline.protocol.generation import Generation
 from relayline.worker import metrics
-from relayline.worker.llm.base import ChatMessage, LLMClient, LLMError, StreamChunk, ToolSpec
+from relayline.worker.llm.base import (
+    ChatMessage,
+    LLMClient,
+    LLMError,
+    StreamChunk,
+    ToolChoice,
+    ToolSpec,
+)
 from relayline.worker.llm.upstream_probe import UpstreamInfo
 
 _UNKNOWN = UpstreamInfo("unknown")
@@ -44,12 +51,19 @@ class InstrumentedLLM:
         *,
         model: str,
         options: Generation | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[StreamChunk]:
         started = time.perf_counter()
         outcome = "internal"
         awaiting_text = True
         self._open_streams.inc()
-        chunks = self.inner.stream(messages, tools, model=model, options=options)
+        chunks = (
+            self.inner.stream(messages, tools, model=model, options=options)
+            if tool_choice is None
+            else self.inner.stream(
+                messages, tools, model=model, options=options, tool_choice=tool_choice
+            )
+        )
         try:
             async for chunk in chunks:
                 if awaiting_text and chunk.text is not None:

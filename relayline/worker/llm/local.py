@@ -26,7 +26,14 @@ from collections.abc import AsyncIterator, Sequence
 
 from relayline.protocol import jsoncodec
 from relayline.protocol.generation import Generation
-from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolCall, ToolSpec, Usage
+from relayline.worker.llm.base import (
+    ChatMessage,
+    StreamChunk,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
 
 _OPENERS = (
     "Thanks for your message!",
@@ -73,6 +80,7 @@ class LocalModel:
         *,
         model: str,
         options: Generation | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[StreamChunk]:
         text, call = respond(messages, {t.name for t in tools})
         finish = "tool_calls" if call is not None else "stop"

@@ -49,6 +49,7 @@ from relayline.worker.llm.base import (
     ChatMessage,
     LLMError,
     StreamChunk,
+    ToolChoice,
     ToolSpec,
     Usage,
 )
@@ -218,6 +219,7 @@ class OpenAICompatClient:
         tools: Sequence[ToolSpec],
         model: str,
         options: Generation | None,
+        tool_choice: ToolChoice | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": model,
@@ -240,6 +242,8 @@ class OpenAICompatClient:
                 }
                 for t in tools
             ]
+            if tool_choice is not None:
+                payload["tool_choice"] = tool_choice
         return payload
 
     async def stream(
@@ -249,6 +253,7 @@ class OpenAICompatClient:
         *,
         model: str,
         options: Generation | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """See :meth:`LLMClient.stream`; the failure policy is in the module docstring."""
         if self._closed:
@@ -256,7 +261,7 @@ class OpenAICompatClient:
         if self.breaker.state == "open":
             # Fail fast without queueing for a slot; acquire() raises circuit_open here.
             self.breaker.acquire()
-        payload = self._payload(messages, tools, model, options)
+        payload = self._payload(messages, tools, model, options, tool_choice)
         deadline = asyncio.get_running_loop().time() + self.timeouts.total_s
         try:
             async with asyncio.timeout_at(deadline):
