@@ -42,6 +42,7 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     can_create_chats: bool = False  # a session allowed to open chats of its own
     can_read_analytics: bool = False  # a session allowed to read its tenant's daily figures
+    can_use_completions: bool = False  # a session allowed to use the OpenAI-compatible gateway
     expires_at: int | None = None  # a session's expiry (unix seconds)
     # A session's reach into terminal sessions (see relayline.session_tokens); keys: scopes.
     terminals: session_tokens.TerminalAccess | None = None
@@ -144,6 +145,7 @@ class Authenticator:
             chat_ids=claims.chat_ids,
             can_create_chats=claims.can_create_chats,
             can_read_analytics=claims.can_read_analytics,
+            can_use_completions=claims.can_use_completions,
             expires_at=claims.expires_at,
             terminals=claims.terminals,
             terminal_ids=claims.terminal_ids,

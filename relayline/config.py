@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     max_worker_capacity: int = Field(64, ge=1, le=10_000)
     max_answer_chars: int = Field(200_000, ge=1_000, le=10_000_000)
 
+    # The OpenAI-compatible gateway (/v1/chat/completions): completions one tenant may have in
+    # progress at once, over every instance (more: 429 too_many_completions).
+    max_concurrent_completions: int = Field(32, ge=1, le=100_000)
+    # Messages one completion request may carry.
+    completion_max_messages: int = Field(1000, ge=1, le=100_000)
+
     # Terminal sessions (on workers started with --terminals)
     terminal_max_per_tenant: int = Field(10, ge=1, le=10_000)
     terminal_open_timeout_s: float = Field(10.0, gt=0, le=120)

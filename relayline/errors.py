@@ -11,7 +11,8 @@ Hierarchy::
     ├── Forbidden                       403 forbidden
     ├── NotFound                        404 not_found
     ├── Conflict                        409 conflict
-    ├── Unavailable                     503 unavailable
+    ├── Unavailable                     503 unavailable (``retry_after_s`` when known)
+    ├── UpstreamFailed                  502/503/504, a completion's failure category
     └── InternalError                   500 internal (detail never carries the cause)
 
 The worker's errors are its own (:class:`relayline.worker.llm.base.LLMError`, whose ``category``
@@ -91,6 +92,24 @@ class Conflict(RelaylineError):
 class Unavailable(RelaylineError):
     status = 503
     code = ErrorCode.UNAVAILABLE
+
+    def __init__(
+        self, detail: str = "", *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
+        # Seconds after which a retry may succeed (``Retry-After``); None: not said.
+        self.retry_after_s = retry_after
+
+
+class UpstreamFailed(RelaylineError):
+    """The model behind a completion failed it (``code``: the turn's failure category)."""
+
+    status = 502
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, detail: str = "", *, code: str | None = None, status: int = 502) -> None:
+        super().__init__(detail, code=code)
+        self.status = status
 
 
 class InternalError(RelaylineError):

@@ -34,6 +34,7 @@ class SessionClaims:
     can_read_analytics: bool = False
     terminals: TerminalAccess | None = None
     terminal_ids: frozenset[str] = frozenset()
+    can_use_completions: bool = False
 
 
 def mint(
@@ -47,13 +48,15 @@ def mint(
     can_read_analytics: bool = False,
     terminals: TerminalAccess | None = None,
     terminal_ids: list[str] | None = None,
+    can_use_completions: bool = False,
 ) -> tuple[str, int]:
     """Return the token and its expiry (unix seconds).
 
     ``can_create_chats`` lets the holder create chats of its own (a visitor of a public chat,
     the demo); each creation returns a new token that also covers the new chat.
     ``can_read_analytics`` lets it read its tenant's daily figures (``GET /v1/analytics``);
-    a visitor of a public chat never gets it.
+    a visitor of a public chat never gets it. ``can_use_completions`` lets it use the
+    OpenAI-compatible gateway (``/v1/chat/completions``, ``/v1/models``).
     """
     exp = now_s + ttl_s
     payload: dict[str, object] = {
@@ -68,6 +71,8 @@ def mint(
         payload["mk"] = True
     if can_read_analytics:
         payload["an"] = True
+    if can_use_completions:
+        payload["cp"] = True
     if terminals is not None:
         payload["terms"] = terminals
         if terminal_ids:
@@ -96,6 +101,7 @@ def verify(secret: str, token: str) -> SessionClaims:
         can_read_analytics=payload.get("an") is True,
         terminals=_terminal_access(payload.get("terms")),
         terminal_ids=frozenset(str(t) for t in tids) if isinstance(tids, list) else frozenset(),
+        can_use_completions=payload.get("cp") is True,
     )
 
 

@@ -22,6 +22,7 @@ from relayline.api.routes import (
     agents,
     analytics,
     chats,
+    completions,
     events,
     health,
     public,
@@ -36,6 +37,7 @@ from relayline.api.state import RelayState
 from relayline.auth import Authenticator
 from relayline.backends import open_shared_state
 from relayline.chat_service import ChatService
+from relayline.completions.service import CompletionService
 from relayline.config import Settings
 from relayline.errors import Unavailable
 from relayline.hub.acl import TopicAcl
@@ -206,6 +208,7 @@ def create_http_app(settings: Settings) -> FastAPI:
                 settings, dispatcher, verifier, bus, observers=[terminal_service.local]
             )
             chats_service = ChatService(settings, db, bus, limiter, dispatcher)
+            completion_service = CompletionService(settings, db, bus, dispatcher, shared.caps)
             gateway = Gateway(
                 settings,
                 hub,
@@ -235,6 +238,7 @@ def create_http_app(settings: Settings) -> FastAPI:
                 backends=shared,
                 credentials=credentials,
                 terminals=terminal_service,
+                completions=completion_service,
             )
             log.info(
                 "relay_started",
@@ -265,6 +269,7 @@ def create_http_app(settings: Settings) -> FastAPI:
         agents.router,
         analytics.router,
         chats.router,
+        completions.router,
         sessions.router,
         terminals.router,
         publish.router,

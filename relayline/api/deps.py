@@ -75,8 +75,21 @@ async def analytics_reader(who: Caller) -> Principal:
     return await tenant("chats", sessions=False)(who)
 
 
+async def completions_user(who: Caller) -> Principal:
+    """A tenant key holding the ``chats`` scope, or a session token minted with
+    ``completions``: the OpenAI-compatible gateway."""
+    if who.kind == "session":
+        if who.can_use_completions:
+            return who
+        raise Forbidden(
+            "this session token may not use completions (mint it with completions: true)"
+        )
+    return await tenant("chats", sessions=False)(who)
+
+
 Admin = Annotated[Principal, Depends(admin)]
 TenantAnalytics = Annotated[Principal, Depends(analytics_reader)]
+TenantCompletions = Annotated[Principal, Depends(completions_user)]
 TenantChats = Annotated[Principal, Depends(tenant("chats", sessions=True))]
 TenantOnlyChats = Annotated[Principal, Depends(tenant("chats", sessions=False))]
 TenantSessions = Annotated[Principal, Depends(tenant("sessions", sessions=False))]

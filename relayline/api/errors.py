@@ -12,10 +12,14 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from relayline.errors import RateLimited, RelaylineError
+from relayline.completions import wire
+from relayline.errors import RateLimited, RelaylineError, Unavailable
 from relayline.observability.redaction import redact_text
 
 log = structlog.get_logger("relayline.api")
+
+# The OpenAI-compatible gateway's routes: their errors carry OpenAI's fields too.
+OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/models"})
 
 _STATUS_CODES = {
     400: "validation_error",
@@ -37,17 +41,31 @@ def request_id_of(scope: Any) -> str:
 
 
 def error_response(
-    status: int, code: str, detail: str, request_id: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    request_id: str,
+    headers: dict[str, str] | None = None,
+    *,
+    path: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "detail": detail, "request_id": request_id}}
+    """The error shape; on the OpenAI-compatible routes (``path``) the one error object also
+    carries OpenAI's fields, so OpenAI clients read it too."""
+    body: dict[str, Any]
+    if path is not None and path in OPENAI_PATHS:
+        body = wire.error_body(status, code, detail, request_id)
+    else:
+        body = {"error": {"code": code, "detail": detail, "request_id": request_id}}
     all_headers = {"X-Request-ID": request_id} if request_id else {}
     all_headers.update(headers or {})
     return JSONResponse(body, status_code=status, headers=all_headers)
 
 
-def render(exc: RelaylineError, request_id: str) -> JSONResponse:
+def render(exc: RelaylineError, request_id: str, path: str | None = None) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    return error_response(exc.status, exc.code, exc.detail, request_id, headers)
+    if isinstance(exc, Unavailable) and exc.retry_after_s is not None:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return error_response(exc.status, exc.code, exc.detail, request_id, headers, path=path)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -57,7 +75,7 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _relayline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RelaylineError)
-    return render(exc, request_id_of(request.scope))
+    return render(exc, request_id_of(request.scope), request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -68,6 +86,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         "validation_error",
         "; ".join(problems) or "invalid request",
         request_id_of(request.scope),
+        path=request.url.path,
     )
 
 
@@ -78,7 +97,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
     detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(
-        exc.status_code, code, detail, request_id_of(request.scope), dict(exc.headers or {})
+        exc.status_code,
+        code,
+        detail,
+        request_id_of(request.scope),
+        dict(exc.headers or {}),
+        path=request.url.path,
     )
 
 
@@ -159,6 +183,7 @@ def _store_unavailable(request: Request, exc: BaseException) -> Response:
         "the store is busy or unreachable; retry",
         request_id_of(request.scope),
         {"Retry-After": "1"},
+        path=request.url.path,
     )
 
 
@@ -188,7 +213,9 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
         request_id=request_id_of(request.scope),
         **extra,
     )
-    return error_response(500, "internal", "internal error", request_id_of(request.scope))
+    return error_response(
+        500, "internal", "internal error", request_id_of(request.scope), path=request.url.path
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

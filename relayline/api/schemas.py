@@ -253,6 +253,11 @@ class SessionIn(_In):
         "types, resizes and ends them. Omitted: none. Needs a key with the terminals scope.",
     )
     terminal_ids: list[ChatId] = Field(default_factory=list, max_length=100)
+    completions: bool = Field(
+        default=False,
+        description="The holder may also use the OpenAI-compatible gateway "
+        "(POST /v1/chat/completions, GET /v1/models) as its tenant.",
+    )
 
 
 class SessionOut(BaseModel):

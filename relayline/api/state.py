@@ -10,6 +10,7 @@ from relayline.auth import Authenticator
 from relayline.backends import SharedState
 from relayline.bus.base import Bus
 from relayline.chat_service import ChatService
+from relayline.completions.service import CompletionService
 from relayline.config import Settings
 from relayline.hub.acl import TopicAcl
 from relayline.hub.gateway import Gateway
@@ -39,6 +40,7 @@ class RelayState:
     backends: SharedState
     credentials: LiveCredentials
     terminals: TerminalService
+    completions: CompletionService
 
 
 def relay_state(conn: HTTPConnection) -> RelayState:

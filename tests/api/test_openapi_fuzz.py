@@ -31,8 +31,12 @@ ADMIN_KEY = "fuzz-admin-key-" + "a" * 32
 GENEROUS = "1000000/minute"
 # A stream that never ends on its own; its handshake is covered by the hub's tests.
 STREAMING_PATHS = ("/v1/events",)
-# 503s the API promises (with their code): this relay has no worker running terminals.
-DESIGNED_UNAVAILABLE = {("POST", "/v1/terminals"): "no_terminal_worker"}
+# 503s the API promises (with their code): this relay has no worker (for terminals or for
+# completions).
+DESIGNED_UNAVAILABLE = {
+    ("POST", "/v1/terminals"): "no_terminal_worker",
+    ("POST", "/v1/chat/completions"): "no_worker",
+}
 
 
 def no_server_error(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:

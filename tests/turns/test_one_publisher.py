@@ -12,10 +12,10 @@ from relayline.protocol.names import EventType
 PACKAGE = Path(relayline.__file__).resolve().parent
 PUBLISHER = PACKAGE / "turns" / "events.py"
 # The publisher, the protocol's catalogue and frame shapes (a worker frame shares a name with
-# an event), and the worker and the Python client (they never publish: the client reads the
-# events the relay sends).
+# an event), and the worker, the Python client and the OpenAI-compatible gateway (they never
+# publish: the client and the gateway read the events the relay sends).
 ALLOWED = {PUBLISHER, PACKAGE / "protocol" / "names.py", PACKAGE / "protocol" / "frames.py"}
-OUTSIDE_THE_RELAY = ("worker", "client")
+OUTSIDE_THE_RELAY = ("worker", "client", "completions")
 CHAT_EVENTS = {
     t.value
     for t in EventType

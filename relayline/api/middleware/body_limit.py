@@ -51,6 +51,7 @@ class BodyLimitMiddleware:
             f"request body exceeds {self.max_bytes} bytes",
             request_id_of(scope),
             {"Connection": "close"},
+            path=scope.get("path"),
         )
         await response(scope, receive, send)
 
@@ -88,6 +89,7 @@ class BodyLimitMiddleware:
                 "validation_error",
                 f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels",
                 request_id_of(scope),
+                path=scope.get("path"),
             )
             await response(scope, receive, send)
             return

@@ -29,6 +29,6 @@ class IpRateLimitMiddleware:
             await self.limiter.hit(category, key)
         except RateLimited as exc:
             RATE_LIMITED.labels(category).inc()
-            await render(exc, request_id_of(scope))(scope, receive, send)
+            await render(exc, request_id_of(scope), scope.get("path"))(scope, receive, send)
             return
         await self.app(scope, receive, send)

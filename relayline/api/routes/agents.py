@@ -27,6 +27,9 @@ class AgentSettings(Generation):
     system_prompt: str | None = Field(default=None, max_length=20_000)
     model: str | None = Field(default=None, max_length=200, pattern=r"^[\w.:/@+-]+$")
     tools: list[str] = Field(default_factory=list, max_length=len(KNOWN_TOOLS))
+    # Completions of the OpenAI-compatible gateway are kept as chats (listed, with their
+    # texts); off: only their turns and metrics are stored.
+    store_completions: bool = False
 
 
 class WorkerOut(BaseModel):
@@ -39,6 +42,7 @@ class WorkerOut(BaseModel):
     breaker: str | None = None
     last_error: str | None = None
     detail: str | None = None
+    models: list[str] = Field(default_factory=list, description="The models it announces.")
     instance: str | None = Field(
         default=None,
         description="The relay instance the worker is connected to (with several instances).",

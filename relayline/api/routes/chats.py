@@ -58,6 +58,7 @@ async def create_chat(body: s.ChatIn, who: TenantChats, st: State) -> s.NewChatO
             can_read_analytics=who.can_read_analytics,
             terminals=who.terminals,
             terminal_ids=sorted(who.terminal_ids),
+            can_use_completions=who.can_use_completions,
         )
     return s.NewChatOut(**s.ChatOut.of(chat).model_dump(), session_token=token)
 

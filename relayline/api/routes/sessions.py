@@ -24,8 +24,10 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
     check_max("ttl_s", ttl, settings.max_session_ttl_s)
     tenant_id = who.require_tenant()
     wanted = sorted(set(body.chat_ids))
-    if not wanted and not body.can_create_chats and not body.terminal_ids:
-        raise ValidationFailed("chat_ids: at least one chat (or can_create_chats, terminal_ids)")
+    if not wanted and not (body.can_create_chats or body.terminal_ids or body.completions):
+        raise ValidationFailed(
+            "chat_ids: at least one chat (or can_create_chats, terminal_ids, completions)"
+        )
     if body.terminal_ids and body.terminals is None:
         raise ValidationFailed("terminal_ids: needs terminals ('read' or 'write')")
     if body.terminals is not None and who.scopes and "terminals" not in who.scopes:
@@ -48,5 +50,6 @@ async def create_session(body: s.SessionIn, who: TenantSessions, st: State) -> s
         can_read_analytics=body.analytics,
         terminals=body.terminals,
         terminal_ids=body.terminal_ids,
+        can_use_completions=body.completions,
     )
     return s.SessionOut(token=token, expires_at=expires_at)

@@ -57,6 +57,7 @@ def _token_with(who: Principal, terminal_id: str, st: State) -> str | None:
         terminals=who.terminals,
         # Ids are ULIDs, in time order: the token keeps its newest ones.
         terminal_ids=sorted({*who.terminal_ids, terminal_id})[-MAX_TOKEN_TERMINALS:],
+        can_use_completions=who.can_use_completions,
     )
     return token
 

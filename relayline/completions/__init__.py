@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: completions as turns, in OpenAI's wire format."""
