@@ -15,6 +15,7 @@ bash scripts/deploy_tools.sh
 .venv/bin/mypy
 .venv/bin/lint-imports
 web/node_modules/.bin/tsc -p web/tsconfig.json
-web/node_modules/.bin/eslint relayline/web/static/js web/tests web/vendor_entry.js web/vendor_terminal_entry.js eslint.config.mjs
+web/node_modules/.bin/tsc -p clients/js/tsconfig.json
+web/node_modules/.bin/eslint relayline/web/static/js relayline/web/static/sdk clients/js web/tests web/vendor_entry.js web/vendor_terminal_entry.js eslint.config.mjs
 node --test web/tests/
 .venv/bin/pytest "$@"

@@ -1,0 +1,1 @@
+export * from "../../relayline/web/static/sdk/index.js";

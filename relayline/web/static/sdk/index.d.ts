@@ -1,0 +1,28 @@
+export { Api, ApiError, DEFAULT_RETRY } from "./api.js";
+export type { RequestOptions, RetryOptions } from "./api.js";
+export { Answer, Chat, TurnCancelled, TurnFailed } from "./chat.js";
+export type { ChatSnapshot, Delta, SendAck, StoredMessage } from "./chat.js";
+export { ConnectionStopped, RelayClient, socketUrl } from "./client.js";
+export type { ClientEvents, RelayClientOptions } from "./client.js";
+export { DEFAULT_QUEUE_LIMIT, newClientMsgId, OfflineQueue, QueueFullError } from "./offline_queue.js";
+export type { QueuedMessage, StorageLike } from "./offline_queue.js";
+export {
+  CLOSE,
+  CLOSE_ACTIONS,
+  DEFAULT_CLOSE_ACTION,
+  ERROR_CODE,
+  EVENT,
+  FAILURE_CATEGORY,
+  FINISH_REASON,
+  LIMITS,
+  OP,
+  RESTART_SPREAD_MS,
+  TERM_EXIT_REASON,
+} from "./protocol.js";
+export { closeAction, DEFAULT_RECONNECT, ReconnectPolicy } from "./reconnect.js";
+export type { CloseAction, ReconnectOptions } from "./reconnect.js";
+export { RelaySocket, SocketError } from "./socket.js";
+export type { Envelope, Packet, Position, RelaySocketOptions, SocketEvents, SocketState, StateChange, WebSocketConstructor } from "./socket.js";
+export { DEFAULT_HISTORY_LIMITS, HistoryStore } from "./store.js";
+export type { HistoryLimits, HistoryRecord } from "./store.js";
+export { Reset, Subscription } from "./subscription.js";
