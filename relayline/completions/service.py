@@ -37,6 +37,7 @@ from relayline.envelope import Event
 from relayline.errors import NotFound, RateLimited, Unavailable, ValidationFailed
 from relayline.ids import new_id
 from relayline.limits.connection_caps import ConnectionCapStore
+from relayline.observability import turn_metrics as tm
 from relayline.protocol.names import ErrorCode, EventType
 from relayline.store import chats, tenants
 from relayline.store import completions as store
@@ -106,6 +107,8 @@ class Completion:
         self._started = False
         self._ended = False
         self._closed = False
+        self.stream = False
+        self.outcome = "failed"  # until it is known to have completed or been dropped
 
     @property
     def id(self) -> str:
@@ -146,6 +149,7 @@ class Completion:
             return out
         elif kind == EventType.MESSAGE_COMPLETED:
             self._ended = True
+            self.outcome = "completed"
             content = str(data.get("content", ""))
             metrics = data.get("metrics") or {}
             calls = data.get("tool_calls")
@@ -198,12 +202,20 @@ class Completion:
         """Stop the completion wherever its turn runs (queued: it never starts)."""
         await self.service.cancel(self)
 
+    async def disconnected(self) -> None:
+        """The client went away: the completion is cancelled, unless it had already ended."""
+        if not self._ended:
+            self.outcome = "disconnected"
+            await self.cancel()
+
     async def close(self) -> None:
         """Give back the tenant's slot and stop listening; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._subscription.close()
+        tm.COMPLETIONS.labels(self.outcome, "true" if self.stream else "false").inc()
+        tm.COMPLETIONS_IN_PROGRESS.dec()
         await self.service.release(self)
 
 
@@ -295,12 +307,14 @@ class CompletionService:
                 correlation_id=request_id or new_id(),
             )
             completion.turn_id = stored.turn_id
+            completion.stream = body.stream
             await self.dispatcher.enqueue(stored.turn_id, chat_id, tenant_id)
         except BaseException:
             if subscription is not None:
                 subscription.close()
             await self.caps.release(CAP_KIND, tenant_id)
             raise
+        tm.COMPLETIONS_IN_PROGRESS.inc()
         log.info(
             "completion_started",
             turn_id=stored.turn_id,

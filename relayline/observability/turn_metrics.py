@@ -69,3 +69,15 @@ WORKERS_BREAKER_OPEN = Gauge(
     "relayline_workers_breaker_open",
     "Workers connected to this instance whose model circuit breaker is open",
 )
+
+
+# The OpenAI-compatible gateway (each completion is also a turn, counted above).
+COMPLETIONS = Counter(
+    "relayline_completions_total",
+    "Completions of the OpenAI-compatible gateway, by how they ended (completed, failed, "
+    "disconnected: the client went away and the turn was cancelled) and whether they streamed",
+    ["outcome", "stream"],
+)
+COMPLETIONS_IN_PROGRESS = Gauge(
+    "relayline_completions_in_progress", "Completions this instance is answering now"
+)

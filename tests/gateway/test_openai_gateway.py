@@ -14,6 +14,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
+from relayline.observability import turn_metrics as tm
 from relayline.store.models import Chat, Message, MessageMetric, Turn
 from relayline.testing.server import RelayServer
 from tests.fixtures import (
@@ -331,6 +332,8 @@ async def test_a_client_that_disconnects_mid_stream_cancels_the_completion_on_it
     closed = asyncio.Event()
     upstream.play(stream_until_closed(closed))
     relay, tenant = await gateway(turn_relay, tenants, workers, upstream)
+    dropped = tm.COMPLETIONS.labels("disconnected", "true")
+    before = dropped._value.get()
     async with (
         httpx.AsyncClient(base_url=relay.url, timeout=10) as http,
         http.stream(
@@ -355,6 +358,7 @@ async def test_a_client_that_disconnects_mid_stream_cancels_the_completion_on_it
     assert all(not w.inflight for w in dispatcher.workers.values())
     (worker,) = workers.running
     await eventually(lambda: worker.model.stopped_early == 1)
+    assert dropped._value.get() == before + 1
     # The tenant's slot was given back.
     upstream.play(answer(["next"]))
     done = await client(relay, tenant.key).chat.completions.create(

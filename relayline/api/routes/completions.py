@@ -96,7 +96,7 @@ class CompletionResponse(Response):
                 respond.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await respond
-                await completion.cancel()
+                await completion.disconnected()
             else:
                 respond.result()
         finally:
