@@ -217,3 +217,22 @@ test("a refused subscription rejects and leaves the others alone", async () => {
   assert.deepEqual([...client.socket.topics.keys()], ["chat:1"]);
   client.close();
 });
+
+test("a subscription the relay could not take yet (its bus was away) resolves once a retry is taken", async () => {
+  let refusals = 1;
+  const { client } = makeClient({}, (ws) => {
+    ws.onframe = (f) => {
+      const reply = f.op === "subscribe" && refusals-- > 0
+        ? { type: "error", ref: f.ref, data: { code: "unavailable", detail: "event bus unavailable" } }
+        : { type: "ack", ref: f.ref, data: { epoch: "E1", seq: 3 } };
+      setImmediate(() => ws.receive(reply));
+    };
+  });
+  await client.connect();
+  const sub = await client.subscribe("chat:1");
+  assert.deepEqual(FakeWs.last.sent.filter((f) => f.op === "subscribe").length, 2);
+  FakeWs.last.receive(event(3)); // already covered by the ack's position
+  FakeWs.last.receive(event(4));
+  assert.equal((await sub.next()).value.seq, 4);
+  client.close();
+});

@@ -9,7 +9,7 @@
 import { Api, ApiError } from "./api.js";
 import { Chat } from "./chat.js";
 import { OfflineQueue } from "./offline_queue.js";
-import { OP } from "./protocol.js";
+import { EVENT, OP } from "./protocol.js";
 import { closeAction } from "./reconnect.js";
 import { RelaySocket } from "./socket.js";
 import { Subscription } from "./subscription.js";
@@ -23,6 +23,12 @@ export class ConnectionStopped extends Error {
     this.retryable = false;
   }
 }
+
+/**
+ * Whether a failed subscribe will still be taken without the caller: the link went down (the
+ * next connect resubscribes) or the relay's bus is away (RelaySocket asks again, paced).
+ */
+const pending = (err) => Boolean(err?.retryable) || err?.code === "unavailable";
 
 /** `http(s)://host[:port][/prefix]` → the relay's `ws(s)://…/v1/ws`. */
 export function socketUrl(base) {
@@ -75,6 +81,8 @@ export class RelayClient {
     this.socket.on("ready", (info) => this.onReady(info));
     this.socket.on("auth", () => this.onRefused());
     this.socket.on("state", (s) => this.onState(s));
+    // A subscription the relay could not take yet (its event bus was away), taken on a retry.
+    this.socket.on("subscribed", ({ topic, ack }) => this.topics.get(topic)?.settle(null, ack));
   }
 
   /** Listen to the connection: "state", "ready", "event", "error", "packet" (see RelaySocket). */
@@ -148,7 +156,7 @@ export class RelayClient {
     for (const r of results) {
       const entry = r.topic ? this.topics.get(r.topic) : undefined;
       if (entry && r.ok) entry.settle(null, r.value);
-      else if (entry && !r.error?.retryable) entry.settle(r.error);
+      else if (entry && !pending(r.error)) entry.settle(r.error);
     }
     this.flush();
   }
@@ -156,7 +164,7 @@ export class RelayClient {
   onEvent(event) {
     const entry = this.topics.get(event.topic);
     if (!entry) return;
-    if (event.type === "events.missed") {
+    if (event.type === EVENT.EVENTS_MISSED) {
       entry.seq = event.data?.seq ?? event.seq;
     } else if (entry.seq !== null && event.seq <= entry.seq) {
       return; // a replay overlapping what was already delivered
@@ -237,8 +245,7 @@ export class RelayClient {
       this.socket.subscribe(topic).then(
         (ack) => entry.settle(null, ack),
         (err) => {
-          // Offline or the link dropped: the next connect subscribes it (see onReady).
-          if (!err?.retryable) entry.settle(err);
+          if (!pending(err)) entry.settle(err);
         },
       );
     }
@@ -253,11 +260,14 @@ export class RelayClient {
   /** Follow `topic` (chat:<id>, tenant:<id>, …) from now on; resolves once the relay took it. */
   async subscribe(topic) {
     const sub = this.listen(topic);
+    const stopped = this.whenStopped();
     try {
-      await Promise.race([sub.ready, this.whenStopped()]);
+      await Promise.race([sub.ready, stopped.promise]);
     } catch (err) {
       sub.close();
       throw err;
+    } finally {
+      stopped.off();
     }
     return sub;
   }
@@ -272,14 +282,16 @@ export class RelayClient {
     }
   }
 
+  /** A promise that rejects when the connection stops for good, and how to stop waiting. */
   whenStopped() {
-    if (this.stopped) return Promise.reject(this.stopped);
-    return new Promise((_, reject) => {
-      const off = this.socket.on("stopped", (err) => {
-        off();
-        reject(err);
-      });
-    });
+    let off = () => {};
+    const promise = this.stopped
+      ? Promise.reject(this.stopped)
+      : new Promise((_, reject) => {
+          off = this.socket.on("stopped", reject);
+        });
+    promise.catch(() => {});
+    return { promise, off: () => off() };
   }
 
   async snapshotOfTopic(topic) {
