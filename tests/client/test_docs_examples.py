@@ -1,4 +1,5 @@
-"""The Python examples of docs/clients.md run as written, against a relay with a worker."""
+"""The Python examples of docs/clients.md run as written, against a relay with a worker (the
+last one with the official ``openai`` package, against the OpenAI-compatible gateway)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ async def test_the_python_examples_run(
     relay = await turn_relay()
     await workers.start(relay)
     tenant = await tenants.new(relay)
-    stream, follow, approvals = python_blocks()
+    stream, follow, approvals, openai_example = python_blocks()
 
     out = await run_example(stream, relay.url, tenant.key)
     assert out.strip() == local_answer(("user", "Hello! What can you do?")).strip()
@@ -62,3 +63,10 @@ async def test_the_python_examples_run(
     assert lines[-1].endswith(" message.completed"), out
 
     compile(approvals, "docs/clients.md", "exec")  # needs a person to answer: compiled only
+
+    # The OpenAI-compatible gateway, through the official client.
+    out = await run_example(openai_example, relay.url, tenant.key)
+    models, *answer, usage = out.splitlines()
+    assert models == "['local']", out
+    assert "\n".join(answer).strip() == local_answer(("user", "Hello")).strip()
+    assert usage.endswith(" tokens"), out
