@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,8 @@ log = structlog.get_logger("relayline.completions")
 
 CAP_KIND = "completions"
 RETRY_AFTER_S = 5
+DEADLINE_MARGIN_S = 30.0  # past the turn's own deadline: the worker's timeout reports first
+_DEADLINE = Event("", "", "", 0, "", 0, {}, b"")  # wakes a completion at its deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +117,23 @@ class Completion:
 
     async def pieces(self) -> AsyncGenerator[Piece, None]:
         """The answer as it comes, ending with one :class:`Done` or :class:`Failed`."""
-        deadline = time.monotonic() + self.service.settings.turn_deadline_s + 30
-        while not self._ended:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    event = await self._queue.get()
-            except TimeoutError:
-                yield await self._fail(504, "timeout", "the completion did not finish in time")
-                return
-            for piece in await self._take(event):
-                yield piece
+        # One timer for the whole completion (not one per event: the wait for each chunk is on
+        # the streaming path): at the deadline it wakes the wait below.
+        timer = asyncio.get_running_loop().call_later(
+            self.service.settings.turn_deadline_s + DEADLINE_MARGIN_S,
+            self._queue.put_nowait,
+            _DEADLINE,
+        )
+        try:
+            while not self._ended:
+                event = await self._queue.get()
+                if event is _DEADLINE:
+                    yield await self._fail(504, "timeout", "the completion did not finish in time")
+                    return
+                for piece in await self._take(event):
+                    yield piece
+        finally:
+            timer.cancel()
 
     async def _take(self, event: Event) -> list[Piece]:
         data = event.data

@@ -9,6 +9,7 @@ token count) and leniently elsewhere: fields OpenAI clients send that change not
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
@@ -199,6 +200,31 @@ def chunk(
     if with_usage:
         out["usage"] = None
     return out
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``payload``."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class TextChunks:
+    """A streamed completion's text chunks as server-sent events, byte for byte what
+    ``sse(chunk(...))`` gives: what every chunk shares is encoded once, each text only once."""
+
+    def __init__(self, cid: str, model: str, created: int, *, with_usage: bool) -> None:
+        shared = json.dumps(
+            {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model},
+            separators=(",", ":"),
+        )
+        self._head = (
+            "data: " + shared[:-1] + ',"choices":[{"index":0,"delta":{"content":'
+        ).encode()
+        self._tail = (
+            '},"finish_reason":null}]' + (',"usage":null' if with_usage else "") + "}\n\n"
+        ).encode()
+
+    def text(self, text: str) -> bytes:
+        return self._head + json.dumps(text).encode() + self._tail
 
 
 def usage_of(metrics: dict[str, Any]) -> dict[str, int]:

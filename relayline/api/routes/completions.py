@@ -70,10 +70,6 @@ async def create_completion(
     return CompletionResponse(completion, body.stream, body.include_usage())
 
 
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
 class CompletionResponse(Response):
     """An ASGI response that runs a completion while it listens for the client going away."""
 
@@ -163,6 +159,7 @@ class CompletionResponse(Response):
     async def _stream(self, scope: Scope, send: Send, pieces: AsyncIterator[Piece]) -> None:
         c = self.completion
         usage = self.include_usage
+        texts = wire.TextChunks(c.id, c.model, c.created, with_usage=usage)
         started = False
         async for piece in pieces:
             if isinstance(piece, Failed) and not started:
@@ -174,31 +171,28 @@ class CompletionResponse(Response):
                 role = wire.chunk(
                     c.id, c.model, c.created, {"role": "assistant", "content": ""}, with_usage=usage
                 )
-                await _body(send, _sse(role))
+                await _body(send, wire.sse(role))
             if isinstance(piece, Text):
-                chunk = wire.chunk(
-                    c.id, c.model, c.created, {"content": piece.text}, with_usage=usage
-                )
-                await _body(send, _sse(chunk))
+                await _body(send, texts.text(piece.text))
             elif isinstance(piece, ToolCalls):
                 chunk = wire.chunk(
                     c.id, c.model, c.created, {"tool_calls": piece.calls}, with_usage=usage
                 )
-                await _body(send, _sse(chunk))
+                await _body(send, wire.sse(chunk))
             elif isinstance(piece, Failed):
                 error = wire.error_body(
                     piece.status, piece.code, piece.detail or piece.code, request_id_of(scope)
                 )
-                await _body(send, _sse(error))
+                await _body(send, wire.sse(error))
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             else:
                 last = wire.chunk(
                     c.id, c.model, c.created, {}, piece.finish_reason, with_usage=usage
                 )
-                tail = _sse(last)
+                tail = wire.sse(last)
                 if usage:
-                    tail += _sse(wire.usage_chunk(c.id, c.model, c.created, piece.usage))
+                    tail += wire.sse(wire.usage_chunk(c.id, c.model, c.created, piece.usage))
                 await _body(send, tail + b"data: [DONE]\n\n")
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
