@@ -367,6 +367,25 @@ async def test_a_client_that_disconnects_mid_stream_cancels_the_completion_on_it
     assert done.choices[0].message.content == "next"
 
 
+async def test_a_client_that_gives_up_on_a_whole_completion_cancels_it_too(
+    turn_relay: RelayFactory, tenants: Tenants, workers: Workers, upstream: FakeUpstream
+) -> None:
+    closed = asyncio.Event()
+    upstream.play(stream_until_closed(closed))
+    relay, tenant = await gateway(turn_relay, tenants, workers, upstream)
+    api = openai.AsyncOpenAI(
+        base_url=f"{relay.url}/v1", api_key=tenant.key, max_retries=0, timeout=0.5
+    )
+    _CLIENTS.append(api)
+    with pytest.raises(openai.APITimeoutError):
+        await api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    async with asyncio.timeout(10):
+        await closed.wait()
+    await eventually(lambda: not dispatcher_of(relay).running)
+    (turn,) = await turns_of(relay)
+    assert turn.state == "cancelled"
+
+
 async def test_a_worker_lost_before_the_first_token_is_retried_and_answered_once(
     turn_relay: RelayFactory, tenants: Tenants, workers: Workers
 ) -> None:
