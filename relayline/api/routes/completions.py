@@ -112,6 +112,7 @@ class CompletionResponse(Response):
             await pieces.aclose()
 
     async def _error(self, scope: Scope, send: Send, failed: Failed) -> None:
+        await self.completion.close()
         headers = {"Retry-After": "5"} if failed.status == 503 else None
         response = error_response(
             failed.status,
@@ -133,6 +134,9 @@ class CompletionResponse(Response):
                 await self._error(scope, send, piece)
                 return
             elif isinstance(piece, Done):
+                # The slot is free before the client has the answer: its next request, sent
+                # the moment it does, must not find it taken.
+                await c.close()
                 body = wire.response(
                     c.id,
                     c.model,
@@ -180,6 +184,7 @@ class CompletionResponse(Response):
                 )
                 await _body(send, wire.sse(chunk))
             elif isinstance(piece, Failed):
+                await c.close()
                 error = wire.error_body(
                     piece.status, piece.code, piece.detail or piece.code, request_id_of(scope)
                 )
@@ -191,6 +196,7 @@ class CompletionResponse(Response):
                     c.id, c.model, c.created, {}, piece.finish_reason, with_usage=usage
                 )
                 tail = wire.sse(last)
+                await c.close()  # before the client reads [DONE] (see _whole)
                 if usage:
                     tail += wire.sse(wire.usage_chunk(c.id, c.model, c.created, piece.usage))
                 await _body(send, tail + b"data: [DONE]\n\n")
