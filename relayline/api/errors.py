@@ -107,8 +107,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 # SQLite: SQLITE_BUSY ("database is locked") past the busy timeout, SQLITE_LOCKED ("database
-# table is locked").
-_SQLITE_TRANSIENT: Final = ("database is locked", "database table is locked", "database is busy")
+# table is locked"), SQLITE_FULL ("database or disk is full": the write is rolled back whole,
+# and writes work again once the disk has room).
+_SQLITE_TRANSIENT: Final = (
+    "database is locked",
+    "database table is locked",
+    "database is busy",
+    "database or disk is full",
+)
 # PostgreSQL SQLSTATEs worth a retry: connection exceptions (class 08), too many connections,
 # a server shutting down or starting up, lock not available, serialization failure, deadlock.
 _PG_TRANSIENT_CLASSES: Final = ("08",)
