@@ -117,10 +117,14 @@ async def post_message(
     st: State,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> s.PostedOut:
-    _visible(who, chat_id)
+    tenant_id = _visible(who, chat_id)
     check_max_len("content", body.content, st.settings.max_message_chars)
     if idempotency_key is not None and not s.CLIENT_MSG_ID.fullmatch(idempotency_key):
         raise ValidationFailed("Idempotency-Key: 1 to 128 of A-Z a-z 0-9 . _ : -")
+    # Another tenant's chat is answered as missing before the post counts against the chat's
+    # rate limit: refused posts to its id must not use up its owner's budget.
+    if await st.acl.chat_owner(chat_id) != tenant_id:
+        raise NotFound("chat not found")
     client_msg_id = body.client_msg_id or idempotency_key
     request_id = request.state.request_id
     posted = await st.chats.post_message(who, chat_id, body.content, client_msg_id, request_id)
