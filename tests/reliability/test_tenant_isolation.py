@@ -35,13 +35,15 @@ import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from relayline.api.app import create_app
 from relayline.config import Settings
 from relayline.envelope import TopicKind
 from relayline.hub.client import ClientConnection
 from relayline.ids import new_id
-from relayline.store.models import Chat
+from relayline.store.models import Chat, Message
 from relayline.testing import RelayServer, WsHarness
 from relayline.testing.harness import OpError
 from tests.fixtures import RelayFactory, Tenant, Tenants, Workers, admin, eventually
@@ -151,7 +153,7 @@ OPS: dict[str, Literal["topic", "none"]] = {
 # Topic kinds and the objects of A they name ("admin" takes no id: tenant credentials never
 # reach it).
 TOPIC_KINDS: dict[str, list[str]] = {
-    "chat": ["chat", "completion_chat"],
+    "chat": ["chat", "completion_chat", "kept_completion_chat"],
     "term": ["terminal"],
     "tenant": ["tenant"],
     "admin": [],
@@ -265,22 +267,34 @@ async def _open_terminal(a: Tenant, **body: Any) -> str:
     return str((await _json(r, 201))["id"])
 
 
-async def _completion_chat(relay: RelayServer, a: Tenant) -> str:
-    r = await a.http.post(
-        "/v1/chat/completions",
-        json={"model": "local", "messages": [{"role": "user", "content": "hello"}]},
-        headers=a.auth,
-    )
-    await _json(r, 200)
+async def _completion_chats(relay: RelayServer, a: Tenant) -> tuple[str, str]:
+    """Two completions of A's: one its tenant does not keep (a chat of kind ``completion``,
+    invisible to the chat API), then one it keeps (the agent setting ``store_completions``:
+    a chat with the completion's texts)."""
     db = relay.app.http.state.relay.db
-    async with db.read() as session:
-        rows = (
-            await session.scalars(
-                select(Chat.id).where(Chat.tenant_id == a.id, Chat.kind == "completion")
+    made: list[str] = []
+    for keep in (False, True):
+        r = await a.http.put(
+            f"/v1/admin/tenants/{a.id}/agent", json={"store_completions": keep}, headers=admin()
+        )
+        await _json(r, 200)
+        r = await a.http.post(
+            "/v1/chat/completions",
+            json={"model": "local", "messages": [{"role": "user", "content": f"hello {keep}"}]},
+            headers=a.auth,
+        )
+        await _json(r, 200)
+        async with db.read() as session:
+            chat = await session.scalar(
+                select(Chat)
+                .join(Message, Message.chat_id == Chat.id)
+                .where(Chat.tenant_id == a.id, Message.content == f"hello {keep}")
+                if keep
+                else select(Chat).where(Chat.tenant_id == a.id, Chat.kind == "completion")
             )
-        ).all()
-    assert len(rows) == 1, rows
-    return str(rows[0])
+        assert chat is not None and chat.kind == ("chat" if keep else "completion")
+        made.append(chat.id)
+    return made[0], made[1]
 
 
 @pytest.fixture
@@ -309,8 +323,8 @@ async def world(turn_relay: RelayFactory, tenants: Tenants, workers: Workers) ->
         "message": message,
         "terminal": await _open_terminal(a, chat_id=chat),
         "spare_terminal": await _open_terminal(a, chat_id=chat),
-        "completion_chat": await _completion_chat(relay, a),
     }
+    ids["completion_chat"], ids["kept_completion_chat"] = await _completion_chats(relay, a)
     b_chat = await b.chat()
     r = await b.http.post(
         "/v1/sessions",
@@ -368,7 +382,7 @@ async def test_other_tenants_ids_are_answered_as_missing_on_every_route(world: W
                 continue  # scoped to chats; its tenant's terminals it may see by design
             roles = [rule.objects]
             if "chat_id" in rule.objects and name != "scoped":
-                roles.append({"chat_id": "completion_chat"})
+                roles += [{"chat_id": "completion_chat"}, {"chat_id": "kept_completion_chat"}]
             for objects in roles:
                 foreign = answer(
                     await call(world, method, world.fill(path, objects, False), token, rule)
@@ -451,7 +465,7 @@ async def test_ids_in_bodies_are_answered_as_missing(world: World) -> None:
     fake_id = new_id()
     for name, token in world.creds().items():
         refused = 403 if name != "key" else 404
-        for role in ("chat", "completion_chat"):
+        for role in ("chat", "completion_chat", "kept_completion_chat"):
             await same(
                 name,
                 token,
@@ -517,7 +531,7 @@ async def test_websocket_ops_on_other_tenants_topics_answer_as_missing(world: Wo
                         problems.append(f"{op} {theirs} as {name}: {real} vs made-up {fake}")
             await ws.send_op("ping")  # still connected, still served
     assert not problems, "\n".join(problems)
-    assert checked == 3 * 5 * 7
+    assert checked == 3 * 6 * 7
 
 
 async def _sse_answer(world: World, token: str, topic: str) -> tuple[int, str | None, str | None]:
@@ -567,3 +581,16 @@ async def test_posts_to_another_tenants_chat_spend_none_of_its_budget(
         assert answer(r)[:2] == (404, "not_found")
     r = await a.http.post(f"/v1/chats/{chat}/messages", json={"content": "hi"}, headers=a.auth)
     assert r.status_code == 202, r.text
+
+
+async def test_worker_socket_refuses_tenant_credentials(world: World) -> None:
+    """The worker endpoint takes signed worker keys only: a tenant's key or session token is
+    refused at the handshake, whatever it would have claimed."""
+    url = world.relay.url.replace("http", "ws", 1) + "/v1/worker/ws"
+    for name, token in world.creds().items():
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(
+                url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=5
+            ):
+                pass
+        assert refused.value.response.status_code == 401, name
