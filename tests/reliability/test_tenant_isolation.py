@@ -27,6 +27,7 @@ protocol's documented refusal, which says nothing about existence.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -38,6 +39,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from relayline import session_tokens
 from relayline.api.app import create_app
 from relayline.config import Settings
 from relayline.envelope import TopicKind
@@ -232,7 +234,7 @@ def test_every_route_op_and_topic_kind_is_classified() -> None:
 
 # The world: tenant A's objects, tenant B's credentials.
 
-KIND_OF = {"key": "key", "session": "session", "scoped": "session"}
+KIND_OF = {"key": "key", "session": "session", "naming": "session", "scoped": "session"}
 
 
 @dataclass
@@ -242,11 +244,17 @@ class World:
     b: Tenant
     ids: dict[str, str]  # A's objects by role
     b_session: str  # B's session token, minted with every right a session can have
+    b_naming_a: str  # a token of B's whose chat list names A's chats (never minted so)
     a_scoped: str  # A's session token for chat "other_chat" only
 
     def creds(self) -> dict[str, str]:
         """The credentials that must not reach A's objects, by name."""
-        return {"key": self.b.key, "session": self.b_session, "scoped": self.a_scoped}
+        return {
+            "key": self.b.key,
+            "session": self.b_session,
+            "naming": self.b_naming_a,
+            "scoped": self.a_scoped,
+        }
 
     def fill(self, path: str, objects: dict[str, str], made_up: bool) -> str:
         for name, role in objects.items():
@@ -346,7 +354,22 @@ async def world(turn_relay: RelayFactory, tenants: Tenants, workers: Workers) ->
         headers=a.auth,
     )
     a_scoped = str((await _json(r, 201))["token"])
-    return World(relay, a, b, ids, b_session, a_scoped)
+    # The relay never mints a token naming another tenant's chats; were it to, the chats'
+    # owner is still checked: such a token is tried too.
+    settings = relay.app.http.state.relay.settings
+    b_naming_a, _ = session_tokens.mint(
+        settings.secret_key.get_secret_value(),
+        b.id,
+        [ids[role] for role in ("chat", "other_chat", "completion_chat", "kept_completion_chat")],
+        600,
+        int(time.time()),
+        can_create_chats=True,
+        can_read_analytics=True,
+        terminals="write",
+        terminal_ids=[ids["terminal"], ids["spare_terminal"]],
+        can_use_completions=True,
+    )
+    return World(relay, a, b, ids, b_session, b_naming_a, a_scoped)
 
 
 def answer(response: httpx.Response) -> tuple[int, str | None, str | None]:
@@ -531,7 +554,7 @@ async def test_websocket_ops_on_other_tenants_topics_answer_as_missing(world: Wo
                         problems.append(f"{op} {theirs} as {name}: {real} vs made-up {fake}")
             await ws.send_op("ping")  # still connected, still served
     assert not problems, "\n".join(problems)
-    assert checked == 3 * 6 * 7
+    assert checked == 4 * 6 * 7
 
 
 async def _sse_answer(world: World, token: str, topic: str) -> tuple[int, str | None, str | None]:
