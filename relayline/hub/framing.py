@@ -5,11 +5,19 @@ do with them to its subclass (:class:`relayline.hub.protocol.RelayWebSocketProto
 frames must be masked and carry no extension bits; control frames are final and at most 125
 bytes; a message over the size limit is refused on its frame header (1009) and the rest of its
 payload skipped as it arrives, never buffered; text must be UTF-8 (1007).
+
+What one connection holds is bounded whatever the frames look like: a message being
+reassembled is one buffer of at most the size limit, and it may have at most
+:func:`max_fragments` frames (a flood of empty continuation frames is refused with 1009 like an
+oversized message). Text is checked as it arrives — each fragment, and the received part of a
+frame still incomplete — so invalid UTF-8 is refused where it appears, not when the message
+ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 
 from relayline.protocol.close_codes import Close
 
@@ -26,20 +34,36 @@ HTTP answer on its way out): nothing more is read."""
 VALID_CLOSE_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015))
 VALID_CLOSE_CODES |= frozenset(range(3000, 5000))
 
+MIN_FRAGMENTS = 1024
+FRAGMENT_BYTES = 64
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def max_fragments(max_size: int) -> int:
+    """How many frames one message may span: one per :data:`FRAGMENT_BYTES` of the size limit,
+    at least :data:`MIN_FRAGMENTS` (1,024 at the default 64 KiB limit, 262,144 at 16 MiB)."""
+    return max(MIN_FRAGMENTS, max_size // FRAGMENT_BYTES)
+
 
 class FrameReader(asyncio.Protocol):
     """Frame parsing state and loop; subclasses implement the ``_on_*`` hooks and ``_fail``."""
 
-    __slots__ = ("_buf", "_frag", "_frag_size", "_frag_text", "_max_size", "_skip", "_state")
+    __slots__ = (
+        *("_buf", "_checked", "_frag", "_frag_count", "_max_size", "_skip", "_state", "_utf8"),
+    )
 
     def __init__(self, max_size: int) -> None:
         self._state = CONNECTING
         self._max_size = max_size
         self._buf: bytearray | None = None  # an incomplete frame, kept for the next chunk
         self._skip = 0  # bytes still to drop of a refused frame
-        self._frag: list[bytes] | None = None  # a fragmented message being collected
-        self._frag_size = 0
-        self._frag_text = False
+        self._frag: bytearray | None = None  # a fragmented message being collected
+        self._frag_count = 0  # its frames so far
+        # The UTF-8 check of the text message in progress (fragmented, or one frame received
+        # in part), and how much of the pending frame's payload it has seen.
+        self._utf8: codecs.IncrementalDecoder | None = None
+        self._checked = 0
 
     # Hooks
 
@@ -56,8 +80,9 @@ class FrameReader(asyncio.Protocol):
     def _on_ping(self, payload: bytes) -> None:
         """A ping to answer."""
 
-    def _fail(self, code: int, reason: str) -> None:
-        """The peer broke the protocol; close with ``code``."""
+    def _fail(self, code: int, reason: str, *, final: bool = False) -> None:
+        """The peer broke the protocol; close with ``code``. ``final``: the offence was in the
+        peer's close frame, so nothing more will come: end the connection at once."""
 
     # Parsing
 
@@ -102,7 +127,7 @@ class FrameReader(asyncio.Protocol):
             elif opcode > 2:
                 self._fail(Close.PROTOCOL_ERROR, "unknown opcode")
                 return
-            elif size + (self._frag_size if opcode == 0 else 0) > self._max_size:
+            elif size > self._max_size - (len(self._frag) if opcode == 0 and self._frag else 0):
                 # Parsing goes on after the skipped payload, so the peer's answer to our
                 # close frame is still seen.
                 if self._state == OPEN:
@@ -113,6 +138,12 @@ class FrameReader(asyncio.Protocol):
                 continue
             end = at + 4 + size
             if end > n:
+                # A text frame still incomplete: check what has arrived of it.
+                if self._state == OPEN and n > at + 4 + self._checked:
+                    frag = self._frag
+                    text = opcode == 1 if frag is None else opcode == 0 and self._utf8 is not None
+                    if text and not self._check_partial(buf, at, n):
+                        pos, self._skip = n, end - n  # refused: skip the rest, never buffer it
                 break
             if size:
                 # Unmasked straight from a view (one copy, not two). The view is released
@@ -143,24 +174,38 @@ class FrameReader(asyncio.Protocol):
         if opcode:
             if self._frag is not None:
                 self._fail(Close.PROTOCOL_ERROR, "expected a continuation frame")
-            elif final:
-                self._message(opcode == 1, payload)
+                return
+            text = opcode == 1
+            if final and self._utf8 is None:
+                self._message(text, payload)  # the usual case: one frame, seen whole
+                return
+            if text and not self._check(payload, bool(final)):
+                return
+            if final:
+                self._utf8 = None
+                self._message(text, payload)
             else:
-                self._frag, self._frag_size, self._frag_text = [payload], len(payload), opcode == 1
+                self._frag, self._frag_count = bytearray(payload), 1
             return
         frag = self._frag
         if frag is None:
             self._fail(Close.PROTOCOL_ERROR, "continuation frame without a message")
             return
-        frag.append(payload)
-        self._frag_size += len(payload)
+        self._frag_count += 1
+        if self._frag_count > max_fragments(self._max_size):
+            self._fail(Close.TOO_BIG, "too many fragments")
+            return
+        text = self._utf8 is not None
+        if text and not self._check(payload, bool(final)):
+            return
+        frag += payload
         if final:
-            self._frag, self._frag_size = None, 0
-            self._message(self._frag_text, b"".join(frag))
+            self._reset_message()
+            self._message(text, frag)
 
-    def _message(self, text: bool, payload: bytes) -> None:
+    def _message(self, text: bool, payload: bytes | bytearray) -> None:
         if not text:
-            self._on_message(None, payload)
+            self._on_message(None, bytes(payload))
             return
         try:
             value = payload.decode()
@@ -168,6 +213,44 @@ class FrameReader(asyncio.Protocol):
             self._fail(Close.INVALID_DATA, "text is not valid UTF-8")
             return
         self._on_message(value, b"")
+
+    def _check(self, payload: bytes, final: bool) -> bool:
+        """Check a text frame's payload (past what was checked while it arrived) as part of
+        the message in progress; refuse the message (1007) at the first invalid byte."""
+        checked, self._checked = self._checked, 0
+        decoder = self._utf8
+        if decoder is None:
+            decoder = self._utf8 = _utf8_decoder()
+        try:
+            decoder.decode(memoryview(payload)[checked:] if checked else payload, final)
+        except UnicodeDecodeError:
+            self._fail(Close.INVALID_DATA, "text is not valid UTF-8")
+            return False
+        return True
+
+    def _check_partial(self, buf: bytes | bytearray, at: int, n: int) -> bool:
+        """Check the received part of a text frame still incomplete (its mask at ``at``)."""
+        checked = self._checked
+        mask = bytes(buf[at : at + 4])
+        if checked & 3:
+            mask = mask[checked & 3 :] + mask[: checked & 3]
+        with memoryview(buf)[at + 4 + checked : n] as masked:
+            part = apply_mask(masked, mask)
+        self._checked = n - at - 4
+        decoder = self._utf8
+        if decoder is None:
+            decoder = self._utf8 = _utf8_decoder()
+        try:
+            decoder.decode(part)
+        except UnicodeDecodeError:
+            self._fail(Close.INVALID_DATA, "text is not valid UTF-8")
+            return False
+        return True
+
+    def _reset_message(self) -> None:
+        """Forget the message in progress (it ended, or the connection is closing)."""
+        self._frag = self._utf8 = None
+        self._frag_count = self._checked = 0
 
     def _close_frame(self, payload: bytes) -> None:
         if not payload:
@@ -180,6 +263,6 @@ class FrameReader(asyncio.Protocol):
         try:
             reason = payload[2:].decode()
         except UnicodeDecodeError:
-            self._fail(Close.INVALID_DATA, "close reason is not valid UTF-8")
+            self._fail(Close.INVALID_DATA, "close reason is not valid UTF-8", final=True)
             return
         self._on_close_frame(code, reason)

@@ -118,7 +118,8 @@ class RelayWebSocketProtocol(FrameReader):
         self._disconnected(1006, "")
         self.paused = False
         self.on_drain = None
-        self._buf = self._frag = self._cork = None
+        self._buf = self._cork = None
+        self._reset_message()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -358,14 +359,16 @@ class RelayWebSocketProtocol(FrameReader):
         self._closing()
         self.transport.close()
 
-    def _fail(self, code: int, reason: str) -> None:
+    def _fail(self, code: int, reason: str, *, final: bool = False) -> None:
         if self._state != OPEN:
             self.transport.close()
             return
         self._disconnected(code, reason)
         self._send_close(code, reason)
-        if code == Close.PROTOCOL_ERROR:
-            self.transport.close()  # what follows cannot be parsed, so no answer will be seen
+        if final or code == Close.PROTOCOL_ERROR:
+            # What follows cannot be parsed, or the peer's close frame came already: no
+            # answer will be seen.
+            self.transport.close()
 
     # Closing
 
@@ -376,7 +379,7 @@ class RelayWebSocketProtocol(FrameReader):
 
     def _closing(self) -> None:
         self._state = CLOSING
-        self._frag = None
+        self._reset_message()
         if self._timer is None:
             self._timer = self.loop.call_later(CLOSE_GRACE_S, self._expire)
 
