@@ -27,14 +27,19 @@ protocol's documented refusal, which says nothing about existence.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+import asyncpg
 import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
+from redis.asyncio import Redis
 from sqlalchemy import select
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -48,6 +53,7 @@ from relayline.ids import new_id
 from relayline.store.models import Chat, Message
 from relayline.testing import RelayServer, WsHarness
 from relayline.testing.harness import OpError
+from tests.conftest import PG_SERVER
 from tests.fixtures import RelayFactory, Tenant, Tenants, Workers, admin, eventually
 from tests.terminals.helpers import terminal_worker_settings
 
@@ -239,7 +245,9 @@ KIND_OF = {"key": "key", "session": "session", "naming": "session", "scoped": "s
 
 @dataclass
 class World:
-    relay: RelayServer
+    relay: RelayServer  # where A's objects were made (and the worker is connected)
+    probe_relay: RelayServer  # where they are tried: the same relay, or another instance
+    probe: httpx.AsyncClient
     a: Tenant
     b: Tenant
     ids: dict[str, str]  # A's objects by role
@@ -305,9 +313,67 @@ async def _completion_chats(relay: RelayServer, a: Tenant) -> tuple[str, str]:
     return made[0], made[1]
 
 
-@pytest.fixture
-async def world(turn_relay: RelayFactory, tenants: Tenants, workers: Workers) -> World:
-    relay = await turn_relay(ws_op_rate=10_000.0, ws_op_burst=10_000)
+@asynccontextmanager
+async def shared_state() -> AsyncIterator[dict[str, Any]]:
+    """Settings for instances that share a PostgreSQL database of their own and a Redis (with
+    a prefix of their own); skip when either server is missing."""
+    redis_url = os.environ.get("RELAYLINE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    client = Redis.from_url(redis_url, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:
+        pytest.skip(f"Redis not reachable at {redis_url}: {exc}")
+    finally:
+        await client.aclose()
+    try:
+        server = await asyncpg.connect(PG_SERVER, timeout=3)
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_SERVER}: {exc}")
+    name = f"relayline_test_{os.getpid()}_{secrets.token_hex(6)}"
+    try:
+        await server.execute(f'CREATE DATABASE "{name}"')
+        yield {
+            "database_url": f"{PG_SERVER.rsplit('/', 1)[0]}/{name}",
+            "redis_url": redis_url,
+            "redis_prefix": f"rltest:{secrets.token_hex(8)}:",
+        }
+    finally:
+        await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await server.close()
+
+
+@pytest.fixture(
+    params=[
+        "one instance",
+        pytest.param("two instances", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
+async def world(
+    request: pytest.FixtureRequest, turn_relay: RelayFactory, tenants: Tenants, workers: Workers
+) -> AsyncIterator[World]:
+    """A's objects made on one relay; with two instances (PostgreSQL, Redis), tried on the
+    other one, whose terminals are known from the shared directory."""
+    settings: dict[str, Any] = {"ws_op_rate": 10_000.0, "ws_op_burst": 10_000}
+    if request.param == "one instance":
+        yield await _world(settings, turn_relay, tenants, workers)
+        return
+    async with shared_state() as shared:
+        made = await _world({**settings, **shared}, turn_relay, tenants, workers)
+        try:
+            yield made
+        finally:
+            # Before their database goes.
+            await made.probe_relay.stop()
+            await made.relay.stop()
+
+
+async def _world(
+    settings: dict[str, Any], turn_relay: RelayFactory, tenants: Tenants, workers: Workers
+) -> World:
+    two = "redis_url" in settings
+    relay = await turn_relay(**settings)
+    probe_relay = await turn_relay(**settings) if two else relay
+    probe = await tenants.client(probe_relay)
     await workers.start(relay, **terminal_worker_settings())
     a = await tenants.new(relay, "tenant-a")
     b = await tenants.new(relay, "tenant-b")
@@ -369,7 +435,7 @@ async def world(turn_relay: RelayFactory, tenants: Tenants, workers: Workers) ->
         terminal_ids=[ids["terminal"], ids["spare_terminal"]],
         can_use_completions=True,
     )
-    return World(relay, a, b, ids, b_session, b_naming_a, a_scoped)
+    return World(relay, probe_relay, probe, a, b, ids, b_session, b_naming_a, a_scoped)
 
 
 def answer(response: httpx.Response) -> tuple[int, str | None, str | None]:
@@ -385,7 +451,7 @@ def answer(response: httpx.Response) -> tuple[int, str | None, str | None]:
 
 async def call(world: World, method: str, path: str, token: str, rule: Rule) -> httpx.Response:
     body = rule.body if method in ("POST", "PUT") else None
-    return await world.a.http.request(
+    return await world.probe.request(
         method, path, json=body, headers={"Authorization": f"Bearer {token}"}
     )
 
@@ -444,7 +510,7 @@ async def test_listings_of_another_tenant_name_none_of_its_objects(world: World)
             if leaked:
                 problems.append(f"{method} {path} as {name} shows {leaked}")
     # A's scoped session lists its one chat, not the others.
-    r = await world.a.http.get("/v1/chats", headers={"Authorization": f"Bearer {world.a_scoped}"})
+    r = await world.probe.get("/v1/chats", headers={"Authorization": f"Bearer {world.a_scoped}"})
     assert [c["id"] for c in (await _json(r, 200))["items"]] == [world.ids["other_chat"]]
     assert not problems, "\n".join(problems)
 
@@ -480,8 +546,8 @@ async def test_ids_in_bodies_are_answered_as_missing(world: World) -> None:
         status: int,
     ) -> None:
         auth = {"Authorization": f"Bearer {token}"}
-        real = answer(await world.a.http.request(method, path, json=body, headers=auth))
-        fake = answer(await world.a.http.request(method, path, json=made_up, headers=auth))
+        real = answer(await world.probe.request(method, path, json=body, headers=auth))
+        fake = answer(await world.probe.request(method, path, json=made_up, headers=auth))
         if real != fake or real[0] != status:
             problems.append(f"{method} {path} {body} as {name}: {real} vs made-up {fake}")
 
@@ -542,7 +608,7 @@ async def test_websocket_ops_on_other_tenants_topics_answer_as_missing(world: Wo
     problems = []
     checked = 0
     for name, token in world.creds().items():
-        async with WsHarness(world.relay, token=token, auth="header") as ws:
+        async with WsHarness(world.probe_relay, token=token, auth="header") as ws:
             for theirs, made_up in topics_of_a(world):
                 for op, takes in OPS.items():
                     if takes != "topic":
@@ -559,9 +625,7 @@ async def test_websocket_ops_on_other_tenants_topics_answer_as_missing(world: Wo
 
 async def _sse_answer(world: World, token: str, topic: str) -> tuple[int, str | None, str | None]:
     auth = {"Authorization": f"Bearer {token}"}
-    async with world.a.http.stream(
-        "GET", "/v1/events", params={"topics": topic}, headers=auth
-    ) as r:
+    async with world.probe.stream("GET", "/v1/events", params={"topics": topic}, headers=auth) as r:
         if r.status_code == 200:
             return 200, None, None  # a stream: the topic was granted
         await r.aread()
@@ -580,7 +644,7 @@ async def test_sse_and_publish_on_other_tenants_topics_answer_as_missing(world: 
                 problems.append(f"SSE {theirs} as {name}: {real} vs made-up {fake}")
             sent = [
                 answer(
-                    await world.a.http.post(
+                    await world.probe.post(
                         "/v1/publish", json={"topic": t, "events": events}, headers=auth
                     )
                 )
@@ -609,7 +673,7 @@ async def test_posts_to_another_tenants_chat_spend_none_of_its_budget(
 async def test_worker_socket_refuses_tenant_credentials(world: World) -> None:
     """The worker endpoint takes signed worker keys only: a tenant's key or session token is
     refused at the handshake, whatever it would have claimed."""
-    url = world.relay.url.replace("http", "ws", 1) + "/v1/worker/ws"
+    url = world.probe_relay.url.replace("http", "ws", 1) + "/v1/worker/ws"
     for name, token in world.creds().items():
         with pytest.raises(InvalidStatus) as refused:
             async with connect(
