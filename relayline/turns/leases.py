@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from relayline.observability import turn_metrics as tm
+from relayline.protocol.close_codes import Close
 from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.turns import figures
@@ -118,10 +119,22 @@ class LeaseKeeper:
                 }
             )
             log.warning("lease_expired", **running.log_fields())
+            # Every frame and state report from a worker extends all its attempts: one that ran
+            # out means the whole link has been silent for a lease (a live worker reports its
+            # state far more often). Such a link is dead, however open its socket looks (a NAT
+            # that forgot it sends no FIN): it must not be given the retry.
+            self._drop_silent(running.worker)
             try:
                 await self._lost(running, "lease expired", "timeout")
             except Exception:  # keep sweeping; the store lease lets any instance retry it
                 log.exception("lease_expiry_failed", turn_id=running.turn_id)
+
+    def _drop_silent(self, worker: WorkerLink) -> None:
+        if worker.closed:
+            return
+        log.warning("worker_silent", worker_id=worker.worker_id)
+        worker.closed = True  # no credit from now on: nothing more is assigned to it
+        self.ctx.spawn(worker.close(Close.HEARTBEAT_TIMEOUT, "worker silent past the lease"))
 
     async def _renew(self) -> None:
         """Vouch in the store for the attempts this instance runs; stop those cancelled there

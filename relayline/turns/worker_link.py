@@ -95,6 +95,12 @@ class WorkerLink:
             except Exception:  # the socket is gone; the reader side notices and detaches us
                 return
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (the reader side then sees it end, and the link is detached)."""
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self._close(code, reason)
+
     async def stop(self) -> None:
         self.closed = True
         if self._writer is not None:

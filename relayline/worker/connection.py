@@ -143,8 +143,8 @@ class RelayConnection:
             self._url(),
             additional_headers=self._headers(),
             open_timeout=10,
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=self.settings.relay_ping_s,
+            ping_timeout=self.settings.relay_ping_s,
             max_size=16 * 1024 * 1024,
             compression=None,
         ) as ws:

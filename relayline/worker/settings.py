@@ -49,6 +49,9 @@ class WorkerSettings(BaseSettings):
     reconnect_base_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     state_interval_s: float = Field(5.0, gt=0)
+    # WebSocket pings to the relay; no pong within as long again: the link is dead (a NAT that
+    # forgot it sends no FIN), so reconnect.
+    relay_ping_s: float = Field(20.0, gt=0, le=600)
     # The worker's own /metrics (off unless a port is set); 127.0.0.1 unless told otherwise.
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"

@@ -385,13 +385,19 @@ async def test_silent_worker_loses_its_lease_then_the_turn_fails(
         assert cancel == {"type": "turn.cancel", "turn_id": turn_id, "attempt": 1}
         retrying = await ws.expect("turn.retrying", 5)
         assert retrying["data"]["attempt"] == 2
-        second = await silent.expect("turn.assigned")
-        assert (first["attempt"], second["attempt"]) == (1, 2)
-        # A late frame of attempt 1 is refused, and does not renew attempt 2's lease.
-        await silent.send({"type": "turn.delta", "turn_id": turn_id, "attempt": 1, "text": "x"})
-        assert (await silent.expect("error"))["code"] == "stale_attempt"
-        failed = await ws.expect("turn.failed", 5)
-        assert (await silent.expect("turn.cancel", 5))["attempt"] == 2
+        # Silent for a whole lease: its link is dead to the relay, closed, and never given
+        # the retry (a NAT that forgot a connection sends no FIN).
+        assert silent.ws is not None
+        await asyncio.wait_for(silent.ws.wait_closed(), 5)
+        assert silent.ws.close_code == 4408
+        async with FakeWorker(relay, "silent-too") as other:
+            second = await other.expect("turn.assigned")
+            assert (first["attempt"], second["attempt"]) == (1, 2)
+            # A late frame of attempt 1 is refused, and does not renew attempt 2's lease.
+            await other.send({"type": "turn.delta", "turn_id": turn_id, "attempt": 1, "text": "x"})
+            assert (await other.expect("error"))["code"] == "stale_attempt"
+            failed = await ws.expect("turn.failed", 5)
+            assert (await other.expect("turn.cancel", 5))["attempt"] == 2
     assert failed["data"]["turn_id"] == turn_id
     assert failed["data"]["category"] == "timeout"
     (answer,) = await answers(tenant, chat)
