@@ -1,19 +1,23 @@
 """Tenant isolation (OWASP API1, broken object level authorization), generated from the route
 table.
 
-Tenant A owns real objects: chats, a message, terminals (on a worker that runs them), a
-completion of the OpenAI-compatible gateway (kept as a chat of kind ``completion``). Tenant B
-holds a key and a session token. For every route of the relay (read from the app itself, in
-its test and its production shape) and every WebSocket op and topic kind:
+Tenant A owns real objects: chats, a message, terminals (on a worker that runs them), two
+completions of the OpenAI-compatible gateway (one not kept: a chat of kind ``completion``; one
+kept: a chat with its texts). The credentials tried on them: B's key, B's session token, a
+token of B's whose lists name A's chats and terminals, and a session token of A's scoped to
+another chat of A's. For every route of the relay (read from the app itself, in its test and
+its production shape) and every WebSocket op and topic kind:
 
-- B's credentials on A's ids get exactly the answer a made-up id of the same shape gets (same
-  status, code and detail), and for REST that answer is 404: nothing says that A's object
-  exists;
-- a session token of A scoped to chat X gets the same answer on A's chat Y;
+- those credentials on A's ids get exactly the answer a made-up id of the same shape gets
+  (same status, code and detail), and for REST that answer is 404: nothing says that A's
+  object exists;
 - A itself gets a real answer with its key, so the ids are live (the 404s above mean
   something);
 - listings of B name none of A's objects; admin-only routes refuse tenant credentials with
-  403 whatever the id.
+  403 whatever the id; the worker socket refuses them at the handshake.
+
+Each runs on one relay and on two instances sharing PostgreSQL and Redis (A's objects made on
+one, probed on the other).
 
 ``ROUTES``, ``OPS`` and ``TOPIC_KINDS`` classify every route, op and topic kind; a new one
 that is not classified fails ``test_every_route_op_and_topic_kind_is_classified``, so adding
@@ -169,6 +173,16 @@ TOPIC_KINDS: dict[str, list[str]] = {
 
 ID_WORDS = ("id", "ids", "topic", "topics")
 
+# The routes with ids in their body or query, and the test that tries A's ids in them: a route
+# classified "body_ids" needs a check written for it.
+BODY_ID_CHECKS = {
+    ("POST", "/v1/sessions"): "test_ids_in_bodies_are_answered_as_missing",
+    ("POST", "/v1/terminals"): "test_ids_in_bodies_are_answered_as_missing",
+    ("POST", "/v1/publish"): "test_sse_and_publish_on_other_tenants_topics_answer_as_missing",
+    ("GET", "/v1/events"): "test_sse_and_publish_on_other_tenants_topics_answer_as_missing",
+    ("WS", "/v1/ws"): "test_websocket_ops_on_other_tenants_topics_answer_as_missing",
+}
+
 
 def _settings(**values: Any) -> Settings:
     base: dict[str, Any] = {
@@ -234,6 +248,9 @@ def test_every_route_op_and_topic_kind_is_classified() -> None:
         elif inputs:
             # An id or a topic in the query or the body.
             assert rule.kind in ("body_ids", "admin", "listing"), (key, inputs, rule.kind)
+    body_ids = {key for key, rule in ROUTES.items() if rule.kind == "body_ids"}
+    assert body_ids == set(BODY_ID_CHECKS), "a route with ids in its body needs a check"
+    assert all(name in globals() for name in BODY_ID_CHECKS.values())
     assert set(OPS) == {str(op) for op in ClientConnection.ops}
     assert set(TOPIC_KINDS) == set(get_args(TopicKind))
 
