@@ -526,6 +526,12 @@ async def test_listings_of_another_tenant_name_none_of_its_objects(world: World)
             leaked = sorted(i for i in mine if i in r.text)
             if leaked:
                 problems.append(f"{method} {path} as {name} shows {leaked}")
+            if path == "/v1/analytics" and r.json().get("tenant_id") != world.b.id:
+                problems.append(f"{method} {path} as {name}: figures of {r.json()['tenant_id']}")
+    # The same listings show A its own objects (so the check above would see them).
+    for path, role in (("/v1/chats", "chat"), ("/v1/terminals", "terminal")):
+        r = await world.probe.get(path, headers=world.a.auth)
+        assert world.ids[role] in r.text, r.text
     # A's scoped session lists its one chat, not the others.
     r = await world.probe.get("/v1/chats", headers={"Authorization": f"Bearer {world.a_scoped}"})
     assert [c["id"] for c in (await _json(r, 200))["items"]] == [world.ids["other_chat"]]
