@@ -484,8 +484,6 @@ async def test_other_tenants_ids_are_answered_as_missing_on_every_route(world: W
     checked = 0
     for method, path, rule in owned_routes():
         for name, token in world.creds().items():
-            if name == "scoped" and "chat_id" not in rule.objects:
-                continue  # scoped to chats; its tenant's terminals it may see by design
             roles = [rule.objects]
             if "chat_id" in rule.objects and name != "scoped":
                 roles += [{"chat_id": "completion_chat"}, {"chat_id": "kept_completion_chat"}]
