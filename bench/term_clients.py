@@ -12,6 +12,9 @@ from typing import Any
 import httpx
 from servers import HOST
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from relayline.protocol.close_codes import Close
 
 STEP_TIMEOUT_S = 60.0
 COLS, ROWS = 120, 40
@@ -83,7 +86,16 @@ class RelayTerminal:
         assert self.ws is not None
         async with asyncio.timeout(STEP_TIMEOUT_S):
             while True:
-                frame = json.loads(await self.ws.recv())
+                try:
+                    raw = await self.ws.recv()
+                except ConnectionClosed as exc:
+                    if exc.rcvd is not None and exc.rcvd.code == Close.SLOW:
+                        raise RuntimeError(
+                            "the relay closed this viewer as too slow (4009): it fell more "
+                            "than RELAYLINE_WS_QUEUE_MAX_BYTES behind (see --relay-env)"
+                        ) from None
+                    raise
+                frame = json.loads(raw)
                 if match(frame):
                     return frame  # type: ignore[no-any-return]
 

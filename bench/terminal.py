@@ -7,6 +7,12 @@ in the same run.
     .venv/bin/python bench/terminal.py --wait-quiet 300   # first wait (at most 300 s) for idle CPUs
     .venv/bin/python bench/terminal.py --lines colour     # the flood's lines carry colours
     .venv/bin/python bench/terminal.py --taps             # then split echo (bench/terminal_taps.py)
+    .venv/bin/python bench/terminal.py --relay-env RELAYLINE_WS_QUEUE_MAX_BYTES=67108864
+
+A viewer more than ``RELAYLINE_WS_QUEUE_MAX_BYTES`` (1 MiB by default) behind is closed with
+4009 by the relay's slow-client rule, as a page would be (it then redraws from a snapshot): a
+flood faster than this driver is scheduled on a busy machine ends the run with that. terminado
+buffers for its clients without bound; ``--relay-env`` gives the relay a larger queue instead.
 
 Everything listens on 127.0.0.1. Processes: ``relayline serve`` (SQLite, in-process bus),
 ``relayline worker --terminals`` with ``flood`` and ``echo`` in its allowlist, and
@@ -316,8 +322,10 @@ def report(args: argparse.Namespace, relay: Figures, terminado: Figures) -> str:
     r_p99 = nearest_rank(relay.echo_all(), 0.99)
     t_p99 = nearest_rank(terminado.echo_all(), 0.99)
     settings = ", ".join(args.worker_env) or "defaults"
+    relay_settings = ", ".join(args.relay_env) or "defaults"
     lines = [
-        f"Commit `{revision()}`; {machine()}; {versions()}. Worker settings: {settings}.",
+        f"Commit `{revision()}`; {machine()}; {versions()}. Worker settings: {settings}. "
+        f"Relay settings: {relay_settings}.",
         f"{args.rounds} rounds; each: {args.flood_mib:g} MiB flood of {args.lines} lines, "
         f"{args.keys} echoed keys "
         f"(after {WARMUP_KEYS} unmeasured).",
@@ -383,6 +391,14 @@ def main() -> None:
         help="then split echo latency with a recording tap between worker and relay",
     )
     parser.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the relay only, e.g. RELAYLINE_WS_QUEUE_MAX_BYTES=67108864 "
+        "(repeatable)",
+    )
+    parser.add_argument(
         "--worker-env",
         action="append",
         default=[],
@@ -391,15 +407,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.worker_env if "=" in item)
-    if len(extra_env) != len(args.worker_env):
-        parser.error("--worker-env takes NAME=VALUE")
+    relay_env = dict(item.split("=", 1) for item in args.relay_env if "=" in item)
+    if len(extra_env) != len(args.worker_env) or len(relay_env) != len(args.relay_env):
+        parser.error("--worker-env and --relay-env take NAME=VALUE")
     if not (1 <= args.rounds <= 50 and 0 < args.flood_mib <= 512 and 1 <= args.keys <= 10_000):
         parser.error("rounds 1..50, flood-mib up to 512, keys 1..10000")
     with tempfile.TemporaryDirectory(prefix="bench-term-") as tmp:
         workdir = Path(tmp)
         relay_port = free_port()
         relay_proc, _ = spawn_relay(
-            relay_port, workdir, {"RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}"}
+            relay_port, workdir, {"RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}", **relay_env}
         )
         procs = [relay_proc]
         try:
