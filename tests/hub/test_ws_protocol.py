@@ -239,6 +239,28 @@ async def test_invalid_utf8_closes_1007(relay: RelayServer, tenant: Tenant) -> N
     await raw.eof()
 
 
+async def test_a_close_reason_that_is_not_utf8_is_answered_1007_and_closed_at_once(
+    relay: RelayServer, tenant: Tenant
+) -> None:
+    # The peer's close frame came already: nothing is left to wait for, so the connection ends
+    # with a FIN right after the answer (waiting out the close grace would end it with a reset).
+    raw = await Raw.authed(relay.port, tenant.key)
+    raw.send(0x8, struct.pack("!H", 1000) + b"\xce\xba\xed\xa0\x80")
+    assert (await raw.close_frame())[0] == 1007
+    assert await raw.eof() == b""
+
+
+async def test_fragmented_text_with_invalid_utf8_is_refused_at_the_fragment(
+    relay: RelayServer, tenant: Tenant
+) -> None:
+    raw = await Raw.authed(relay.port, tenant.key)
+    raw.send(0x1, b'{"op": "ping", "x": "', fin=False)
+    raw.send(0x0, b"\xf4\x90\x80\x80", fin=False)  # no final fragment follows
+    assert (await raw.close_frame())[0] == 1007
+    raw.send(0x8, struct.pack("!H", 1007))
+    await raw.eof()
+
+
 async def test_fragmented_message_is_reassembled_around_a_ping(
     relay: RelayServer, tenant: Tenant
 ) -> None:
