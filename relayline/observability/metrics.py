@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     Counter,
@@ -31,6 +33,21 @@ BACKUP_LAST_SUCCESS = Gauge(
 BACKUP_FAILURES = Counter(
     "relayline_backup_failures_total", "Scheduled backups that failed (see backup_failed lines)"
 )
+ASYNCIO_TASKS = Gauge(
+    "relayline_asyncio_tasks",
+    "Tasks alive on the relay's event loop (flat under steady load: a leak grows it)",
+)
+
+
+def _tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # read off the loop's thread: no figure
+        return 0.0
+
+
+ASYNCIO_TASKS.set_function(_tasks)
+
 READY = Gauge(
     "relayline_ready",
     "1 when the last readiness check of this part passed, else 0 (store, bus, limits, shared)",

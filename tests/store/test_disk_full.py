@@ -61,7 +61,7 @@ async def user_messages(http: httpx.AsyncClient, path: str, auth: dict[str, str]
     found: list[str] = []
     after = 0
     while True:
-        r = await http.get(path, headers=auth, params={"after_seq": after})
+        r = await http.get(path, headers=auth, params={"after": after})
         assert r.status_code == 200, r.text
         body = r.json()
         found += [m["content"] for m in body["items"] if m["role"] == "user"]
