@@ -5,16 +5,26 @@
 server class), only the app swapped; ``--server websockets`` and ``--server wsproto`` serve it
 on stock uvicorn's protocols, as the reference. The frame size cap is the same for all three.
 
-Run as ``python -m tests.hub.echo_server --server relay --port 9001``.
+Run as ``python -m tests.hub.echo_server --server relay --port 9001``; tests start it with
+:func:`running`.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+ROOT = Path(__file__).resolve().parents[2]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -68,6 +78,49 @@ def stock_server(port: int, max_size: int, ws: str) -> uvicorn.Server:
         lifespan="on",
     )
     return uvicorn.Server(config)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running(server: str, max_size: int) -> Iterator[tuple[int, int]]:
+    """This module as a process serving ``server``: its (pid, port) once it listens."""
+    port = free_port()
+    env = {**os.environ, "RELAYLINE_LOG_LEVEL": "WARNING"}
+    args = ["--server", server, "--port", str(port), "--max-size", str(max_size)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.hub.echo_server", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(600):  # up to about 30 s to start
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise AssertionError(f"the {server} echo server exited: {err[-2000:]}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the {server} echo server did not start listening")
+        yield proc.pid, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def main() -> None:

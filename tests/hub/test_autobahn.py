@@ -14,15 +14,13 @@ these tests skip, saying why, when it cannot.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.hub.test_ws_memory import ROOT, free_port, wait_listening
+from tests.hub.echo_server import ROOT, running
 
 MAX_SIZE = 16 * 1024 * 1024
 CASES = ["*"]
@@ -103,18 +101,7 @@ def wstest() -> str:
 
 def fuzz(wstest: str, server: str, workdir: Path) -> tuple[dict[str, dict[str, str]], float]:
     """Run the fuzzing client against ``server``: its results by case, and the run's time."""
-    port = free_port()
-    env = {**os.environ, "RELAYLINE_LOG_LEVEL": "WARNING"}
-    args = ["--server", server, "--port", str(port), "--max-size", str(MAX_SIZE)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.hub.echo_server", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_listening(port, proc)
+    with running(server, MAX_SIZE) as (_, port):
         spec = {
             "outdir": str(workdir / "reports"),
             "servers": [{"agent": server, "url": f"ws://127.0.0.1:{port}"}],
@@ -134,15 +121,6 @@ def fuzz(wstest: str, server: str, workdir: Path) -> tuple[dict[str, dict[str, s
         )
         took = time.monotonic() - started
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
     report = json.loads((workdir / "reports" / "index.json").read_text())
     return report[server], took
 

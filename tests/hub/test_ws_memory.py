@@ -10,12 +10,7 @@ memory stays where it was.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,16 +18,9 @@ import pytest
 
 from relayline.protocol.close_codes import Close
 from relayline.protocol.limits import WS_MAX_FRAME_BYTES
+from tests.hub.echo_server import running
 
-ROOT = Path(__file__).resolve().parents[2]
 FRAMES = 2_000_000  # 12 MB on the wire; kept in a list, their fragments once took ~16 MiB
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_kib(pid: int) -> int:
@@ -45,40 +33,8 @@ def rss_kib(pid: int) -> int:
 @pytest.fixture
 def echo_relay() -> Iterator[tuple[int, int]]:
     """(pid, port) of a relay process serving an echo app."""
-    port = free_port()
-    env = {**os.environ, "RELAYLINE_LOG_LEVEL": "WARNING"}
-    args = ["--server", "relay", "--port", str(port), "--max-size", str(WS_MAX_FRAME_BYTES)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.hub.echo_server", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_listening(port, proc)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"the server exited: {err[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("the server did not start listening")
+    with running("relay", WS_MAX_FRAME_BYTES) as relay:
+        yield relay
 
 
 def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
