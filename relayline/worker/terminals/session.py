@@ -4,7 +4,8 @@ The PTY's child is the :mod:`supervisor`, which starts the program and outlives 
 end and reap what it left. This side:
 
 - reads the PTY master without blocking the loop (``loop.add_reader`` on a non-blocking fd,
-  no thread) and hands the bytes to :mod:`.output` (decoded, mirrored, coalesced);
+  no thread; a few reads an event while there is more) and hands the bytes to :mod:`.output`
+  (decoded, mirrored, coalesced);
 - stops reading while the outbox is over its bound and resumes when it has drained;
 - learns that the supervisor ended (:mod:`.ending`) and reaps it: it ends last, once nothing
   of the session runs, with the program's status;
@@ -37,7 +38,12 @@ from relayline.worker.terminals.output import TerminalOutput
 
 log = structlog.get_logger("relayline.worker.terminals")
 
-READ_CHUNK = 16 * 1024  # per readable event: bounds how long one read holds the loop
+READ_CHUNK = 16 * 1024
+# Reads per readable event until the PTY has no more (at most READ_CHUNK each: bounds how long
+# one event holds the loop). A PTY hands over about 4 KB a read, and a flooding program blocks
+# until the reader takes it: reading on while there is more spares the loop's round trips
+# (about a third more throughput for a flood, measured worker-side).
+READS_PER_EVENT = 4
 INPUT_BACKLOG_BYTES = 64 * 1024  # typed ahead of a program that does not read its input
 _PACKAGE_ROOT = str(Path(relayline.__file__).resolve().parents[1])
 # The supervisor runs isolated from the environment (-I): it finds this package by path.
@@ -182,19 +188,22 @@ class TerminalSession:
             self._reading = False
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self._fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every holder of the terminal's side has closed it
-            data = b""
-        if not data:
-            self._eof = True
-            self._stop_reading()
-            self.output.take(b"", final=True)
-            self.output.flush()
-            return
-        self._take(data)
+        for _ in range(READS_PER_EVENT):
+            try:
+                data = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: every holder of the terminal's side has closed it
+                data = b""
+            if not data:
+                self._eof = True
+                self._stop_reading()
+                self.output.take(b"", final=True)
+                self.output.flush()
+                return
+            self._take(data)
+            if not self._reading:
+                return
 
     def _take(self, data: bytes) -> None:
         metrics.OUTPUT_BYTES.inc(len(data))
