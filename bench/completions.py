@@ -244,9 +244,10 @@ def steady(streams: list[Stream]) -> list[float]:
     return [latency for c in ran for sent, latency in c if start <= sent <= end]
 
 
-def summary(streams: list[Stream]) -> dict[str, float | int]:
+def summary(runs: list[list[Stream]]) -> dict[str, float | int]:
+    streams = [s for run in runs for s in run]
     ttfts = [s.ttft_s for s in streams if s.ttft_s is not None]
-    latencies = steady(streams)
+    latencies = [latency for run in runs for latency in steady(run)]
     return {
         "streams": len(streams),
         "errors": sum(1 for s in streams if s.error),
@@ -313,7 +314,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str
     )
     pin(UPSTREAM_CPU)
     cpu: dict[int, list[tuple[float, float]]] = {n: [] for n in args.streams}
-    results: dict[int, dict[str, list[Stream]]] = {
+    results: dict[int, dict[str, list[list[Stream]]]] = {
         n: {"direct": [], "relay": []} for n in args.streams
     }
     try:
@@ -340,11 +341,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str
                     )
                 )
                 await asyncio.sleep(args.pause_s)
-                results[n]["direct"] += direct
-                results[n]["relay"] += through
+                results[n]["direct"].append(direct)
+                results[n]["relay"].append(through)
                 print(
-                    f"round {round_no + 1} n={n}: direct {summary(direct)}, "
-                    f"relay {summary(through)}, relay CPU {cpu[n][-1][0]:.0%}, "
+                    f"round {round_no + 1} n={n}: direct {summary([direct])}, "
+                    f"relay {summary([through])}, relay CPU {cpu[n][-1][0]:.0%}, "
                     f"worker CPU {cpu[n][-1][1]:.0%}",
                     file=sys.stderr,
                 )
@@ -354,7 +355,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str
     _ = relay_log
     figures: dict[int, dict[str, dict]] = {}
     for n, found in results.items():
-        figures[n] = {path: summary(streams) for path, streams in found.items()}
+        figures[n] = {path: summary(runs) for path, runs in found.items()}
         figures[n]["relay"]["relay_cpu"] = max(c[0] for c in cpu[n])
         figures[n]["relay"]["worker_cpu"] = max(c[1] for c in cpu[n])
     return figures
