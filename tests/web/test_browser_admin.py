@@ -137,6 +137,9 @@ def test_admin_edits_the_agent_settings(live: LiveRelay, new_page: Any) -> None:
     expect(stop).to_have_value("###")
     stop.fill("")
     expect(chips).to_have_text(["END", "\\n\\nUser:"])
+    keep = form.get_by_label("keep completions as chats")
+    expect(keep).not_to_be_checked()
+    keep.check()
     form.locator("button[type=submit]").click()
     expect(page.locator(".toast--ok")).to_contain_text("Agent settings saved", use_inner_text=True)
     with httpx.Client(base_url=live.url, timeout=10) as http:
@@ -145,6 +148,7 @@ def test_admin_edits_the_agent_settings(live: LiveRelay, new_page: Any) -> None:
     assert saved["stop"] == ["END", "\n\nUser:"]
     assert saved["system_prompt"] == "Answer in one short paragraph."
     assert saved["model"] == "local" and len(saved["tools"]) == 4
+    assert saved["store_completions"] is True
 
     # After a reload the console shows what the relay stored.
     page.reload()
@@ -156,6 +160,7 @@ def test_admin_edits_the_agent_settings(live: LiveRelay, new_page: Any) -> None:
     expect(max_tokens).to_have_value("256")
     expect(chips).to_have_text(["END", "\\n\\nUser:"])
     expect(form.get_by_label("Model")).to_have_value("local")
+    expect(keep).to_be_checked()
     form.locator("h4", has_text="Sampling").scroll_into_view_if_needed()
     screenshot(page, "admin-agent-settings")
 

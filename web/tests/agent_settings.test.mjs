@@ -29,6 +29,7 @@ test("an empty form asks for every default", () => {
     top_p: null,
     max_tokens: null,
     stop: null,
+    store_completions: false,
   });
   assert.deepEqual(agentBody({ model: "  ", systemPrompt: "\n", temperature: " ", stop: [] }).model, null);
 });
@@ -42,6 +43,7 @@ test("filled fields become numbers, trimmed text and a list of stop sequences", 
     topP: "1",
     maxTokens: "256",
     stop: ["END", "\n\nUser:"],
+    storeCompletions: true,
   });
   assert.deepEqual(body, {
     model: "local",
@@ -51,6 +53,7 @@ test("filled fields become numbers, trimmed text and a list of stop sequences", 
     top_p: 1,
     max_tokens: 256,
     stop: ["END", "\n\nUser:"],
+    store_completions: true,
   });
   assert.equal(JSON.stringify(body.max_tokens), "256");
   assert.equal(numberOrNull("0"), 0); // zero is a value, not "unset"

@@ -322,6 +322,13 @@ export class TenantsPanel {
     const stops = new StopSequences(agent.stop ?? []);
     sampling.append(grid, stops.el);
 
+    // The OpenAI-compatible gateway's completions: kept as chats (listed, with their texts) or
+    // only as turns and metrics.
+    const completions = el("fieldset", "checks");
+    completions.append(el("legend", "field__label", "OpenAI-compatible API"));
+    const keep = checkbox("store_completions", "keep completions as chats", Boolean(agent.store_completions));
+    completions.append(keep);
+
     const save = el("button", "btn btn--primary btn--small", "Save agent");
     save.type = "submit";
     const error = el("p", "form-error agent-form__error");
@@ -330,7 +337,7 @@ export class TenantsPanel {
     error.hidden = true;
     const foot = el("div", "agent-form__foot");
     foot.append(save, error);
-    form.append(field("Model", model), field("System prompt", prompt), tools, sampling, foot);
+    form.append(field("Model", model), field("System prompt", prompt), tools, sampling, completions, foot);
 
     const controls = { model, system_prompt: prompt, temperature, top_p: topP, max_tokens: maxTokens, stop: stops.input };
     const showError = (text, names = []) => {
@@ -360,6 +367,7 @@ export class TenantsPanel {
         topP: topP.value,
         maxTokens: maxTokens.value,
         stop: stops.values,
+        storeCompletions: /** @type {HTMLInputElement} */ (keep.querySelector("input")).checked,
       });
       save.disabled = true;
       save.textContent = "Saving…";

@@ -52,7 +52,16 @@ export function addStop(stops, typed) {
  * The body of `PUT /v1/admin/tenants/{id}/agent` from the form's values (strings as typed).
  * Empty text is null: the worker's default.
  */
-export function agentBody({ model = "", systemPrompt = "", tools = [], temperature = "", topP = "", maxTokens = "", stop = [] }) {
+export function agentBody({
+  model = "",
+  systemPrompt = "",
+  tools = [],
+  temperature = "",
+  topP = "",
+  maxTokens = "",
+  stop = [],
+  storeCompletions = false,
+}) {
   return {
     model: model.trim() || null,
     system_prompt: systemPrompt.trim() || null,
@@ -61,6 +70,7 @@ export function agentBody({ model = "", systemPrompt = "", tools = [], temperatu
     top_p: numberOrNull(topP),
     max_tokens: numberOrNull(maxTokens),
     stop: stop.length ? [...stop] : null,
+    store_completions: Boolean(storeCompletions),
   };
 }
 
