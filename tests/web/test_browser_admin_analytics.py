@@ -17,6 +17,7 @@ from relayline.store import analytics, tenants
 from relayline.store.database import Database
 from tests.conftest import ADMIN_KEY
 from tests.store.analytics_data import Writer, brute_force
+from tests.web.chatpage import WAIT_MS
 from tests.web.conftest import LiveRelay, screenshot
 
 DAYS = 30
@@ -160,9 +161,10 @@ def test_a_tenants_days_as_charts(live: LiveRelay, new_page: Any, traffic: dict[
 def test_the_charts_in_the_dark(live: LiveRelay, new_page: Any, traffic: dict[str, Any]) -> None:
     page = new_page(color_scheme="dark", viewport={"width": 1280, "height": 1400})
     sign_in(page, live)
-    page.select_option("#analytics-tenant", label="Acme")
-    expect(page.locator("#analytics-charts canvas")).to_have_count(4)
-    expect(page.locator("#analytics-rows tr")).to_have_count(30)
+    page.select_option("#analytics-tenant", label="Acme", timeout=WAIT_MS)
+    # On a busy machine the charts take a while: wait for them as long as for any page.
+    expect(page.locator("#analytics-charts canvas")).to_have_count(4, timeout=WAIT_MS)
+    expect(page.locator("#analytics-rows tr")).to_have_count(30, timeout=WAIT_MS)
     screenshot(page, "admin-analytics-dark")
     assert page.js_errors == []
 
