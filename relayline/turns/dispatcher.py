@@ -170,15 +170,8 @@ class TurnDispatcher:
         limit = self.settings.max_answer_chars
         if running.published_chars + running.pending_chars + len(text) > limit:
             # An answer past the limit ends here: the worker stops, the text so far is kept.
-            running.worker.send(
-                {
-                    "type": WorkerFrame.TURN_CANCEL,
-                    "turn_id": running.turn_id,
-                    "attempt": running.attempt,
-                }
-            )
             detail = f"the answer is longer than RELAYLINE_MAX_ANSWER_CHARS ({limit})"
-            await self.outcomes.failed(running, "internal", detail)
+            await self._stop_and_fail(running, detail)
             return
         await self.stream.on_delta(running, text)
 
@@ -186,28 +179,25 @@ class TurnDispatcher:
         """A completion's tool calls, from ``turn.delta``; malformed ones fail the turn."""
         calls = checked_tool_calls(value)
         if calls is None:
-            running.worker.send(
-                {
-                    "type": WorkerFrame.TURN_CANCEL,
-                    "turn_id": running.turn_id,
-                    "attempt": running.attempt,
-                }
-            )
-            await self.outcomes.failed(running, "internal", "malformed tool_calls from the worker")
+            await self._stop_and_fail(running, "malformed tool_calls from the worker")
             return
         limit = self.settings.max_answer_chars
         if tool_call_chars(running.tool_calls) + tool_call_chars(calls) > limit:
-            running.worker.send(
-                {
-                    "type": WorkerFrame.TURN_CANCEL,
-                    "turn_id": running.turn_id,
-                    "attempt": running.attempt,
-                }
-            )
             detail = f"the tool calls are longer than RELAYLINE_MAX_ANSWER_CHARS ({limit})"
-            await self.outcomes.failed(running, "internal", detail)
+            await self._stop_and_fail(running, detail)
             return
         await self.stream.on_tool_calls(running, calls)
+
+    async def _stop_and_fail(self, running: Running, detail: str) -> None:
+        """The worker stops the attempt; it ends failed (``internal``), the text so far kept."""
+        running.worker.send(
+            {
+                "type": WorkerFrame.TURN_CANCEL,
+                "turn_id": running.turn_id,
+                "attempt": running.attempt,
+            }
+        )
+        await self.outcomes.failed(running, "internal", detail)
 
     async def on_done(
         self, running: Running, usage: dict[str, Any], finish_reason: object = None

@@ -30,7 +30,15 @@ from starlette.types import Message, Receive, Scope, Send
 from relayline.api.deps import State, TenantCompletions
 from relayline.api.errors import error_response, request_id_of
 from relayline.completions import wire
-from relayline.completions.service import Completion, Done, Failed, Piece, Text, ToolCalls
+from relayline.completions.service import (
+    RETRY_AFTER_S,
+    Completion,
+    Done,
+    Failed,
+    Piece,
+    Text,
+    ToolCalls,
+)
 
 router = APIRouter(tags=["openai"])
 
@@ -113,7 +121,7 @@ class CompletionResponse(Response):
 
     async def _error(self, scope: Scope, send: Send, failed: Failed) -> None:
         await self.completion.close()
-        headers = {"Retry-After": "5"} if failed.status == 503 else None
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if failed.status == 503 else None
         response = error_response(
             failed.status,
             failed.code,
