@@ -24,11 +24,34 @@ def test_the_edge_decodes_and_one_past_it_is_refused() -> None:
         jsoncodec.loads(objects)
 
 
-def test_a_huge_nesting_is_refused_before_the_decoder_recurses() -> None:
+def test_a_huge_nesting_is_refused_without_exhausting_the_stack() -> None:
     with pytest.raises(JsonTooDeep):
         jsoncodec.loads("[" * 60_000)
     with pytest.raises(JsonTooDeep):
         jsoncodec.loads(b"[" * 60_000)
+    with pytest.raises(JsonTooDeep):
+        jsoncodec.loads(nested(60_000))  # valid, past the interpreter's recursion limit
+    with pytest.raises(JsonTooDeep):
+        jsoncodec.loads(nested(900))  # valid, decodes, then refused by the walk
+    assert not jsoncodec.value_depth_within(json.loads(nested(900)))
+
+
+def test_terminal_output_full_of_escape_brackets_costs_its_decoding_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    screen = "".join(f"\x1b[{i % 8 + 30}m{i}\x1b[0m " for i in range(500))
+    frame = json.dumps({"op": "term.output", "d": {"id": "t1", "data": screen}})
+    assert frame.count("[") >= 1000
+
+    def no_text_scan(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("loads must not scan the text")
+
+    monkeypatch.setattr(jsoncodec, "depth_within", no_text_scan)
+    assert jsoncodec.loads(frame)["d"]["data"] == screen
+    assert jsoncodec.loads(frame.encode())["d"]["data"] == screen
+    # Such a frame that also nests too deep is still refused.
+    with pytest.raises(JsonTooDeep):
+        jsoncodec.loads(frame[:-1] + ', "x": ' + nested(MAX_JSON_DEPTH) + "}")
 
 
 def test_many_brackets_side_by_side_or_inside_strings_are_not_depth() -> None:
@@ -78,7 +101,7 @@ def random_value(rng: random.Random, depth: int) -> object:
     """JSON values whose strings hold brackets, quotes and backslashes in every arrangement."""
     roll = rng.random()
     if depth <= 0 or roll < 0.3:
-        strings = ['q"[{', "\\[", "\\", '\\"{', "]}", '"', "\\\\", "x\n", "\t[", "é€"]
+        strings = ['q"[{', "\\[", "\\", '\\"{', "]}", '"', "\\\\", "x\n", "\t[", "é€", "\x1b[0m"]
         return rng.choice([1, None, "a", *strings])
     if roll < 0.65:
         return [random_value(rng, depth - 1) for _ in range(rng.randint(0, 3))]
@@ -94,6 +117,12 @@ def test_the_depth_is_exact_for_any_valid_json() -> None:
         depth = depth_of(value)
         for limit in {0, 1, 2, depth - 1, depth, depth + 1} - {-1}:
             assert jsoncodec.depth_within(text, limit) == (depth <= limit), (text, limit)
+            assert jsoncodec.value_depth_within(value, limit) == (depth <= limit), (text, limit)
+            if depth <= limit:
+                assert jsoncodec.loads(text, limit) == value
+            else:
+                with pytest.raises(JsonTooDeep):
+                    jsoncodec.loads(text, limit)
 
 
 def decoder_depth_within(text: str, limit: int) -> bool:

@@ -5,9 +5,16 @@ deep inside it. Everything the relay (or the worker) decodes from a peer goes th
 :func:`loads`, which refuses more than :data:`MAX_JSON_DEPTH` levels with :class:`JsonTooDeep`
 (a ``ValueError``, so callers that already answer invalid JSON answer this the same way).
 
-Cost: the number of ``[`` and ``{`` in the text bounds its depth and is counted at C speed, so
-only a text with more brackets than the bound is looked at again, also at C speed: its string
-literals are cut out, its brackets kept, and the innermost pairs removed a level per pass.
+:func:`loads` decodes first and then walks the containers it got (the decoder itself stops at
+the interpreter's recursion limit with ``RecursionError``, taken as too deep): the walk costs
+one step per array or object, nothing per character, so a frame of terminal output whose string
+is full of ``ESC [`` costs no more than its decoding.
+
+:func:`depth_within` answers the same question of a text without decoding it (a request body is
+checked before it is routed). Cost: the number of ``[`` and ``{`` in the text bounds its depth
+and is counted at C speed, so only a text with more brackets than the bound is looked at again,
+also at C speed: its string literals are cut out, its brackets kept, and the innermost pairs
+removed a level per pass.
 """
 
 from __future__ import annotations
@@ -73,6 +80,21 @@ def depth_within(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def value_depth_within(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a decoded JSON value nests at most ``limit`` arrays and objects deep."""
+    if value.__class__ is not dict and value.__class__ is not list:
+        return True
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return False
+        for child in container.values() if container.__class__ is dict else container:
+            if child.__class__ is dict or child.__class__ is list:
+                stack.append((child, depth + 1))
+    return True
+
+
 def loads(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` with the nesting bound; raises ``ValueError`` (``JsonTooDeep`` past it)."""
     if isinstance(text, bytes | bytearray):
@@ -80,9 +102,10 @@ def loads(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> Any:
             text = text.decode()
         except UnicodeDecodeError:
             raise ValueError("JSON text is not UTF-8") from None
-    if not depth_within(text, limit):
-        raise JsonTooDeep(limit)
     try:
-        return json.loads(text)
-    except RecursionError:  # not reachable within the bound; kept as the last line of defence
+        value = json.loads(text)
+    except RecursionError:  # deeper than the interpreter's limit, far past the bound
         raise JsonTooDeep(limit) from None
+    if not value_depth_within(value, limit):
+        raise JsonTooDeep(limit)
+    return value
