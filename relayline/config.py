@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # A request head (and so a WebSocket handshake) must be complete this long after the
     # connection opened, or after the first byte of a later request on a kept-alive one.
     request_head_timeout_s: float = Field(10.0, gt=0, le=300)
+    # ... and a request body complete this long after its head.
+    request_body_timeout_s: float = Field(60.0, gt=0, le=3600)
     max_message_chars: int = Field(limits.MAX_MESSAGE_CHARS, ge=1, le=1_000_000)
     max_title_chars: int = Field(200, ge=1, le=1000)  # the column's width
     max_page_size: int = Field(200, ge=1, le=1000)

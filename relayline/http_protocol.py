@@ -1,4 +1,4 @@
-"""The relay's HTTP/1.1 protocol for uvicorn: uvicorn's httptools protocol with three additions.
+"""The relay's HTTP/1.1 protocol for uvicorn: uvicorn's httptools protocol with four additions.
 
 - **A deadline on the request head.** uvicorn reads a head for as long as the client takes, so
   a client sending a byte at a time (or nothing at all after connecting) holds a socket and its
@@ -10,6 +10,13 @@
   before it is still being written is answered as soon as that response is complete. A
   WebSocket handshake is an HTTP head too, so the same deadline bounds it (the upgrade is
   handed to the WebSocket protocol only once the head is complete).
+- **A deadline on the request body.** Nor does uvicorn bound the time a body takes: a client
+  declaring a ``Content-Length`` (or sending chunks) and then a byte now and then holds its
+  request, and the handler reading it, forever. Here a body must be complete within
+  ``RELAYLINE_REQUEST_BODY_TIMEOUT_S`` of its head; otherwise the relay answers 408
+  ``request_timeout`` (the handler's wait for the body ends as a disconnect) and closes, or,
+  when an answer has already begun (a handler that answers without reading the body), just
+  closes.
 - **A size bound on the request head.** The parser buffers an unfinished header line whole
   (and re-copies it on every read), so a head still incomplete after :data:`MAX_HEAD_BYTES` is
   answered 431 ``headers_too_large`` and the connection closed.
@@ -19,7 +26,8 @@
 
 It relies on uvicorn internals (the constructor, ``connection_made``, ``data_received``,
 ``on_message_begin``, ``on_headers_complete``, ``on_message_complete``,
-``on_response_complete``, ``handle_websocket_upgrade``, ``send_400_response``, ``cycle``,
+``on_response_complete``, ``handle_websocket_upgrade``, ``send_400_response``, ``cycle`` and
+its ``disconnected``, ``message_event`` and ``response_started``,
 ``server_state.default_headers``), hence the 0.54.x pin; tests/api/test_server_limits.py fails
 loudly when they change.
 """
@@ -45,6 +53,7 @@ class RelayHttpProtocol(HttpToolsProtocol):
     """See the module docstring; ``head_timeout_s`` is set by :func:`http_protocol_class`."""
 
     head_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,6 +64,9 @@ class RelayHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_late = False  # the deadline passed while a response was being written
         self._lingering: asyncio.TimerHandle | None = None  # refused: reading until closed
+        # True from a complete head until its body is: what arrives meanwhile is that body.
+        self._body_pending = False
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -62,6 +74,7 @@ class RelayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         if self._lingering is not None:
             self._lingering.cancel()
             self._lingering = None
@@ -82,6 +95,10 @@ class RelayHttpProtocol(HttpToolsProtocol):
             self._send_error(
                 431, "headers_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes"
             )
+        elif self._body_pending and self._body_timer is None and not self.transport.is_closing():
+            # Armed only when a read ends inside a body: a request whose body came with its
+            # head (most of them) costs no timer.
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -92,9 +109,12 @@ class RelayHttpProtocol(HttpToolsProtocol):
         self._head_pending = self._head_late = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        self._body_pending = True  # until the message completes (or turns into an upgrade)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._cancel_body_timer()
         # The rest of this read is not counted against the next head: an undercount of at most
         # one read, where counting it would refuse a small head behind a large body.
         self._head_pending = True
@@ -110,7 +130,9 @@ class RelayHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         self._head_pending = False  # the parser ended the message just before the upgrade
+        self._body_pending = False
         self._cancel_head_timer()
+        self._cancel_body_timer()
         # The connection belongs to the WebSocket protocol now. The parser refers back to this
         # object; left in place, that cycle keeps it (scope, headers, parser state) until a full
         # garbage collection, which idle sockets pay for in memory (measured: ~0.3 KB each).
@@ -138,6 +160,30 @@ class RelayHttpProtocol(HttpToolsProtocol):
             return
         self._send_head_timeout()
 
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._body_pending or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            # The handler answered without the body: no second answer fits; the connection ends
+            # (connection_lost tells the handler, as for any client gone).
+            self.transport.close()
+            return
+        if cycle is not None:
+            # The handler waiting for the body gets a disconnect; whatever it would still
+            # answer is dropped (uvicorn sends nothing for a disconnected cycle).
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._send_error(
+            408, "request_timeout", f"request body not received within {self.body_timeout_s:g} s"
+        )
+
     def _send_head_timeout(self) -> None:
         self._send_error(
             408, "request_timeout", f"request head not received within {self.head_timeout_s:g} s"
@@ -161,8 +207,13 @@ class RelayHttpProtocol(HttpToolsProtocol):
         self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def http_protocol_class(head_timeout_s: float) -> type[RelayHttpProtocol]:
-    """A protocol class carrying this process's head deadline (uvicorn instantiates it)."""
+def http_protocol_class(
+    head_timeout_s: float, body_timeout_s: float = RelayHttpProtocol.body_timeout_s
+) -> type[RelayHttpProtocol]:
+    """A protocol class carrying this process's head and body deadlines (uvicorn instantiates
+    it)."""
     return type(
-        "ConfiguredRelayHttpProtocol", (RelayHttpProtocol,), {"head_timeout_s": head_timeout_s}
+        "ConfiguredRelayHttpProtocol",
+        (RelayHttpProtocol,),
+        {"head_timeout_s": head_timeout_s, "body_timeout_s": body_timeout_s},
     )

@@ -14,16 +14,16 @@ from relayline.hub.protocol import protocol_class
 
 
 def server_config(settings: Settings, host: str, port: int, **extra: object) -> uvicorn.Config:
-    """uvicorn settings: uvloop, httptools with a deadline on request heads and errors in the
-    relay's shape, the relay's WebSocket protocol, no uvicorn
-    keepalive pings (the hub runs its own heartbeat, closing with 4408), no access log (the
-    relay writes its own, redacted)."""
+    """uvicorn settings: uvloop, httptools with deadlines on request heads and bodies and errors
+    in the relay's shape, the relay's WebSocket protocol, no uvicorn keepalive pings (the hub
+    runs its own heartbeat, closing with 4408), no access log (the relay writes its own,
+    redacted)."""
     return uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         loop="uvloop",
-        http=http_protocol_class(settings.request_head_timeout_s),
+        http=http_protocol_class(settings.request_head_timeout_s, settings.request_body_timeout_s),
         ws=protocol_class(settings.ws_send_buffer, settings.ws_write_high_water),
         ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=None,
