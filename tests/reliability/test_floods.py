@@ -190,31 +190,28 @@ async def test_slow_bodies_are_cut_off_by_the_body_deadline(
         )
         return head.encode() + b" " * 1000
 
-    def slow_after_head(raw: bytes) -> Awaitable[tuple[bytes, float, int]]:
-        async def run() -> tuple[bytes, float, int]:
-            # The head at once, then the body a byte at a time.
-            head, _, body = raw.partition(b"\r\n\r\n")
-            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-            writer.write(head + b"\r\n\r\n")
-            sent = 0
+    async def slow_after_head(raw: bytes) -> tuple[bytes, float, int]:
+        # The head at once, then the body a byte at a time.
+        head, _, body = raw.partition(b"\r\n\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(head + b"\r\n\r\n")
+        sent = 0
 
-            async def send() -> None:
-                nonlocal sent
-                for byte in body:
-                    writer.write(bytes([byte]))
-                    sent += 1
-                    await asyncio.sleep(0.05)
+        async def send() -> None:
+            nonlocal sent
+            for byte in body:
+                writer.write(bytes([byte]))
+                sent += 1
+                await asyncio.sleep(0.05)
 
-            sender = asyncio.create_task(send())
-            try:
-                async with asyncio.timeout(20):
-                    answer = await reader.read(-1)
-                return answer, time.monotonic(), sent
-            finally:
-                sender.cancel()
-                writer.transport.abort()
-
-        return run()
+        sender = asyncio.create_task(send())
+        try:
+            async with asyncio.timeout(20):
+                answer = await reader.read(-1)
+            return answer, time.monotonic(), sent
+        finally:
+            sender.cancel()
+            writer.transport.abort()
 
     began = time.monotonic()
     posts = [
