@@ -38,6 +38,7 @@ class Running:
     pending: list[str] = field(default_factory=list)
     pending_chars: int = 0
     flush_handle: asyncio.TimerHandle | None = None
+    last_flush: float = float("-inf")  # loop time of the last message.delta published
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     approvals: set[str] = field(default_factory=set)
     # A completion's tool calls so far, whole (merged from their streamed pieces by index).

@@ -1,10 +1,13 @@
 """Coalescing a running answer's deltas into ``message.delta`` events.
 
-The first text of an answer is published at once; after it, a worker's ``turn.delta`` text is
-buffered and published once ``delta_coalesce_chars`` are pending or ``delta_coalesce_ms`` after
-the first pending delta, whichever comes first. A completion of the OpenAI-compatible gateway
-has a single reader waiting on each chunk: its deltas are published as they come
-(:attr:`Running.immediate`), and its tool calls right after the text before them.
+An answer publishes at most one ``message.delta`` event per ``delta_coalesce_ms`` (besides the
+ones ``delta_coalesce_chars`` of pending text force): a worker's ``turn.delta`` text leaves at
+once when the answer's last event is older than that (the first text of an answer always is),
+and otherwise waits until it is not, with whatever else came meanwhile. So a text waits at most
+``delta_coalesce_ms``, a slow stream's words not at all, and a fast one is merged as before.
+A completion of the OpenAI-compatible gateway has a single reader waiting on each chunk: its
+deltas are published as they come (:attr:`Running.immediate`), and its tool calls right after
+the text before them.
 Guarantees: events carry consecutive, gap-free ``offset``s (flushes of one attempt never
 interleave); :attr:`Running.published_text` is exactly what subscribers were sent; with a
 shared coordinator, that text is stored as the chat's partial answer before it is published,
@@ -42,10 +45,20 @@ class DeltaStream:
         ):
             await self.flush(running)
         elif running.flush_handle is None:
-            delay = self.ctx.settings.delta_coalesce_ms / 1000
-            running.flush_handle = asyncio.get_running_loop().call_later(
-                delay, lambda: self.ctx.spawn(self.flush(running))
-            )
+            loop = asyncio.get_running_loop()
+            wait = running.last_flush + self.ctx.settings.delta_coalesce_ms / 1000 - loop.time()
+            if wait > 0:
+                running.flush_handle = loop.call_later(
+                    wait, lambda: self.ctx.spawn(self.flush(running))
+                )
+            elif self.ctx.coordinator.shared:
+                # A flush awaits the shared store and bus: not on this worker's frame loop,
+                # which other answers' deltas wait on. Counted as sent now, so that the deltas
+                # coming before it runs join it instead of spawning more.
+                running.last_flush = loop.time()
+                self.ctx.spawn(self.flush(running))
+            else:
+                await self.flush(running)
 
     async def flush(self, running: Running) -> None:
         """Publish whatever is pending now (nothing when nothing is)."""
@@ -59,6 +72,7 @@ class DeltaStream:
             offset = running.published_chars
             running.published.append(text)
             running.published_chars += len(text)
+            running.last_flush = asyncio.get_running_loop().time()
             if self.ctx.coordinator.shared:
                 # Only the new text travels; the whole is sent only to repair a lost append.
                 await self.ctx.coordinator.append_partial(

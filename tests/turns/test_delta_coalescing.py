@@ -1,0 +1,109 @@
+"""How an answer's deltas become ``message.delta`` events: at most one per
+``delta_coalesce_ms``, a delta after a quiet spell at once, none lost or reordered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from types import SimpleNamespace
+from typing import Any, cast
+
+from relayline.turns.context import TurnContext
+from relayline.turns.running import Running
+from relayline.turns.streaming import DeltaStream
+from relayline.turns.worker_link import WorkerLink
+
+
+class Events:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.arrived = asyncio.Event()
+
+    async def message_delta(
+        self, chat_id: str, message_id: str, turn_id: str, offset: int, text: str
+    ) -> None:
+        self.sent.append((offset, text))
+        self.arrived.set()
+
+
+class Ctx:
+    def __init__(self, shared: bool = False, ms: int = 40, chars: int = 1024) -> None:
+        self.settings = SimpleNamespace(delta_coalesce_ms=ms, delta_coalesce_chars=chars)
+        self.coordinator = SimpleNamespace(shared=shared)
+        self.events = Events()
+        self.spawned: list[asyncio.Task[None]] = []
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self.spawned.append(asyncio.get_running_loop().create_task(work))
+
+
+def running() -> Running:
+    return Running(
+        turn_id="t",
+        chat_id="c",
+        tenant_id="n",
+        attempt=1,
+        message_id="m",
+        worker=cast(WorkerLink, None),
+        lease_expires=0.0,
+        started=0.0,
+        correlation_id="r",
+    )
+
+
+async def test_a_delta_after_a_quiet_spell_leaves_at_once_and_a_quick_one_waits() -> None:
+    ctx = Ctx()
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    await stream.on_delta(run, "first ")  # the first text of an answer: at once
+    assert ctx.events.sent == [(0, "first ")]
+    await stream.on_delta(run, "quick ")  # within the window of the last event: waits
+    assert ctx.events.sent == [(0, "first ")] and run.flush_handle is not None
+    loop = asyncio.get_running_loop()
+    assert 0 < run.flush_handle.when() - loop.time() <= 0.040
+    handle = run.flush_handle
+    await stream.on_delta(run, "and ")  # joins the waiting text, no second timer
+    assert run.flush_handle is handle
+    ctx.events.arrived.clear()
+    async with asyncio.timeout(5):
+        await ctx.events.arrived.wait()
+    assert ctx.events.sent == [(0, "first "), (6, "quick and ")]
+    assert run.flush_handle is None
+    # A quiet spell longer than the window: the next delta is not held back.
+    run.last_flush -= 1.0
+    await stream.on_delta(run, "slow ")
+    assert ctx.events.sent[-1] == (16, "slow ") and run.flush_handle is None
+    assert run.published_text == "first quick and slow "
+
+
+async def test_size_still_forces_a_flush_within_the_window() -> None:
+    ctx = Ctx(chars=10)
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    await stream.on_delta(run, "a")
+    await stream.on_delta(run, "b" * 5)
+    assert ctx.events.sent == [(0, "a")]
+    await stream.on_delta(run, "c" * 5)  # ten characters pending
+    assert ctx.events.sent == [(0, "a"), (1, "b" * 5 + "c" * 5)]
+    assert run.flush_handle is None
+
+
+async def test_with_a_shared_coordinator_the_flush_runs_off_the_frame_loop() -> None:
+    ctx = Ctx(shared=True)
+    ctx.coordinator = SimpleNamespace(shared=True, append_partial=_append_partial)
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    await stream.on_delta(run, "first ")
+    run.last_flush -= 1.0
+    await stream.on_delta(run, "later ")
+    # Not awaited here: spawned, counted as sent, so the next delta waits for the window.
+    assert ctx.events.sent == [(0, "first ")] and len(ctx.spawned) == 1
+    await stream.on_delta(run, "more ")
+    assert len(ctx.spawned) == 1 and run.flush_handle is not None
+    await asyncio.gather(*ctx.spawned)
+    assert ctx.events.sent == [(0, "first "), (6, "later more ")]
+    stream.cancel_timer(run)
+
+
+async def _append_partial(*args: object) -> None:
+    await asyncio.sleep(0)
