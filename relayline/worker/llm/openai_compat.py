@@ -54,6 +54,7 @@ from relayline.worker.llm.base import (
     Usage,
 )
 from relayline.worker.llm.breaker import BreakerPermit, CircuitBreaker
+from relayline.worker.llm.netstream import use_asyncio_backend
 from relayline.worker.llm.sse import error_snippet, parse_chat_stream
 from relayline.worker.llm.upstream_probe import (
     Tokenizer,
@@ -108,6 +109,42 @@ class _Opened:
     permit: BreakerPermit
     chunks: AsyncGenerator[StreamChunk, None]
     first: StreamChunk | None
+
+
+class _Deadline:
+    """A stream's deadline as one timer: at ``when`` it cancels the task that made it if that
+    task is ``waiting`` then, else it marks the deadline ``expired``. As with
+    :func:`asyncio.timeout`, a cancellation of its own is told apart from anyone else's by the
+    task's count of pending cancellations."""
+
+    __slots__ = ("_base", "_fired", "_handle", "_task", "expired", "waiting")
+
+    def __init__(self, when: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._base = task.cancelling()
+        self._fired = False
+        self.expired = False
+        self.waiting = False
+        self._handle = asyncio.get_running_loop().call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self.expired = True
+        if self.waiting:
+            self._fired = True
+            self._task.cancel()
+
+    def cancelled_us(self) -> bool:
+        """On a ``CancelledError`` while waiting: whether it was this deadline's (then it is
+        withdrawn from the task) and no one else cancelled the task too."""
+        if not self._fired:
+            return False
+        self._fired = False
+        return self._task.uncancel() <= self._base
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _is_retriable(exc: BaseException) -> bool:
@@ -189,6 +226,8 @@ class OpenAICompatClient:
             ),
             transport=transport,
         )
+        if transport is None:
+            use_asyncio_backend(self._http)
         self._jitter = wait_random_exponential(
             multiplier=self.retry.base_backoff_s, max=self.retry.max_backoff_s
         )
@@ -304,18 +343,26 @@ class OpenAICompatClient:
     async def _follow(self, opened: _Opened, deadline: float) -> AsyncGenerator[StreamChunk, None]:
         """Yield the rest of a committed stream; never retries, settles the breaker permit."""
         permit = opened.permit
+        chunks = opened.chunks
+        # One timer for the whole stream, not a timeout scope per chunk. It covers only our own
+        # wait, never the consumer's time at ``yield``: it cancels this task only while it
+        # waits for the next chunk, and a deadline passed meanwhile fails the next wait.
+        guard = _Deadline(deadline)
         try:
             if opened.first is not None:
                 yield opened.first
             while True:
-                # The deadline covers only our own wait, never the consumer's time at ``yield``.
+                if guard.expired:
+                    raise self._late()
+                guard.waiting = True
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(opened.chunks, None)
-                except TimeoutError:
-                    raise LLMError(
-                        "timeout", f"answer not complete within {self.timeouts.total_s:g}s"
-                    ) from None
+                    chunk = await anext(chunks, None)
+                except asyncio.CancelledError:
+                    if guard.cancelled_us():
+                        raise self._late() from None
+                    raise
+                finally:
+                    guard.waiting = False
                 if chunk is None:
                     break
                 yield chunk
@@ -332,7 +379,12 @@ class OpenAICompatClient:
         except BaseException:
             permit.release()
             raise
+        finally:
+            guard.cancel()
         permit.success()
+
+    def _late(self) -> LLMError:
+        return LLMError("timeout", f"answer not complete within {self.timeouts.total_s:g}s")
 
     async def _open(
         self, payload: dict[str, Any], deadline: float, stack: contextlib.AsyncExitStack

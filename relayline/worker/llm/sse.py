@@ -6,7 +6,6 @@ to keep them small.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
@@ -24,36 +23,60 @@ _SNIPPET_BYTES = 2048
 _SNIPPET_CHARS = 200
 
 
-async def sse_data_lines(body: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """Yield the payload of each ``data:`` line; comments, other fields and blanks are skipped.
+class DataLines:
+    """Splits a ``text/event-stream`` body, fed as it arrives, into the payloads of its
+    ``data:`` lines (bytes); comments, other fields and blank lines are skipped.
 
     Every OpenAI-compatible server sends one JSON event per ``data:`` line, so each line is
     dispatched on its own instead of joining multi-line events; that also tolerates servers
-    that forget the blank line between events.
+    that forget the blank line between events. Lines end in LF or CRLF. The body is split as
+    bytes (a UTF-8 character is never cut, since LF is never part of one) and only payloads are
+    decoded, by their reader.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pending = ""
-    async for raw in body:
-        pending += decoder.decode(raw)
-        *lines, pending = pending.split("\n")
-        for line in lines:
-            data = _data_of(line)
-            if data is not None:
-                yield data
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        """The payloads of the lines that ``raw`` completes, in order."""
+        pending = self._pending + raw if self._pending else raw
+        if b"\n" not in raw:
+            self._pending = pending
+            if len(pending) > MAX_LINE_CHARS:
+                raise LLMError("upstream_5xx", "upstream sent an oversized stream line")
+            return []
+        *lines, pending = pending.split(b"\n")
+        self._pending = pending
         if len(pending) > MAX_LINE_CHARS:
             raise LLMError("upstream_5xx", "upstream sent an oversized stream line")
-    pending += decoder.decode(b"", final=True)
-    data = _data_of(pending)
-    if data is not None:
-        yield data
+        out = []
+        for line in lines:
+            if line.startswith(b"data:"):
+                out.append(_payload(line))
+        return out
+
+    def end(self) -> list[bytes]:
+        """The payload of a last line that had no line end, if it is a ``data:`` line."""
+        line, self._pending = self._pending, b""
+        return [_payload(line)] if line.startswith(b"data:") else []
 
 
-def _data_of(line: str) -> str | None:
-    line = line.rstrip("\r")
-    if not line.startswith("data:"):
-        return None
-    value = line[5:]
-    return value[1:] if value.startswith(" ") else value
+def _payload(line: bytes) -> bytes:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line[6:] if line.startswith(b"data: ") else line[5:]
+
+
+async def sse_data_lines(body: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """Yield the payload of each ``data:`` line of ``body`` as text (see :class:`DataLines`)."""
+    lines = DataLines()
+    async for raw in body:
+        for data in lines.feed(raw):
+            yield data.decode("utf-8", "replace")
+    for data in lines.end():
+        yield data.decode("utf-8", "replace")
 
 
 @dataclass(slots=True)
@@ -135,10 +158,12 @@ class _Decoded:
     finish_reason: str | None = None
 
 
-def _decode_event(data: str, calls: ToolCallAssembler) -> _Decoded:
+def _decode_event(data: str | bytes, calls: ToolCallAssembler) -> _Decoded:
     """One ``data:`` payload; any shape other than the documented one is ``upstream_5xx``."""
     out = _Decoded()
     try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
         event = jsoncodec.loads(data)  # a nesting bound, as for every JSON from a peer
         if event.get("error"):
             error = event["error"]
@@ -165,44 +190,110 @@ def _decode_event(data: str, calls: ToolCallAssembler) -> _Decoded:
     return out
 
 
+class ChatEvents:
+    """The state of one answer's stream: its events, decoded a batch at a time.
+
+    :meth:`take` turns the payloads of one read into chunks; the texts of neighbouring events
+    are joined into one chunk (what was already received goes on as one delta; the text, its
+    order and what follows it are unchanged).
+    """
+
+    __slots__ = ("calls", "done", "error", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.calls = ToolCallAssembler()
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.done = False
+        self.error: LLMError | None = None
+
+    def take(self, batch: list[bytes]) -> list[StreamChunk]:
+        """The chunks of ``batch``; an event that fails stops it, the chunks of the events
+        before it are returned and the failure is left in :attr:`error`."""
+        out: list[StreamChunk] = []
+        text: list[str] = []
+        for data in batch:
+            if data == b"[DONE]":
+                self.done = True
+                break
+            try:
+                decoded = _decode_event(data, self.calls)
+            except LLMError as exc:
+                self.error = exc
+                break
+            self.usage = decoded.usage or self.usage
+            self.finish_reason = self.finish_reason or decoded.finish_reason
+            for chunk in decoded.chunks:
+                if chunk.text is not None:
+                    text.append(chunk.text)
+                    continue
+                if text:
+                    out.append(StreamChunk(text="".join(text)))
+                    text = []
+                out.append(chunk)
+        if text:
+            out.append(StreamChunk(text=text[0] if len(text) == 1 else "".join(text)))
+        return out
+
+    def ending(self) -> list[StreamChunk]:
+        """What follows the last event: the rest of the tool calls, the finish_reason, usage.
+
+        The answer is complete only when the stream said so twice: a choice's
+        ``finish_reason`` and then ``[DONE]``; otherwise ``incomplete``.
+        """
+        if not self.done or self.finish_reason is None:
+            # Both or it is not an answer: llama.cpp's server, for one, ends a stream it
+            # interrupts (another request came in) with [DONE] and no finish_reason.
+            missing = "a finish_reason" if self.finish_reason is None else "[DONE]"
+            raise LLMError("incomplete", f"the model server ended the answer without {missing}")
+        out = [StreamChunk(tool_call=call) for call in self.calls.drain()]
+        out.append(StreamChunk(finish_reason=self.finish_reason))
+        if self.usage is not None:
+            out.append(StreamChunk(usage=self.usage))
+        return out
+
+
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as received when it has no content encoding (as event streams are sent):
+    httpx's decoding layer is skipped; otherwise the decoded body."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return response.aiter_raw() if encoding in ("", "identity") else response.aiter_bytes()
+
+
 async def parse_chat_stream(response: httpx.Response) -> AsyncGenerator[StreamChunk, None]:
     """Turn an SSE body into chunks, translating transport errors into ``LLMError``.
 
-    The answer is complete only when the stream said so twice: a choice's ``finish_reason`` and
-    then ``[DONE]``. A stream that ends without either (cleanly or not) is an ``incomplete``
-    answer; a connection lost or a stall before the ``finish_reason`` is ``upstream_5xx`` or
-    ``timeout``.
+    The answer is complete only when the stream said so twice (see :meth:`ChatEvents.ending`):
+    a stream that ends without either (cleanly or not) is an ``incomplete`` answer; a
+    connection lost or a stall before the ``finish_reason`` is ``upstream_5xx`` or ``timeout``.
+    Each read of the body is split and decoded at once, and goes on as few chunks as it
+    allows (see :meth:`ChatEvents.take`).
     """
-    calls = ToolCallAssembler()
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    done = False
+    events = ChatEvents()
+    lines = DataLines()
     try:
-        async for data in sse_data_lines(response.aiter_bytes()):
-            if data == "[DONE]":
-                done = True
-                break
-            decoded = _decode_event(data, calls)
-            usage = decoded.usage or usage
-            finish_reason = finish_reason or decoded.finish_reason
-            for chunk in decoded.chunks:
+        async for raw in _body(response):
+            batch = lines.feed(raw)
+            if batch:
+                for chunk in events.take(batch):
+                    yield chunk
+                if events.error is not None:
+                    raise events.error
+                if events.done:
+                    break
+        else:
+            for chunk in events.take(lines.end()):
                 yield chunk
+            if events.error is not None:
+                raise events.error
     except httpx.TimeoutException as exc:
         # A server that finished the answer but never closes the stream cost us nothing.
-        if finish_reason is None:
+        if events.finish_reason is None:
             raise LLMError("timeout", "upstream stopped sending data") from exc
     except httpx.TransportError as exc:
-        if finish_reason is None:
+        if events.finish_reason is None:
             raise LLMError("upstream_5xx", "connection to upstream lost") from exc
     except httpx.DecodingError as exc:
         raise LLMError("upstream_5xx", "upstream sent an undecodable body") from exc
-    if not done or finish_reason is None:
-        # Both or it is not an answer: llama.cpp's server, for one, ends a stream it interrupts
-        # (another request came in) with [DONE] and no finish_reason.
-        missing = "a finish_reason" if finish_reason is None else "[DONE]"
-        raise LLMError("incomplete", f"the model server ended the answer without {missing}")
-    for call in calls.drain():
-        yield StreamChunk(tool_call=call)
-    yield StreamChunk(finish_reason=finish_reason)
-    if usage is not None:
-        yield StreamChunk(usage=usage)
+    for chunk in events.ending():
+        yield chunk
