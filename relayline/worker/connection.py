@@ -15,6 +15,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from json.encoder import encode_basestring
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from relayline.protocol.names import TermExitReason, WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker import metrics
 from relayline.worker.agent import AgentRunner
+from relayline.worker.cork import cork
 from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError, ToolCall, ToolSpec
 from relayline.worker.settings import WorkerSettings
 from relayline.worker.terminals.host import TerminalHost
@@ -42,6 +44,10 @@ BreakerState = Callable[[], str]
 FRAME_TEXT_CHARS = 8192
 """Text per frame: at most 6 bytes per character once JSON-encoded (``\u001f``), so a frame
 stays well within the relay's default 64 KiB frame limit."""
+
+
+def _encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
 def shown_arguments(arguments: dict[str, Any]) -> dict[str, Any] | str:
@@ -148,6 +154,7 @@ class RelayConnection:
             max_size=16 * 1024 * 1024,
             compression=None,
         ) as ws:
+            cork(ws)  # the frames of one event-loop pass leave in one write
             self.ws = ws
             self.draining = False
             hello: dict[str, Any] = {
@@ -222,9 +229,12 @@ class RelayConnection:
         await self._send(state)
 
     async def _send(self, frame: dict[str, Any]) -> None:
+        await self._send_text(_encode(frame))
+
+    async def _send_text(self, text: str) -> None:
         if self.ws is not None:
             with contextlib.suppress(ConnectionClosed):
-                await self.ws.send(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+                await self.ws.send(text)
 
     async def _abandon_turns(self) -> None:
         for _, task in self.turns.values():
@@ -323,11 +333,18 @@ class RelayConnection:
             max(1.0, deadline_ms / 1000 - time.time()) if isinstance(deadline_ms, int) else None
         )
 
+        # A delta's frame is this head, the text as a JSON string, and "}": the same text as
+        # _send would make of {"type", **base, "text"}, without encoding the rest every time.
+        delta_head = _encode({"type": WorkerFrame.TURN_DELTA, **base, "text": ""})[:-3]
+
         async def on_delta(text: str) -> None:
+            if len(text) <= FRAME_TEXT_CHARS:
+                await self._send_text(delta_head + encode_basestring(text) + "}")
+                return
             # The relay caps frames (64 KiB by default): a long chunk goes out in pieces.
             for start in range(0, len(text), FRAME_TEXT_CHARS):
                 piece = text[start : start + FRAME_TEXT_CHARS]
-                await self._send({"type": WorkerFrame.TURN_DELTA, **base, "text": piece})
+                await self._send_text(delta_head + encode_basestring(piece) + "}")
 
         async def request_approval(tool: str, arguments: dict[str, Any]) -> bool:
             approval_id = secrets.token_urlsafe(12)
