@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpcore
 import httpx
@@ -459,3 +460,70 @@ async def test_cork_on_a_websocket_connection() -> None:
             await asyncio.wait_for(done.wait(), 10)
     assert got == [f"m{i}" for i in range(200)]
     assert cork(object()) is False
+
+
+# TLS (an https model server) through the same backend
+
+
+async def test_backend_over_tls(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    body = event(text("secure")) + event(STOP) + b"data: [DONE]\n\n"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+
+    srv = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    port = srv.sockets[0].getsockname()[1]
+    client = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(cert)))
+    try:
+        assert use_asyncio_backend(client) is True
+        async with client.stream("GET", f"https://127.0.0.1:{port}/") as response:
+            assert response.extensions["network_stream"].get_extra_info("ssl_object") is not None
+            got = await chunks_of(response)
+        assert got == [StreamChunk(text="secure"), StreamChunk(finish_reason="stop")]
+        # A server whose certificate is not trusted is a connect error, as on httpcore's own.
+        untrusting = httpx.AsyncClient()
+        assert use_asyncio_backend(untrusting) is True
+        with pytest.raises(httpx.ConnectError):
+            await untrusting.get(f"https://127.0.0.1:{port}/")
+        await untrusting.aclose()
+    finally:
+        await client.aclose()
+        srv.close()
