@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from relayline import __version__
+from relayline.api import openapi_links
 from relayline.api.errors import install_error_handlers
 from relayline.api.middleware.body_limit import BodyLimitMiddleware
 from relayline.api.middleware.ip_limit import IpRateLimitMiddleware
@@ -280,6 +281,7 @@ def create_http_app(settings: Settings) -> FastAPI:
     ):
         app.include_router(router)
     app.mount("/static", web.static_files(), name="static")
+    openapi_links.install(app)
     # Added innermost first: the request context wraps everything, so even a refused request
     # gets an id and an access log line.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
