@@ -62,7 +62,7 @@ from relayline.turns.worker_gateway import WorkerGateway
 log = structlog.get_logger("relayline.app")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 413, 422, 429)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 
 

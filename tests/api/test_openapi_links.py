@@ -1,4 +1,5 @@
-"""The OpenAPI document's links (create -> read, update, delete), read off the route table."""
+"""The OpenAPI document's links (create -> read, update, delete), read off the route table, and
+the status codes it documents for every operation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel
 from relayline.api import openapi_links
 from relayline.api.app import create_app
 from relayline.config import Settings
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, Api, admin_headers, assert_error, bearer
 
 # Creating operations that nothing can follow, and why.
 NO_FOLLOWERS = {
@@ -123,3 +124,19 @@ def test_a_new_creating_route_that_nothing_follows_is_noticed() -> None:
     assert openapi_links.creates_without_links(followed) == []
     links = followed["paths"]["/v1/widgets"]["post"]["responses"]["201"]["links"]
     assert [link["parameters"] for link in links.values()] == [{"widget_id": "$response.body#/id"}]
+
+
+async def test_a_body_that_is_not_json_gets_a_documented_status(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    for path, headers in (
+        ("/v1/sessions", bearer(key)),
+        ("/v1/chats", bearer(key)),
+        ("/v1/admin/tenants", admin_headers()),
+    ):
+        r = await api.client.post(
+            path,
+            content=b"T\xff",
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert_error(r, 400, "validation_error")
+        assert "400" in _document()["paths"][path]["post"]["responses"], path
