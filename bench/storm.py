@@ -5,6 +5,7 @@
     .venv/bin/python bench/storm.py --wait-quiet 120        # 10,000 clients; rewrites its own
                                                             # section of docs/benchmarks.md
     .venv/bin/python bench/storm.py --bus redis --quick     # Redis bus + PostgreSQL store
+    .venv/bin/python bench/storm.py --bus redis --instances 3   # the storm on one of three
 
 One relay (``relayline serve``, pinned to CPU 0, 127.0.0.1 only) and ``--clients`` WebSockets
 spread over ``--chats`` chats, each subscribed to its chat's topic with a session token for
@@ -26,6 +27,11 @@ end, as in ``bench/instances.py``). The driver publishes ``--rate`` events a sec
 over the chats, ``POST /v1/publish``) from before the restart until after everyone is resumed;
 every client must then hold every accepted event after its first subscription exactly once:
 the ones published while it was away come as a replay.
+
+``--instances N`` (Redis bus only): N relays on the same PostgreSQL and Redis, all pinned to CPU 0
+(one core shared, as one small machine would run them). Every client first connects to the first
+instance, and only that one restarts; a client then reconnects to any instance (chosen at random
+for each attempt, as a load balancer would spread them), and the publisher posts to the last one.
 
 Every loop is bounded: connecting (``--bound`` seconds), the restart, the resume (``--bound``
 seconds from SIGTERM; a client not resumed by then is reported stuck), the final delivery.
@@ -136,7 +142,8 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.port: int = spec["port"]
+        self.ports: list[int] = spec["ports"]
+        self.port: int = self.ports[0]  # every first connect
         self.peers = [Peer(i, chat, token) for i, chat, token in spec["peers"]]
         self.stats = WorkerStats()
         self.stopping = False
@@ -146,7 +153,7 @@ class Worker:
 
     async def open_http(self) -> None:
         for _ in range(SNAPSHOT_CONNECTIONS):
-            self.http.put_nowait(HttpClient(HOST, self.port))
+            self.http.put_nowait(HttpClient(HOST, self.ports[-1]))
 
     async def snapshot(self, peer: Peer) -> bool:
         client = await self.http.get()
@@ -163,7 +170,7 @@ class Worker:
                     )
                 except (OSError, TimeoutError):
                     client.close()
-                    client = HttpClient(HOST, self.port)
+                    client = HttpClient(HOST, self.ports[-1])
                     status = 0
                 self.stats.snapshots[status] += 1
                 if status == 200:
@@ -176,15 +183,16 @@ class Worker:
     async def attempt(self, peer: Peer) -> Conn | None:
         """One connect + subscribe (+ snapshot); the open socket, or None (reason counted)."""
         loop = asyncio.get_running_loop()
+        port = self.port if peer.resumes == 0 else random.choice(self.ports)
         try:
-            sock = await asyncio.wait_for(open_socket(HOST, self.port), STEP_TIMEOUT_S)
+            sock = await asyncio.wait_for(open_socket(HOST, port), STEP_TIMEOUT_S)
         except ConnectionRefusedError:
             self.stats.refused["TCP refused (relay down)"] += 1
             return None
         except (OSError, TimeoutError) as exc:
             self.stats.refused[f"connect {type(exc).__name__}"] += 1
             return None
-        conn = Conn(peer, self.port)
+        conn = Conn(peer, port)
         try:
             await loop.create_connection(lambda: conn, sock=sock)
             await asyncio.wait_for(conn.opened, STEP_TIMEOUT_S)
@@ -467,7 +475,15 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         env["RELAYLINE_DATABASE_URL"] = f"sqlite:///{work / 'storm.db'}"
     proc, first_log = await asyncio.to_thread(spawn_relay, port, first_dir, env)
     new_proc: subprocess.Popen[bytes] | None = None
+    others: list[tuple[int, subprocess.Popen[bytes], Path]] = []
     try:
+        for n in range(1, args.instances):
+            other_dir = work / f"instance-{n}"
+            other_dir.mkdir()
+            other_port = free_port()
+            other, other_log = await asyncio.to_thread(spawn_relay, other_port, other_dir, env)
+            others.append((other_port, other, other_log))
+        ports = [port] + [p for p, _, _ in others]
         url = f"http://{HOST}:{port}"
         key, chats = await asyncio.to_thread(provision, url, args.chats)
         topics = [f"chat:{c}" for c, _ in chats]
@@ -478,7 +494,7 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
             shares[i % args.workers].append((i, chat, token))
         started = time.monotonic()
         overall = started + args.bound * 3 + 120
-        specs = [{"port": port, "peers": s, "deadline": overall} for s in shares]
+        specs = [{"ports": ports, "peers": s, "deadline": overall} for s in shares]
         await asyncio.to_thread(workers.ask, "connect", specs, 30)
         while True:
             status = await asyncio.to_thread(workers.ask, "status", [0.0] * args.workers, 30)
@@ -496,7 +512,7 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         if resumed < clients:
             raise RuntimeError(f"only {resumed} of {clients} clients subscribed")
 
-        publisher = Publisher(url, key)
+        publisher = Publisher(f"http://{HOST}:{ports[-1]}", key)
         await publisher.burst(topics, 2)  # every topic has a seq to resume from
         stop_pub = asyncio.Event()
         pub_task = None
@@ -526,6 +542,7 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         stop_sample = asyncio.Event()
         sample_task = asyncio.create_task(sampler.run(stop_sample))
         healthy_at = time.monotonic()
+        others_cpu = [cpu_seconds(o.pid) for _, o, _ in others]
         while True:
             status = await asyncio.to_thread(workers.ask, "status", [t0] * args.workers, 30)
             resumed = sum(s["resumed"] for s in status)
@@ -536,9 +553,13 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         out["resumed"] = resumed
         out["all_resumed_s"] = (last - t0) if resumed >= clients else None
         cpu_used = cpu_seconds(started_proc.pid) - sampler.cpu_start
-        out["relay_cpu_share"] = cpu_used / max(
-            1e-9, (last if last else time.monotonic()) - healthy_at
-        )
+        window_s = max(1e-9, (last if last else time.monotonic()) - healthy_at)
+        out["relay_cpu_share"] = cpu_used / window_s
+        out["others_cpu_share"] = [
+            (cpu_seconds(o.pid) - c) / window_s
+            for (_, o, _), c in zip(others, others_cpu, strict=True)
+        ]
+        out["others_rss_kb"] = [rss_kb(o.pid) for _, o, _ in others]
         stop_sample.set()
         await sample_task
         out["relay_peak_rss_kb"] = sampler.peak_kb
@@ -577,10 +598,14 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
             per_second = Counter(int(t - times[0]) for t in times)
             out["handshakes_peak_per_s"] = max(per_second.values())
             out["handshake_window_s"] = (times[0] - t0, times[-1] - t0)
-        out["relay_log_errors"] = relay_errors(first_log) + relay_errors(second_log)
+        out["relay_log_errors"] = (
+            relay_errors(first_log)
+            + relay_errors(second_log)
+            + sum(relay_errors(log) for _, _, log in others)
+        )
         return out
     finally:
-        for p in (proc, new_proc):
+        for p in (proc, new_proc, *(o for _, o, _ in others)):
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGINT)
                 try:
@@ -589,6 +614,10 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
                     p.kill()
                     p.wait(5)
         workers.close()
+
+
+def section_name(args: argparse.Namespace) -> str:
+    return args.bus if args.instances == 1 else f"{args.bus}-{args.instances}"
 
 
 def fives(r: dict[str, Any]) -> int:
@@ -614,7 +643,7 @@ def report(
     resumed = r["all_resumed_s"]
     checked = "after the resume" if args.bus == "memory" else "across the restart"
     window = r.get("handshake_window_s", (0.0, 0.0))
-    begin, end = (m.format(bus=args.bus) for m in MARKERS)
+    begin, end = (m.format(bus=section_name(args)) for m in MARKERS)
     lines = [
         begin,
         f"Command: `{command}` (took {took:.0f} s, {time.strftime('%Y-%m-%d')}).",
@@ -623,7 +652,14 @@ def report(
         f"Relay on CPU 0; {args.workers} client processes and the driver on CPU 1. "
         f"Background load just before the run (other processes): {describe_load(load)}.",
         "",
-        f"{r['clients']:,} clients over {r['chats']} chats, {bus}; reconnect policy of the web UI "
+        f"{r['clients']:,} clients over {r['chats']} chats, {bus}"
+        + (
+            f", {args.instances} instances (all on CPU 0; the clients first on the first one, "
+            "which restarts; they come back to any of them)"
+            if args.instances > 1
+            else ""
+        )
+        + "; reconnect policy of the web UI "
         f"(after 1012 uniform in [0, {RESTART_SPREAD_S:.0f} s], then full jitter "
         f"{BASE_S} s x 2^n capped at {MAX_S:.0f} s).",
         "",
@@ -645,7 +681,9 @@ def report(
         f"| handshakes/s: mean over that window / peak second | "
         f"{r.get('handshakes_per_s', 0):,.0f} / {r.get('handshakes_peak_per_s', 0):,} | |",
         f"| new relay CPU, healthy → all resumed (share of one core) "
-        f"| {r['relay_cpu_share']:.0%} | |",
+        f"| {r['relay_cpu_share']:.0%}"
+        + "".join(f"; instance {n + 2}: {c:.0%}" for n, c in enumerate(r["others_cpu_share"]))
+        + " | |",
         f"| relay RSS: old with all subscribed / new peak | {r['rss_before_kb'] / 1024:.0f} MB / "
         f"{r['relay_peak_rss_kb'] / 1024:.0f} MB | |",
         f"| failed attempts, by reason | {counts(r['refused'])} | |",
@@ -671,6 +709,9 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=100)
     parser.add_argument("--workers", type=int, default=3, help="client processes")
     parser.add_argument("--bus", choices=("memory", "redis"), default="memory")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="redis: relays; the first one restarts"
+    )
     parser.add_argument("--events", type=int, default=3, help="memory: events per chat after")
     parser.add_argument("--rate", type=float, default=50.0, help="redis: events/s published")
     parser.add_argument("--bound", type=float, default=90.0, help="seconds for each phase")
@@ -684,6 +725,8 @@ def main() -> None:
         args.clients = 1000 if args.quick else 10_000
     if args.clients < 1 or args.chats < 1 or not 1 <= args.workers <= 16:
         parser.error("need --clients ≥ 1, --chats ≥ 1 and 1 ≤ --workers ≤ 16")
+    if not 1 <= args.instances <= 5 or (args.instances > 1 and args.bus != "redis"):
+        parser.error("--instances is 1 to 5, and more than 1 needs --bus redis")
     started = time.monotonic()
 
     def log(message: str) -> None:
@@ -698,7 +741,7 @@ def main() -> None:
             result = asyncio.run(storm(args, {}, work, log))
         else:
             with instances.shared_backends(args.pg_admin_url, args.redis_url, work, log) as b:
-                result = asyncio.run(storm(args, b.relay_env(1), work, log))
+                result = asyncio.run(storm(args, b.relay_env(args.instances), work, log))
                 result["about"] = b.about
     took = time.monotonic() - started
     command = ("python bench/storm.py " + shlex.join(sys.argv[1:])).strip()
@@ -707,7 +750,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if not args.quick and not args.no_doc:
-        write_doc(section, *(m.format(bus=args.bus) for m in MARKERS))
+        write_doc(section, *(m.format(bus=section_name(args)) for m in MARKERS))
 
 
 if __name__ == "__main__":

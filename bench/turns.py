@@ -5,6 +5,8 @@ answer delta.
                                                # docs/benchmarks.md
     .venv/bin/python bench/turns.py --quick    # small counts, ~20 s; prints only
     .venv/bin/python bench/turns.py --wait-quiet 300   # first wait for idle CPUs
+    .venv/bin/python bench/turns.py --concurrent       # 1,000 answers streaming at once,
+                                                       # two subscribers each
 
 Throughput: ``relayline serve`` (SQLite, in-process bus) pinned to CPU 0 and ``relayline worker``
 (built-in model with no pause between words, capacity 16) pinned to CPU 1, as separate
@@ -535,7 +537,24 @@ def main() -> None:
         help="run the throughput part on PostgreSQL: a fresh database created on this server "
         "(e.g. postgresql://postgres@127.0.0.1:5432/test) and dropped afterwards",
     )
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="instead: CHATS answers streaming at once, SUBSCRIBERS WebSockets watching each "
+        "(bench/concurrent_turns.py); prints its table",
+    )
+    parser.add_argument("--chats", type=int, default=1000, help="with --concurrent")
+    parser.add_argument("--subscribers", type=int, default=2, help="with --concurrent")
+    parser.add_argument("--words", type=int, default=300, help="with --concurrent: per answer")
+    parser.add_argument(
+        "--delay", type=float, default=1 / 30, help="with --concurrent: seconds between words"
+    )
     args = parser.parse_args()
+    if args.concurrent and args.postgres:
+        parser.error("--concurrent runs on SQLite only")
+    if args.concurrent:
+        concurrent(args)
+        return
     profile = {
         **PROFILES["quick" if args.quick else "full"],
         "profile_to": args.profile,
@@ -555,6 +574,30 @@ def main() -> None:
     print(section)
     if not args.quick and not args.no_doc:
         write_doc(section)
+
+
+def concurrent(args: argparse.Namespace) -> None:
+    import resource
+
+    import concurrent_turns
+
+    # Two sockets per subscriber on this machine (ours and the relay's), and the worker's.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    pin(1)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    wait_quiet(args.wait_quiet, log)
+    with tempfile.TemporaryDirectory(prefix="relayline-bench-") as tmp:
+        found = asyncio.run(concurrent_turns.run(args, Path(tmp), log))
+    print(json.dumps(found, indent=1), file=sys.stderr)
+    command = ("python bench/turns.py " + shlex.join(sys.argv[1:])).strip()
+    print(concurrent_turns.report(found, command))
+    if found["lost"] or found["doubled"] or found["answered"] < found["chats"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""A relayline worker whose model writes the time each word leaves it into the word.
+
+    python bench/stamped_worker.py --relay URL --key-id ID --secret S --capacity 1000 \
+        --words 300 --delay 0.033 --barrier 1000 --barrier-timeout 30
+
+It is ``relayline worker``'s own code (relay connection, agent runner, the frames it sends),
+only the model is swapped: each word is ``<µs>;`` — ``time.monotonic_ns() // 1000`` when the
+model yields it, a clock every process on the machine shares — so a subscriber can tell how
+long the word took from the worker to it. ``--barrier N`` holds every answer's first word until
+N answers are waiting (or ``--barrier-timeout`` passed), so that N answers stream at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from relayline.protocol.generation import Generation
+from relayline.worker.agent import AgentRunner
+from relayline.worker.connection import RelayConnection
+from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolChoice, ToolSpec, Usage
+from relayline.worker.settings import WorkerSettings
+from relayline.worker.tools.builtins import builtin_registry
+
+
+class StampedModel:
+    """``words`` stamped words per answer, ``delay`` seconds apart (the first after the
+    barrier opens)."""
+
+    def __init__(self, words: int, delay: float, barrier: int, barrier_timeout: float) -> None:
+        self.words = words
+        self.delay = delay
+        self.barrier = barrier
+        self.barrier_timeout = barrier_timeout
+        self.waiting = 0
+        self.opened = asyncio.Event()
+        if barrier <= 1:
+            self.opened.set()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        model: str,
+        options: Generation | None = None,
+        tool_choice: ToolChoice | None = None,
+    ) -> AsyncIterator[StreamChunk]:
+        if not self.opened.is_set():
+            self.waiting += 1
+            if self.waiting >= self.barrier:
+                self.opened.set()
+            try:
+                async with asyncio.timeout(self.barrier_timeout):
+                    await self.opened.wait()
+            except TimeoutError:
+                self.opened.set()  # go with the answers that came
+        loop = asyncio.get_running_loop()
+        # Paced on a schedule, not by sleeping a delay after each word's work: a busy loop
+        # makes the words late, and a late word carries the time it really left.
+        start = loop.time()
+        for i in range(self.words):
+            delay = start + (i + 1) * self.delay - loop.time()
+            await asyncio.sleep(max(delay, 0))
+            yield StreamChunk(text=f"{time.monotonic_ns() // 1000};")
+        yield StreamChunk(finish_reason="stop")
+        yield StreamChunk(usage=Usage(prompt_tokens=1, completion_tokens=self.words))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--relay", required=True)
+    parser.add_argument("--key-id", required=True)
+    parser.add_argument("--secret", required=True)
+    parser.add_argument("--capacity", type=int, default=1000)
+    parser.add_argument("--words", type=int, default=300)
+    parser.add_argument("--delay", type=float, default=1 / 30)
+    parser.add_argument("--barrier", type=int, default=0)
+    parser.add_argument("--barrier-timeout", type=float, default=30.0)
+    args = parser.parse_args()
+    settings = WorkerSettings(
+        relay_url=args.relay,
+        worker_key_id=args.key_id,
+        worker_secret=args.secret,
+        worker_capacity=args.capacity,
+        worker_id="stamped",
+        llm_probe=False,
+    )
+    model = StampedModel(args.words, args.delay, args.barrier, args.barrier_timeout)
+    runner = AgentRunner(model, builtin_registry([Path.cwd()]), model="local", max_tool_rounds=0)
+    connection = RelayConnection(settings, runner, lambda: "closed", None)
+    await connection.run(asyncio.Event())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
