@@ -15,8 +15,8 @@
   request, and the handler reading it, forever. Here a body must be complete within
   ``RELAYLINE_REQUEST_BODY_TIMEOUT_S`` of its head; otherwise the relay answers 408
   ``request_timeout`` (the handler's wait for the body ends as a disconnect) and closes, or,
-  when an answer has already begun (a handler that answers without reading the body), just
-  closes.
+  when an answer has already gone out (a handler that answers without reading the body), just
+  closes, after it.
 - **A size bound on the request head.** The parser buffers an unfinished header line whole
   (and re-copies it on every read), so a head still incomplete after :data:`MAX_HEAD_BYTES` is
   answered 431 ``headers_too_large`` and the connection closed.
@@ -171,9 +171,11 @@ class RelayHttpProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
-            # The handler answered without the body: no second answer fits; the connection ends
-            # (connection_lost tells the handler, as for any client gone).
-            self.transport.close()
+            # The handler answered without the body: no second answer fits; the connection ends.
+            if cycle.response_complete:
+                self._end_after_answer()  # the answer is whole: a FIN behind it, no reset
+            else:
+                self.transport.close()  # connection_lost tells the handler, as for any client gone
             return
         if cycle is not None:
             # The handler waiting for the body gets a disconnect; whatever it would still
@@ -200,6 +202,11 @@ class RelayHttpProtocol(HttpToolsProtocol):
         self.transport.write(
             json_error_response(status, code, detail, self.server_state.default_headers)
         )
+        self._end_after_answer()
+
+    def _end_after_answer(self) -> None:
+        """Half-close, then read and drop for up to ``LINGER_S`` before closing (see
+        :meth:`_send_error`)."""
         if not self.transport.can_write_eof():  # TLS: no half-close
             self.transport.close()
             return

@@ -71,11 +71,13 @@ async def another_client_is_served(relay: RelayServer, tenant: Tenant) -> None:
         compression=None,
     ) as ws:
         await ws.send(json.dumps({"op": "subscribe", "ref": 1, "topic": topic}))
-        await tenant.publish(topic, [{"type": "custom.hello", "data": {}}])
         async with asyncio.timeout(10):
-            seen = set()
-            while "custom.hello" not in seen:
-                seen.add(json.loads(await ws.recv()).get("type"))
+            frame: dict[str, object] = {}
+            while (frame.get("type"), frame.get("ref")) != ("ack", 1):
+                frame = json.loads(await ws.recv())
+            await tenant.publish(topic, [{"type": "custom.hello", "data": {}}])
+            while frame.get("type") != "custom.hello":
+                frame = json.loads(await ws.recv())
     assert (await tenant.http.get("/health")).status_code == 200
 
 
