@@ -241,7 +241,7 @@ async def test_slow_bodies_are_cut_off_by_the_body_deadline(
 
 def test_the_uvicorn_internals_the_body_deadline_relies_on_are_there() -> None:
     cycle_fields = RequestResponseCycle.__init__.__code__.co_names
-    for name in ("disconnected", "message_event", "response_started"):
+    for name in ("disconnected", "message_event", "response_started", "response_complete"):
         assert name in cycle_fields, name
     assert RelayHttpProtocol.body_timeout_s > 0
 
