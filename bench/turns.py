@@ -235,7 +235,7 @@ def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 async def run_turns(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | list[httpx.AsyncClient],
     ws: ClientConnection,
     auth: dict[str, str],
     chats: list[str],
@@ -266,11 +266,12 @@ async def run_turns(
 
     posted = refused = 0
     gate = asyncio.Semaphore(32)
+    doors = client if isinstance(client, list) else [client]  # posts go round robin
 
     async def post(i: int) -> None:
         nonlocal posted, refused
         async with gate:
-            r = await client.post(
+            r = await doors[i % len(doors)].post(
                 f"/v1/chats/{chats[i % len(chats)]}/messages",
                 json={"content": f"benchmark message number {i}"},
                 headers=auth,
@@ -310,6 +311,101 @@ async def run_turns(
         "seconds": took,
         "turns_per_s": answered / took,
     }
+
+
+# Throughput over several instances
+
+
+async def throughput_cluster(
+    count: int, env: dict[str, str], profile: dict[str, Any], workdir: Path, log: Any
+) -> dict[str, Any]:
+    """``count`` relays on one PostgreSQL and Redis (all on CPU 0), ``--workers`` workers (on
+    CPU 1) spread round robin over them; turns posted round robin to the relays."""
+    import instances
+
+    servers = instances.start_cluster(count, workdir, env)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        key = servers[0].publish_token
+        auth = {"Authorization": f"Bearer {key}"}
+        for n in range(profile["workers"]):
+            server = servers[n % count]
+            folder = workdir / f"worker-{count}-{n}"
+            folder.mkdir()
+            workers.append(start_worker(server, profile["capacity"], folder))
+        clients = [httpx.AsyncClient(base_url=s.url, timeout=30) for s in servers]
+        try:
+            admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            async with asyncio.timeout(30):
+                while True:
+                    r = await clients[0].get("/v1/admin/workers", headers=admin)
+                    if r.status_code == 200 and len(r.json()["items"]) >= len(workers):
+                        break
+                    await asyncio.sleep(0.1)
+            chats = []
+            for _ in range(profile["chats"]):
+                r = await clients[0].post("/v1/chats", json={"title": "bench"}, headers=auth)
+                r.raise_for_status()
+                chats.append(r.json()["id"])
+            # One subscriber, on the first instance: the other instances' events reach it
+            # through Redis.
+            ws = await subscriber(servers[0], key, [f"chat:{c}" for c in chats])
+            try:
+                await run_turns(clients, ws, auth, chats, len(chats))  # warm-up
+                pids = [s.proc.pid for s in servers] + [w.pid for w in workers]
+                before = {pid: cpu_seconds(pid) for pid in pids}
+                result = await run_turns(clients, ws, auth, chats, profile["turns"])
+                took = result["seconds"]
+                used = {pid: (cpu_seconds(pid) - t) / took for pid, t in before.items()}
+                result["cpu"] = {
+                    "relays": sum(used[s.proc.pid] for s in servers),
+                    "workers": sum(used[w.pid] for w in workers),
+                }
+                result["instances"] = count
+                log(
+                    f"{count} instance(s): {result['turns_per_s']:.0f} turns/s, relays "
+                    f"{result['cpu']['relays']:.0%} of a core"
+                )
+                return result
+            finally:
+                await ws.close()
+        finally:
+            for c in clients:
+                await c.aclose()
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.wait(15)
+        instances.stop_all(servers)
+
+
+def cluster_report(results: list[dict[str, Any]], profile: dict[str, Any], command: str) -> str:
+    base = results[0]["turns_per_s"]
+    lines = [
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}).",
+        "",
+        "| relay instances | turns/s | vs one | relays' CPU (cores) | workers' CPU (cores) "
+        "| failed / refused |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['instances']} | {r['turns_per_s']:.0f} | {r['turns_per_s'] / base:.2f}x "
+            f"| {r['cpu']['relays']:.2f} | {r['cpu']['workers']:.2f} "
+            f"| {r['failed']} / {r['refused']} |"
+        )
+    lines += [
+        "",
+        f"{profile['turns']} turns over {profile['chats']} chats, {profile['workers']} workers "
+        f"(built-in model at zero delay, capacity {profile['capacity']} each) spread round robin "
+        "over the instances, posts round robin to the instances, one subscriber on the first. "
+        "Every relay pinned to CPU 0 (one core shared by the instances: the same budget in every "
+        "case), workers and driver on CPU 1; PostgreSQL and Redis are the machine's services "
+        "(not pinned).",
+    ]
+    return "\n".join(lines)
 
 
 # Delta latency
@@ -543,6 +639,14 @@ def main() -> None:
         help="instead: CHATS answers streaming at once, SUBSCRIBERS WebSockets watching each "
         "(bench/concurrent_turns.py); prints its table",
     )
+    parser.add_argument(
+        "--instances",
+        metavar="N,M",
+        help="with --postgres: the throughput part only, on N then M... relays sharing the "
+        "database and Redis (RELAYLINE_REDIS_URL from --redis-url); prints its table",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--workers", type=int, default=3, help="with --instances")
     parser.add_argument("--chats", type=int, default=1000, help="with --concurrent")
     parser.add_argument("--subscribers", type=int, default=2, help="with --concurrent")
     parser.add_argument("--words", type=int, default=300, help="with --concurrent: per answer")
@@ -554,6 +658,11 @@ def main() -> None:
         parser.error("--concurrent runs on SQLite only")
     if args.concurrent:
         concurrent(args)
+        return
+    if args.instances:
+        if not args.postgres:
+            parser.error("--instances needs --postgres")
+        cluster(args)
         return
     profile = {
         **PROFILES["quick" if args.quick else "full"],
@@ -574,6 +683,35 @@ def main() -> None:
     print(section)
     if not args.quick and not args.no_doc:
         write_doc(section)
+
+
+def cluster(args: argparse.Namespace) -> None:
+    import instances
+
+    counts = [int(n) for n in args.instances.split(",") if n.strip()]
+    profile = {**PROFILES["quick" if args.quick else "full"], "workers": args.workers}
+    pin(1)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    admin_url = args.postgres.replace("postgresql+asyncpg://", "postgresql://")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="relayline-bench-") as tmp:
+        for count in counts:
+            wait_quiet(args.wait_quiet, log)
+            work = Path(tmp) / f"case-{count}"
+            work.mkdir()
+            with instances.shared_backends(admin_url, args.redis_url, work, log) as backends:
+                env = {
+                    **backends.relay_env(count),
+                    "RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}",
+                    "RELAYLINE_WS_OP_BURST": "1000",
+                }
+                results.append(asyncio.run(throughput_cluster(count, env, profile, work, log)))
+    command = ("python bench/turns.py " + shlex.join(sys.argv[1:])).strip()
+    print(cluster_report(results, profile, command))
 
 
 def concurrent(args: argparse.Namespace) -> None:
