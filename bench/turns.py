@@ -354,7 +354,11 @@ async def throughput_cluster(
                 await run_turns(clients, ws, auth, chats, len(chats))  # warm-up
                 pids = [s.proc.pid for s in servers] + [w.pid for w in workers]
                 before = {pid: cpu_seconds(pid) for pid in pids}
-                result = await run_turns(clients, ws, auth, chats, profile["turns"])
+                spy = start_profiler(servers[0].proc.pid, profile.get("profile_to"))
+                try:
+                    result = await run_turns(clients, ws, auth, chats, profile["turns"])
+                finally:
+                    stop_profiler(spy)
                 took = result["seconds"]
                 used = {pid: (cpu_seconds(pid) - t) / took for pid, t in before.items()}
                 result["cpu"] = {
@@ -689,7 +693,11 @@ def cluster(args: argparse.Namespace) -> None:
     import instances
 
     counts = [int(n) for n in args.instances.split(",") if n.strip()]
-    profile = {**PROFILES["quick" if args.quick else "full"], "workers": args.workers}
+    profile = {
+        **PROFILES["quick" if args.quick else "full"],
+        "workers": args.workers,
+        "profile_to": args.profile,  # the first instance's
+    }
     pin(1)
     started = time.monotonic()
 
