@@ -7,7 +7,7 @@ import socket
 
 import uvicorn
 
-from relayline.api.app import create_app
+from relayline.api.app import RelayApp, create_app
 from relayline.config import Settings
 from relayline.http_protocol import http_protocol_class
 from relayline.hub.protocol import protocol_class
@@ -42,13 +42,20 @@ def server_config(settings: Settings, host: str, port: int, **extra: object) -> 
 class RelayUvicornServer(uvicorn.Server):
     """uvicorn's server, whose failed start-up returns (``started`` stays False) instead of
     calling ``sys.exit(3)`` from inside the event loop: the caller — the CLI, a test — ends
-    the process its own way and says why (the app logged the cause as one line)."""
+    the process its own way and says why (the app logged the cause as one line); and whose
+    shutdown tells the relay before its connections are closed."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         try:
             await super().startup(sockets)
         except SystemExit:
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Tell the app before uvicorn closes its connections (see ``RelayApp.stopping``)."""
+        if isinstance(self.config.app, RelayApp):
+            self.config.app.stopping()
+        await super().shutdown(sockets)
 
 
 class RelayServerProcess(RelayUvicornServer):

@@ -87,6 +87,48 @@ async def test_connection_caps_count_every_holder(redis: tuple[Any, str]) -> Non
             await store.close()
 
 
+async def test_a_stopping_instance_drops_its_holds_in_one_step(
+    redis: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, prefix = redis
+    store = create_cap_store(client, prefix)
+    if hasattr(store, "start"):
+        await store.start()
+    other = None
+    try:
+        for _ in range(3):
+            assert await store.acquire("ws_ip", "a", 5)
+        store.drop_all()
+        if client is not None:
+            # The releases of the closing sockets send nothing...
+            sent: list[object] = []
+            real = client.execute_command
+
+            async def counting(*args: object, **kwargs: object) -> object:
+                sent.append(args[0])
+                return await real(*args, **kwargs)
+
+            monkeypatch.setattr(client, "execute_command", counting)
+            for _ in range(3):
+                await store.release("ws_ip", "a")
+            assert sent == []
+            monkeypatch.undo()
+            # ... and closing the store ends every hold at once, as another instance sees.
+            await store.close()  # type: ignore[attr-defined]
+            other = create_cap_store(client, prefix)
+            await other.start()  # type: ignore[attr-defined]
+            assert await other.count("ws_ip", "a") == 0
+        else:
+            assert await store.count("ws_ip", "a") == 0
+            await store.release("ws_ip", "a")  # still a no-op
+            assert await store.count("ws_ip", "a") == 0
+    finally:
+        if other is not None:
+            await other.close()  # type: ignore[attr-defined]
+        elif hasattr(store, "close"):
+            await store.close()
+
+
 async def test_coordinators_tell_the_other_instances_only(redis: tuple[Any, str]) -> None:
     client, prefix = redis
     first = create_coordinator(client, prefix, "instance-1")

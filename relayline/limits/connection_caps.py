@@ -50,6 +50,12 @@ class ConnectionCapStore(Protocol):
         """How many slots of ``(kind, key)`` are held now."""
         ...
 
+    def drop_all(self) -> None:
+        """This process is stopping and closes every connection it holds: its holds end
+        together (the memory store forgets them; a shared store drops them in one step when it
+        closes), and the releases that follow are no-ops instead of one round trip each."""
+        ...
+
 
 class MemoryConnectionCapStore:
     """In-process :class:`ConnectionCapStore` for a single instance.
@@ -79,6 +85,9 @@ class MemoryConnectionCapStore:
 
     async def count(self, kind: str, key: str) -> int:
         return self._counts.get((kind, key), 0)
+
+    def drop_all(self) -> None:
+        self._counts.clear()
 
     def __len__(self) -> int:
         """Number of slots with at least one holder."""

@@ -69,6 +69,7 @@ class RedisConnectionCapStore:
         self._release = redis.register_script(_RELEASE)
         self._count = redis.register_script(_COUNT)
         self._renewer: asyncio.Task[None] | None = None
+        self._dropped = False  # stopping: close() deletes the holds, releases are not sent
 
     async def start(self) -> None:
         await self._announce()
@@ -108,7 +109,12 @@ class RedisConnectionCapStore:
             return True
         return bool(taken)
 
+    def drop_all(self) -> None:
+        self._dropped = True
+
     async def release(self, kind: str, key: str) -> None:
+        if self._dropped:
+            return  # the instance's hash goes whole at close()
         with contextlib.suppress(Exception):
             await self._release(keys=[self._own], args=[f"{kind}|{key}"])
 
