@@ -56,7 +56,7 @@ class Watcher(WsClient):
         self.topic = topic
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.frames: list[tuple[int, bytes]] = []
-        self.done = done  # topic → arrival of its message.completed (first subscriber's)
+        self.completed = done  # topic → arrival of its message.completed (first subscriber's)
 
     def on_open(self) -> None:
         self.send_text(json.dumps({"op": "subscribe", "ref": 1, "topic": self.topic}))
@@ -71,8 +71,8 @@ class Watcher(WsClient):
                 self.subscribed.set_exception(RuntimeError(f"subscribe refused: {frame}"))
             return
         self.frames.append((now, payload))
-        if b'"message.completed"' in payload and self.topic not in self.done:
-            self.done[self.topic] = now / 1e6
+        if b'"message.completed"' in payload and self.topic not in self.completed:
+            self.completed[self.topic] = now / 1e6
 
 
 async def open_watchers(

@@ -52,6 +52,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -313,7 +314,18 @@ def worker_main(pipe: Connection, cpu: int) -> None:
 async def serve_driver(pipe: Connection) -> None:
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(pipe.fileno(), lambda: commands.put_nowait(pipe.recv()))
+
+    def read_commands() -> None:
+        # A blocking read on a thread of its own: a command larger than the pipe's buffer (the
+        # clients' spec) arrives in pieces, which a reader callback on the loop cannot wait for.
+        while True:
+            try:
+                command = pipe.recv()
+            except (EOFError, OSError):
+                return
+            loop.call_soon_threadsafe(commands.put_nowait, command)
+
+    threading.Thread(target=read_commands, daemon=True).start()
     worker: Worker | None = None
     tasks: list[asyncio.Task[None]] = []
     while True:
