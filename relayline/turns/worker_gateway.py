@@ -34,6 +34,9 @@ from relayline.turns.worker_link import WorkerLink, announced_models
 
 log = structlog.get_logger("relayline.workers")
 
+# The longest one worker link's frames run without letting the rest of the relay in.
+FRAME_SLICE_S = 0.002
+
 HELLO_TIMEOUT_S = 10.0
 _STATE_FIELDS = {"status": 32, "detail": 200, "breaker": 16, "last_error": 32}
 
@@ -171,7 +174,16 @@ class WorkerGateway:
 
     async def _serve(self, link: WorkerLink, receive: Receive) -> None:
         dispatcher = self.dispatcher
+        loop = asyncio.get_running_loop()
+        slice_ends = loop.time() + FRAME_SLICE_S
         while True:
+            # ``receive`` returns without suspending while frames wait in the link's inbox: a
+            # worker flooding terminal output would hold the event loop for its whole inbox,
+            # and every other link's frames (another worker's chat deltas) would wait behind
+            # it. After a slice of work, the others get their turn.
+            if loop.time() >= slice_ends:
+                await asyncio.sleep(0)
+                slice_ends = loop.time() + FRAME_SLICE_S
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
