@@ -35,7 +35,7 @@ from relayline.turns.worker_link import WorkerLink, announced_models
 log = structlog.get_logger("relayline.workers")
 
 # The longest one worker link's frames run without letting the rest of the relay in.
-FRAME_SLICE_S = 0.002
+FRAME_SLICE_S = 0.0005
 
 HELLO_TIMEOUT_S = 10.0
 _STATE_FIELDS = {"status": 32, "detail": 200, "breaker": 16, "last_error": 32}
