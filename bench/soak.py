@@ -280,7 +280,8 @@ async def verdict(soak: Soak) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     port = free_port()
-    relay, _ = spawn_relay(port, workdir, {"RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}"})
+    env = {"RELAYLINE_WORKER_KEYS": f"{KEY_ID}:{SECRET}", **dict(args.relay_env)}
+    relay, _ = spawn_relay(port, workdir, env)
     relay_url = f"http://{HOST}:{port}"
     workers = [start_worker(relay_url, f"soak-worker-{i}", workdir) for i in range(2)]
     try:
@@ -396,6 +397,15 @@ def main() -> None:
     parser.add_argument("--restart-every", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=2.0, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    parser.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="a setting for the relay (repeatable), e.g. RELAYLINE_HISTORY_MAX_EVENTS=200 to "
+        "have the bus's replay history full early in the run",
+    )
     args = parser.parse_args()
     if not (5 <= args.duration <= 24 * 3600 and 1 <= args.chats <= args.clients <= 5000):
         parser.error("duration 5 s to 24 h; 1 <= chats <= clients <= 5000")
