@@ -19,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import httpcore
@@ -286,24 +286,9 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         protocol = _StreamProtocol()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(
-                    lambda: protocol,
-                    host,
-                    port,
-                    local_addr=None if local_address is None else (local_address, 0),
-                )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        try:
-            _configure(transport, socket_options)
-        except OSError as exc:
-            transport.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        return AsyncioStream(protocol)
+        local_addr = None if local_address is None else (local_address, 0)
+        connecting = loop.create_connection(lambda: protocol, host, port, local_addr=local_addr)
+        return await _open(connecting, protocol, f"{host}:{port}", timeout, socket_options)
 
     async def connect_unix_socket(
         self,
@@ -313,22 +298,34 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         protocol = _StreamProtocol()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_unix_connection(lambda: protocol, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"timed out connecting to {path}") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        try:
-            _configure(transport, socket_options)
-        except OSError as exc:
-            transport.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        return AsyncioStream(protocol)
+        connecting = loop.create_unix_connection(lambda: protocol, path)
+        return await _open(connecting, protocol, path, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _open(
+    connecting: Coroutine[Any, Any, tuple[asyncio.Transport, asyncio.BaseProtocol]],
+    protocol: _StreamProtocol,
+    where: str,
+    timeout: float | None,  # noqa: ASYNC109 (httpcore's connect timeout, passed on)
+    socket_options: Iterable[SocketOption] | None,
+) -> httpcore.AsyncNetworkStream:
+    """Finish a connection attempt, its failures as httpcore's exceptions."""
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await connecting
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"timed out connecting to {where}") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+    try:
+        _configure(transport, socket_options)
+    except OSError as exc:
+        transport.close()
+        raise httpcore.ConnectError(str(exc)) from exc
+    return AsyncioStream(protocol)
 
 
 def use_asyncio_backend(client: httpx.AsyncClient) -> bool:
