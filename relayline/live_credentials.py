@@ -26,7 +26,6 @@ open for live streams; new requests still need the store or the short credential
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ from prometheus_client import Counter
 
 from relayline.auth import CACHE_TTL_S, Principal
 from relayline.protocol.close_codes import Close
+from relayline.tasks import cancel_and_wait
 
 log = structlog.get_logger("relayline.auth")
 
@@ -97,11 +97,8 @@ class LiveCredentials:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # Connections
 

@@ -57,6 +57,7 @@ from relayline.bus.redis_scripts import POSITION, PUBLISH, READ
 from relayline.envelope import Event, decode_event, encode_frame_parts, now_ms, validate_topic
 from relayline.errors import Unavailable, ValidationFailed
 from relayline.ids import new_id
+from relayline.tasks import cancel_and_wait
 
 _log = structlog.get_logger(__name__)
 _XReadReply = list[tuple[bytes, Entries]] | dict[bytes, Entries] | None
@@ -179,12 +180,9 @@ class RedisStreamsBus(BusContext):
         self._closed = True
         self._connected = False
         self._repair.close()
-        task = self._reader_task
-        # On Python 3.11 redis-py can swallow a cancel that lands while it sends a command
-        # (asyncio.wait_for races the send); the loop also checks _closed, and we cancel again.
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.2)
+        # The loop also checks _closed (see relayline.tasks for the cancel it may lose).
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(self._reader_task)
         for feed in self._feeds.values():
             for sub in feed.subscriptions:
                 sub.active = False

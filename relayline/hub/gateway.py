@@ -7,7 +7,6 @@ an idle connection costs one small coroutine and no framework machinery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from http.cookies import SimpleCookie
 from typing import Any
@@ -31,6 +30,7 @@ from relayline.observability.metrics import RATE_LIMITED
 from relayline.protocol import jsoncodec
 from relayline.protocol.close_codes import Close
 from relayline.protocol.names import ErrorCode
+from relayline.tasks import cancel_and_wait
 from relayline.terminals.service import TerminalService
 
 log = structlog.get_logger("relayline.ws")
@@ -112,11 +112,8 @@ class Gateway:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
         for client in list(self.clients):
             client.close(Close.RESTARTING, "relay restarting")
 

@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from relayline.ids import new_id
+from relayline.tasks import cancel_and_wait
 
 log = structlog.get_logger("relayline.limits")
 
@@ -76,10 +77,7 @@ class RedisConnectionCapStore:
         self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        await cancel_and_wait(self._renewer)
         with contextlib.suppress(Exception):
             await self._redis.zrem(self._live, self._instance)
             await self._redis.delete(self._own)

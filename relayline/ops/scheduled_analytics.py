@@ -14,7 +14,6 @@ when it no longer holds the role. Every run logs one ``analytics_aggregated`` li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -24,6 +23,7 @@ import structlog
 from relayline.config import Schedule, Settings, parse_schedule
 from relayline.store import analytics
 from relayline.store.database import Database
+from relayline.tasks import cancel_and_wait
 from relayline.turns.coordination import Coordinator
 
 log = structlog.get_logger("relayline.analytics")
@@ -56,10 +56,7 @@ class ScheduledAnalytics:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         await asyncio.sleep(START_DELAY_S)

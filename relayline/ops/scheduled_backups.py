@@ -23,6 +23,7 @@ import structlog
 from relayline.config import Settings, parse_schedule
 from relayline.observability.metrics import BACKUP_FAILURES, BACKUP_LAST_SUCCESS
 from relayline.ops import backups
+from relayline.tasks import cancel_and_wait
 from relayline.turns.coordination import Coordinator
 
 log = structlog.get_logger("relayline.backups")
@@ -56,10 +57,7 @@ class ScheduledBackups:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

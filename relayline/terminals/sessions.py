@@ -29,6 +29,7 @@ from relayline.errors import ValidationFailed
 from relayline.observability import terminal_metrics as m
 from relayline.protocol.limits import TERM_MAX_SIZE, TERM_MIN_SIZE
 from relayline.protocol.names import ErrorCode, EventType, TermExitReason, WorkerFrame
+from relayline.tasks import cancel_all
 from relayline.terminals.directory import LIVE_TTL_S, REFRESH_S, TerminalDirectory
 from relayline.terminals.hosts import TerminalHostLink, parse_announcement
 from relayline.terminals.registry import TerminalRecord, TerminalRegistry
@@ -111,10 +112,7 @@ class LocalSessions:
             handle.cancel()
         self._timers.clear()
         tasks = [*self._tasks, *([self._refresher] if self._refresher else [])]
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

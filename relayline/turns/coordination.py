@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import structlog
 
 from relayline.ids import new_id
+from relayline.tasks import cancel_and_wait
 
 log = structlog.get_logger("relayline.turns")
 
@@ -244,11 +245,8 @@ class RedisCoordinator:
         self._task = asyncio.get_running_loop().create_task(self._listen(handler))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self._redis.hdel(self._workers, self.instance_id)
 

@@ -25,7 +25,6 @@ part and routes to them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from relayline.bus.base import Bus
@@ -33,6 +32,7 @@ from relayline.config import Settings
 from relayline.protocol.names import WorkerFrame
 from relayline.store import turn_queue
 from relayline.store.database import Database
+from relayline.tasks import cancel_all
 from relayline.turns.approvals import Approvals, still_open
 from relayline.turns.claims import ClaimLoop
 from relayline.turns.context import TurnContext
@@ -103,12 +103,8 @@ class TurnDispatcher:
         self.claims.kick()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_all(tasks)
         await self.coordinator.close()
 
     # Queue
