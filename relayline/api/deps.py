@@ -14,7 +14,15 @@ from relayline.errors import Forbidden, RateLimited, Unauthorized, ValidationFai
 from relayline.observability.metrics import RATE_LIMITED
 
 bearer = HTTPBearer(auto_error=False, description="admin key, tenant API key or session token")
-State = Annotated[RelayState, Depends(relay_state)]
+
+
+async def _relay_state(request: Request) -> RelayState:
+    """:func:`relay_state` as a dependency: a coroutine, since FastAPI runs a plain function
+    dependency on a worker thread (a thread round trip per request for a dictionary lookup)."""
+    return relay_state(request)
+
+
+State = Annotated[RelayState, Depends(_relay_state)]
 
 
 async def principal(

@@ -2,8 +2,10 @@
 ``public_sessions``).
 
 Built on the asynchronous API of :pypi:`limits`. The storage is picked by URL scheme from
-``Settings.limits_storage_url``: ``memory://`` keeps counters in this process, ``redis://``
-(``async+redis://``, ``rediss://``, ``redis+unix://``) shares them between instances.
+``Settings.limits_storage_url``: ``memory://`` keeps counters in this process (the library's
+storage with its clean-up run in the event loop: :mod:`relayline.limits.memory_storage`),
+``redis://`` (``async+redis://``, ``rediss://``, ``redis+unix://``) shares them between
+instances.
 
 The limiter protects the relay; it must never be the reason the relay is down. When the storage
 fails (Redis unreachable, a timeout) a request is let through, a throttled warning is logged and
@@ -29,6 +31,7 @@ from prometheus_client import Counter
 
 from relayline.config import ConfigError, Settings
 from relayline.errors import RateLimited
+from relayline.limits.memory_storage import InlineExpiryMemoryStorage
 
 CATEGORIES: Final = ("ip", "identity", "chat", "health", "public_sessions")
 """The rate-limit categories; each reads ``Settings.rate_limit_<category>``."""
@@ -79,6 +82,8 @@ def storage_for_url(url: str) -> Storage:
     if options is None:
         supported = ", ".join(s.removeprefix("async+") + "://" for s in _STORAGE_OPTIONS)
         raise ConfigError(f"{_STORAGE_SETTING}: unsupported storage URL; use one of {supported}")
+    if scheme == "async+memory":
+        return InlineExpiryMemoryStorage()
     try:
         storage = storage_from_string(f"{scheme}://{rest}", **options)
     except ConfigurationError as exc:
