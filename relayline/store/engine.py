@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from relayline.config import Settings
+from relayline.store.sqlite_driver import lean_dbapi
 
 
 def async_url(url: str) -> str:
@@ -27,7 +28,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = async_url(settings.database_url)
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000}
+            url,
+            module=lean_dbapi(),  # a statement is one round trip to aiosqlite's thread
+            connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
         )
         busy = settings.sqlite_busy_timeout_ms
 

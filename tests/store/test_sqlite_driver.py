@@ -1,0 +1,133 @@
+"""The SQLite driver: a statement is one call on aiosqlite's thread, and the cursor answers
+(rows, description, rowcount, lastrowid, errors) as the DBAPI cursor did."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from relayline.config import Settings
+from relayline.store import sqlite_driver
+from relayline.store.engine import create_engine
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=f"sqlite:///{tmp_path}/driver.db"))
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)"))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements run on aiosqlite's thread through the driver, in order."""
+    seen: list[str] = []
+    real = sqlite_driver._run
+
+    def counting(*args: object) -> object:
+        seen.append(str(args[1]))
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_driver, "_run", counting)
+    return seen
+
+
+def test_the_engine_uses_the_driver(engine: AsyncEngine) -> None:
+    assert isinstance(engine.sync_engine.dialect.dbapi, sqlite_driver.LeanDbapi)
+
+
+async def test_each_statement_is_one_call(engine: AsyncEngine, calls: list[str]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (v) VALUES ('a')"))
+        await conn.execute(text("SELECT v FROM t"))
+    # BEGIN (issued as a statement by the store's transaction handling) or not, each
+    # statement went through the driver once.
+    assert [c for c in calls if not c.startswith("BEGIN")] == [
+        "INSERT INTO t (v) VALUES ('a')",
+        "SELECT v FROM t",
+    ]
+
+
+async def test_rows_columns_and_counts(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        inserted = await conn.execute(text("INSERT INTO t (v) VALUES ('a'), ('b'), ('c')"))
+        assert inserted.rowcount == 3
+        one = await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+        assert one.lastrowid == 4
+        rows = await conn.execute(text("SELECT id, v FROM t WHERE id <= 2 ORDER BY id"))
+        assert list(rows.keys()) == ["id", "v"]
+        assert rows.fetchall() == [(1, "a"), (2, "b")]
+        changed = await conn.execute(text("UPDATE t SET v = v || '!' WHERE id > 2"))
+        assert changed.rowcount == 2
+        none = await conn.execute(text("UPDATE t SET v = 'x' WHERE id = 99"))
+        assert none.rowcount == 0  # what a fenced update's caller checks
+        returned = await conn.execute(text("UPDATE t SET v = 'y' WHERE id = 1 RETURNING id, v"))
+        assert returned.fetchall() == [(1, "y")]
+        assert returned.rowcount == 1
+        many = await conn.execute(
+            text("INSERT INTO t (v) VALUES (:v)"), [{"v": "m1"}, {"v": "m2"}, {"v": "m3"}]
+        )
+        assert many.rowcount == 3
+        first = await conn.execute(text("SELECT v FROM t ORDER BY id"))
+        assert first.fetchone() == ("y",)
+        assert first.fetchmany(2) == [("b",), ("c!",)]
+        assert len(first.fetchall()) == 4
+
+
+async def test_errors_are_the_drivers_and_the_connection_goes_on(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (v) VALUES ('dup')"))
+    async with engine.connect() as conn:
+        with pytest.raises(exc.IntegrityError) as caught:
+            await conn.execute(text("INSERT INTO t (v) VALUES ('dup')"))
+        assert "UNIQUE" in str(caught.value.orig)
+        await conn.rollback()
+        with pytest.raises(exc.OperationalError):
+            await conn.execute(text("SELECT nope FROM t"))
+        await conn.rollback()
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+
+
+async def test_a_rolled_back_transaction_leaves_nothing(engine: AsyncEngine) -> None:
+    with pytest.raises(RuntimeError):
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t (v) VALUES ('gone')"))
+            raise RuntimeError("abort")
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+
+
+async def _adapted(path: Path) -> sqlite_driver.LeanConnection:
+    dbapi = sqlite_driver.lean_dbapi()
+    connection: sqlite_driver.LeanConnection = await greenlet_spawn(dbapi.connect, str(path))
+    return connection
+
+
+async def test_an_invalidated_connection_stopped_first_closes_at_once(tmp_path: Path) -> None:
+    """SQLAlchemy stops a connection whose graceful close was interrupted (a second cancel);
+    the graceful close that runs after that must not wait for the thread that is gone (a
+    relay's shutdown and a test's event loop hung on it)."""
+    connection = await _adapted(tmp_path / "stopped.db")
+    connection._terminate_force_close()
+    async with asyncio.timeout(5):
+        await connection._terminate_graceful_close()
+
+
+async def test_an_invalidated_connection_stopped_meanwhile_closes_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_driver, "GRACEFUL_CLOSE_S", 0.5)
+    connection = await _adapted(tmp_path / "racing.db")
+    closing = asyncio.get_running_loop().create_task(connection._terminate_graceful_close())
+    await asyncio.sleep(0)  # the close is queued for the thread
+    connection._terminate_force_close()  # and the stop right behind it
+    async with asyncio.timeout(5):
+        await closing
