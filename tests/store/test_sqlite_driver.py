@@ -111,6 +111,14 @@ async def _adapted(path: Path) -> sqlite_driver.LeanConnection:
     return connection
 
 
+async def _thread_gone(connection: sqlite_driver.LeanConnection) -> None:
+    """aiosqlite's thread has handled the stop and exited (while this test's event loop, which
+    its last answer goes to, still runs)."""
+    thread = connection._connection._thread
+    await asyncio.to_thread(thread.join, 5)
+    assert not thread.is_alive()
+
+
 async def test_an_invalidated_connection_stopped_first_closes_at_once(tmp_path: Path) -> None:
     """SQLAlchemy stops a connection whose graceful close was interrupted (a second cancel);
     the graceful close that runs after that must not wait for the thread that is gone (a
@@ -119,6 +127,7 @@ async def test_an_invalidated_connection_stopped_first_closes_at_once(tmp_path: 
     connection._terminate_force_close()
     async with asyncio.timeout(5):
         await connection._terminate_graceful_close()
+    await _thread_gone(connection)
 
 
 async def test_an_invalidated_connection_stopped_meanwhile_closes_in_bounded_time(
@@ -131,3 +140,4 @@ async def test_an_invalidated_connection_stopped_meanwhile_closes_in_bounded_tim
     connection._terminate_force_close()  # and the stop right behind it
     async with asyncio.timeout(5):
         await closing
+    await _thread_gone(connection)
