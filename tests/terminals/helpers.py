@@ -93,12 +93,15 @@ async def start_setup(
     return Setup(server, worker, tenant)
 
 
-async def output_until(ws: WsHarness, topic: str, needle: str, timeout: float = 10.0) -> str:
+async def output_until(
+    ws: WsHarness, topic: str, needle: str, timeout: float = 10.0, *, times: int = 1
+) -> str:
     """The live output ``term.output`` brought on ``topic`` until ``needle`` showed up
-    (snapshots, which redraw the whole screen, are skipped)."""
+    ``times`` times (snapshots, which redraw the whole screen, are skipped). Counted in all of
+    it: a needle may be split between two frames."""
     seen = ""
     async with asyncio.timeout(timeout):
-        while needle not in seen:
+        while seen.count(needle) < times:
             frame = await ws.expect("term.output", timeout, topic=topic)
             if not frame["data"].get("snapshot"):
                 seen += frame["data"]["data"]
