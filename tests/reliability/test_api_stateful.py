@@ -148,7 +148,7 @@ def relay(
         "RELAYLINE_WORKER_KEYS": f"{WORKER_KEY_ID}:{WORKER_SECRET}",
         **{
             f"RELAYLINE_RATE_LIMIT_{category}": GENEROUS
-            for category in ("IP", "IDENTITY", "CHAT", "HEALTH")
+            for category in ("IP", "IDENTITY", "CHAT", "HEALTH", "PUBLIC_SESSIONS")
         },
     }
     worker_env = {
