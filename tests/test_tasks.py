@@ -30,6 +30,18 @@ def losing_first_cancel(rounds: list[int]) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(loop())
 
 
+def failing_when_cancelled(error: Exception) -> asyncio.Task[None]:
+    """A task whose clean-up, once cancelled, fails with ``error``."""
+
+    async def failing() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise error from None
+
+    return asyncio.get_running_loop().create_task(failing())
+
+
 async def test_a_plain_cancel_and_await_waits_for_ever_on_a_lost_cancel() -> None:
     """The failure itself, so that the test below is known to exercise it."""
     task = losing_first_cancel([])
@@ -55,13 +67,7 @@ async def test_cancel_and_wait_ends_a_loop_whose_cancel_was_lost() -> None:
 
 
 async def test_cancel_and_wait_raises_what_the_task_failed_with() -> None:
-    async def failing() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            raise RuntimeError("cleanup failed") from None
-
-    task = asyncio.get_running_loop().create_task(failing())
+    task = failing_when_cancelled(RuntimeError("cleanup failed"))
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="cleanup failed"):
         await cancel_and_wait(task)
@@ -82,13 +88,7 @@ async def test_cancel_and_wait_leaves_the_callers_own_cancel_alone() -> None:
 
 
 async def test_cancel_all_waits_for_every_task_then_raises_the_first_failure() -> None:
-    async def failing() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            raise ValueError("first") from None
-
-    failed = asyncio.get_running_loop().create_task(failing())
+    failed = failing_when_cancelled(ValueError("first"))
     stubborn = losing_first_cancel([])
     await asyncio.sleep(0.02)
     async with asyncio.timeout(5):
