@@ -84,6 +84,8 @@ export class AnalyticsView {
     this.visible = false;
     /** @type {{ plot: any, node: HTMLElement }[]} */
     this.charts = [];
+    /** Counts the calls of drawCharts: only the newest one draws. */
+    this.draws = 0;
     this.build();
     new ResizeObserver(() => this.fit()).observe(this.part("charts"));
     matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.drawCharts());
@@ -265,10 +267,22 @@ export class AnalyticsView {
     }
   }
 
+  /** Charts can be drawn: the report is visible and has days. */
+  drawable() {
+    return this.visible && this.body != null && this.body.days.length > 0;
+  }
+
   async drawCharts() {
-    if (!this.visible || !this.body || this.body.days.length === 0) return;
-    const allTenants = this.body.tenant_id == null;
+    const draw = ++this.draws;
+    if (!this.drawable()) return;
     const uPlot = await loadCharting();
+    // While the bundle loaded, another answer may have come (another tenant, another range),
+    // the tab may have been shown again or the theme switched: each of those called this again,
+    // and only that newest call draws, from the report as it is now. An older one would replace
+    // its charts with those of the answer it was called for (two charts for all tenants over
+    // a tenant's four).
+    if (draw !== this.draws || !this.drawable()) return;
+    const allTenants = this.body.tenant_id == null;
     this.destroyCharts();
     const cards = CHARTS.map(([name]) => name);
     if (!uPlot) {
