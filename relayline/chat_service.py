@@ -6,6 +6,7 @@ through: validation, per-chat rate limit, idempotency, storage, then the events.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +61,12 @@ class ChatService:
         bus: Bus,
         limiter: RateLimiter,
         dispatcher: TurnDispatcher,
+        chat_owner: Callable[[str], Awaitable[str | None]],
     ) -> None:
+        """``chat_owner``: the tenant owning a chat id, None for no such chat (the topic ACL's
+        lookup, cached: a chat's owner never changes)."""
         self.settings = settings
+        self.chat_owner = chat_owner
         self.db = db
         self.bus = bus
         self.events = dispatcher.ctx.events
@@ -121,8 +126,10 @@ class ChatService:
 
     async def snapshot(self, who: Principal, chat_id: str) -> ChatSnapshot:
         tenant_id = self.visible_tenant(who, chat_id)
-        async with self.db.read() as session:
-            chat = await chats.get_chat(session, tenant_id, chat_id)
+        # No topic position for a chat that is not the caller's (nor for one that does not
+        # exist): the owner lookup is cached, so a reload of a known chat costs no read here.
+        if await self.chat_owner(chat_id) != tenant_id:
+            raise NotFound("chat not found")
         # Read the topic position before the state: a client that resumes from (epoch, seq)
         # may then see an event whose effect the snapshot already shows (it dedupes by message
         # id), but never misses one.
@@ -131,7 +138,7 @@ class ChatService:
         partial = await self.dispatcher.partial(chat_id)
         approvals = await self.dispatcher.pending_approvals(chat_id)
         async with self.db.read() as session:
-            turn = await chats.active_turn(session, chat_id)
+            chat, turn = await chats.chat_for_reading(session, tenant_id, chat_id)
         running = turn.id if turn is not None and turn.state == "running" else None
         return ChatSnapshot(
             chat=chat,

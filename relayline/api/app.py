@@ -217,7 +217,7 @@ def create_http_app(settings: Settings) -> FastAPI:
             workers = WorkerGateway(
                 settings, dispatcher, verifier, bus, observers=[terminal_service.local]
             )
-            chats_service = ChatService(settings, db, bus, limiter, dispatcher)
+            chats_service = ChatService(settings, db, bus, limiter, dispatcher, acl.chat_owner)
             completion_service = CompletionService(settings, db, bus, dispatcher, shared.caps)
             gateway = Gateway(
                 settings,

@@ -206,14 +206,42 @@ async def list_messages(
     return (await session.scalars(query)).all()
 
 
+_ACTIVE_TURN = (
+    select(Turn)
+    .where(Turn.chat_id == bindparam("p_chat_id"), Turn.state.in_(ACTIVE_TURN_STATES))
+    .order_by(Turn.id)
+    .limit(1)
+)
+
+
 async def active_turn(session: AsyncSession, chat_id: str) -> Turn | None:
-    query = (
-        select(Turn)
-        .where(Turn.chat_id == chat_id, Turn.state.in_(ACTIVE_TURN_STATES))
-        .order_by(Turn.id)
-        .limit(1)
-    )
-    return (await session.scalars(query)).first()
+    """The turn in progress (the oldest queued or running one), loaded into the session."""
+    return (await session.scalars(_ACTIVE_TURN, {"p_chat_id": chat_id})).first()
+
+
+# A chat reload reads the chat and its turn in progress without changing them: Core selects
+# built once, the rows made into detached objects (no identity map, no ORM loading), which is
+# most of what a reload costs the store.
+_CHAT_ROW = select(CHATS).where(CHATS.c.id == bindparam("p_chat_id"))
+_ACTIVE_TURN_ROW = (
+    select(TURNS)
+    .where(TURNS.c.chat_id == bindparam("p_chat_id"), TURNS.c.state.in_(ACTIVE_TURN_STATES))
+    .order_by(TURNS.c.id)
+    .limit(1)
+)
+
+
+async def chat_for_reading(
+    session: AsyncSession, tenant_id: str, chat_id: str
+) -> tuple[Chat, Turn | None]:
+    """The chat and its turn in progress, read in one transaction, as detached objects (to
+    read, not to change); ``NotFound`` as :func:`get_chat`."""
+    row = (await session.execute(_CHAT_ROW, {"p_chat_id": chat_id})).first()
+    if row is None or row.tenant_id != tenant_id or row.kind != "chat":
+        raise NotFound("chat not found")
+    turn_row = (await session.execute(_ACTIVE_TURN_ROW, {"p_chat_id": chat_id})).first()
+    turn = Turn(**turn_row._mapping) if turn_row is not None else None
+    return Chat(**row._mapping), turn
 
 
 async def cancel_active_turn(session: AsyncSession, chat_id: str) -> Turn | None:

@@ -354,6 +354,50 @@ async def test_cancel_stops_only_the_oldest_active_turn(db: Database) -> None:
     assert await _turn_states(db, turn_ids) == ["cancelled"] * 3
 
 
+def _fields(row: object, table: Any) -> dict[str, object]:
+    return {column.key: getattr(row, column.key) for column in table.columns}
+
+
+async def test_a_chat_read_for_a_reload_is_the_stored_chat_and_its_turn(db: Database) -> None:
+    tenant = await _tenant(db)
+    other = await _tenant(db, "other")
+    chat = await _chat(db, tenant.id)
+    async with db.read() as session:
+        read, turn = await chats.chat_for_reading(session, tenant.id, chat.id)
+    assert turn is None
+    assert _fields(read, Chat.__table__) == _fields(chat, Chat.__table__)
+
+    first = await chats.post_user_message(db, tenant.id, chat.id, "one", None)
+    await chats.post_user_message(db, tenant.id, chat.id, "two", None)
+    assert first.turn is not None
+    async with db.write() as session:
+        stored = await session.get_one(Turn, first.turn.id)
+        stored.state, stored.attempt, stored.started_at = "running", 1, 123
+    async with db.read() as session:
+        read, turn = await chats.chat_for_reading(session, tenant.id, chat.id)
+        stored_chat = await session.get_one(Chat, chat.id)
+        stored_turn = await session.get_one(Turn, first.turn.id)
+        # Every column, as the ORM loads it: the oldest turn in progress, the chat's numbers.
+        assert turn is not None
+        assert _fields(turn, Turn.__table__) == _fields(stored_turn, Turn.__table__)
+        assert _fields(read, Chat.__table__) == _fields(stored_chat, Chat.__table__)
+        assert read.last_seq == 2
+        # Detached: nothing read for a reload is in the session to be flushed by accident.
+        assert read not in session and turn not in session
+
+    async with db.read() as session:
+        with pytest.raises(NotFound):
+            await chats.chat_for_reading(session, other.id, chat.id)
+        with pytest.raises(NotFound):
+            await chats.chat_for_reading(session, tenant.id, "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    async with db.write() as session:
+        completion = await chats.create_chat(session, tenant.id, "c")
+        completion.kind = "completion"
+    async with db.read() as session:
+        with pytest.raises(NotFound):
+            await chats.chat_for_reading(session, tenant.id, completion.id)
+
+
 async def test_chats_are_listed_per_tenant_newest_first(db: Database) -> None:
     tenant, other = await _tenant(db), await _tenant(db, "other")
     ids = [(await _chat(db, tenant.id)).id for _ in range(3)]
