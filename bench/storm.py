@@ -65,6 +65,7 @@ import httpx
 import instances
 from runner import describe_load, free_port, wait_quiet, write_doc
 from servers import ADMIN_KEY, HOST, machine, spawn_relay, versions
+from turns import start_profiler, stop_profiler
 from wsclient import HttpClient, WsClient, cpu_seconds, open_socket, rss_kb
 
 MARKERS = "<!-- storm:{bus}:begin -->", "<!-- storm:{bus}:end -->"  # one section per bus
@@ -550,6 +551,7 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         new_proc = started_proc
         out["new_healthy_s"] = time.monotonic() - t0
         log(f"new relay pid {started_proc.pid} healthy {out['new_healthy_s']:.1f} s after SIGTERM")
+        spy = start_profiler(started_proc.pid, args.profile)
         sampler = Sampler(started_proc.pid)
         stop_sample = asyncio.Event()
         sample_task = asyncio.create_task(sampler.run(stop_sample))
@@ -575,6 +577,7 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         stop_sample.set()
         await sample_task
         out["relay_peak_rss_kb"] = sampler.peak_kb
+        stop_profiler(spy)
         log(f"{resumed:,} of {clients:,} resumed; last {out['all_resumed_s']} s after SIGTERM")
 
         if args.bus == "memory":
@@ -728,6 +731,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="redis: events/s published")
     parser.add_argument("--bound", type=float, default=90.0, help="seconds for each phase")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy profile of the new relay until everyone is resumed (folded stacks)",
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--redis-url", default=instances.REDIS_URL)
