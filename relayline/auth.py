@@ -86,7 +86,7 @@ class Authenticator:
         self._metrics = (
             settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
         )
-        self._secret = settings.secret_key.get_secret_value()
+        self._sessions = session_tokens.VerifiedTokens(settings.secret_key.get_secret_value())
         self._db = db
         self._keys = _TtlCache()
         self._tenants = _TtlCache()
@@ -135,7 +135,7 @@ class Authenticator:
         return principal
 
     async def _session(self, token: str) -> Principal:
-        claims = session_tokens.verify(self._secret, token)
+        claims = self._sessions.verify(token)
         if not await self._tenant_enabled(claims.tenant_id):
             raise Unauthorized("tenant disabled")
         return Principal(
