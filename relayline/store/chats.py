@@ -206,16 +206,18 @@ async def list_messages(
     return (await session.scalars(query)).all()
 
 
-_ACTIVE_TURN = (
-    select(Turn)
-    .where(Turn.chat_id == bindparam("p_chat_id"), Turn.state.in_(ACTIVE_TURN_STATES))
-    .order_by(Turn.id)
+# The turn in progress: the oldest queued or running one (built once, bound parameters).
+_ACTIVE_TURN_ROW = (
+    select(TURNS)
+    .where(TURNS.c.chat_id == bindparam("p_chat_id"), TURNS.c.state.in_(ACTIVE_TURN_STATES))
+    .order_by(TURNS.c.id)
     .limit(1)
 )
+_ACTIVE_TURN = select(Turn).from_statement(_ACTIVE_TURN_ROW)
 
 
 async def active_turn(session: AsyncSession, chat_id: str) -> Turn | None:
-    """The turn in progress (the oldest queued or running one), loaded into the session."""
+    """The turn in progress, loaded into the session (to change it)."""
     return (await session.scalars(_ACTIVE_TURN, {"p_chat_id": chat_id})).first()
 
 
@@ -223,12 +225,6 @@ async def active_turn(session: AsyncSession, chat_id: str) -> Turn | None:
 # built once, the rows made into detached objects (no identity map, no ORM loading), which is
 # most of what a reload costs the store.
 _CHAT_ROW = select(CHATS).where(CHATS.c.id == bindparam("p_chat_id"))
-_ACTIVE_TURN_ROW = (
-    select(TURNS)
-    .where(TURNS.c.chat_id == bindparam("p_chat_id"), TURNS.c.state.in_(ACTIVE_TURN_STATES))
-    .order_by(TURNS.c.id)
-    .limit(1)
-)
 
 
 async def chat_for_reading(
