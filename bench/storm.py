@@ -408,6 +408,22 @@ def provision(url: str, chats: int) -> tuple[str, str, list[str]]:
         return tenant_id, key, out
 
 
+def gc_collections(port: int) -> dict[str, int]:
+    """The relay's garbage collections so far, by generation (its ``/metrics``)."""
+    r = httpx.get(
+        f"http://{HOST}:{port}/metrics",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    found = {}
+    for line in r.text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="'):
+            name, _, value = line.rpartition(" ")
+            found[name.split('"')[1]] = int(float(value))
+    return found
+
+
 def session_token(tenant_id: str, chat_id: str) -> str:
     """A session token of its own for one client, for one chat, as ``POST /v1/sessions`` mints
     it (same code, the relays' secret; minted here to spare 10,000 requests of set-up)."""
@@ -557,6 +573,7 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         out["new_healthy_s"] = time.monotonic() - t0
         log(f"new relay pid {started_proc.pid} healthy {out['new_healthy_s']:.1f} s after SIGTERM")
         spy = start_profiler(started_proc.pid, args.profile)
+        gc_at_healthy = await asyncio.to_thread(gc_collections, port)
         sampler = Sampler(started_proc.pid)
         stop_sample = asyncio.Event()
         sample_task = asyncio.create_task(sampler.run(stop_sample))
@@ -582,6 +599,8 @@ async def storm(args: argparse.Namespace, env: dict[str, str], work: Path, log: 
         stop_sample.set()
         await sample_task
         out["relay_peak_rss_kb"] = sampler.peak_kb
+        gc_at_end = await asyncio.to_thread(gc_collections, port)
+        out["gc_collections"] = {g: gc_at_end[g] - gc_at_healthy.get(g, 0) for g in gc_at_end}
         stop_profiler(spy)
         log(f"{resumed:,} of {clients:,} resumed; last {out['all_resumed_s']} s after SIGTERM")
 
@@ -706,6 +725,9 @@ def report(
         + " | |",
         f"| relay RSS: old with all subscribed / new peak | {r['rss_before_kb'] / 1024:.0f} MB / "
         f"{r['relay_peak_rss_kb'] / 1024:.0f} MB | |",
+        "| new relay's garbage collections, healthy → all resumed, by generation 0 / 1 / 2 | "
+        + " / ".join(f"{r['gc_collections'].get(g, 0):,}" for g in ("0", "1", "2"))
+        + " | |",
         f"| failed attempts, by reason | {counts(r['refused'])} | |",
         f"| close codes seen by open sockets | {counts(r['closes'])} | |",
         f"| subscribe errors | {counts(r['subscribe_errors'])} | |",
