@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relayline.config import Settings
 from relayline.store.engine import create_engine
+from relayline.store.sqlite_driver import LeanConnection
 
 _WRITE = "relayline_write"
 
@@ -48,7 +49,12 @@ class Database:
         @event.listens_for(sync_engine, "begin")
         def _begin(conn: Any) -> None:
             immediate = conn.get_execution_options().get(_WRITE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+            dbapi_conn = conn.connection.dbapi_connection
+            if isinstance(dbapi_conn, LeanConnection):
+                dbapi_conn.begin_later(statement)  # sent with the first statement
+            else:
+                conn.exec_driver_sql(statement)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

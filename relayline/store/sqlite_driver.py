@@ -1,4 +1,5 @@
-"""SQLite through aiosqlite's thread, one thread round trip per statement.
+"""SQLite through aiosqlite's thread, one thread round trip per statement, none for the
+transaction's ``BEGIN`` and none for a commit or rollback with nothing to end.
 
 SQLAlchemy's aiosqlite adapter makes a statement four round trips to aiosqlite's connection
 thread (open a cursor, execute, fetch the rows, close the cursor), each a queue hand-off to the
@@ -7,6 +8,15 @@ round trips were most of the store's cost: measured in ``bench/turns.py``, about
 relay's CPU in aiosqlite's queueing alone. :class:`LeanCursor` runs the whole statement (cursor,
 execute, fetch, close) as one call on that thread and keeps what the DBAPI cursor would answer
 afterwards (description, rowcount, lastrowid) with the rows.
+
+A transaction's ``BEGIN`` (the store issues it itself, ``BEGIN IMMEDIATE`` for writes) is not a
+round trip of its own either: :meth:`LeanConnection.begin_later` keeps it, and it runs on the
+thread right before the transaction's first statement, in the same call. Nothing else can run on
+the connection in between (one statement at a time), so the transaction is the same; a ``BEGIN``
+that fails (the lock is busy past the busy timeout) raises from that first statement instead.
+A commit or rollback when SQLite has no transaction open (a transaction that ran no statement,
+the pool's rollback of a connection returned after its commit) is a no-op in sqlite3 and is not
+sent to the thread at all.
 
 Everything else is SQLAlchemy's and aiosqlite's: the connection, its thread and its order of
 calls (one statement at a time per connection, under the adapter's mutex), transactions
@@ -33,8 +43,13 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.util import await_
 
 GRACEFUL_CLOSE_S = 2.0  # at most this long for an invalidated connection's close
+
+
+def _begin_now(conn: sqlite3.Connection, begin: str) -> None:
+    conn.execute(begin).close()
 
 
 class StatementOutcome:
@@ -58,8 +73,12 @@ def _run(
     parameters: Any,
     outcome: StatementOutcome,
     many: bool,
+    begin: str | None = None,
 ) -> list[Any] | None:
-    """On aiosqlite's thread: the statement from cursor to close; its rows (None: no result)."""
+    """On aiosqlite's thread: ``begin`` if given, then the statement from cursor to close; its
+    rows (None: no result)."""
+    if begin is not None:
+        _begin_now(conn, begin)
     cursor = conn.cursor()
     try:
         if many:
@@ -98,19 +117,58 @@ class LeanCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _call(self, operation: Any, parameters: Any, *, many: bool) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        adapted: LeanConnection = self._adapt_connection  # type: ignore[assignment]
         outcome = self._cursor
         assert isinstance(outcome, StatementOutcome)
-        async with self._adapt_connection._execute_mutex:
+        async with adapted._execute_mutex:
+            begin, adapted._pending_begin = adapted._pending_begin, None
             rows: Sequence[Any] | None = await connection._execute(
-                _run, connection._conn, operation, parameters, outcome, many
+                _run, connection._conn, operation, parameters, outcome, many, begin
             )
         if rows is not None:
             self._rows = collections.deque(rows)
 
 
 class LeanConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("_pending_begin",)
     _cursor_cls = LeanCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self._pending_begin: str | None = None
+
+    def begin_later(self, statement: str) -> None:
+        """Start a transaction with ``statement`` (``BEGIN``, ``BEGIN IMMEDIATE``) on the thread
+        together with the next statement; a commit or rollback before any statement drops it."""
+        self._pending_begin = statement
+
+    def _open_on_thread(self) -> bool:
+        """Whether SQLite has a transaction open on this connection. Read here, not on the
+        thread: the adapter runs one call at a time, so the thread is not using it now."""
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        return connection._connection is not None and connection._conn.in_transaction
+
+    def cursor(self, server_side: bool = False) -> Any:
+        if server_side and self._pending_begin is not None:
+            # A server-side cursor steps its statement in several calls of its own: the BEGIN
+            # goes first, as a call of its own.
+            begin, self._pending_begin = self._pending_begin, None
+            connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+            try:
+                await_(connection._execute(_begin_now, connection._conn, begin))  # type: ignore[no-untyped-call]
+            except Exception as error:
+                self._handle_exception(error)
+        return super().cursor(server_side)
+
+    def commit(self) -> None:
+        self._pending_begin = None
+        if self._open_on_thread():
+            super().commit()
+
+    def rollback(self) -> None:
+        self._pending_begin = None
+        if self._open_on_thread():
+            super().rollback()
 
     async def _terminate_graceful_close(self) -> None:
         """Close a connection SQLAlchemy invalidated (a statement was cancelled) — but never

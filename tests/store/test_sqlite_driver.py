@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,6 +17,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from relayline.config import Settings
 from relayline.store import sqlite_driver
+from relayline.store.database import Database
 from relayline.store.engine import create_engine
 
 
@@ -141,3 +145,114 @@ async def test_an_invalidated_connection_stopped_meanwhile_closes_in_bounded_tim
     async with asyncio.timeout(5):
         await closing
     await _thread_gone(connection)
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database(Settings(database_url=f"sqlite:///{tmp_path}/tx.db", sqlite_busy_timeout_ms=200))
+    async with db.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)"))
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every call handed to aiosqlite's thread, by the function's name."""
+    seen: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    return seen
+
+
+async def test_a_write_transaction_is_its_statements_and_a_commit(
+    database: Database, calls: list[str], thread_calls: list[str]
+) -> None:
+    """BEGIN IMMEDIATE travels with the first statement; the pool's rollback of the returned
+    connection is not sent, there being nothing to roll back."""
+    begins: list[object] = []
+    real = sqlite_driver._run
+
+    def spying(*args: Any) -> Any:
+        begins.append(args[5])
+        return real(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite_driver, "_run", spying)
+        thread_calls.clear()
+        async with database.write() as session:
+            await session.execute(text("INSERT INTO t (v) VALUES ('a')"))
+            await session.execute(text("INSERT INTO t (v) VALUES ('b')"))
+    assert begins == ["BEGIN IMMEDIATE", None]
+    assert thread_calls == ["spying", "spying", "commit"]
+    async with database.read() as session:
+        assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 2
+
+
+async def test_a_transaction_without_statements_costs_no_call(
+    database: Database, thread_calls: list[str]
+) -> None:
+    thread_calls.clear()
+    async with database.write():
+        pass
+    async with database.read():
+        pass
+    assert thread_calls == []
+
+
+async def test_the_write_lock_is_held_from_the_first_statement(
+    database: Database, tmp_path: Path
+) -> None:
+    """The deferred BEGIN is still IMMEDIATE: once the first statement ran, another
+    connection cannot start writing until the commit; a rollback leaves nothing."""
+    other = sqlite3.connect(tmp_path / "tx.db", timeout=0.05, isolation_level=None)
+    try:
+        with pytest.raises(RuntimeError):
+            async with database.write() as session:
+                await session.execute(text("SELECT count(*) FROM t"))  # reads only, yet locks
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+                await session.execute(text("INSERT INTO t (v) VALUES ('gone')"))
+                raise RuntimeError("abort")
+        other.execute("BEGIN IMMEDIATE")  # free again
+        other.execute("ROLLBACK")
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    finally:
+        other.close()
+
+
+async def test_a_busy_lock_fails_the_first_statement_and_the_connection_goes_on(
+    database: Database, tmp_path: Path
+) -> None:
+    """Another process holds the write lock past the busy timeout: the transaction's first
+    statement raises the driver's 'locked' error (as its BEGIN did), nothing is left open."""
+    other = sqlite3.connect(tmp_path / "tx.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(exc.OperationalError, match="locked"):
+            async with database.write() as session:
+                await session.execute(text("INSERT INTO t (v) VALUES ('refused')"))
+        other.execute("ROLLBACK")
+        async with database.write() as session:
+            await session.execute(text("INSERT INTO t (v) VALUES ('later')"))
+        async with database.read() as session:
+            rows = await session.execute(text("SELECT v FROM t"))
+            assert rows.scalars().all() == ["later"]
+    finally:
+        other.close()
+
+
+async def test_a_server_side_cursor_begins_first(database: Database) -> None:
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO t (v) VALUES ('a'), ('b'), ('c')"))
+    async with database.read() as session:
+        streamed = await session.stream(text("SELECT v FROM t ORDER BY id"))
+        assert [row[0] async for row in streamed] == ["a", "b", "c"]
+        raw = await session.connection()
+        dbapi = (await raw.get_raw_connection()).driver_connection
+        assert dbapi is not None and dbapi._conn.in_transaction  # the read's BEGIN ran
