@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relayline.clock import now_ms
 from relayline.errors import Conflict, NotFound
 from relayline.ids import new_id
-from relayline.store.database import Database
+from relayline.store.database import Database, Executes
 from relayline.store.models import Chat, Message, Turn
 
 ACTIVE_TURN_STATES = ("queued", "running")
@@ -103,7 +103,7 @@ INSERT_MESSAGE = insert(MESSAGES)
 _INSERT_TURN = insert(TURNS)
 
 
-async def next_seq(session: AsyncSession, chat_id: str) -> int:
+async def next_seq(session: Executes, chat_id: str) -> int:
     """The chat's next message number (the chat must exist)."""
     return int((await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).one()[0])
 
@@ -129,7 +129,7 @@ async def post_user_message(
     """
     now = now_ms()
     try:
-        async with db.write() as session:
+        async with db.write_core() as session:
             row = (await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).first()
             if row is None or row.tenant_id != tenant_id or row.kind != "chat":
                 raise NotFound("chat not found")

@@ -8,13 +8,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from relayline.config import Settings
 from relayline.store.engine import create_engine
 from relayline.store.sqlite_driver import LeanConnection
 
 _WRITE = "relayline_write"
+
+Executes = AsyncSession | AsyncConnection
+"""What a store function that only runs Core statements (``execute``) takes: a session from
+:meth:`Database.write` or :meth:`Database.read`, or a connection from
+:meth:`Database.write_core`."""
 
 
 class Database:
@@ -73,6 +78,21 @@ class Database:
         async with self._write_lock, self._sessions.begin() as session:
             await session.connection(execution_options={_WRITE: True})
             yield session
+
+    @asynccontextmanager
+    async def write_core(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction like :meth:`write`'s, on a bare connection: for the hot transactions
+        that run Core statements only (no ORM objects), without the session's bookkeeping
+        (about 90 µs less CPU per transaction, ``bench/turns.py``). Same lock, same
+        ``BEGIN IMMEDIATE`` on SQLite; committed at exit, rolled back on error."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            await conn.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                yield conn
 
     async def ping(self) -> None:
         """Round-trip to the database; raises when it is unreachable."""

@@ -20,12 +20,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
 from relayline.store.chats import TURNS
-from relayline.store.database import Database
+from relayline.store.database import Database, Executes
 from relayline.store.models import Message, Turn
 from relayline.store.turns import Assignment, start_attempt
 
@@ -69,7 +68,7 @@ _CLAIMABLE_EXCLUDING = _claimable(exclude=True)
 
 
 async def claimable_turn_id(
-    session: AsyncSession,
+    session: Executes,
     *,
     exclude_chats: Collection[str] = (),
     models: Collection[str] = (),
@@ -102,7 +101,7 @@ async def claim_next(
 ) -> Assignment | None:
     """Claim the head turn for ``worker_id`` (serving ``models``) and start its next attempt,
     in one transaction."""
-    async with db.write() as session:
+    async with db.write_core() as session:
         turn_id = await claimable_turn_id(session, exclude_chats=exclude_chats, models=models)
         if turn_id is None:
             return None

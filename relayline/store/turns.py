@@ -19,12 +19,11 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
 from relayline.store.chats import INSERT_MESSAGE, MESSAGES, TURNS, next_seq
-from relayline.store.database import Database
+from relayline.store.database import Database, Executes
 from relayline.store.models import MessageMetric, Tenant, Turn
 
 
@@ -118,7 +117,7 @@ _HISTORY = _history_statement()
 
 
 async def start_attempt(
-    session: AsyncSession,
+    session: Executes,
     turn_id: str,
     worker_id: str,
     *,
@@ -205,7 +204,7 @@ async def start_attempt(
 
 
 async def history(
-    session: AsyncSession,
+    session: Executes,
     chat_id: str,
     question_id: str,
     answer_seq: int,
@@ -313,7 +312,7 @@ async def finish(
     answer's metrics commit together.
     """
     now = now_ms()
-    async with db.write() as session:
+    async with db.write_core() as session:
         fenced = await session.execute(
             _FINISH_CANCELLED if state == "cancelled" else _FINISH,
             {

@@ -194,6 +194,22 @@ async def test_a_write_transaction_is_its_statements_and_a_commit(
         assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 2
 
 
+async def test_a_core_write_transaction_commits_at_exit(
+    database: Database, calls: list[str], thread_calls: list[str]
+) -> None:
+    thread_calls.clear()
+    async with database.write_core() as conn:
+        await conn.execute(text("INSERT INTO t (v) VALUES ('a')"))
+    assert thread_calls == ["counting", "commit"]
+    with pytest.raises(exc.IntegrityError):
+        async with database.write_core() as conn:
+            await conn.execute(text("INSERT INTO t (v) VALUES ('b')"))
+            await conn.execute(text("INSERT INTO t (v) VALUES ('a')"))  # a duplicate
+    async with database.read() as session:
+        rows = await session.execute(text("SELECT v FROM t"))
+        assert rows.scalars().all() == ["a"]  # 'b' went with the failed transaction
+
+
 async def test_a_transaction_without_statements_costs_no_call(
     database: Database, thread_calls: list[str]
 ) -> None:
@@ -205,15 +221,18 @@ async def test_a_transaction_without_statements_costs_no_call(
     assert thread_calls == []
 
 
+@pytest.mark.parametrize("kind", ["session", "connection"])
 async def test_the_write_lock_is_held_from_the_first_statement(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, kind: str
 ) -> None:
-    """The deferred BEGIN is still IMMEDIATE: once the first statement ran, another
-    connection cannot start writing until the commit; a rollback leaves nothing."""
+    """The deferred BEGIN is still IMMEDIATE, in a session (``write``) and on a bare
+    connection (``write_core``): once the first statement ran, another connection cannot
+    start writing until the commit; a rollback leaves nothing."""
     other = sqlite3.connect(tmp_path / "tx.db", timeout=0.05, isolation_level=None)
+    transaction = database.write if kind == "session" else database.write_core
     try:
         with pytest.raises(RuntimeError):
-            async with database.write() as session:
+            async with transaction() as session:
                 await session.execute(text("SELECT count(*) FROM t"))  # reads only, yet locks
                 with pytest.raises(sqlite3.OperationalError, match="locked"):
                     other.execute("BEGIN IMMEDIATE")
