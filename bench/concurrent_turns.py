@@ -134,7 +134,7 @@ def profiler(pid: int, path: str | None) -> subprocess.Popen[bytes] | None:
     if not path:
         return None
     spy = Path(sys.executable).parent / "py-spy"
-    cmd = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--gil"]
+    cmd = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--gil", "--nonblocking"]
     cmd += ["--format", "raw", "-o", path]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

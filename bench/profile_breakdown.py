@@ -4,10 +4,10 @@
     .venv/bin/python bench/profile_breakdown.py /tmp/relay.folded --turns 2000 --seconds 21.1 \
         --cpu 0.84
 
-The profile holds folded stacks of the thread holding the GIL (``py-spy record --gil --format
-raw``). Each sample is put in one *phase* (what the relay was doing it for: the HTTP post, the
-claim, a worker's frames, the clients' WebSockets...) by the relayline frames on its stack, and in
-one *kind* (the store, JSON, logging, metrics, the web framework, asyncio, relayline's own code)
+The profile holds folded stacks of the thread holding the GIL (``py-spy record --gil --nonblocking
+--format raw``). Each sample is put in one *phase* (what the relay was doing it for: the HTTP post,
+the claim, a worker's frames, the clients' WebSockets...) by the relayline frames on its stack, and
+in one *kind* (the store, JSON, logging, metrics, the web framework, asyncio, relayline's own code)
 by its innermost frame that names one. With ``--turns``, ``--seconds`` (the measured run) and
 ``--cpu`` (the relay's CPU share then), the shares become milliseconds of relay CPU per turn.
 """
