@@ -2,16 +2,59 @@
 
 from __future__ import annotations
 
+import os
 import re
-
-from ulid import ULID
+import time
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
+_CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # base32 as ULIDs spell it
+# Every 10-bit value as its two characters: the random part is 8 look-ups.
+_PAIRS = tuple(chr(_CROCKFORD[i >> 5]) + chr(_CROCKFORD[i & 31]) for i in range(1024))
+_TIME_CHARS = 10  # 48 bits of milliseconds in 10 characters (the first carries 3 bits)
+_MAX_MS = (1 << 48) - 1
+
+_last: tuple[int, str] = (-1, "")  # the last millisecond and its encoding
+
+
+def _time_prefix(ms: int) -> str:
+    global _last
+    last_ms, prefix = _last
+    if ms == last_ms:
+        return prefix
+    if not 0 <= ms <= _MAX_MS:
+        raise ValueError("time outside the ULID range")
+    chars = bytearray(_TIME_CHARS)
+    rest = ms
+    for position in range(_TIME_CHARS - 1, -1, -1):
+        chars[position] = _CROCKFORD[rest & 31]
+        rest >>= 5
+    prefix = chars.decode()
+    _last = (ms, prefix)
+    return prefix
+
 
 def new_id() -> str:
-    """A 26-character ULID: unique, URL-safe, and sorted by creation time."""
-    return str(ULID())
+    """A 26-character ULID: unique, URL-safe, and sorted by creation time.
+
+    The same ids as :pypi:`python-ulid`'s ``str(ULID())`` (48 bits of Unix milliseconds, then 80
+    random bits from ``os.urandom``, in Crockford's base32), made in a third of the time (1.0
+    against 3.2 µs): an event carries a new one, and on the streaming path ``str(ULID())`` was 3
+    to 4% of the relay's CPU (``bench/turns.py --concurrent``). The time part is encoded once per
+    millisecond, the random part ten bits at a time."""
+    r = int.from_bytes(os.urandom(10), "big")
+    p = _PAIRS
+    return (
+        _time_prefix(time.time_ns() // 1_000_000)
+        + p[r >> 70]
+        + p[(r >> 60) & 1023]
+        + p[(r >> 50) & 1023]
+        + p[(r >> 40) & 1023]
+        + p[(r >> 30) & 1023]
+        + p[(r >> 20) & 1023]
+        + p[(r >> 10) & 1023]
+        + p[r & 1023]
+    )
 
 
 def valid_request_id(value: str | None) -> bool:

@@ -1,0 +1,58 @@
+"""Row and event ids: ULIDs as python-ulid reads and writes them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from ulid import ULID
+
+from relayline import ids
+
+
+def test_an_id_is_a_ulid_of_now() -> None:
+    before = time.time_ns() // 1_000_000
+    made = ids.new_id()
+    after = time.time_ns() // 1_000_000
+    assert len(made) == 26
+    parsed = ULID.from_str(made)
+    assert str(parsed) == made  # the canonical spelling (upper case, Crockford's alphabet)
+    assert before <= parsed.milliseconds <= after
+
+
+@pytest.mark.parametrize("ms", [0, 1, 31, 32, 1_765_000_000_000, (1 << 48) - 1])
+def test_the_time_part_is_python_ulids(ms: int) -> None:
+    reference = str(ULID.from_timestamp(ms / 1000))[:10]
+    assert ids._time_prefix(ms) == reference
+    assert ULID.from_str(ids._time_prefix(ms) + "0" * 16).milliseconds == ms
+
+
+def test_a_time_outside_the_range_is_refused() -> None:
+    with pytest.raises(ValueError):
+        ids._time_prefix(1 << 48)
+    with pytest.raises(ValueError):
+        ids._time_prefix(-1)
+
+
+def test_the_random_part_covers_every_bit() -> None:
+    """80 random bits in 16 characters: every character position takes many values, and each
+    id differs from the others."""
+    made = [ids.new_id() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for position in range(10, 26):
+        assert len({m[position] for m in made}) > 20
+    # Every bit of the random part is set in some id and clear in another.
+    bits = [int(ULID.from_str(m)) & ((1 << 80) - 1) for m in made]
+    union = intersection = bits[0]
+    for value in bits[1:]:
+        union |= value
+        intersection &= value
+    assert union == (1 << 80) - 1 and intersection == 0
+
+
+def test_ids_sort_by_time() -> None:
+    first = ids.new_id()
+    time.sleep(0.002)
+    second = ids.new_id()
+    assert first < second
+    assert ULID.from_str(first).milliseconds < ULID.from_str(second).milliseconds
