@@ -19,7 +19,18 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
@@ -44,9 +55,9 @@ def _heads_its_chat() -> ColumnElement[bool]:
     )
 
 
-def _claimable(exclude: bool) -> Select[str]:
-    """The claim's query in Core (no ORM compile step on the hot path), same test as
-    :func:`_heads_its_chat`."""
+def _claimable_heads() -> ColumnElement[bool]:
+    """Queued, heading its chat (the test of :func:`_heads_its_chat`, in Core: no ORM compile
+    step on the hot path) and answerable by a worker serving ``p_models``."""
     turns = TURNS
     earlier = TURNS.alias("earlier")
     heads = ~exists().where(
@@ -56,15 +67,43 @@ def _claimable(exclude: bool) -> Select[str]:
     )
     # A completion waits for a worker that announces its model; a chat turn takes any worker.
     fits = or_(turns.c.model.is_(None), turns.c.model.in_(bindparam("p_models", expanding=True)))
-    query = select(turns.c.id).where(turns.c.state == "queued", heads, fits)
+    return and_(turns.c.state == "queued", heads, fits)
+
+
+def _claimable(exclude: bool, one: bool = False) -> Select[str]:
+    """The claim's query, locking the oldest claimable turn (``one``: the turn
+    ``p_turn_id``, if it still is)."""
+    query = select(TURNS.c.id).where(_claimable_heads())
     if exclude:
-        query = query.where(turns.c.chat_id.not_in(bindparam("p_exclude", expanding=True)))
-    return query.order_by(turns.c.id).limit(1).with_for_update(skip_locked=True)
+        query = query.where(TURNS.c.chat_id.not_in(bindparam("p_exclude", expanding=True)))
+    if one:
+        query = query.where(TURNS.c.id == bindparam("p_turn_id"))
+    return query.order_by(TURNS.c.id).limit(1).with_for_update(skip_locked=True)
+
+
+def _heads() -> Select[str, str]:
+    """The first ``p_limit`` claimable turns and their chats, oldest first, not locked."""
+    return (
+        select(TURNS.c.id, TURNS.c.chat_id)
+        .where(_claimable_heads())
+        .order_by(TURNS.c.id)
+        .limit(bindparam("p_limit"))
+    )
 
 
 # Built once: the claim runs after every post, and building this query is most of its cost.
 _CLAIMABLE = _claimable(exclude=False)
 _CLAIMABLE_EXCLUDING = _claimable(exclude=True)
+_CLAIMABLE_ONE = _claimable(exclude=False, one=True)
+_HEADS = _heads()
+
+# Up to this many chats to leave out are bound into the claim's query as they are. A relay
+# running many answers holds as many chats, and binding them all (SQLAlchemy expands each into
+# a parameter of its own, on every claim) cost ~0.6 ms a claim at 1,000; but a chat it holds
+# can head the queue only once its turn has ended in the store (while the outcome is being
+# announced, or after a cancel), which few do at a time. So the first heads are read and the
+# held chats skipped here, and only the chosen turn is locked.
+_EXCLUDE_BOUND = 16
 
 
 async def claimable_turn_id(
@@ -79,6 +118,21 @@ async def claimable_turn_id(
     ``exclude_chats``: chats this instance still holds while it stores and announces the
     outcome of their previous turn, so the next one does not overtake that announcement.
     """
+    if len(exclude_chats) > _EXCLUDE_BOUND:
+        heads = (
+            await session.execute(_HEADS, {"p_models": list(models), "p_limit": _EXCLUDE_BOUND + 1})
+        ).all()
+        free = next((turn_id for turn_id, chat_id in heads if chat_id not in exclude_chats), None)
+        if free is None and len(heads) <= _EXCLUDE_BOUND:
+            return None  # every head is a chat left out
+        if free is not None:
+            locked = (
+                await session.execute(_CLAIMABLE_ONE, {"p_turn_id": free, "p_models": list(models)})
+            ).scalar_one_or_none()
+            if locked is not None:
+                return str(locked)
+        # More held chats at the head than read, or the chosen turn was taken meanwhile
+        # (another instance locked it): the whole query decides.
     if exclude_chats:
         result = await session.execute(
             _CLAIMABLE_EXCLUDING, {"p_exclude": list(exclude_chats), "p_models": list(models)}

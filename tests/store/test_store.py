@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 
 from relayline import api_keys
 from relayline.errors import Conflict, NotFound
@@ -250,6 +250,73 @@ async def test_a_retry_after_the_chat_was_archived_gets_its_message(db: Database
     assert again.turn is not None and first.turn is not None and again.turn.id == first.turn.id
     async with db.read() as session:
         assert (await session.get_one(Chat, chat.id)).last_seq == 1  # the refusal took no seq
+
+
+@pytest.mark.parametrize(
+    ("held_heads", "expect"),
+    [
+        (3, "the fourth"),  # a few held chats head the queue: skipped among the first heads
+        (turn_queue._EXCLUDE_BOUND + 2, "the first free"),  # more than are read: the full query
+        (-1, "none"),  # every head is a held chat
+    ],
+)
+async def test_a_claim_leaves_out_many_held_chats(
+    db: Database, held_heads: int, expect: str
+) -> None:
+    """An instance holding many chats (more than are bound into the query) claims the oldest
+    head whose chat it does not hold, or nothing when it holds them all."""
+    tenant = await _tenant(db)
+    async with db.read() as session:  # other tests' turns may wait in the same database
+        others = set(await session.scalars(select(Turn.chat_id)))
+    posted: list[tuple[str, str]] = []  # (turn id, chat id), oldest first
+    for _ in range(turn_queue._EXCLUDE_BOUND + 4):
+        chat = await _chat(db, tenant.id)
+        message = await chats.post_user_message(db, tenant.id, chat.id, "q", None)
+        assert message.turn is not None
+        posted.append((message.turn.id, chat.id))
+    held = set(others) | {f"no-such-chat-{i}" for i in range(40)}  # well over the bound
+    if held_heads < 0:
+        held |= {chat_id for _, chat_id in posted}
+    else:
+        held |= {chat_id for _, chat_id in posted[:held_heads]}
+    async with db.write_core() as conn:
+        claimed = await turn_queue.claimable_turn_id(conn, exclude_chats=held)
+    if expect == "none":
+        assert claimed is None
+    else:
+        assert claimed == posted[held_heads][0]
+    async with db.write() as session:  # leave nothing claimable behind for other tests
+        await session.execute(
+            update(Turn)
+            .where(Turn.id.in_([turn_id for turn_id, _ in posted]))
+            .values(state="cancelled")
+        )
+
+
+async def test_a_claim_leaving_out_many_chats_skips_a_turn_another_instance_locked(
+    db: Database,
+) -> None:
+    """The head chosen among the first heads is locked by another instance's claim meanwhile:
+    the whole query decides, and skips it (PostgreSQL's row locks)."""
+    if db.is_sqlite:
+        pytest.skip("row locks: SQLite has one writer, no other instance can hold a turn")
+    tenant = await _tenant(db)
+    async with db.read() as session:
+        others = set(await session.scalars(select(Turn.chat_id)))
+    posted: list[str] = []
+    for _ in range(2):
+        chat = await _chat(db, tenant.id)
+        message = await chats.post_user_message(db, tenant.id, chat.id, "q", None)
+        assert message.turn is not None
+        posted.append(message.turn.id)
+    held = set(others) | {f"no-such-chat-{i}" for i in range(40)}
+    async with db.engine.connect() as other, other.begin():
+        await other.execute(select(Turn.id).where(Turn.id == posted[0]).with_for_update())
+        async with db.write_core() as conn:
+            claimed = await turn_queue.claimable_turn_id(conn, exclude_chats=held)
+    assert claimed == posted[1]
+    async with db.write() as session:
+        await session.execute(update(Turn).where(Turn.id.in_(posted)).values(state="cancelled"))
 
 
 async def test_a_new_attempt_reuses_its_answer_and_fences_the_old_one(db: Database) -> None:
