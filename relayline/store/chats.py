@@ -228,7 +228,7 @@ _CHAT_ROW = select(CHATS).where(CHATS.c.id == bindparam("p_chat_id"))
 
 
 async def chat_for_reading(
-    session: AsyncSession, tenant_id: str, chat_id: str
+    session: Executes, tenant_id: str, chat_id: str
 ) -> tuple[Chat, Turn | None]:
     """The chat and its turn in progress, read in one transaction, as detached objects (to
     read, not to change); ``NotFound`` as :func:`get_chat`."""

@@ -68,6 +68,13 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def read_core(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for Core queries (no ORM objects), without a session's bookkeeping;
+        its transaction is rolled back at exit."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction committed at exit, rolled back on error."""
         if self._write_lock is None:

@@ -451,6 +451,12 @@ async def test_a_chat_read_for_a_reload_is_the_stored_chat_and_its_turn(db: Data
         assert read.last_seq == 2
         # Detached: nothing read for a reload is in the session to be flushed by accident.
         assert read not in session and turn not in session
+    # The same through a bare connection, as a reload reads it.
+    async with db.read_core() as conn:
+        read_bare, turn_bare = await chats.chat_for_reading(conn, tenant.id, chat.id)
+    assert _fields(read_bare, Chat.__table__) == _fields(read, Chat.__table__)
+    assert turn_bare is not None
+    assert _fields(turn_bare, Turn.__table__) == _fields(turn, Turn.__table__)
 
     async with db.read() as session:
         with pytest.raises(NotFound):
