@@ -19,7 +19,7 @@ _WRITE = "relayline_write"
 Executes = AsyncSession | AsyncConnection
 """What a store function that only runs Core statements (``execute``) takes: a session from
 :meth:`Database.write` or :meth:`Database.read`, or a connection from
-:meth:`Database.write_core`."""
+:meth:`Database.write_core` or :meth:`Database.read_core`."""
 
 
 class Database:
