@@ -19,13 +19,13 @@ the pool's rollback of a connection returned after its commit) is a no-op in sql
 sent to the thread at all.
 
 Everything else is SQLAlchemy's and aiosqlite's: the connection, its thread and its order of
-calls (one statement at a time per connection, under the adapter's mutex), transactions
-(commit and rollback are calls of their own), errors (raised on the thread, handed back as
-they are and translated by the adapter), and server-side cursors. Installed with
-``create_async_engine(url, module=lean_dbapi())``; ``aiosqlite.Connection._execute`` (its queue
-of calls for the thread) and ``_conn`` (the sqlite3 connection, used on that thread only) are
-aiosqlite's internals, as SQLAlchemy's own adapter uses them, and every store test goes through
-them.
+calls (one statement at a time per connection, under the adapter's mutex), transactions (a
+commit or rollback that has something to end is a call of its own), errors (raised on the
+thread, handed back as they are and translated by the adapter), and server-side cursors.
+Installed with ``create_async_engine(url, module=lean_dbapi())``; ``aiosqlite.Connection._execute``
+(its queue of calls for the thread) and ``_conn`` (the sqlite3 connection: used on that thread,
+and read here only for ``in_transaction`` while no call is running) are aiosqlite's internals, as
+SQLAlchemy's own adapter uses them, and every store test goes through them.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,27 +21,31 @@ from relayline.store import sqlite_driver
 from relayline.store.database import Database
 from relayline.store.engine import create_engine
 
+_TABLE = text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(Settings(database_url=f"sqlite:///{tmp_path}/driver.db"))
     async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)"))
+        await conn.execute(_TABLE)
     yield engine
     await engine.dispose()
 
 
 @pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The statements run on aiosqlite's thread through the driver, in order."""
-    seen: list[str] = []
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str]]:
+    """The statements run on aiosqlite's thread through the driver, in order, each with the
+    ``BEGIN`` sent in the same call (None: none)."""
+    seen: list[tuple[str | None, str]] = []
     real = sqlite_driver._run
 
-    def counting(*args: object) -> object:
-        seen.append(str(args[1]))
-        return real(*args)  # type: ignore[arg-type]
+    @functools.wraps(real)
+    def recording(*args: Any) -> Any:
+        seen.append((args[5], str(args[1])))
+        return real(*args)
 
-    monkeypatch.setattr(sqlite_driver, "_run", counting)
+    monkeypatch.setattr(sqlite_driver, "_run", recording)
     return seen
 
 
@@ -48,13 +53,15 @@ def test_the_engine_uses_the_driver(engine: AsyncEngine) -> None:
     assert isinstance(engine.sync_engine.dialect.dbapi, sqlite_driver.LeanDbapi)
 
 
-async def test_each_statement_is_one_call(engine: AsyncEngine, calls: list[str]) -> None:
+async def test_each_statement_is_one_call(
+    engine: AsyncEngine, calls: list[tuple[str | None, str]]
+) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO t (v) VALUES ('a')"))
         await conn.execute(text("SELECT v FROM t"))
     # BEGIN (issued as a statement by the store's transaction handling) or not, each
     # statement went through the driver once.
-    assert [c for c in calls if not c.startswith("BEGIN")] == [
+    assert [statement for _, statement in calls if not statement.startswith("BEGIN")] == [
         "INSERT INTO t (v) VALUES ('a')",
         "SELECT v FROM t",
     ]
@@ -151,7 +158,7 @@ async def test_an_invalidated_connection_stopped_meanwhile_closes_in_bounded_tim
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
     db = Database(Settings(database_url=f"sqlite:///{tmp_path}/tx.db", sqlite_busy_timeout_ms=200))
     async with db.engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)"))
+        await conn.execute(_TABLE)
     yield db
     await db.dispose()
 
@@ -171,36 +178,31 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_a_write_transaction_is_its_statements_and_a_commit(
-    database: Database, calls: list[str], thread_calls: list[str]
+    database: Database, calls: list[tuple[str | None, str]], thread_calls: list[str]
 ) -> None:
     """BEGIN IMMEDIATE travels with the first statement; the pool's rollback of the returned
     connection is not sent, there being nothing to roll back."""
-    begins: list[object] = []
-    real = sqlite_driver._run
-
-    def spying(*args: Any) -> Any:
-        begins.append(args[5])
-        return real(*args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sqlite_driver, "_run", spying)
-        thread_calls.clear()
-        async with database.write() as session:
-            await session.execute(text("INSERT INTO t (v) VALUES ('a')"))
-            await session.execute(text("INSERT INTO t (v) VALUES ('b')"))
-    assert begins == ["BEGIN IMMEDIATE", None]
-    assert thread_calls == ["spying", "spying", "commit"]
+    calls.clear()
+    thread_calls.clear()
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO t (v) VALUES ('a')"))
+        await session.execute(text("INSERT INTO t (v) VALUES ('b')"))
+    assert calls == [
+        ("BEGIN IMMEDIATE", "INSERT INTO t (v) VALUES ('a')"),
+        (None, "INSERT INTO t (v) VALUES ('b')"),
+    ]
+    assert thread_calls == ["_run", "_run", "commit"]
     async with database.read() as session:
         assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 2
 
 
 async def test_a_core_write_transaction_commits_at_exit(
-    database: Database, calls: list[str], thread_calls: list[str]
+    database: Database, calls: list[tuple[str | None, str]], thread_calls: list[str]
 ) -> None:
     thread_calls.clear()
     async with database.write_core() as conn:
         await conn.execute(text("INSERT INTO t (v) VALUES ('a')"))
-    assert thread_calls == ["counting", "commit"]
+    assert thread_calls == ["_run", "commit"]
     with pytest.raises(exc.IntegrityError):
         async with database.write_core() as conn:
             await conn.execute(text("INSERT INTO t (v) VALUES ('b')"))
