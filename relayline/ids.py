@@ -38,10 +38,11 @@ def new_id() -> str:
     """A 26-character ULID: unique, URL-safe, and sorted by creation time.
 
     The same ids as :pypi:`python-ulid`'s ``str(ULID())`` (48 bits of Unix milliseconds, then 80
-    random bits from ``os.urandom``, in Crockford's base32), made in a third of the time (1.0
-    against 3.2 µs): an event carries a new one, and on the streaming path ``str(ULID())`` was 3
-    to 4% of the relay's CPU (``bench/turns.py --concurrent``). The time part is encoded once per
-    millisecond, the random part ten bits at a time."""
+    random bits from ``os.urandom``, in Crockford's base32), made in well under half the time
+    (1.2 against 3.2 µs, ``bench/store_tx.py``): an event carries a new one, and on the streaming
+    path ``str(ULID())`` was 3 to 4% of the relay's CPU (``bench/turns.py --concurrent
+    --profile``). The time part is encoded once per millisecond, the random part ten bits at a
+    time."""
     r = int.from_bytes(os.urandom(10), "big")
     p = _PAIRS
     return (

@@ -62,10 +62,9 @@ class RelayUvicornServer(uvicorn.Server):
 # middle generation (CPython's default is 10), and still only when the objects promoted since
 # the last one are a quarter of the heap. A relay taking thousands of connections at once (a
 # reconnect storm) grows its heap quickly, and at the default each growth of a quarter set off
-# a full collection of every live connection's objects: 22 of them, 3.9 s of the new relay's
-# ~35 s of CPU in a 10,000-client storm (5.5 s of collecting in all); at 100, 2 (1.4 s in
-# all). The young generations keep their defaults: collecting the youngest less often (every
-# 50,000 allocations, not 700) cut the storm's collecting further but measured a slower
+# a full collection of every live connection's objects: 17 of them in a 10,000-client storm,
+# 1 at 100 (``bench/storm.py`` reports the count). The young generations keep their defaults:
+# collecting the youngest less often (every 50,000 allocations, not 700) measured a slower
 # fan-out. Cyclic garbage that lived long enough to be promoted is found later, not never.
 GC_FULL_EVERY = 100
 
