@@ -59,6 +59,18 @@ async def drain(sub: Subscription) -> list[Event | Reset]:
             return items
 
 
+async def collect_until(
+    sub: Subscription, done: Callable[[list[Event | Reset]], bool], timeout_s: float = 10.0
+) -> list[Event | Reset]:
+    """Items of the subscription until ``done`` says they are enough (within ``timeout_s``),
+    then whatever else it holds now."""
+    items: list[Event | Reset] = []
+    async with asyncio.timeout(timeout_s):
+        while not done(items):
+            items.append(await sub.__anext__())
+    return items + await drain(sub)
+
+
 async def test_send_streams_the_answer(
     turn_relay: RelayFactory, workers: Workers, tenants: Tenants, clients: Make
 ) -> None:
@@ -100,7 +112,18 @@ async def test_resume_after_a_relay_restart_loses_and_doubles_nothing(
     await again.start()
     try:
         second = await (await chat.send("two")).text()
-        items = await drain(events)
+
+        def reset_and_second_answer(items: list[Event | Reset]) -> bool:
+            # The Reset waits for the snapshot the client fetches from the new relay, which
+            # may come after the second answer has streamed on the chat's own subscription.
+            return any(isinstance(i, Reset) for i in items) and any(
+                isinstance(i, Event)
+                and i.type == "message.completed"
+                and i.data.get("content") == second
+                for i in items
+            )
+
+        items = await collect_until(events, reset_and_second_answer)
         stored = await messages(tenant, chat.id)
     finally:
         await client.close()
@@ -345,7 +368,9 @@ async def test_an_answer_cut_by_events_missed_resumes_from_the_snapshot_without_
     assert "".join(pieces) == expected
     assert answer.content == expected
     assert len(pieces) > 3
-    resets = [i for i in await drain(watcher) if isinstance(i, Reset)]
+    # The watcher's Reset waits for its snapshot: wait for it (bounded), then take the rest.
+    items = await collect_until(watcher, lambda got: any(isinstance(i, Reset) for i in got))
+    resets = [i for i in items if isinstance(i, Reset)]
     assert len(resets) == 1
 
 
