@@ -137,8 +137,9 @@ class ChatService:
         epoch, seq = await self.bus.position(topic)
         partial = await self.dispatcher.partial(chat_id)
         approvals = await self.dispatcher.pending_approvals(chat_id)
-        async with self.db.read_core() as conn:
-            chat, turn = await chats.chat_for_reading(conn, tenant_id, chat_id)
+        chat, turn = await self.db.run_read(
+            lambda conn: chats.chat_for_reading(conn, tenant_id, chat_id)
+        )
         running = turn.id if turn is not None and turn.state == "running" else None
         return ChatSnapshot(
             chat=chat,

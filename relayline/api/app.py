@@ -69,7 +69,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def open_store(settings: Settings) -> Database:
     """Create the engine, check the database answers, and migrate when configured to."""
     db = Database(settings)
-    instrument_engine(db.engine)
+    for engine in db.sync_engines:
+        instrument_engine(engine)
     try:
         await db.ping()
     except Exception as exc:

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 STORE_STATEMENTS = Histogram(
@@ -45,9 +45,9 @@ def _kind(statement: str) -> str:
 _BY_KIND = {kind: STORE_STATEMENTS.labels(kind) for kind in (*_KINDS, "other")}
 
 
-def instrument_engine(engine: AsyncEngine) -> None:
+def instrument_engine(engine: AsyncEngine | Engine) -> None:
     """Time every statement of ``engine`` (once per engine)."""
-    sync_engine = engine.sync_engine
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if getattr(sync_engine, "_relayline_instrumented", False):
         return
     sync_engine._relayline_instrumented = True  # type: ignore[attr-defined]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relayline.clock import now_ms
 from relayline.errors import Conflict, NotFound
 from relayline.ids import new_id
-from relayline.store.database import Database, Executes
+from relayline.store.database import Database
 from relayline.store.models import Chat, Message, Turn
 
 ACTIVE_TURN_STATES = ("queued", "running")
@@ -103,9 +103,9 @@ INSERT_MESSAGE = insert(MESSAGES)
 _INSERT_TURN = insert(TURNS)
 
 
-async def next_seq(session: Executes, chat_id: str) -> int:
+def next_seq(conn: Connection, chat_id: str) -> int:
     """The chat's next message number (the chat must exist)."""
-    return int((await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).one()[0])
+    return int(conn.execute(BUMP_SEQ, {"p_chat_id": chat_id}).one()[0])
 
 
 class _Refused(Exception):
@@ -128,46 +128,49 @@ async def post_user_message(
     (one write transaction either way; a repeat costs a rolled-back insert and a read).
     """
     now = now_ms()
+
+    def post(conn: Connection) -> PostedMessage:
+        row = conn.execute(BUMP_SEQ, {"p_chat_id": chat_id}).first()
+        if row is None or row.tenant_id != tenant_id or row.kind != "chat":
+            raise NotFound("chat not found")
+        if row.archived_at is not None:
+            raise _Refused
+        turn_id = new_id()
+        message = Message(
+            id=new_id(),
+            chat_id=chat_id,
+            seq=int(row.last_seq),
+            role="user",
+            content=content,
+            status="complete",
+            finish_reason=None,
+            client_msg_id=client_msg_id,
+            turn_id=turn_id,
+            created_at=now,
+        )
+        turn = Turn(
+            id=turn_id,
+            chat_id=chat_id,
+            tenant_id=tenant_id,
+            message_id=message.id,
+            state="queued",
+            attempt=0,
+            worker_id=None,
+            response_message_id=None,
+            correlation_id=correlation_id or turn_id,
+            error_category=None,
+            error_detail=None,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+        )
+        conn.execute(INSERT_MESSAGE, _columns(message, MESSAGES))
+        conn.execute(_INSERT_TURN, _columns(turn, TURNS))
+        return PostedMessage(message, turn, created=True)
+
     try:
-        async with db.write_core() as session:
-            row = (await session.execute(BUMP_SEQ, {"p_chat_id": chat_id})).first()
-            if row is None or row.tenant_id != tenant_id or row.kind != "chat":
-                raise NotFound("chat not found")
-            if row.archived_at is not None:
-                raise _Refused
-            turn_id = new_id()
-            message = Message(
-                id=new_id(),
-                chat_id=chat_id,
-                seq=int(row.last_seq),
-                role="user",
-                content=content,
-                status="complete",
-                finish_reason=None,
-                client_msg_id=client_msg_id,
-                turn_id=turn_id,
-                created_at=now,
-            )
-            turn = Turn(
-                id=turn_id,
-                chat_id=chat_id,
-                tenant_id=tenant_id,
-                message_id=message.id,
-                state="queued",
-                attempt=0,
-                worker_id=None,
-                response_message_id=None,
-                correlation_id=correlation_id or turn_id,
-                error_category=None,
-                error_detail=None,
-                created_at=now,
-                started_at=None,
-                finished_at=None,
-                lease_expires_at=None,
-            )
-            await session.execute(INSERT_MESSAGE, _columns(message, MESSAGES))
-            await session.execute(_INSERT_TURN, _columns(turn, TURNS))
-            return PostedMessage(message, turn, created=True)
+        return await db.run_write(post)
     except IntegrityError:
         if client_msg_id is None:
             raise
@@ -222,20 +225,18 @@ async def active_turn(session: AsyncSession, chat_id: str) -> Turn | None:
 
 
 # A chat reload reads the chat and its turn in progress without changing them: Core selects
-# built once, the rows made into detached objects (no identity map, no ORM loading), which is
+# built once, the rows made into objects of no session (no identity map, no ORM loading), which is
 # most of what a reload costs the store.
 _CHAT_ROW = select(CHATS).where(CHATS.c.id == bindparam("p_chat_id"))
 
 
-async def chat_for_reading(
-    session: Executes, tenant_id: str, chat_id: str
-) -> tuple[Chat, Turn | None]:
-    """The chat and its turn in progress, read in one transaction, as detached objects (to
-    read, not to change); ``NotFound`` as :func:`get_chat`."""
-    row = (await session.execute(_CHAT_ROW, {"p_chat_id": chat_id})).first()
+def chat_for_reading(conn: Connection, tenant_id: str, chat_id: str) -> tuple[Chat, Turn | None]:
+    """The chat and its turn in progress, read in one transaction (``Database.run_read``), as
+    objects of no session (to read, not to change); ``NotFound`` as :func:`get_chat`."""
+    row = conn.execute(_CHAT_ROW, {"p_chat_id": chat_id}).first()
     if row is None or row.tenant_id != tenant_id or row.kind != "chat":
         raise NotFound("chat not found")
-    turn_row = (await session.execute(_ACTIVE_TURN_ROW, {"p_chat_id": chat_id})).first()
+    turn_row = conn.execute(_ACTIVE_TURN_ROW, {"p_chat_id": chat_id}).first()
     turn = Turn(**turn_row._mapping) if turn_row is not None else None
     return Chat(**row._mapping), turn
 

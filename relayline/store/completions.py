@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
@@ -66,8 +66,9 @@ async def create(
     first_user = next((text for role, text in texts if role == "user" and text), None)
     title = first_user[:TITLE_CHARS] if keep and first_user else None
     message_ids = [new_id() for _ in kept]
-    async with db.write() as session:
-        await session.execute(
+
+    def store(conn: Connection) -> None:
+        conn.execute(
             _INSERT_CHAT,
             {
                 "id": chat_id,
@@ -79,7 +80,7 @@ async def create(
                 "kind": "chat" if keep else "completion",
             },
         )
-        await session.execute(
+        conn.execute(
             _INSERT_MESSAGE,
             [
                 {
@@ -100,7 +101,7 @@ async def create(
                 )
             ],
         )
-        await session.execute(
+        conn.execute(
             _INSERT_TURN,
             {
                 "id": turn_id,
@@ -122,6 +123,8 @@ async def create(
                 "request": {**request, "keep": keep},
             },
         )
+
+    await db.run_write(store)
     return StoredCompletion(chat_id, turn_id, message_ids[-1])
 
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from relayline.config import Settings
+from relayline.config import Settings, sqlite_path
 from relayline.store.engine import create_engine
 from relayline.store.sqlite_driver import LeanConnection
+from relayline.store.sqlite_thread import TransactionThread
+
+T = TypeVar("T")
 
 _WRITE = "relayline_write"
-
-Executes = AsyncSession | AsyncConnection
-"""What a store function that only runs Core statements (``execute``) takes: a session from
-:meth:`Database.write` or :meth:`Database.read`, or a connection from
-:meth:`Database.write_core` or :meth:`Database.read_core`."""
 
 
 class Database:
@@ -32,6 +30,11 @@ class Database:
     of polling the file lock with the busy handler's growing sleeps (and failing after the busy
     timeout under a burst). The busy timeout still covers other processes (``relayline admin``).
     Write transactions must not nest.
+
+    :meth:`run_write` and :meth:`run_read` run a transaction written as a function of a
+    synchronous connection (Core statements): on a SQLite file, the whole of it on one thread
+    in one hand-off (:mod:`.sqlite_thread`); elsewhere through the async engine (``run_sync``).
+    The hot transactions (a post, a claim, an outcome) are written that way.
     """
 
     def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
@@ -39,8 +42,21 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._thread: TransactionThread | None = None
         if self.is_sqlite:
             self._take_over_sqlite_transactions()
+            if engine is None and sqlite_path(settings.database_url) is not None:
+                self._thread = TransactionThread(
+                    settings.database_url, settings.sqlite_busy_timeout_ms
+                )
+
+    @property
+    def sync_engines(self) -> list[Engine]:
+        """Every engine that runs this store's statements (for instrumentation)."""
+        engines = [self.engine.sync_engine]
+        if self._thread is not None:
+            engines.append(self._thread.engine)
+        return engines
 
     def _take_over_sqlite_transactions(self) -> None:
         # The sqlite3 driver issues its own deferred BEGIN; hand that to SQLAlchemy so that
@@ -101,10 +117,34 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    async def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(connection)`` as one write transaction, like :meth:`write_core`'s: committed
+        when it returns, rolled back when it raises; its result or its exception.
+
+        ``fn`` runs Core statements on a synchronous connection and does nothing else that
+        blocks (on SQLite it runs on the store's thread, elsewhere in a greenlet)."""
+        if self._thread is None:
+            async with self.write_core() as conn:
+                return await conn.run_sync(fn)
+        assert self._write_lock is not None
+        async with self._write_lock:
+            return await self._thread.run(fn, write=True)
+
+    async def run_read(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(connection)`` as one read transaction (a deferred ``BEGIN`` on SQLite: it
+        takes no write lock), like :meth:`read_core`'s; ``fn`` only reads, under the same
+        rules as :meth:`run_write`'s."""
+        if self._thread is None:
+            async with self.read_core() as conn:
+                return await conn.run_sync(fn)
+        return await self._thread.run(fn, write=False)
+
     async def ping(self) -> None:
         """Round-trip to the database; raises when it is unreachable."""
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._thread is not None:
+            await self._thread.close()
         await self.engine.dispose()

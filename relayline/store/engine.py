@@ -23,6 +23,16 @@ def async_url(url: str) -> str:
     raise ValueError(f"unsupported database backend {backend!r}")
 
 
+def sqlite_pragmas(cursor: Any, busy_timeout_ms: int) -> None:
+    """What every SQLite connection of the store sets when it opens."""
+    # WAL lets readers proceed during a write; NORMAL is durable with WAL except for the last
+    # transactions on power loss, which is the usual trade-off.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """Build the process's engine; SQLite gets WAL, a busy timeout and foreign keys."""
     url = async_url(settings.database_url)
@@ -37,12 +47,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            # WAL lets readers proceed during a write; NORMAL is durable with WAL except
-            # for the last transactions on power loss, which is the usual trade-off.
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={int(busy)}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            sqlite_pragmas(cur, busy)
             cur.close()
 
         return engine

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     and_,
     bindparam,
@@ -35,7 +36,7 @@ from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
 from relayline.store.chats import TURNS
-from relayline.store.database import Database, Executes
+from relayline.store.database import Database
 from relayline.store.models import Message, Turn
 from relayline.store.turns import Assignment, start_attempt
 
@@ -55,9 +56,10 @@ def _heads_its_chat() -> ColumnElement[bool]:
     )
 
 
-def _claimable_heads() -> ColumnElement[bool]:
+def _claimable_heads(models: bool) -> ColumnElement[bool]:
     """Queued, heading its chat (the test of :func:`_heads_its_chat`, in Core: no ORM compile
-    step on the hot path) and answerable by a worker serving ``p_models``."""
+    step on the hot path) and answerable by the worker: a turn that names no model, or
+    (``models``) one of ``p_models``."""
     turns = TURNS
     earlier = TURNS.alias("earlier")
     heads = ~exists().where(
@@ -66,14 +68,16 @@ def _claimable_heads() -> ColumnElement[bool]:
         earlier.c.id < turns.c.id,
     )
     # A completion waits for a worker that announces its model; a chat turn takes any worker.
-    fits = or_(turns.c.model.is_(None), turns.c.model.in_(bindparam("p_models", expanding=True)))
+    fits: ColumnElement[bool] = turns.c.model.is_(None)
+    if models:
+        fits = or_(fits, turns.c.model.in_(bindparam("p_models", expanding=True)))
     return and_(turns.c.state == "queued", heads, fits)
 
 
-def _claimable(exclude: bool, one: bool = False) -> Select[str]:
+def _claimable(models: bool, exclude: bool = False, one: bool = False) -> Select[str]:
     """The claim's query, locking the oldest claimable turn (``one``: the turn
     ``p_turn_id``, if it still is)."""
-    query = select(TURNS.c.id).where(_claimable_heads())
+    query = select(TURNS.c.id).where(_claimable_heads(models))
     if exclude:
         query = query.where(TURNS.c.chat_id.not_in(bindparam("p_exclude", expanding=True)))
     if one:
@@ -81,33 +85,50 @@ def _claimable(exclude: bool, one: bool = False) -> Select[str]:
     return query.order_by(TURNS.c.id).limit(1).with_for_update(skip_locked=True)
 
 
-def _heads() -> Select[str, str]:
+def _heads(models: bool) -> Select[str, str]:
     """The first ``p_limit`` claimable turns and their chats, oldest first, not locked."""
     return (
         select(TURNS.c.id, TURNS.c.chat_id)
-        .where(_claimable_heads())
+        .where(_claimable_heads(models))
         .order_by(TURNS.c.id)
         .limit(bindparam("p_limit"))
     )
 
 
-# Built once: the claim runs after every post, and building this query is most of its cost.
-_CLAIMABLE = _claimable(exclude=False)
-_CLAIMABLE_EXCLUDING = _claimable(exclude=True)
-_CLAIMABLE_ONE = _claimable(exclude=False, one=True)
-_HEADS = _heads()
+@dataclass(frozen=True, slots=True)
+class _Claims:
+    """The claim's statements for one kind of worker (serving models, or not)."""
 
-# Up to this many chats to leave out are bound into the claim's query as they are. A relay
-# running many answers holds as many chats, and binding them all (SQLAlchemy expands each into
-# a parameter of its own, on every claim) cost ~0.6 ms a claim at 1,000; but a chat it holds
-# can head the queue only once its turn has ended in the store (while the outcome is being
-# announced, or after a cancel), which few do at a time. So the first heads are read and the
-# held chats skipped here, and only the chosen turn is locked.
+    claimable: Select[str]
+    excluding: Select[str]
+    one: Select[str]
+    heads: Select[str, str]
+
+
+# Built once: the claim runs after every post, and building this query is most of its cost.
+# A worker that serves no model (a chat worker) gets statements without ``p_models``: an
+# expanding parameter makes SQLAlchemy rewrite the statement's text on every execution.
+_CLAIMS = {
+    models: _Claims(
+        _claimable(models),
+        _claimable(models, exclude=True),
+        _claimable(models, one=True),
+        _heads(models),
+    )
+    for models in (False, True)
+}
+
+# At most this many chats to leave out are looked for among the first heads. A relay running
+# many answers holds as many chats, and binding them all into the query (SQLAlchemy expands
+# each into a parameter of its own, on every claim) cost ~0.6 ms a claim at 1,000; but a chat
+# it holds can head the queue only once its turn has ended in the store (while the outcome is
+# being announced, or after a cancel), which few do at a time. So the first heads are read and
+# the held chats skipped here, and only the chosen turn is locked.
 _EXCLUDE_BOUND = 16
 
 
-async def claimable_turn_id(
-    session: Executes,
+def claimable_turn_id(
+    conn: Connection,
     *,
     exclude_chats: Collection[str] = (),
     models: Collection[str] = (),
@@ -118,28 +139,29 @@ async def claimable_turn_id(
     ``exclude_chats``: chats this instance still holds while it stores and announces the
     outcome of their previous turn, so the next one does not overtake that announcement.
     """
-    if len(exclude_chats) > _EXCLUDE_BOUND:
-        heads = (
-            await session.execute(_HEADS, {"p_models": list(models), "p_limit": _EXCLUDE_BOUND + 1})
-        ).all()
+    claims = _CLAIMS[bool(models)]
+    params: dict[str, object] = {"p_models": list(models)} if models else {}
+    if exclude_chats:
+        # Each head is a chat of its own: among one more heads than chats left out, one at
+        # least is free, unless the queue has fewer.
+        limit = min(len(exclude_chats), _EXCLUDE_BOUND) + 1
+        heads = conn.execute(claims.heads, {**params, "p_limit": limit}).all()
         free = next((turn_id for turn_id, chat_id in heads if chat_id not in exclude_chats), None)
-        if free is None and len(heads) <= _EXCLUDE_BOUND:
+        if free is None and len(heads) < limit:
             return None  # every head is a chat left out
         if free is not None:
-            locked = (
-                await session.execute(_CLAIMABLE_ONE, {"p_turn_id": free, "p_models": list(models)})
-            ).scalar_one_or_none()
+            if conn.dialect.name == "sqlite":
+                return str(free)  # one writer: what this transaction read stays as it is
+            locked = conn.execute(claims.one, {**params, "p_turn_id": free}).scalar_one_or_none()
             if locked is not None:
                 return str(locked)
         # More held chats at the head than read, or the chosen turn was taken meanwhile
         # (another instance locked it): the whole query decides.
-    if exclude_chats:
-        result = await session.execute(
-            _CLAIMABLE_EXCLUDING, {"p_exclude": list(exclude_chats), "p_models": list(models)}
-        )
+        result = conn.execute(claims.excluding, {**params, "p_exclude": list(exclude_chats)})
     else:
-        result = await session.execute(_CLAIMABLE, {"p_models": list(models)})
-    return result.scalar_one_or_none()
+        result = conn.execute(claims.claimable, params)
+    found = result.scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 async def claim_next(
@@ -155,12 +177,13 @@ async def claim_next(
 ) -> Assignment | None:
     """Claim the head turn for ``worker_id`` (serving ``models``) and start its next attempt,
     in one transaction."""
-    async with db.write_core() as session:
-        turn_id = await claimable_turn_id(session, exclude_chats=exclude_chats, models=models)
+
+    def claim(conn: Connection) -> Assignment | None:
+        turn_id = claimable_turn_id(conn, exclude_chats=exclude_chats, models=models)
         if turn_id is None:
             return None
-        return await start_attempt(
-            session,
+        return start_attempt(
+            conn,
             turn_id,
             worker_id,
             max_messages=max_messages,
@@ -168,6 +191,8 @@ async def claim_next(
             lease_ms=lease_ms,
             include_failed=include_failed,
         )
+
+    return await db.run_write(claim)
 
 
 async def queued_heads(db: Database, limit: int = 1000) -> list[tuple[str, str]]:

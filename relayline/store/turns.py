@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     Boolean,
+    Connection,
     Select,
     Table,
     Update,
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from relayline.clock import now_ms
 from relayline.ids import new_id
 from relayline.store.chats import INSERT_MESSAGE, MESSAGES, TURNS, next_seq
-from relayline.store.database import Database, Executes
+from relayline.store.database import Database
 from relayline.store.models import MessageMetric, Tenant, Turn
 
 
@@ -116,8 +117,8 @@ def _history_statement() -> Select[str, str]:
 _HISTORY = _history_statement()
 
 
-async def start_attempt(
-    session: Executes,
+def start_attempt(
+    conn: Connection,
     turn_id: str,
     worker_id: str,
     *,
@@ -130,23 +131,21 @@ async def start_attempt(
     so choosing and starting it commit together)."""
     now = now_ms()
     new_answer_id = new_id()
-    turn = (
-        await session.execute(
-            _START,
-            {
-                "p_turn_id": turn_id,
-                "p_worker_id": worker_id,
-                "p_now": now,
-                "p_lease_expires_at": now + lease_ms if lease_ms is not None else None,
-                "p_answer_id": new_answer_id,
-            },
-        )
+    turn = conn.execute(
+        _START,
+        {
+            "p_turn_id": turn_id,
+            "p_worker_id": worker_id,
+            "p_now": now,
+            "p_lease_expires_at": now + lease_ms if lease_ms is not None else None,
+            "p_answer_id": new_answer_id,
+        },
     ).one()
     if turn.response_message_id == new_answer_id:
         # The answer takes its place in the chat now, so messages posted while it streams
         # come after it.
-        answer_seq = await next_seq(session, turn.chat_id)
-        await session.execute(
+        answer_seq = next_seq(conn, turn.chat_id)
+        conn.execute(
             INSERT_MESSAGE,
             {
                 "id": new_answer_id,
@@ -162,8 +161,8 @@ async def start_attempt(
             },
         )
     else:
-        answer_seq = (
-            await session.execute(_RESTART_ANSWER, {"p_message_id": turn.response_message_id})
+        answer_seq = conn.execute(
+            _RESTART_ANSWER, {"p_message_id": turn.response_message_id}
         ).scalar_one()
     if turn.request is not None:
         # A completion carries its whole conversation: no history to read, no agent settings.
@@ -180,9 +179,9 @@ async def start_attempt(
             turn.correlation_id or turn_id,
             request,
         )
-    agent = (await session.execute(_AGENT, {"p_tenant_id": turn.tenant_id})).scalar_one_or_none()
-    messages = await history(
-        session,
+    agent = conn.execute(_AGENT, {"p_tenant_id": turn.tenant_id}).scalar_one_or_none()
+    messages = history(
+        conn,
         turn.chat_id,
         turn.message_id,
         answer_seq,
@@ -203,8 +202,8 @@ async def start_attempt(
     )
 
 
-async def history(
-    session: Executes,
+def history(
+    conn: Connection,
     chat_id: str,
     question_id: str,
     answer_seq: int,
@@ -225,7 +224,7 @@ async def history(
     feeding it back would have the model continue or imitate a broken reply; an operator who
     wants it anyway sets ``RELAYLINE_TURN_HISTORY_FAILED`` (``include_failed``).
     """
-    rows = await session.execute(
+    rows = conn.execute(
         _HISTORY,
         {
             "p_chat_id": chat_id,
@@ -312,8 +311,9 @@ async def finish(
     answer's metrics commit together.
     """
     now = now_ms()
-    async with db.write_core() as session:
-        fenced = await session.execute(
+
+    def store(conn: Connection) -> StoredAnswer | None:
+        fenced = conn.execute(
             _FINISH_CANCELLED if state == "cancelled" else _FINISH,
             {
                 "p_turn_id": turn_id,
@@ -334,22 +334,20 @@ async def finish(
         if not kept:
             # A completion whose tenant does not keep them: its request goes, its answer's
             # text is not stored (its metrics are).
-            await session.execute(_FORGET_REQUEST, {"p_turn_id": turn_id})
-        seq = (
-            await session.execute(
-                _STORE_ANSWER,
-                {
-                    "p_message_id": message_id,
-                    "p_content": text if kept else "",
-                    "p_status": message_status,
-                    "p_finish_reason": finish_reason,
-                },
-            )
+            conn.execute(_FORGET_REQUEST, {"p_turn_id": turn_id})
+        seq = conn.execute(
+            _STORE_ANSWER,
+            {
+                "p_message_id": message_id,
+                "p_content": text if kept else "",
+                "p_status": message_status,
+                "p_finish_reason": finish_reason,
+            },
         ).scalar_one_or_none()
         if seq is None:
             return None
         if metrics is not None:
-            await session.execute(
+            conn.execute(
                 _INSERT_METRIC,
                 {
                     "id": new_id(),
@@ -366,6 +364,8 @@ async def finish(
                 },
             )
         return StoredAnswer(message_id, int(seq))
+
+    return await db.run_write(store)
 
 
 def _int(value: object) -> int | None:

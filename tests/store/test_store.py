@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import event, func, inspect, select, text, update
 
 from relayline import api_keys
 from relayline.errors import Conflict, NotFound
@@ -253,17 +253,19 @@ async def test_a_retry_after_the_chat_was_archived_gets_its_message(db: Database
 
 
 @pytest.mark.parametrize(
-    ("held_heads", "expect"),
+    ("held_heads", "expect", "unrelated"),
     [
-        (3, "the fourth"),  # a few held chats head the queue: skipped among the first heads
-        (turn_queue._EXCLUDE_BOUND + 2, "the first free"),  # more than are read: the full query
-        (-1, "none"),  # every head is a held chat
+        (3, "the fourth", 40),  # a few held chats head the queue: skipped among the first heads
+        (3, "the fourth", 0),  # ... and when the instance holds only a few chats
+        (turn_queue._EXCLUDE_BOUND + 2, "the first free", 40),  # more than are read: the full query
+        (-1, "none", 40),  # every head is a held chat
+        (-1, "none", 0),
     ],
 )
-async def test_a_claim_leaves_out_many_held_chats(
-    db: Database, held_heads: int, expect: str
+async def test_a_claim_leaves_out_held_chats(
+    db: Database, held_heads: int, expect: str, unrelated: int
 ) -> None:
-    """An instance holding many chats (more than are bound into the query) claims the oldest
+    """An instance holding chats (``unrelated`` more than head the queue) claims the oldest
     head whose chat it does not hold, or nothing when it holds them all."""
     tenant = await _tenant(db)
     async with db.read() as session:  # other tests' turns may wait in the same database
@@ -274,13 +276,14 @@ async def test_a_claim_leaves_out_many_held_chats(
         message = await chats.post_user_message(db, tenant.id, chat.id, "q", None)
         assert message.turn is not None
         posted.append((message.turn.id, chat.id))
-    held = set(others) | {f"no-such-chat-{i}" for i in range(40)}  # well over the bound
+    held = set(others) | {f"no-such-chat-{i}" for i in range(unrelated)}
     if held_heads < 0:
         held |= {chat_id for _, chat_id in posted}
     else:
         held |= {chat_id for _, chat_id in posted[:held_heads]}
-    async with db.write_core() as conn:
-        claimed = await turn_queue.claimable_turn_id(conn, exclude_chats=held)
+    claimed = await db.run_write(
+        lambda conn: turn_queue.claimable_turn_id(conn, exclude_chats=held)
+    )
     if expect == "none":
         assert claimed is None
     else:
@@ -312,8 +315,9 @@ async def test_a_claim_leaving_out_many_chats_skips_a_turn_another_instance_lock
     held = set(others) | {f"no-such-chat-{i}" for i in range(40)}
     async with db.engine.connect() as other, other.begin():
         await other.execute(select(Turn.id).where(Turn.id == posted[0]).with_for_update())
-        async with db.write_core() as conn:
-            claimed = await turn_queue.claimable_turn_id(conn, exclude_chats=held)
+        claimed = await db.run_write(
+            lambda conn: turn_queue.claimable_turn_id(conn, exclude_chats=held)
+        )
     assert claimed == posted[1]
     async with db.write() as session:
         await session.execute(update(Turn).where(Turn.id.in_(posted)).values(state="cancelled"))
@@ -429,8 +433,11 @@ async def test_a_chat_read_for_a_reload_is_the_stored_chat_and_its_turn(db: Data
     tenant = await _tenant(db)
     other = await _tenant(db, "other")
     chat = await _chat(db, tenant.id)
-    async with db.read() as session:
-        read, turn = await chats.chat_for_reading(session, tenant.id, chat.id)
+
+    def reading(tenant_id: str, chat_id: str) -> Any:
+        return db.run_read(lambda conn: chats.chat_for_reading(conn, tenant_id, chat_id))
+
+    read, turn = await reading(tenant.id, chat.id)
     assert turn is None
     assert _fields(read, Chat.__table__) == _fields(chat, Chat.__table__)
 
@@ -440,35 +447,27 @@ async def test_a_chat_read_for_a_reload_is_the_stored_chat_and_its_turn(db: Data
     async with db.write() as session:
         stored = await session.get_one(Turn, first.turn.id)
         stored.state, stored.attempt, stored.started_at = "running", 1, 123
+    read, turn = await reading(tenant.id, chat.id)
     async with db.read() as session:
-        read, turn = await chats.chat_for_reading(session, tenant.id, chat.id)
         stored_chat = await session.get_one(Chat, chat.id)
         stored_turn = await session.get_one(Turn, first.turn.id)
-        # Every column, as the ORM loads it: the oldest turn in progress, the chat's numbers.
-        assert turn is not None
-        assert _fields(turn, Turn.__table__) == _fields(stored_turn, Turn.__table__)
-        assert _fields(read, Chat.__table__) == _fields(stored_chat, Chat.__table__)
-        assert read.last_seq == 2
-        # Detached: nothing read for a reload is in the session to be flushed by accident.
-        assert read not in session and turn not in session
-    # The same through a bare connection, as a reload reads it.
-    async with db.read_core() as conn:
-        read_bare, turn_bare = await chats.chat_for_reading(conn, tenant.id, chat.id)
-    assert _fields(read_bare, Chat.__table__) == _fields(read, Chat.__table__)
-    assert turn_bare is not None
-    assert _fields(turn_bare, Turn.__table__) == _fields(turn, Turn.__table__)
+    # Every column, as the ORM loads it: the oldest turn in progress, the chat's numbers.
+    assert turn is not None
+    assert _fields(turn, Turn.__table__) == _fields(stored_turn, Turn.__table__)
+    assert _fields(read, Chat.__table__) == _fields(stored_chat, Chat.__table__)
+    assert read.last_seq == 2
+    # Of no session: nothing read for a reload can be flushed by accident.
+    assert inspect(read).transient and inspect(turn).transient
 
-    async with db.read() as session:
-        with pytest.raises(NotFound):
-            await chats.chat_for_reading(session, other.id, chat.id)
-        with pytest.raises(NotFound):
-            await chats.chat_for_reading(session, tenant.id, "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    with pytest.raises(NotFound):
+        await reading(other.id, chat.id)
+    with pytest.raises(NotFound):
+        await reading(tenant.id, "01ARZ3NDEKTSV4RRFFQ69G5FAV")
     async with db.write() as session:
         completion = await chats.create_chat(session, tenant.id, "c")
         completion.kind = "completion"
-    async with db.read() as session:
-        with pytest.raises(NotFound):
-            await chats.chat_for_reading(session, tenant.id, completion.id)
+    with pytest.raises(NotFound):
+        await reading(tenant.id, completion.id)
 
 
 async def test_chats_are_listed_per_tenant_newest_first(db: Database) -> None:
