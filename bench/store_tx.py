@@ -4,7 +4,8 @@ transaction on a SQLite ``Database``, as the relay runs them (no HTTP, no bus).
     .venv/bin/python bench/store_tx.py               # pinned to CPU 0, like the relay
     .venv/bin/python bench/store_tx.py --unpinned    # free to use every core
 
-Rows a tree does not have (``write_core``, ``read_core``) are left out, so the same file can be
+Rows a tree does not have (``write_core``, ``read_core``, ``run_write``, ``run_read``) are left
+out, so the same file can be
 run in an older tree (``cd TREE && PYTHONPATH=TREE .venv/bin/python bench/store_tx.py``) to compare.
 Prints a markdown table; every loop is bounded (``--times``).
 """
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from ulid import ULID
 
 from relayline.config import Settings
@@ -110,6 +111,23 @@ async def measure(times: int) -> list[tuple[str, float]]:
                     )
                 )
 
+            run_write = getattr(db, "run_write", None)
+            if run_write is not None:
+
+                def three_inserts(conn: Connection) -> None:
+                    for _ in range(3):
+                        conn.execute(INSERT)
+
+                async def write_three_thread() -> None:
+                    await run_write(three_inserts)
+
+                rows.append(
+                    (
+                        "write transaction, three INSERTs (`run_write`, the store thread)",
+                        await cpu_us(times, write_three_thread),
+                    )
+                )
+
             async def read_two() -> None:
                 async with db.read() as session:
                     (await session.execute(ONE)).first()
@@ -131,13 +149,35 @@ async def measure(times: int) -> list[tuple[str, float]]:
                     )
                 )
 
+            run_read = getattr(db, "run_read", None)
+            if run_read is not None:
+
+                def two_selects(conn: Connection) -> None:
+                    conn.execute(ONE).first()
+                    conn.execute(ONE).first()
+
+                async def read_two_thread() -> None:
+                    await run_read(two_selects)
+
+                rows.append(
+                    (
+                        "read transaction, two SELECTs (`run_read`, the store thread)",
+                        await cpu_us(times, read_two_thread),
+                    )
+                )
+
             transaction = write_core if write_core is not None else db.write
             for held in (0, 16, HELD_TURNS):
                 chats = {f"C{i}" for i in range(held)}
 
                 async def claim(chats: set[str] = chats) -> None:
+                    if run_write is not None:
+                        await run_write(
+                            lambda conn: turn_queue.claimable_turn_id(conn, exclude_chats=chats)
+                        )
+                        return
                     async with transaction() as conn:
-                        await turn_queue.claimable_turn_id(conn, exclude_chats=chats)
+                        await turn_queue.claimable_turn_id(conn, exclude_chats=chats)  # type: ignore[misc]
 
                 rows.append(
                     (
