@@ -133,7 +133,9 @@ class Database:
     async def run_read(self, fn: Callable[[Connection], T]) -> T:
         """``fn(connection)`` as one read transaction (a deferred ``BEGIN`` on SQLite: it
         takes no write lock), like :meth:`read_core`'s; ``fn`` only reads, under the same
-        rules as :meth:`run_write`'s."""
+        rules as :meth:`run_write`'s. On SQLite it waits for the thread's transactions
+        submitted before it (a write another process keeps waiting, up to the busy timeout,
+        delays it too): for short reads on hot paths, not for reports."""
         if self._thread is None:
             async with self.read_core() as conn:
                 return await conn.run_sync(fn)
