@@ -106,8 +106,35 @@ SPLIT = ["9.1.*", "9.2.*", "9.3.*", "9.4.*"]
 
 
 def fuzz(wstest: str, server: str, workdir: Path) -> tuple[dict[str, dict[str, str]], float]:
-    """Run the fuzzing client against ``server``: its results by case, and the run's time."""
-    parts = [(SPLIT, EXCLUDED), (CASES, EXCLUDED + SPLIT)]
+    """Run the fuzzing client against ``server``: its results by case, and the run's time.
+
+    A case the client itself gave up on (it closed with 1001 when the case's time ran out,
+    having received nothing) ran while the other client process had both cores busy with
+    16 MiB messages: it runs again alone, once, and that result stands."""
+    results, took = _fuzz(wstest, server, workdir, [(SPLIT, EXCLUDED), (CASES, EXCLUDED + SPLIT)])
+    timed_out = sorted(case for case, result in results.items() if _client_gave_up(result))
+    if timed_out:
+        again, _ = _fuzz(wstest, server, workdir / "again", [(timed_out, [])])
+        results.update(again)
+    return results, took
+
+
+def _client_gave_up(result: dict[str, str]) -> bool:
+    if result["behavior"] != "FAILED" or not result.get("reportfile"):
+        return False
+    report = json.loads(Path(result["reportfile"]).read_text())
+    return bool(
+        report.get("failedByMe")
+        and report.get("localCloseCode") == 1001
+        and not report.get("received")
+    )
+
+
+def _fuzz(
+    wstest: str, server: str, workdir: Path, parts: list[tuple[list[str], list[str]]]
+) -> tuple[dict[str, dict[str, str]], float]:
+    """The fuzzing client against ``server``, one process per part at once."""
+    workdir.mkdir(exist_ok=True)
     with running(server, MAX_SIZE) as (_, port):
         runs = []
         started = time.monotonic()
@@ -141,7 +168,11 @@ def fuzz(wstest: str, server: str, workdir: Path) -> tuple[dict[str, dict[str, s
                 raise
             assert proc.returncode == 0, (out[-3000:] + err[-3000:]).decode(errors="replace")
             report = json.loads((folder / "reports" / "index.json").read_text())
-            results.update(report[server])
+            for case, result in report[server].items():
+                file = result.get("reportfile")
+                results[case] = (
+                    {**result, "reportfile": str(folder / "reports" / file)} if file else result
+                )
         took = time.monotonic() - started
     return results, took
 
