@@ -104,10 +104,10 @@ class Database:
 
     @asynccontextmanager
     async def write_core(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction like :meth:`write`'s, on a bare connection: for the hot transactions
-        that run Core statements only (no ORM objects), without the session's bookkeeping
-        (about 90 µs less CPU per transaction, ``bench/turns.py``). Same lock, same
-        ``BEGIN IMMEDIATE`` on SQLite; committed at exit, rolled back on error."""
+        """A transaction like :meth:`write`'s, on a bare connection: Core statements only (no
+        ORM objects), without the session's bookkeeping; what :meth:`run_write` runs on where
+        there is no store thread. Same lock, same ``BEGIN IMMEDIATE`` on SQLite; committed at
+        exit, rolled back on error."""
         if self._write_lock is None:
             async with self.engine.begin() as conn:
                 yield conn
