@@ -34,6 +34,11 @@ def _time_prefix(ms: int) -> str:
     return prefix
 
 
+_RANDOM_BITS = 80
+_STEP_SHIFT = _RANDOM_BITS - 24  # within a millisecond, ids step up by 1 to 2^24
+_made: tuple[int, int] = (-1, 0)  # the millisecond and random part of the last id made
+
+
 def new_id() -> str:
     """A 26-character ULID: unique, URL-safe, and sorted by creation time.
 
@@ -42,11 +47,27 @@ def new_id() -> str:
     (1.2 against 3.2 µs, ``bench/store_tx.py``): an event carries a new one, and on the streaming
     path ``str(ULID())`` was 3 to 4% of the relay's CPU (``bench/turns.py --concurrent
     --profile``). The time part is encoded once per millisecond, the random part ten bits at a
-    time."""
+    time.
+
+    Within one process the ids also sort in the order they were made when several are made in
+    the same millisecond (or the clock steps back): such an id keeps the last one's time and
+    adds a random step of 1 to 2^24 to its random part, as monotonic ULIDs do. Rows whose order
+    is their id's (a chat's turns, chats newest first) keep the order they were created in.
+    """
+    global _made
+    ms = time.time_ns() // 1_000_000
     r = int.from_bytes(os.urandom(10), "big")
+    last_ms, last_r = _made
+    if ms <= last_ms:
+        ms = last_ms
+        r = last_r + 1 + (r >> _STEP_SHIFT)
+        if r >> _RANDOM_BITS:  # this millisecond's ids are spent (2^56 of them): the next one
+            ms += 1
+            r &= (1 << _RANDOM_BITS) - 1
+    _made = (ms, r)
     p = _PAIRS
     return (
-        _time_prefix(time.time_ns() // 1_000_000)
+        _time_prefix(ms)
         + p[r >> 70]
         + p[(r >> 60) & 1023]
         + p[(r >> 50) & 1023]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -34,10 +35,34 @@ def test_a_time_outside_the_range_is_refused() -> None:
         ids._time_prefix(-1)
 
 
-def test_the_random_part_covers_every_bit() -> None:
+class _Clock:
+    """``time.time_ns`` of a clock that moves as the test says."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def time_ns(self) -> int:
+        return self.ms * 1_000_000
+
+
+def _clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """A clock for ``ids`` to read, and no id made before it."""
+    clock = _Clock(1_765_000_000_000)
+    monkeypatch.setattr(ids, "time", clock)
+    monkeypatch.setattr(ids, "_made", (-1, 0))
+    return clock
+
+
+def test_the_random_part_covers_every_bit(monkeypatch: pytest.MonkeyPatch) -> None:
     """80 random bits in 16 characters: every character position takes many values, and each
-    id differs from the others."""
-    made = [ids.new_id() for _ in range(2000)]
+    id differs from the others (each made in a millisecond of its own)."""
+    clock = _clock(monkeypatch)
+
+    def one() -> str:
+        clock.ms += 1
+        return ids.new_id()
+
+    made = [one() for _ in range(2000)]
     assert len(set(made)) == len(made)
     for position in range(10, 26):
         assert len({m[position] for m in made}) > 20
@@ -56,3 +81,36 @@ def test_ids_sort_by_time() -> None:
     second = ids.new_id()
     assert first < second
     assert ULID.from_str(first).milliseconds < ULID.from_str(second).milliseconds
+
+
+def test_ids_made_in_the_same_millisecond_sort_in_the_order_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _clock(monkeypatch)
+    made = [ids.new_id() for _ in range(2000)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert {ULID.from_str(m).milliseconds for m in made} == {clock.ms}
+    # Each step is random (1 to 2^24), not a fixed increment.
+    randoms = [int(ULID.from_str(m)) & ((1 << 80) - 1) for m in made]
+    assert len({b - a for a, b in itertools.pairwise(randoms)}) > 1900
+
+
+def test_an_id_made_after_the_clock_stepped_back_still_sorts_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _clock(monkeypatch)
+    first = ids.new_id()
+    clock.ms -= 5_000
+    second = ids.new_id()
+    assert first < second
+    assert ULID.from_str(second).milliseconds == ULID.from_str(first).milliseconds
+    clock.ms += 10_000  # the clock has passed the last id's time again: its own time
+    assert ULID.from_str(ids.new_id()).milliseconds == clock.ms
+
+
+def test_a_spent_millisecond_moves_on_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _clock(monkeypatch)
+    monkeypatch.setattr(ids, "_made", (clock.ms, (1 << 80) - 1))
+    made = ids.new_id()
+    assert ULID.from_str(made).milliseconds == clock.ms + 1
+    assert made > ids._time_prefix(clock.ms) + "Z" * 16
