@@ -44,6 +44,8 @@ from relayline.turns.streaming import DeltaStream, checked_tool_calls, tool_call
 from relayline.turns.worker_link import WorkerLink
 from relayline.turns.workers import WorkerPool
 
+ENDINGS_SETTLE_S = 10.0  # at shutdown, how long stored outcomes may still take
+
 
 class TurnDispatcher:
     def __init__(
@@ -103,6 +105,8 @@ class TurnDispatcher:
         self.claims.kick()
 
     async def stop(self) -> None:
+        # Answers whose worker said done are stored before the store closes.
+        await self.outcomes.settle(ENDINGS_SETTLE_S)
         tasks, self._tasks = self._tasks, []
         await cancel_all(tasks)
         await self.coordinator.close()
@@ -196,12 +200,31 @@ class TurnDispatcher:
         await self.outcomes.failed(running, "internal", detail)
 
     async def on_done(
-        self, running: Running, usage: dict[str, Any], finish_reason: object = None
+        self,
+        running: Running,
+        usage: dict[str, Any],
+        finish_reason: object = None,
+        *,
+        wait: bool = True,
     ) -> None:
-        await self.outcomes.done(running, usage, finish_reason)
+        """``turn.done``. With ``wait=False`` (a worker's frame loop) this returns once the
+        attempt is released and its last text published; a task stores and announces the
+        answer, so the worker's frames for its other turns do not wait on the store."""
+        ending = await self.outcomes.done_released(running, usage, finish_reason)
+        if wait:
+            await ending
+        else:
+            self.outcomes.finish_later(ending)
 
-    async def on_failed(self, running: Running, category: str, detail: str) -> None:
-        await self.outcomes.failed(running, category, detail)
+    async def on_failed(
+        self, running: Running, category: str, detail: str, *, wait: bool = True
+    ) -> None:
+        """``turn.failed``; ``wait`` as in :meth:`on_done`."""
+        ending = await self.outcomes.failed_released(running, category, detail)
+        if wait:
+            await ending
+        else:
+            self.outcomes.finish_later(ending)
 
     async def on_released(self, running: Running) -> None:
         """A draining worker hands the turn back before finishing it."""

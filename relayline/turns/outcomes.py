@@ -10,11 +10,18 @@ Every ending follows the same order, which is what it guarantees:
 4. only then is the chat freed, so its next turn is claimed after the outcome is stored (its
    history has the answer) and announced (subscribers see the turns one after the other).
    The chat is freed even when step 3 raises.
+
+A worker's ``turn.done`` and ``turn.failed`` run steps 1 and 2 in the worker's frame loop and
+steps 3 and 4 as a task (:meth:`Outcomes.finish_later`), so that the worker's frames for its
+other turns do not wait for the store; a relay that stops waits for those tasks
+(:meth:`Outcomes.settle`) before it closes the store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -49,6 +56,7 @@ class Outcomes:
         self.stream = stream
         self.approvals = approvals
         self.claims = claims
+        self._endings: set[asyncio.Task[None]] = set()
 
     async def done(
         self, running: Running, usage: dict[str, Any], finish_reason: object = None
@@ -58,11 +66,25 @@ class Outcomes:
         ``finish_reason`` is stored as the worker gave it when it is a known one, else as
         ``stop`` (a worker that predates it, or a value the relay does not know).
         """
+        await (await self.done_released(running, usage, finish_reason))
+
+    async def done_released(
+        self, running: Running, usage: dict[str, Any], finish_reason: object = None
+    ) -> Coroutine[Any, Any, None]:
+        """Steps 1 and 2 of :meth:`done`; returns steps 3 and 4 (store, announce, free the
+        chat), which the caller awaits or hands to :meth:`finish_later`. The attempt's later
+        frames are refused once this returns: the worker's other frames need not wait for
+        the store."""
         await self.stream.flush(running)
         text = running.published_text  # all of it: the flush above published the rest
         measured = metrics(running, usage)
         reason = finish_reason if finish_reason in FINISH_REASONS else FinishReason.STOP
         self._release(running)
+        return self._completed(running, text, measured, str(reason))
+
+    async def _completed(
+        self, running: Running, text: str, measured: dict[str, int | str | None], reason: str
+    ) -> None:
         try:
             message = await store.finish(
                 self.ctx.db,
@@ -72,20 +94,20 @@ class Outcomes:
                 text=text,
                 message_status="complete",
                 metrics=measured,
-                finish_reason=str(reason),
+                finish_reason=reason,
             )
             if message is None:
                 # A cancel stored just before won the race: the chat was told turn.cancelled.
                 await self._keep_as_cancelled(running, text, measured)
             else:
-                _ended(running, "completed", finish_reason=str(reason))
+                _ended(running, "completed", finish_reason=reason)
                 await self.ctx.events.message_completed(
                     running.chat_id,
                     message.id,
                     running.turn_id,
                     message.seq,
                     text,
-                    str(reason),
+                    reason,
                     measured,
                     running.correlation_id,
                     running.tool_calls or None,
@@ -95,14 +117,42 @@ class Outcomes:
 
     async def failed(self, running: Running, category: str, detail: str) -> None:
         """``turn.failed`` from the worker (an unknown category counts as ``internal``)."""
+        await (await self.failed_released(running, category, detail))
+
+    async def failed_released(
+        self, running: Running, category: str, detail: str
+    ) -> Coroutine[Any, Any, None]:
+        """Steps 1 and 2 of :meth:`failed`; returns the rest, as :meth:`done_released` does."""
         await self.stream.flush(running)
         self._release(running)
+        return self._failed(
+            running, category if category in FAILURE_CATEGORIES else "internal", detail
+        )
+
+    async def _failed(self, running: Running, category: str, detail: str) -> None:
         try:
-            await self._fail(
-                running, category if category in FAILURE_CATEGORIES else "internal", detail
-            )
+            await self._fail(running, category, detail)
         finally:
             self._free_chat(running)
+
+    def finish_later(self, ending: Coroutine[Any, Any, None]) -> None:
+        """Run the rest of an ending (from :meth:`done_released` or :meth:`failed_released`) as
+        a task; :meth:`settle` waits for those still running. A failure is logged: the turn
+        stays the instance's in the store until its lease lapses and the sweep retries it,
+        as when the store fails under an awaited ending."""
+        task = asyncio.get_running_loop().create_task(ending)
+        self._endings.add(task)
+        task.add_done_callback(self._ended_task)
+
+    def _ended_task(self, task: asyncio.Task[None]) -> None:
+        self._endings.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("turn_ending_failed", error=f"{type(error).__name__}: {error}")
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the endings :meth:`finish_later` runs."""
+        if self._endings:
+            await asyncio.wait(set(self._endings), timeout=timeout_s)
 
     async def cancelled(self, running: Running) -> None:
         """The store marked the turn cancelled: stop the worker and keep what was published."""
