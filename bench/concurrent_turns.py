@@ -140,10 +140,10 @@ def profiler(pid: int, path: str | None) -> subprocess.Popen[bytes] | None:
 
 
 def read_subscriber(
-    watcher: Watcher, latencies_us: list[int]
+    watcher: Watcher, words: list[tuple[int, int]]
 ) -> tuple[dict[str, str], int, int, int]:
     """The answers this subscriber rendered (message id → text placed by offset), adding every
-    word's latency; also its count of message.delta events, gaps and overlaps."""
+    word's (stamp, latency) in µs; also its count of message.delta events, gaps and overlaps."""
     texts: dict[str, list[str]] = {}
     lengths: dict[str, int] = {}
     events = gaps = overlaps = 0
@@ -163,7 +163,7 @@ def read_subscriber(
             continue
         texts.setdefault(mid, []).append(text)
         lengths[mid] = have + len(text)
-        latencies_us.extend(now - int(stamp) for stamp in text.split(";")[:-1])
+        words.extend((int(stamp), now - int(stamp)) for stamp in text.split(";")[:-1])
     return {mid: "".join(parts) for mid, parts in texts.items()}, events, gaps, overlaps
 
 
@@ -267,14 +267,14 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
                 worker.wait(15)
         server.stop()
 
-    latencies: list[int] = []
+    words: list[tuple[int, int]] = []
     lost = doubled = gaps = overlaps = events = 0
     first_word: list[float] = []
     last_word: list[float] = []
     for chat, group in zip(chats, watchers, strict=True):
         answers = stored.get(chat, [])
         for w in group:
-            seen, n, g, o = read_subscriber(w, latencies)
+            seen, n, g, o = read_subscriber(w, words)
             events += n
             gaps += g
             overlaps += o
@@ -295,7 +295,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         running += step
         peak = max(peak, running)
     streaming_s = (max(last_word) - min(first_word)) if first_word else 0.0
-    ms = sorted(x / 1000 for x in latencies)
+    ms = sorted(latency / 1000 for _, latency in words)
     return {
         "chats": len(chats),
         "subscribers": args.subscribers,
@@ -310,7 +310,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "rss_peak_mib": rss_peak,
         "rss_per_turn_kib": (rss_peak - rss_idle) * 1024 / max(len(chats), 1),
         "events": events,
-        "words_seen": len(latencies),
+        "words_seen": len(words),
         "p50_ms": statistics.median(ms) if ms else float("nan"),
         "p99_ms": ms[int(len(ms) * 0.99) - 1] if ms else float("nan"),
         "max_ms": ms[-1] if ms else float("nan"),
@@ -318,7 +318,32 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "doubled": doubled,
         "gaps": gaps,
         "overlaps": overlaps,
+        **by_second(words),
     }
+
+
+def by_second(words: list[tuple[int, int]]) -> dict[str, Any]:
+    """The latency's p99 for the words that left the worker in each second of the run, and its
+    p50 / p99 without the first second (when every answer's first words leave together)."""
+    if not words:
+        return {"p99_by_second_ms": [], "after_first_s_p50_ms": None, "after_first_s_p99_ms": None}
+    start = min(stamp for stamp, _ in words)
+    seconds: dict[int, list[int]] = {}
+    for stamp, latency in words:
+        seconds.setdefault((stamp - start) // 1_000_000, []).append(latency)
+    later = sorted(lat / 1000 for stamp, lat in words if stamp - start >= 1_000_000)
+    return {
+        "p99_by_second_ms": [
+            round(nearest(sorted(seconds[k]), 0.99) / 1000, 1) for k in sorted(seconds)
+        ],
+        "after_first_s_p50_ms": nearest(later, 0.5) if later else None,
+        "after_first_s_p99_ms": nearest(later, 0.99) if later else None,
+    }
+
+
+def nearest(ordered: list[Any], share: float) -> Any:
+    """The nearest-rank percentile of an ascending list."""
+    return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * share + 0.999999) - 1))]
 
 
 def report(found: dict[str, Any], command: str) -> str:

@@ -532,12 +532,8 @@ def report(
             + ", ".join(f"{name} {share:.0%}" for name, share in t["cpu"].items())
             + f"; other work on the relay's core {t['other_on_relay_core']:.0%}. "
             "A built-in answer is ~80 words, each a `turn.delta` frame, coalesced by the relay "
-            "into `message.delta` events (default 40 ms / 1024 characters). The relay's core "
-            "is the limit; each turn costs it three SQLite write transactions (the message, "
-            "the attempt, the answer) besides the frames, and the relay's writers take turns "
-            "on one lock. A post that still cannot get the store in time (another process "
-            "holding it past the 5 s busy timeout) is answered 503 `unavailable` with "
-            "`Retry-After`: those are the refused ones.",
+            "into `message.delta` events (default 40 ms / 1024 characters). "
+            + store_note(profile, t["cpu"].get("relay", 0.0)),
             "",
             f"Latency: {d['deltas']} deltas at {d['rate']:.0f}/s to one subscriber, "
             f"`RELAYLINE_DELTA_COALESCE_MS=0` (they arrived in {d['events']} events), after "
@@ -549,6 +545,30 @@ def report(
             "core of this shared machine.",
             END,
         ]
+    )
+
+
+def store_note(profile: dict[str, Any], relay_cpu: float) -> str:
+    """What limits the throughput run, and what a turn costs the store, for the run's store."""
+    limit = (
+        "The relay's core is the limit"
+        if relay_cpu >= 0.9
+        else "The relay's core is not full (the store's server, the worker and the driver "
+        "share the machine's cores with it)"
+    )
+    if profile.get("postgres"):
+        return (
+            f"{limit}; each turn costs three PostgreSQL write transactions (the message, the "
+            "attempt, the answer) besides the frames, each a round trip to the server. A post "
+            "that cannot get the store in time is answered 503 `unavailable` with "
+            "`Retry-After`: those are the refused ones."
+        )
+    return (
+        f"{limit}; each turn costs it three SQLite write transactions (the message, the "
+        "attempt, the answer) besides the frames, and the relay's writers take turns on one "
+        "lock. A post that still cannot get the store in time (another process holding it "
+        "past the 5 s busy timeout) is answered 503 `unavailable` with `Retry-After`: those "
+        "are the refused ones."
     )
 
 
