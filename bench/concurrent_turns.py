@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from servers import ADMIN_KEY, ROOT, Server, start_relay
+from servers import ADMIN_KEY, ROOT, Server, gc_collections, start_relay
 from wsclient import WsClient
 
 TIME_LIMIT_S = 240.0
@@ -237,6 +237,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
             log(f"posted in {time.monotonic() - posted_at:.1f} s")
             # The answers start together once the worker holds every one of them.
             rss_peak = rss_idle
+            gc_start = await asyncio.to_thread(gc_collections, server.port)
             spy = profiler(server.proc.pid, args.profile)
             cpu_start = cpu_seconds(server.proc.pid)
             t_start = time.monotonic()
@@ -249,6 +250,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
                 spy.wait(60)
+            gc_end = await asyncio.to_thread(gc_collections, server.port)
             log(f"{len(done)} of {len(chats)} answers completed in {t_end - t_start:.1f} s")
             await asyncio.sleep(1)
             stored = await stored_answers(client, auth, chats)
@@ -306,6 +308,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "peak_streaming": peak,
         "streaming_s": streaming_s,
         "relay_cpu": cpu / max(t_end - t_start, 1e-9),
+        "gc_collections": {g: gc_end[g] - gc_start.get(g, 0) for g in gc_end},
         "rss_idle_mib": rss_idle,
         "rss_peak_mib": rss_peak,
         "rss_per_turn_kib": (rss_peak - rss_idle) * 1024 / max(len(chats), 1),
@@ -358,6 +361,9 @@ def report(found: dict[str, Any], command: str) -> str:
             f"| delta latency worker → subscriber, p50 / p99 / max | {f['p50_ms']:.1f} / "
             f"{f['p99_ms']:.1f} / {f['max_ms']:.1f} ms |",
             f"| relay CPU while streaming | {f['relay_cpu']:.0%} of one core |",
+            "| relay's garbage collections while streaming, by generation 0 / 1 / 2 | "
+            + " / ".join(f"{f['gc_collections'].get(g, 0):,}" for g in ("0", "1", "2"))
+            + " |",
             f"| relay RSS, idle with subscribers → peak | {f['rss_idle_mib']:.0f} → "
             f"{f['rss_peak_mib']:.0f} MiB ({f['rss_per_turn_kib']:.0f} KiB per running turn) |",
             f"| answered / lost / doubled / gaps / repeats | {f['answered']} / {f['lost']} / "

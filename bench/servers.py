@@ -237,3 +237,19 @@ def machine() -> str:
         f"{os.cpu_count()} x {model}, {mem_kb / 1024 / 1024:.0f} GiB RAM, "
         f"Linux {os.uname().release}"
     )
+
+
+def gc_collections(port: int) -> dict[str, int]:
+    """The relay's garbage collections so far, by generation (its ``/metrics``)."""
+    r = httpx.get(
+        f"http://{HOST}:{port}/metrics",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    found = {}
+    for line in r.text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="'):
+            name, _, value = line.rpartition(" ")
+            found[name.split('"')[1]] = int(float(value))
+    return found

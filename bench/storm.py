@@ -64,7 +64,7 @@ from typing import Any
 import httpx
 import instances
 from runner import describe_load, free_port, wait_quiet, write_doc
-from servers import ADMIN_KEY, HOST, SECRET_KEY, machine, spawn_relay, versions
+from servers import ADMIN_KEY, HOST, SECRET_KEY, gc_collections, machine, spawn_relay, versions
 from turns import start_profiler, stop_profiler
 from wsclient import HttpClient, WsClient, cpu_seconds, open_socket, rss_kb
 
@@ -406,22 +406,6 @@ def provision(url: str, chats: int) -> tuple[str, str, list[str]]:
             chat.raise_for_status()
             out.append(chat.json()["id"])
         return tenant_id, key, out
-
-
-def gc_collections(port: int) -> dict[str, int]:
-    """The relay's garbage collections so far, by generation (its ``/metrics``)."""
-    r = httpx.get(
-        f"http://{HOST}:{port}/metrics",
-        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        timeout=30,
-    )
-    r.raise_for_status()
-    found = {}
-    for line in r.text.splitlines():
-        if line.startswith('python_gc_collections_total{generation="'):
-            name, _, value = line.rpartition(" ")
-            found[name.split('"')[1]] = int(float(value))
-    return found
 
 
 def session_token(tenant_id: str, chat_id: str) -> str:
