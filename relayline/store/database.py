@@ -11,13 +11,11 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from relayline.config import Settings, sqlite_path
-from relayline.store.engine import create_engine
+from relayline.store.engine import WRITE_OPTION, create_engine
 from relayline.store.sqlite_driver import LeanConnection
 from relayline.store.sqlite_thread import TransactionThread
 
 T = TypeVar("T")
-
-_WRITE = "relayline_write"
 
 
 class Database:
@@ -69,7 +67,7 @@ class Database:
 
         @event.listens_for(sync_engine, "begin")
         def _begin(conn: Any) -> None:
-            immediate = conn.get_execution_options().get(_WRITE, False)
+            immediate = conn.get_execution_options().get(WRITE_OPTION, False)
             statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
             dbapi_conn = conn.connection.dbapi_connection
             if isinstance(dbapi_conn, LeanConnection):
@@ -95,11 +93,11 @@ class Database:
         """A transaction committed at exit, rolled back on error."""
         if self._write_lock is None:
             async with self._sessions.begin() as session:
-                await session.connection(execution_options={_WRITE: True})
+                await session.connection(execution_options={WRITE_OPTION: True})
                 yield session
             return
         async with self._write_lock, self._sessions.begin() as session:
-            await session.connection(execution_options={_WRITE: True})
+            await session.connection(execution_options={WRITE_OPTION: True})
             yield session
 
     @asynccontextmanager
@@ -113,7 +111,7 @@ class Database:
                 yield conn
             return
         async with self._write_lock, self.engine.connect() as conn:
-            await conn.execution_options(**{_WRITE: True})
+            await conn.execution_options(**{WRITE_OPTION: True})
             async with conn.begin():
                 yield conn
 

@@ -23,6 +23,11 @@ def async_url(url: str) -> str:
     raise ValueError(f"unsupported database backend {backend!r}")
 
 
+# The execution option that marks a write transaction: SQLite then begins it IMMEDIATE (the
+# write lock taken at once, not at the first write).
+WRITE_OPTION = "relayline_write"
+
+
 def sqlite_pragmas(cursor: Any, busy_timeout_ms: int) -> None:
     """What every SQLite connection of the store sets when it opens."""
     # WAL lets readers proceed during a write; NORMAL is durable with WAL except for the last

@@ -26,11 +26,9 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 
-from relayline.store.engine import sqlite_pragmas
+from relayline.store.engine import WRITE_OPTION, sqlite_pragmas
 
 T = TypeVar("T")
-
-_WRITE = "relayline_write"
 
 
 class TransactionThread:
@@ -63,7 +61,7 @@ class TransactionThread:
 
         @event.listens_for(self.engine, "begin")
         def _begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get(_WRITE, False)
+            write = conn.get_execution_options().get(WRITE_OPTION, False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
@@ -83,7 +81,7 @@ class TransactionThread:
     def _transaction(self, fn: Callable[[Connection], T], write: bool) -> T:
         with self.engine.connect() as conn:
             if write:
-                conn.execution_options(**{_WRITE: True})
+                conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 return fn(conn)
 

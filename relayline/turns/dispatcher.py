@@ -200,31 +200,17 @@ class TurnDispatcher:
         await self.outcomes.failed(running, "internal", detail)
 
     async def on_done(
-        self,
-        running: Running,
-        usage: dict[str, Any],
-        finish_reason: object = None,
-        *,
-        wait: bool = True,
+        self, running: Running, usage: dict[str, Any], finish_reason: object = None
     ) -> None:
-        """``turn.done``. With ``wait=False`` (a worker's frame loop) this returns once the
-        attempt is released and its last text published; a task stores and announces the
-        answer, so the worker's frames for its other turns do not wait on the store."""
-        ending = await self.outcomes.done_released(running, usage, finish_reason)
-        if wait:
-            await ending
-        else:
-            self.outcomes.finish_later(ending)
+        """``turn.done`` from a worker's frame loop: returns once the attempt is released and
+        its last text published; a task stores and announces the answer
+        (:meth:`Outcomes.finish_later`), so the worker's frames for its other turns do not wait
+        on the store."""
+        self.outcomes.finish_later(await self.outcomes.done_released(running, usage, finish_reason))
 
-    async def on_failed(
-        self, running: Running, category: str, detail: str, *, wait: bool = True
-    ) -> None:
-        """``turn.failed``; ``wait`` as in :meth:`on_done`."""
-        ending = await self.outcomes.failed_released(running, category, detail)
-        if wait:
-            await ending
-        else:
-            self.outcomes.finish_later(ending)
+    async def on_failed(self, running: Running, category: str, detail: str) -> None:
+        """``turn.failed`` from a worker's frame loop, as :meth:`on_done`."""
+        self.outcomes.finish_later(await self.outcomes.failed_released(running, category, detail))
 
     async def on_released(self, running: Running) -> None:
         """A draining worker hands the turn back before finishing it."""

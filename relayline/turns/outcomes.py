@@ -58,23 +58,17 @@ class Outcomes:
         self.claims = claims
         self._endings: set[asyncio.Task[None]] = set()
 
-    async def done(
+    async def done_released(
         self, running: Running, usage: dict[str, Any], finish_reason: object = None
-    ) -> None:
-        """``turn.done``: store the whole answer and announce ``message.completed``.
+    ) -> Coroutine[Any, Any, None]:
+        """``turn.done``: steps 1 and 2 (flush, release); returns steps 3 and 4 (store the whole
+        answer, announce ``message.completed``, free the chat), which the caller awaits or
+        hands to :meth:`finish_later`. The attempt's later frames are refused once this
+        returns: the worker's other frames need not wait for the store.
 
         ``finish_reason`` is stored as the worker gave it when it is a known one, else as
         ``stop`` (a worker that predates it, or a value the relay does not know).
         """
-        await (await self.done_released(running, usage, finish_reason))
-
-    async def done_released(
-        self, running: Running, usage: dict[str, Any], finish_reason: object = None
-    ) -> Coroutine[Any, Any, None]:
-        """Steps 1 and 2 of :meth:`done`; returns steps 3 and 4 (store, announce, free the
-        chat), which the caller awaits or hands to :meth:`finish_later`. The attempt's later
-        frames are refused once this returns: the worker's other frames need not wait for
-        the store."""
         await self.stream.flush(running)
         text = running.published_text  # all of it: the flush above published the rest
         measured = metrics(running, usage)
@@ -116,13 +110,14 @@ class Outcomes:
             self._free_chat(running)
 
     async def failed(self, running: Running, category: str, detail: str) -> None:
-        """``turn.failed`` from the worker (an unknown category counts as ``internal``)."""
+        """End the attempt failed, the whole of it awaited (an unknown category counts as
+        ``internal``)."""
         await (await self.failed_released(running, category, detail))
 
     async def failed_released(
         self, running: Running, category: str, detail: str
     ) -> Coroutine[Any, Any, None]:
-        """Steps 1 and 2 of :meth:`failed`; returns the rest, as :meth:`done_released` does."""
+        """``turn.failed``: steps 1 and 2; returns the rest, as :meth:`done_released` does."""
         await self.stream.flush(running)
         self._release(running)
         return self._failed(

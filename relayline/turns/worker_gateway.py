@@ -247,14 +247,12 @@ class WorkerGateway:
                     running,
                     usage if isinstance(usage, dict) else {},
                     frame.get("finish_reason"),
-                    wait=False,
                 )
             elif kind == WorkerFrame.TURN_FAILED:
                 await dispatcher.on_failed(
                     running,
                     str(frame.get("category", "internal")),
                     str(frame.get("detail", ""))[:1000],
-                    wait=False,
                 )
                 link.state["last_error"] = str(frame.get("category", "internal"))[:32]
             elif kind == WorkerFrame.TURN_RELEASED:
