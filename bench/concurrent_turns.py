@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 from servers import ADMIN_KEY, ROOT, Server, gc_collections, start_relay
-from wsclient import WsClient
+from wsclient import WsClient, busy_share, cpu_busy
 
 TIME_LIMIT_S = 240.0
 
@@ -240,6 +240,9 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
             gc_start = await asyncio.to_thread(gc_collections, server.port)
             spy = profiler(server.proc.pid, args.profile)
             cpu_start = cpu_seconds(server.proc.pid)
+            worker_start = cpu_seconds(worker.pid)
+            driver_start = time.process_time()
+            cores_start = cpu_busy()
             t_start = time.monotonic()
             deadline = t_start + TIME_LIMIT_S
             while len(done) < len(chats) and time.monotonic() < deadline:
@@ -247,6 +250,9 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
                 rss_peak = max(rss_peak, rss_mib(server.proc.pid))
             t_end = time.monotonic()
             cpu = cpu_seconds(server.proc.pid) - cpu_start
+            worker_cpu = cpu_seconds(worker.pid) - worker_start
+            driver_cpu = time.process_time() - driver_start
+            cores = busy_share(cores_start, cpu_busy())
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
                 spy.wait(60)
@@ -308,6 +314,9 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "peak_streaming": peak,
         "streaming_s": streaming_s,
         "relay_cpu": cpu / max(t_end - t_start, 1e-9),
+        "worker_cpu": worker_cpu / max(t_end - t_start, 1e-9),
+        "driver_cpu": driver_cpu / max(t_end - t_start, 1e-9),
+        "cores_busy": {str(c): round(share, 3) for c, share in sorted(cores.items())},
         "gc_collections": {g: gc_end[g] - gc_start.get(g, 0) for g in gc_end},
         "rss_idle_mib": rss_idle,
         "rss_peak_mib": rss_peak,
@@ -361,6 +370,9 @@ def report(found: dict[str, Any], command: str) -> str:
             f"| delta latency worker → subscriber, p50 / p99 / max | {f['p50_ms']:.1f} / "
             f"{f['p99_ms']:.1f} / {f['max_ms']:.1f} ms |",
             f"| relay CPU while streaming | {f['relay_cpu']:.0%} of one core |",
+            f"| the other core: worker / this driver / whole core busy | {f['worker_cpu']:.0%} / "
+            f"{f['driver_cpu']:.0%} / {f['cores_busy'].get('1', 0):.0%} (CPU 0 "
+            f"{f['cores_busy'].get('0', 0):.0%}) |",
             "| relay's garbage collections while streaming, by generation 0 / 1 / 2 | "
             + " / ".join(f"{f['gc_collections'].get(g, 0):,}" for g in ("0", "1", "2"))
             + " |",
