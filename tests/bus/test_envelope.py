@@ -50,6 +50,16 @@ def test_parts_splice_to_the_same_frame() -> None:
     assert head + b"7" + tail == encode_frame("01ID", "admin", "worker.state", 7, 123, {"a": 1})
 
 
+def test_an_event_cannot_be_changed_and_hashes_by_its_id() -> None:
+    event = make_event("chat:abc", "message.delta", {"text": "hi"}, seq=1, epoch="ep")
+    with pytest.raises(AttributeError):
+        event.seq = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        event.frame = b"{}"  # type: ignore[misc]
+    assert {event, decode_event(event.frame, "ep")} == {event}  # hashable although data is a dict
+    assert hash(event) == hash(event.id)
+
+
 def test_decode_round_trip_keeps_the_bytes() -> None:
     event = make_event("term:s-1", "term.output", {"data": "ls\r\n"}, seq=3, epoch="ep")
     decoded = decode_event(event.frame, "ep")
