@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -640,6 +641,30 @@ async def test_memory_bus_sweeps_idle_logs_without_subscribers() -> None:
         await bus.publish("chat:busy", "custom.s", {})  # triggers the sweep
         assert (await bus.position("chat:idle"))[0] != idle.epoch
         assert await bus.position("chat:watched") == (watched.epoch, 1)
+
+
+async def test_memory_history_is_nothing_for_the_garbage_collector_to_walk() -> None:
+    """The retained events of every running answer are not objects a full collection visits:
+    none of them is an Event once published, and a read of the history rebuilds each exactly."""
+
+    def live_events() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Event))
+
+    async with MemoryBus(history_max_events=2000) as bus:
+        before = live_events()
+        sent = []
+        for i in range(1000):
+            event = await bus.publish(TOPIC, "custom.g", {"i": i, "text": f"word {i} "})
+            sent.append((event.id, event.seq, event.ts, event.epoch, event.frame))
+        del event
+        assert live_events() == before  # the log holds no Event (it held 1,000)
+        page = await bus.history(TOPIC, 0, 2000)
+        assert [(e.id, e.seq, e.ts, e.epoch, e.frame) for e in page.events] == sent
+        assert [e.data for e in page.events] == [
+            {"i": i, "text": f"word {i} "} for i in range(1000)
+        ]
+        assert {(e.topic, e.type) for e in page.events} == {(TOPIC, "custom.g")}
 
 
 async def test_async_with_closes_even_after_an_error(backend: Backend) -> None:
