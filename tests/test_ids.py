@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import pytest
@@ -114,3 +115,23 @@ def test_a_spent_millisecond_moves_on_to_the_next(monkeypatch: pytest.MonkeyPatc
     made = ids.new_id()
     assert ULID.from_str(made).milliseconds == clock.ms + 1
     assert made > ids._time_prefix(clock.ms) + "Z" * 16
+
+
+def test_a_forked_child_does_not_make_its_parents_ids() -> None:
+    """Random bytes are read in blocks; a child forked with part of a block left must not use
+    the same bytes as its parent (the next ids of both would then share their random part)."""
+    ids.new_id()  # a block is read and partly used
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out at once
+        try:
+            os.write(write_end, ids.new_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    parents = ids.new_id()
+    with os.fdopen(read_end, "rb") as pipe:
+        childs = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert len(childs) == 26
+    assert childs[10:] != parents[10:]
