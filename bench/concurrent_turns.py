@@ -35,9 +35,15 @@ from wsclient import WsClient, busy_share, cpu_busy
 TIME_LIMIT_S = 240.0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """The process's CPU seconds so far: (user, system)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def rss_mib(pid: int) -> float:
@@ -239,7 +245,8 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
             rss_peak = rss_idle
             gc_start = await asyncio.to_thread(gc_collections, server.port)
             spy = profiler(server.proc.pid, args.profile)
-            cpu_start = cpu_seconds(server.proc.pid)
+            user_start, system_start = cpu_split(server.proc.pid)
+            cpu_start = user_start + system_start
             worker_start = cpu_seconds(worker.pid)
             driver_start = time.process_time()
             cores_start = cpu_busy()
@@ -249,7 +256,9 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
                 rss_peak = max(rss_peak, rss_mib(server.proc.pid))
             t_end = time.monotonic()
-            cpu = cpu_seconds(server.proc.pid) - cpu_start
+            user_end, system_end = cpu_split(server.proc.pid)
+            cpu = user_end + system_end - cpu_start
+            system = system_end - system_start
             worker_cpu = cpu_seconds(worker.pid) - worker_start
             driver_cpu = time.process_time() - driver_start
             cores = busy_share(cores_start, cpu_busy())
@@ -314,6 +323,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "peak_streaming": peak,
         "streaming_s": streaming_s,
         "relay_cpu": cpu / max(t_end - t_start, 1e-9),
+        "relay_system_share": system / max(cpu, 1e-9),
         "worker_cpu": worker_cpu / max(t_end - t_start, 1e-9),
         "driver_cpu": driver_cpu / max(t_end - t_start, 1e-9),
         "cores_busy": {str(c): round(share, 3) for c, share in sorted(cores.items())},
@@ -369,7 +379,8 @@ def report(found: dict[str, Any], command: str) -> str:
             f"| answers streaming at once (peak) | {f['peak_streaming']} of {f['chats']} |",
             f"| delta latency worker → subscriber, p50 / p99 / max | {f['p50_ms']:.1f} / "
             f"{f['p99_ms']:.1f} / {f['max_ms']:.1f} ms |",
-            f"| relay CPU while streaming | {f['relay_cpu']:.0%} of one core |",
+            f"| relay CPU while streaming | {f['relay_cpu']:.0%} of one core "
+            f"({f['relay_system_share']:.0%} of it in the kernel) |",
             f"| the other core: worker / this driver / whole core busy | {f['worker_cpu']:.0%} / "
             f"{f['driver_cpu']:.0%} / {f['cores_busy'].get('1', 0):.0%} (CPU 0 "
             f"{f['cores_busy'].get('0', 0):.0%}) |",
