@@ -5,8 +5,8 @@ A retained event is kept as its frame with its seq and ts, ``(seq, ts, frame)``,
 :class:`Event`: the garbage collector stops tracking a tuple of atomic values at its first
 collection, so a full collection does not walk the history of every running answer, and the
 event's ``data`` dict and id are not kept besides the frame that holds them. 1,000 answers of 300
-words are 300,000 retained events: as Events they took 224 MiB and ~100 ms of every full
-collection, as frames 116 MiB and ~10 ms (``bench/bus_history.py``). A read of the history
+words are 300,000 retained events: as Events they took 224 MiB and ~95 ms of every full
+collection, as frames 116 MiB and 10 to 25 ms (``bench/bus_history.py``). A read of the history
 decodes the frames it returns (:func:`decode_event`, as the Redis bus does its entries).
 Fan-out is synchronous inside ``publish``: listeners run in subscription order, in seq order,
 before ``publish`` returns, so delivery is exactly-once and never needs a gap signal.
