@@ -7,7 +7,9 @@ collection, so a full collection does not walk the history of every running answ
 event's ``data`` dict and id are not kept besides the frame that holds them. 1,000 answers of 300
 words are 300,000 retained events: as Events they took 224 MiB and ~95 ms of every full
 collection, as frames 116 MiB and 10 to 25 ms (``bench/bus_history.py``). A read of the history
-decodes the frames it returns (:func:`decode_event`, as the Redis bus does its entries).
+decodes the frames it returns (:func:`decode_event`, as the Redis bus does its entries); the
+last :data:`_DECODED_MAX` events decoded are kept, so that the subscribers of one topic resuming
+together (a broadcast topic after a network blip) have each event decoded once, not once each.
 Fan-out is synchronous inside ``publish``: listeners run in subscription order, in seq order,
 before ``publish`` returns, so delivery is exactly-once and never needs a gap signal.
 
@@ -48,6 +50,8 @@ _log = structlog.get_logger(__name__)
 
 # How many LRU entries one sweep inspects: keeps each sweep O(1) on the publish path.
 _SWEEP_BATCH = 64
+# Decoded history events kept for the next reader (see the module docstring), over all topics.
+_DECODED_MAX = 4096
 
 
 def new_epoch() -> str:
@@ -92,6 +96,9 @@ class MemoryBus(BusContext):
         self._next_sweep = time.monotonic() + sweep_interval_s
         self._logs: OrderedDict[str, _TopicLog] = OrderedDict()
         self._closed = False
+        # frame → the Event decoded from it; a frame holds its event's unique id, so it names
+        # one event of one log.
+        self._decoded: dict[bytes, Event] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -105,6 +112,7 @@ class MemoryBus(BusContext):
             for sub in log.subscriptions:
                 sub.active = False
         self._logs.clear()
+        self._decoded.clear()
 
     async def ready(self) -> bool:
         return not self._closed
@@ -163,8 +171,17 @@ class MemoryBus(BusContext):
         first = events[0][0] if events else last + 1
         start = max(after_seq + 1, first) - first
         epoch = log.epoch
-        page = [decode_event(frame, epoch) for _, _, frame in islice(events, start, start + limit)]
+        page = [self._decode(frame, epoch) for _, _, frame in islice(events, start, start + limit)]
         return History(epoch, page, first <= after_seq + 1, last)
+
+    def _decode(self, frame: bytes, epoch: str) -> Event:
+        event = self._decoded.get(frame)
+        if event is None:
+            event = decode_event(frame, epoch)
+            if len(self._decoded) >= _DECODED_MAX:
+                self._decoded.clear()
+            self._decoded[frame] = event
+        return event
 
     # -- subscriptions -----------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ import pytest
 from redis.asyncio import Redis
 
 from relayline.bus import EVENTS_MISSED, Bus, create_bus
+from relayline.bus import memory as memory_bus
 from relayline.bus.memory import MemoryBus
 from relayline.bus.redis_streams import RedisStreamsBus
-from relayline.envelope import Event
+from relayline.envelope import Event, decode_event
 from relayline.errors import Unavailable, ValidationFailed
 
 REDIS_URL = os.environ.get("RELAYLINE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -665,6 +666,34 @@ async def test_memory_history_is_nothing_for_the_garbage_collector_to_walk() -> 
             {"i": i, "text": f"word {i} "} for i in range(1000)
         ]
         assert {(e.topic, e.type) for e in page.events} == {(TOPIC, "custom.g")}
+
+
+async def test_memory_history_decodes_an_event_once_for_many_readers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Subscribers of one topic resuming together: each retained event is decoded once, and
+    every reader gets the same events."""
+    decoded: list[bytes] = []
+
+    def counting(frame: bytes, epoch: str) -> Event:
+        decoded.append(frame)
+        return decode_event(frame, epoch)
+
+    monkeypatch.setattr(memory_bus, "decode_event", counting)
+    async with MemoryBus(history_max_events=6000) as bus:
+        sent = await bus.publish_many(TOPIC, [("custom.r", {"i": i}) for i in range(50)])
+        pages = [await bus.history(TOPIC, 0, 100) for _ in range(20)]
+        assert all(page.events == sent for page in pages)
+        assert len(decoded) == 50
+        later = await bus.history(TOPIC, 40, 100)  # a later start reads the same decoded events
+        assert later.events == sent[40:] and len(decoded) == 50
+        # The kept decodings are bounded: past the bound they are dropped, not grown.
+        many = await bus.publish_many("chat:many", [("custom.r", {}) for _ in range(6000)])
+        for after in range(0, 6000, 1000):
+            page = await bus.history("chat:many", after, 1000)
+            assert page.events == many[after : after + 1000]
+            assert 0 < len(bus._decoded) <= memory_bus._DECODED_MAX
+        assert len(decoded) == 50 + 6000
 
 
 async def test_async_with_closes_even_after_an_error(backend: Backend) -> None:
