@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 from servers import ADMIN_KEY, ROOT, Server, gc_collections, start_relay
-from wsclient import WsClient, busy_share, cpu_busy
+from wsclient import WsClient, busy_share, cpu_busy, cpu_seconds
 
 TIME_LIMIT_S = 240.0
 
@@ -40,10 +40,6 @@ def cpu_split(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
 
 
 def rss_mib(pid: int) -> float:
