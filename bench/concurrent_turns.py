@@ -118,6 +118,7 @@ def start_stamped_worker(
         str(chats),
         "--barrier-timeout",
         "60",
+        *(["--stagger"] if args.stagger else []),
     ]
     env = {**os.environ, "RELAYLINE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
     with open(workdir / "stamped-worker.log", "wb") as out:
@@ -196,6 +197,8 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "RELAYLINE_WORKER_KEYS": f"{key_id}:{secret}",
         "RELAYLINE_MAX_WORKER_CAPACITY": str(args.chats),
     }
+    if args.coalesce_ms is not None:
+        env["RELAYLINE_DELTA_COALESCE_MS"] = str(args.coalesce_ms)
     server = start_relay(free_port(), workdir, env)
     worker: subprocess.Popen[bytes] | None = None
     watchers: list[list[Watcher]] = []
@@ -314,6 +317,8 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "subscribers": args.subscribers,
         "words": args.words,
         "delay": args.delay,
+        "stagger": args.stagger,
+        "coalesce_ms": args.coalesce_ms,
         "answered": answered,
         "completed_seen": len(done),
         "peak_streaming": peak,
@@ -391,6 +396,17 @@ def report(found: dict[str, Any], command: str) -> str:
             f"{f['chats']} chats x {f['subscribers']} subscribers, {f['words']} words an answer "
             f"{f['delay'] * 1000:.0f} ms apart ({1 / f['delay']:.0f} words/s), streamed over "
             f"{f['streaming_s']:.1f} s; {f['words_seen']} word arrivals measured in "
-            f"{f['events']} `message.delta` events (default coalescing).",
+            f"{f['events']} `message.delta` events ("
+            + (
+                "default coalescing"
+                if f["coalesce_ms"] is None
+                else f"`RELAYLINE_DELTA_COALESCE_MS={f['coalesce_ms']}`"
+            )
+            + "). Every answer's words "
+            + (
+                "started at a random point of the first word's interval (`--stagger`)."
+                if f["stagger"]
+                else "left the worker in step (each word of every answer at the same instant)."
+            ),
         ]
     )

@@ -8,12 +8,16 @@ only the model is swapped: each word is ``<µs>;`` — ``time.monotonic_ns() // 
 model yields it, a clock every process on the machine shares — so a subscriber can tell how
 long the word took from the worker to it. ``--barrier N`` holds every answer's first word until
 N answers are waiting (or ``--barrier-timeout`` passed), so that N answers stream at once.
+``--stagger`` starts each answer at a random point of its first word's interval after the
+barrier opens: they still stream at once, but their words do not all leave in the same instant
+(as independent chats' would not).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -30,8 +34,11 @@ class StampedModel:
     """``words`` stamped words per answer, ``delay`` seconds apart (the first after the
     barrier opens)."""
 
-    def __init__(self, words: int, delay: float, barrier: int, barrier_timeout: float) -> None:
+    def __init__(
+        self, words: int, delay: float, barrier: int, barrier_timeout: float, stagger: bool
+    ) -> None:
         self.words = words
+        self.stagger = stagger
         self.delay = delay
         self.barrier = barrier
         self.barrier_timeout = barrier_timeout
@@ -65,6 +72,8 @@ class StampedModel:
         # Paced on a schedule, not by sleeping a delay after each word's work: a busy loop
         # makes the words late, and a late word carries the time it really left.
         start = loop.time()
+        if self.stagger:
+            start += random.uniform(-self.delay, 0.0)
         for i in range(self.words):
             delay = start + (i + 1) * self.delay - loop.time()
             await asyncio.sleep(max(delay, 0))
@@ -83,6 +92,7 @@ async def main() -> None:
     parser.add_argument("--delay", type=float, default=1 / 30)
     parser.add_argument("--barrier", type=int, default=0)
     parser.add_argument("--barrier-timeout", type=float, default=30.0)
+    parser.add_argument("--stagger", action="store_true")
     args = parser.parse_args()
     settings = WorkerSettings(
         relay_url=args.relay,
@@ -92,7 +102,7 @@ async def main() -> None:
         worker_id="stamped",
         llm_probe=False,
     )
-    model = StampedModel(args.words, args.delay, args.barrier, args.barrier_timeout)
+    model = StampedModel(args.words, args.delay, args.barrier, args.barrier_timeout, args.stagger)
     runner = AgentRunner(model, builtin_registry([Path.cwd()]), model="local", max_tool_rounds=0)
     connection = RelayConnection(settings, runner, lambda: "closed", None)
     await connection.run(asyncio.Event())

@@ -684,6 +684,17 @@ def main() -> None:
     parser.add_argument(
         "--delay", type=float, default=1 / 30, help="with --concurrent: seconds between words"
     )
+    parser.add_argument(
+        "--stagger",
+        action="store_true",
+        help="with --concurrent: each answer starts at a random point of its first word's "
+        "interval (by default every answer's words leave the worker in step)",
+    )
+    parser.add_argument(
+        "--coalesce-ms",
+        type=int,
+        help="with --concurrent: the relay's RELAYLINE_DELTA_COALESCE_MS (default: its default)",
+    )
     args = parser.parse_args()
     if args.concurrent and args.postgres:
         parser.error("--concurrent runs on SQLite only")

@@ -1,10 +1,15 @@
 """Coalescing a running answer's deltas into ``message.delta`` events.
 
 An answer publishes at most one ``message.delta`` event per ``delta_coalesce_ms`` (besides the
-ones ``delta_coalesce_chars`` of pending text force): a worker's ``turn.delta`` text leaves at
-once when the answer's last event is older than that (the first text of an answer always is),
-and otherwise waits until it is not, with whatever else came meanwhile. So a text waits at most
-``delta_coalesce_ms``, a slow stream's words not at all, and a fast one is merged as before.
+ones ``delta_coalesce_chars`` of pending text force), and no text waits longer than that: a
+worker's ``turn.delta`` text leaves at once when the answer's last event is at least a window
+old (the first text of an answer always does), and otherwise waits, with whatever else comes
+meanwhile, until the next text that finds the last event a window old, or a window after its
+own arrival, whichever is first. So a slow stream's texts wait not at all; a steady one whose
+texts come between half a window and a window apart goes out two texts an event, the first
+waiting for the second (30 words a second in a 40 ms window: half the events of waiting out the
+last event's window, which held nearly every word and sent it alone); a faster one goes out an
+event a window.
 A completion of the OpenAI-compatible gateway has a single reader waiting on each chunk: its
 deltas are published as they come (:attr:`Running.immediate`), and its tool calls right after
 the text before them.
@@ -44,21 +49,27 @@ class DeltaStream:
             or running.pending_chars >= self.ctx.settings.delta_coalesce_chars
         ):
             await self.flush(running)
-        elif running.flush_handle is None:
+        else:
             loop = asyncio.get_running_loop()
-            wait = running.last_flush + self.ctx.settings.delta_coalesce_ms / 1000 - loop.time()
-            if wait > 0:
+            window = self.ctx.settings.delta_coalesce_ms / 1000
+            if loop.time() - running.last_flush >= window:
+                # The answer's last event is a window old: out now, with whatever waited.
+                if self.ctx.coordinator.shared:
+                    # A flush awaits the shared store and bus: not on this worker's frame
+                    # loop, which other answers' deltas wait on. Counted as sent now, so that
+                    # the deltas coming before it runs join it instead of spawning more.
+                    running.last_flush = loop.time()
+                    self.ctx.spawn(self.flush(running))
+                else:
+                    await self.flush(running)
+            elif running.flush_handle is None:
+                # Otherwise it waits a window from its own arrival, not from the last event:
+                # a steady stream a little slower than one text a window goes out two texts
+                # an event (the first leaving when the second comes), where waiting out the
+                # rest of the last event's window sent one an event, each of them held.
                 running.flush_handle = loop.call_later(
-                    wait, lambda: self.ctx.spawn(self.flush(running))
+                    window, lambda: self.ctx.spawn(self.flush(running))
                 )
-            elif self.ctx.coordinator.shared:
-                # A flush awaits the shared store and bus: not on this worker's frame loop,
-                # which other answers' deltas wait on. Counted as sent now, so that the deltas
-                # coming before it runs join it instead of spawning more.
-                running.last_flush = loop.time()
-                self.ctx.spawn(self.flush(running))
-            else:
-                await self.flush(running)
 
     async def flush(self, running: Running) -> None:
         """Publish whatever is pending now (nothing when nothing is)."""

@@ -1,5 +1,6 @@
 """How an answer's deltas become ``message.delta`` events: at most one per
-``delta_coalesce_ms``, a delta after a quiet spell at once, none lost or reordered."""
+``delta_coalesce_ms``, a delta after a quiet spell at once, a waiting one with the next that
+finds the window passed or a window after it came, none lost or reordered."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from relayline.turns.worker_link import WorkerLink
 class Events:
     def __init__(self) -> None:
         self.sent: list[tuple[int, str]] = []
+        self.times: list[float] = []
         self.arrived = asyncio.Event()
 
     async def message_delta(
         self, chat_id: str, message_id: str, turn_id: str, offset: int, text: str
     ) -> None:
         self.sent.append((offset, text))
+        self.times.append(asyncio.get_running_loop().time())
         self.arrived.set()
 
 
@@ -74,6 +77,53 @@ async def test_a_delta_after_a_quiet_spell_leaves_at_once_and_a_quick_one_waits(
     await stream.on_delta(run, "slow ")
     assert ctx.events.sent[-1] == (16, "slow ") and run.flush_handle is None
     assert run.published_text == "first quick and slow "
+
+
+async def test_a_waiting_text_waits_a_window_from_its_own_arrival() -> None:
+    ctx = Ctx()
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    await stream.on_delta(run, "first ")
+    run.last_flush -= 0.030  # the first event went out 30 ms ago: 10 ms of its window left
+    await stream.on_delta(run, "quick ")
+    assert run.flush_handle is not None
+    # Not the 10 ms left of the last event's window: a whole one, for the next text to join.
+    assert run.flush_handle.when() - asyncio.get_running_loop().time() > 0.035
+    stream.cancel_timer(run)
+
+
+async def test_a_waiting_text_leaves_with_the_next_one_once_the_window_has_passed() -> None:
+    ctx = Ctx()
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    await stream.on_delta(run, "first ")
+    await stream.on_delta(run, "quick ")  # waits, its timer set
+    assert ctx.events.sent == [(0, "first ")] and run.flush_handle is not None
+    run.last_flush -= 1.0  # the window has passed before its timer fired
+    await stream.on_delta(run, "next ")
+    # Out together, at once, and the timer dropped (it would publish nothing, a window late).
+    assert ctx.events.sent == [(0, "first "), (6, "quick next ")]
+    assert run.flush_handle is None and run.pending == []
+
+
+async def test_a_steady_stream_is_merged_and_its_events_stay_a_window_apart() -> None:
+    ms = 20
+    ctx = Ctx(ms=ms)
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    words = [f"w{i} " for i in range(24)]
+    for word in words:  # one every three quarters of a window
+        await stream.on_delta(run, word)
+        await asyncio.sleep(ms * 0.75 / 1000)
+    async with asyncio.timeout(5):
+        while run.pending:
+            await asyncio.sleep(ms / 1000)
+    assert "".join(text for _, text in ctx.events.sent) == "".join(words)
+    assert run.published_text == "".join(words)
+    # Merged: at most one event for each two words after the first (a slower host merges more).
+    assert len(ctx.events.sent) <= 1 + len(words) // 2
+    gaps = [b - a for a, b in zip(ctx.events.times, ctx.events.times[1:], strict=False)]
+    assert min(gaps) >= ms / 1000 - 0.002
 
 
 async def test_size_still_forces_a_flush_within_the_window() -> None:
