@@ -369,8 +369,15 @@ async def workers(start_relay: RelayFactory, workspace: Path) -> AsyncIterator[W
 class FakeWorker:
     """Speaks the worker protocol by hand: takes turns and sends exactly what a test says."""
 
-    def __init__(self, relay: RelayServer, worker_id: str = "fake", capacity: int = 1) -> None:
+    def __init__(
+        self,
+        relay: RelayServer,
+        worker_id: str = "fake",
+        capacity: int = 1,
+        hello: Frame | None = None,
+    ) -> None:
         self.relay = relay
+        self.hello = hello or {}  # more fields for its hello
         self.worker_id = worker_id
         self.capacity = capacity
         self.ws: ClientConnection | None = None
@@ -383,7 +390,9 @@ class FakeWorker:
         self.ws = await connect(
             url, additional_headers=signed_headers(KEY_ID, SECRET, "GET", PATH), open_timeout=5
         )
-        await self.send({"type": "hello", "worker_id": self.worker_id, "capacity": self.capacity})
+        await self.send(
+            {"type": "hello", "worker_id": self.worker_id, "capacity": self.capacity, **self.hello}
+        )
         welcome: Frame = json.loads(await asyncio.wait_for(self.ws.recv(), 5))
         assert welcome["type"] == "welcome", welcome
         self.worker_id = welcome["worker_id"]

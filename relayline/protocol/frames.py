@@ -169,6 +169,8 @@ class Hello(TypedDict):
     worker_id: NotRequired[str]
     capacity: int
     models: NotRequired[list[str]]  # what it answers: completions of these models come to it
+    # It coalesces answers' texts itself, by each turn.assigned's coalesce_ms.
+    coalesces: NotRequired[bool]
 
 
 class Welcome(TypedDict):
@@ -196,6 +198,9 @@ class TurnAssigned(TypedDict):
     generation: NotRequired[dict[str, Any]]
     correlation_id: str
     deadline: int  # ms since the Unix epoch
+    # The relay's coalescing window for this answer (RELAYLINE_DELTA_COALESCE_MS; 0 for a
+    # completion): a worker whose hello says ``coalesces`` merges its texts by it.
+    coalesce_ms: NotRequired[int]
     # A completion of the OpenAI-compatible gateway: answer ``messages`` in one model call,
     # offering these tools (OpenAI's form) with this tool_choice, and stream tool calls back
     # in ``turn.delta``'s ``tool_calls`` instead of running tools.

@@ -106,6 +106,7 @@ class ClaimLoop:
             correlation_id=assignment.correlation_id,
             # A completion has one reader, waiting on each chunk: nothing to coalesce for.
             immediate=assignment.request is not None,
+            worker_coalesces=worker.coalesces,
         )
         if self.ctx.coordinator.shared:
             # A new attempt starts with no open approval requests: an earlier attempt's, kept
@@ -120,7 +121,9 @@ class ClaimLoop:
             # Cancelled between the claim and now: the worker never hears of it.
             await self.cancelled(running)
             return
-        worker.send(_assigned(assignment, running, settings.turn_deadline_s))
+        worker.send(
+            _assigned(assignment, running, settings.turn_deadline_s, settings.delta_coalesce_ms)
+        )
         await self.ctx.events.turn_started(
             assignment.chat_id,
             assignment.turn_id,
@@ -136,9 +139,12 @@ class ClaimLoop:
         await asyncio.sleep(0)
 
 
-def _assigned(assignment: store.Assignment, running: Running, deadline_s: float) -> dict[str, Any]:
+def _assigned(
+    assignment: store.Assignment, running: Running, deadline_s: float, coalesce_ms: int
+) -> dict[str, Any]:
     """The ``turn.assigned`` frame: a chat turn runs the tenant's agent settings; a completion
-    carries its own request (model, sampling, tools) and no agent settings."""
+    carries its own request (model, sampling, tools) and no agent settings. ``coalesce_ms``:
+    the window a worker that coalesces texts itself uses (0 for a completion: none)."""
     frame: dict[str, Any] = {
         "type": WorkerFrame.TURN_ASSIGNED,
         "turn_id": assignment.turn_id,
@@ -147,6 +153,7 @@ def _assigned(assignment: store.Assignment, running: Running, deadline_s: float)
         "messages": assignment.history,
         "correlation_id": running.correlation_id,
         "deadline": int((time.time() + deadline_s) * 1000),
+        "coalesce_ms": 0 if running.immediate else coalesce_ms,
     }
     request = assignment.request
     if request is not None:

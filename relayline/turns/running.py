@@ -30,6 +30,9 @@ class Running:
     started: float
     correlation_id: str
     immediate: bool = False  # publish every delta as it comes (no coalescing)
+    # Its worker coalesces the texts itself (by the turn.assigned's coalesce_ms): they are
+    # published as they come unless closer together than half a window.
+    worker_coalesces: bool = False
     first_token: float | None = None
     # The answer streamed so far: ``published`` holds what went out as ``message.delta``
     # events (``published_chars`` characters), ``pending`` what waits for the next flush.

@@ -9,7 +9,10 @@ own arrival, whichever is first. So a slow stream's texts wait not at all; a ste
 texts come between half a window and a window apart goes out two texts an event, the first
 waiting for the second (30 words a second in a 40 ms window: half the events of waiting out the
 last event's window, which held nearly every word and sent it alone); a faster one goes out an
-event a window.
+event a window. A worker that coalesces the texts itself by the same rule (its ``hello`` says
+``coalesces``; each ``turn.assigned`` carries the window as ``coalesce_ms``) sends frames a
+window apart already: for its answers the window here is half, slack for the network's jitter,
+so its frames are published as they come and a flood from it is still bounded.
 A completion of the OpenAI-compatible gateway has a single reader waiting on each chunk: its
 deltas are published as they come (:attr:`Running.immediate`), and its tool calls right after
 the text before them.
@@ -52,6 +55,10 @@ class DeltaStream:
         else:
             loop = asyncio.get_running_loop()
             window = self.ctx.settings.delta_coalesce_ms / 1000
+            if running.worker_coalesces:
+                # Its frames are already a window apart where they left: only the network's
+                # jitter brings them closer, and they are not held for that.
+                window /= 2
             if loop.time() - running.last_flush >= window:
                 # The answer's last event is a window old: out now, with whatever waited.
                 if self.ctx.coordinator.shared:

@@ -168,7 +168,13 @@ class WorkerGateway:
         if worker_id in self.dispatcher.workers:
             worker_id = f"{worker_id}-{new_id()[-6:]}"
         link = WorkerLink(
-            worker_id, key_id, capacity, send_text, close, announced_models(frame.get("models"))
+            worker_id,
+            key_id,
+            capacity,
+            send_text,
+            close,
+            announced_models(frame.get("models")),
+            coalesces=frame.get("coalesces") is True,
         )
         return link, frame
 

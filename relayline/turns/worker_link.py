@@ -34,12 +34,16 @@ class WorkerLink:
         send: Callable[[str], Coroutine[Any, Any, None]],
         close: Callable[[int, str], Coroutine[Any, Any, None]],
         models: tuple[str, ...] = (),
+        coalesces: bool = False,
     ) -> None:
         self.worker_id = worker_id
         self.key_id = key_id
         self.capacity = capacity
         # The models it answers (its hello's ``models``): completions naming one come to it.
         self.models = models
+        # It coalesces answers' texts itself, by each turn.assigned's coalesce_ms (its hello's
+        # ``coalesces``): its frames are published as they come (see turns.streaming).
+        self.coalesces = coalesces
         self.inflight: set[str] = set()
         self.state: dict[str, Any] = {
             "status": "ready",

@@ -30,6 +30,7 @@ from relayline.protocol.names import TermExitReason, WorkerFrame
 from relayline.protocol.signing import signed_headers
 from relayline.worker import metrics
 from relayline.worker.agent import AgentRunner
+from relayline.worker.coalescing import DeltaCoalescer
 from relayline.worker.cork import cork
 from relayline.worker.llm.base import REQUEST_ID, ChatMessage, LLMError, ToolCall, ToolSpec
 from relayline.worker.settings import WorkerSettings
@@ -162,6 +163,8 @@ class RelayConnection:
                 "worker_id": self.worker_id,
                 "capacity": self.settings.worker_capacity,
                 "models": [self.settings.model],
+                # Answers' texts are coalesced here, as each turn.assigned's coalesce_ms says.
+                "coalesces": True,
             }
             if self.terminals is not None:
                 hello["terminals"] = self.terminals.announce()
@@ -337,7 +340,7 @@ class RelayConnection:
         # _send would make of {"type", **base, "text"}, without encoding the rest every time.
         delta_head = _encode({"type": WorkerFrame.TURN_DELTA, **base, "text": ""})[:-3]
 
-        async def on_delta(text: str) -> None:
+        async def send_delta(text: str) -> None:
             if len(text) <= FRAME_TEXT_CHARS:
                 await self._send_text(delta_head + encode_basestring(text) + "}")
                 return
@@ -346,7 +349,20 @@ class RelayConnection:
                 piece = text[start : start + FRAME_TEXT_CHARS]
                 await self._send_text(delta_head + encode_basestring(piece) + "}")
 
+        completion = frame.get("completion")
+        # The relay's coalescing window for this answer (none for a completion, whose reader
+        # waits on each chunk): the texts are merged here, one frame per event the relay sends.
+        coalesce_ms = frame.get("coalesce_ms")
+        coalescer = (
+            DeltaCoalescer(coalesce_ms / 1000, send_delta)
+            if type(coalesce_ms) is int and coalesce_ms > 0 and not isinstance(completion, dict)
+            else None
+        )
+        on_delta = send_delta if coalescer is None else coalescer.add
+
         async def request_approval(tool: str, arguments: dict[str, Any]) -> bool:
+            if coalescer is not None:
+                await coalescer.flush()  # the text before the request reaches the relay first
             approval_id = secrets.token_urlsafe(12)
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self.approvals[approval_id] = future
@@ -396,7 +412,6 @@ class RelayConnection:
                 }
             )
 
-        completion = frame.get("completion")
         final: dict[str, Any]
         try:
             if isinstance(completion, dict):
@@ -433,6 +448,8 @@ class RelayConnection:
                 "detail": exc.detail[:500],
             }
         except asyncio.CancelledError:
+            if coalescer is not None:
+                coalescer.discard()
             raise
         except Exception as exc:  # a bug must fail the turn, not leave it hanging
             log.exception("turn_crashed", turn_id=turn_id)
@@ -460,6 +477,8 @@ class RelayConnection:
             held = self.turns.get(turn_id)
             if held is not None and held[0] == attempt:
                 del self.turns[turn_id]
+        if coalescer is not None:
+            await coalescer.flush()  # the answer's last text before its ending
         count.end("failed" if final["type"] == WorkerFrame.TURN_FAILED else "done")
         if final["type"] == WorkerFrame.TURN_FAILED:
             log.warning("turn_failed", category=final["category"], detail=final["detail"])

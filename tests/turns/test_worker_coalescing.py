@@ -1,0 +1,124 @@
+"""A worker that coalesces its answers' texts itself: each ``turn.assigned`` tells it the
+relay's window (``coalesce_ms``), and the relay publishes its frames as they come unless they come
+closer together than half a window."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from typing import Any, cast
+
+from relayline.store.turns import Assignment
+from relayline.testing import WsHarness
+from relayline.turns.claims import _assigned
+from relayline.turns.running import Running
+from relayline.turns.worker_link import WorkerLink
+from tests.fixtures import FakeWorker, RelayFactory, Tenants, Workers, post, until_event
+
+
+def _delta(turn_id: str, text: str) -> dict[str, Any]:
+    return {"type": "turn.delta", "turn_id": turn_id, "attempt": 1, "text": text}
+
+
+async def _stream_three(relay_ms: int, fake: FakeWorker, ws: WsHarness, turn_id: str) -> None:
+    """ "a"; "b" more than half a window later; "c" right after "b"."""
+    await fake.send(_delta(turn_id, "a"))
+    first = await ws.expect("message.delta", 5)
+    assert first["data"]["text"] == "a"
+    await asyncio.sleep(relay_ms / 1000 * 0.55)
+    await fake.send(_delta(turn_id, "b"))
+
+
+async def test_the_window_travels_in_turn_assigned_and_a_coalescing_workers_frames_go_at_once(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    ms = 2000
+    relay = await turn_relay(delta_coalesce_ms=ms, delta_coalesce_chars=100_000)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    async with (
+        WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
+        FakeWorker(relay, hello={"coalesces": True}) as fake,
+    ):
+        turn_id = await post(tenant, chat, "hi")
+        assigned = await fake.expect("turn.assigned")
+        assert assigned["coalesce_ms"] == ms
+        await _stream_three(ms, fake, ws, turn_id)
+        # Past half a window: not held for the rest of one (the worker kept it a window apart).
+        second = await ws.expect("message.delta", 0.8)
+        assert (second["data"]["offset"], second["data"]["text"]) == (1, "b")
+        # Closer than half a window is still held, as from any worker, and still delivered.
+        await fake.send(_delta(turn_id, "c"))
+        await ws.assert_silent(0.4, type="message.delta")
+        third = await ws.expect("message.delta", 5)
+        assert (third["data"]["offset"], third["data"]["text"]) == (2, "c")
+        await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
+        done = await until_event(ws, "message.completed", turn_id=turn_id)
+    assert done["data"]["content"] == "abc"
+
+
+async def test_a_worker_that_does_not_coalesce_has_its_frames_held_by_the_relay(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    ms = 2000
+    relay = await turn_relay(delta_coalesce_ms=ms, delta_coalesce_chars=100_000)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    async with (
+        WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
+        FakeWorker(relay) as fake,
+    ):
+        turn_id = await post(tenant, chat, "hi")
+        await fake.expect("turn.assigned")
+        await _stream_three(ms, fake, ws, turn_id)
+        await ws.assert_silent(0.5, type="message.delta")  # a whole window from its arrival
+        second = await ws.expect("message.delta", 5)
+        assert (second["data"]["offset"], second["data"]["text"]) == (1, "b")
+        await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
+        done = await until_event(ws, "message.completed", turn_id=turn_id)
+    assert done["data"]["content"] == "ab"
+
+
+def test_a_completion_is_assigned_no_window() -> None:
+    def assignment(request: dict[str, object] | None) -> Assignment:
+        return Assignment("t", "c", "n", 1, "m", 1, [], {}, "r", request)
+
+    def running(immediate: bool) -> Running:
+        worker = cast(WorkerLink, None)
+        return Running("t", "c", "n", 1, "m", worker, 0.0, 0.0, "r", immediate=immediate)
+
+    chat = _assigned(assignment(None), running(False), 60.0, 40)
+    completion = _assigned(assignment({"model": "x"}), running(True), 60.0, 40)
+    assert chat["coalesce_ms"] == 40 and completion["coalesce_ms"] == 0
+
+
+async def test_the_worker_sends_its_answers_texts_coalesced(
+    turn_relay: RelayFactory, tenants: Tenants, workers: Workers
+) -> None:
+    ms = 40
+    relay = await turn_relay(delta_coalesce_ms=ms)
+    worker = await workers.start(relay, local_model_delay_s=0.010)
+    sent: list[tuple[float, str]] = []
+    send_text = worker.connection._send_text
+
+    async def spy(text: str) -> None:
+        if '"turn.delta"' in text:
+            sent.append((time.monotonic(), json.loads(text)["text"]))
+        await send_text(text)
+
+    worker.connection._send_text = spy  # type: ignore[method-assign]
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    async with WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws:
+        turn_id = await post(tenant, chat, "tell me something")
+        done = await until_event(ws, "message.completed", 30, turn_id=turn_id)
+    content = done["data"]["content"]
+    assert "".join(text for _, text in sent) == content
+    words = len(content.split())
+    # A word every 10 ms in a 40 ms window: several words a frame, frames a window apart.
+    assert words >= 20 and len(sent) <= words // 2
+    # (The last one went out before the turn's ending, whenever that came.)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(sent[:-1])]
+    assert min(gaps) >= ms / 1000 - 0.005
