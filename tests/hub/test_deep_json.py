@@ -154,3 +154,16 @@ async def test_bodies_in_utf16_and_utf32_are_judged_as_the_app_decodes_them(
         assert (
             r.json()["error"]["detail"] == f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels"
         )
+
+
+async def test_worker_frames_whose_type_is_not_a_string_are_refused_cleanly(
+    turn_relay: RelayFactory,
+) -> None:
+    relay = await turn_relay()
+    async with FakeWorker(relay) as worker:
+        assert worker.ws is not None
+        for kind in (["turn.delta"], {"t": 1}, 7, None):
+            await worker.ws.send(json.dumps({"type": kind, "turn_id": "t", "attempt": 1}))
+            assert (await worker.expect("error"))["code"] == "unknown_type"
+        await worker.ws.send(json.dumps({"type": "nonsense"}))  # still connected and heard
+        assert (await worker.expect("error"))["code"] == "unknown_type"
