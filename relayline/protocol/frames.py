@@ -198,9 +198,10 @@ class TurnAssigned(TypedDict):
     generation: NotRequired[dict[str, Any]]
     correlation_id: str
     deadline: int  # ms since the Unix epoch
-    # The relay's coalescing window for this answer (RELAYLINE_DELTA_COALESCE_MS; 0 for a
-    # completion): a worker whose hello says ``coalesces`` merges its texts by it.
+    # The relay's coalescing for this answer (RELAYLINE_DELTA_COALESCE_MS, 0 for a completion,
+    # and ..._CHARS): a worker whose hello says ``coalesces`` merges its texts by them.
     coalesce_ms: NotRequired[int]
+    coalesce_chars: NotRequired[int]
     # A completion of the OpenAI-compatible gateway: answer ``messages`` in one model call,
     # offering these tools (OpenAI's form) with this tool_choice, and stream tool calls back
     # in ``turn.delta``'s ``tool_calls`` instead of running tools.

@@ -122,7 +122,13 @@ class ClaimLoop:
             await self.cancelled(running)
             return
         worker.send(
-            _assigned(assignment, running, settings.turn_deadline_s, settings.delta_coalesce_ms)
+            _assigned(
+                assignment,
+                running,
+                settings.turn_deadline_s,
+                settings.delta_coalesce_ms,
+                settings.delta_coalesce_chars,
+            )
         )
         await self.ctx.events.turn_started(
             assignment.chat_id,
@@ -140,11 +146,16 @@ class ClaimLoop:
 
 
 def _assigned(
-    assignment: store.Assignment, running: Running, deadline_s: float, coalesce_ms: int
+    assignment: store.Assignment,
+    running: Running,
+    deadline_s: float,
+    coalesce_ms: int,
+    coalesce_chars: int,
 ) -> dict[str, Any]:
     """The ``turn.assigned`` frame: a chat turn runs the tenant's agent settings; a completion
-    carries its own request (model, sampling, tools) and no agent settings. ``coalesce_ms``:
-    the window a worker that coalesces texts itself uses (0 for a completion: none)."""
+    carries its own request (model, sampling, tools) and no agent settings. ``coalesce_ms`` and
+    ``coalesce_chars``: the rule a worker that coalesces texts itself applies (a window of 0
+    for a completion: none)."""
     frame: dict[str, Any] = {
         "type": WorkerFrame.TURN_ASSIGNED,
         "turn_id": assignment.turn_id,
@@ -154,6 +165,7 @@ def _assigned(
         "correlation_id": running.correlation_id,
         "deadline": int((time.time() + deadline_s) * 1000),
         "coalesce_ms": 0 if running.immediate else coalesce_ms,
+        "coalesce_chars": coalesce_chars,
     }
     request = assignment.request
     if request is not None:

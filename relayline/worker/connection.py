@@ -353,8 +353,14 @@ class RelayConnection:
         # The relay's coalescing window for this answer (none for a completion, whose reader
         # waits on each chunk): the texts are merged here, one frame per event the relay sends.
         coalesce_ms = frame.get("coalesce_ms")
+        coalesce_chars = frame.get("coalesce_chars")
+        max_chars = (
+            min(coalesce_chars, FRAME_TEXT_CHARS)
+            if type(coalesce_chars) is int and coalesce_chars > 0
+            else FRAME_TEXT_CHARS
+        )
         coalescer = (
-            DeltaCoalescer(coalesce_ms / 1000, send_delta)
+            DeltaCoalescer(coalesce_ms / 1000, max_chars, send_delta)
             if type(coalesce_ms) is int and coalesce_ms > 0 and not isinstance(completion, dict)
             else None
         )

@@ -44,7 +44,7 @@ async def test_the_window_travels_in_turn_assigned_and_a_coalescing_workers_fram
     ):
         turn_id = await post(tenant, chat, "hi")
         assigned = await fake.expect("turn.assigned")
-        assert assigned["coalesce_ms"] == ms
+        assert assigned["coalesce_ms"] == ms and assigned["coalesce_chars"] == 100_000
         await _stream_three(ms, fake, ws, turn_id)
         # Past half a window: not held for the rest of one (the worker kept it a window apart).
         second = await ws.expect("message.delta", 0.8)
@@ -89,9 +89,10 @@ def test_a_completion_is_assigned_no_window() -> None:
         worker = cast(WorkerLink, None)
         return Running("t", "c", "n", 1, "m", worker, 0.0, 0.0, "r", immediate=immediate)
 
-    chat = _assigned(assignment(None), running(False), 60.0, 40)
-    completion = _assigned(assignment({"model": "x"}), running(True), 60.0, 40)
-    assert chat["coalesce_ms"] == 40 and completion["coalesce_ms"] == 0
+    chat = _assigned(assignment(None), running(False), 60.0, 40, 1024)
+    completion = _assigned(assignment({"model": "x"}), running(True), 60.0, 40, 1024)
+    assert (chat["coalesce_ms"], chat["coalesce_chars"]) == (40, 1024)
+    assert completion["coalesce_ms"] == 0
 
 
 async def test_the_worker_sends_its_answers_texts_coalesced(

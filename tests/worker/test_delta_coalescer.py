@@ -23,7 +23,7 @@ class Sent:
 
 async def test_the_first_text_leaves_at_once_a_quick_one_waits_for_its_window() -> None:
     sent = Sent()
-    coalescer = DeltaCoalescer(0.040, sent)
+    coalescer = DeltaCoalescer(0.040, 1024, sent)
     await coalescer.add("first ")
     assert sent.texts == ["first "]
     await coalescer.add("quick ")
@@ -37,7 +37,7 @@ async def test_the_first_text_leaves_at_once_a_quick_one_waits_for_its_window() 
 
 async def test_a_waiting_text_leaves_with_the_next_once_the_window_has_passed() -> None:
     sent = Sent()
-    coalescer = DeltaCoalescer(0.040, sent)
+    coalescer = DeltaCoalescer(0.040, 1024, sent)
     await coalescer.add("a")
     await coalescer.add("b")  # waits, its timer set
     assert sent.texts == ["a"]
@@ -48,9 +48,20 @@ async def test_a_waiting_text_leaves_with_the_next_once_the_window_has_passed() 
     assert sent.texts == ["a", "bc"]
 
 
+async def test_enough_waiting_text_leaves_within_the_window() -> None:
+    sent = Sent()
+    coalescer = DeltaCoalescer(5.0, 10, sent)
+    await coalescer.add("a")
+    await coalescer.add("b" * 5)
+    assert sent.texts == ["a"]
+    await coalescer.add("c" * 5)  # ten characters wait
+    assert sent.texts == ["a", "b" * 5 + "c" * 5]
+    coalescer.discard()
+
+
 async def test_flush_sends_what_waits_and_discard_drops_it_for_good() -> None:
     sent = Sent()
-    coalescer = DeltaCoalescer(0.020, sent)
+    coalescer = DeltaCoalescer(0.020, 1024, sent)
     await coalescer.add("one ")
     await coalescer.add("two ")
     await coalescer.flush()
@@ -66,7 +77,7 @@ async def test_flush_sends_what_waits_and_discard_drops_it_for_good() -> None:
 async def test_a_steady_stream_goes_out_merged_and_a_window_apart() -> None:
     ms = 20
     sent = Sent()
-    coalescer = DeltaCoalescer(ms / 1000, sent)
+    coalescer = DeltaCoalescer(ms / 1000, 1024, sent)
     words = [f"w{i} " for i in range(24)]
     for word in words:  # one every three quarters of a window
         await coalescer.add(word)
