@@ -22,8 +22,8 @@ def _delta(turn_id: str, text: str) -> dict[str, Any]:
     return {"type": "turn.delta", "turn_id": turn_id, "attempt": 1, "text": text}
 
 
-async def _stream_three(relay_ms: int, fake: FakeWorker, ws: WsHarness, turn_id: str) -> None:
-    """ "a"; "b" more than half a window later; "c" right after "b"."""
+async def _stream_two(relay_ms: int, fake: FakeWorker, ws: WsHarness, turn_id: str) -> None:
+    """ "a", seen published; then "b", more than half a window later."""
     await fake.send(_delta(turn_id, "a"))
     first = await ws.expect("message.delta", 5)
     assert first["data"]["text"] == "a"
@@ -45,7 +45,7 @@ async def test_the_window_travels_in_turn_assigned_and_a_coalescing_workers_fram
         turn_id = await post(tenant, chat, "hi")
         assigned = await fake.expect("turn.assigned")
         assert assigned["coalesce_ms"] == ms and assigned["coalesce_chars"] == 100_000
-        await _stream_three(ms, fake, ws, turn_id)
+        await _stream_two(ms, fake, ws, turn_id)
         # Past half a window: not held for the rest of one (the worker kept it a window apart).
         second = await ws.expect("message.delta", 0.8)
         assert (second["data"]["offset"], second["data"]["text"]) == (1, "b")
@@ -72,7 +72,7 @@ async def test_a_worker_that_does_not_coalesce_has_its_frames_held_by_the_relay(
     ):
         turn_id = await post(tenant, chat, "hi")
         await fake.expect("turn.assigned")
-        await _stream_three(ms, fake, ws, turn_id)
+        await _stream_two(ms, fake, ws, turn_id)
         await ws.assert_silent(0.5, type="message.delta")  # a whole window from its arrival
         second = await ws.expect("message.delta", 5)
         assert (second["data"]["offset"], second["data"]["text"]) == (1, "b")

@@ -75,13 +75,13 @@ async def test_flush_sends_what_waits_and_discard_drops_it_for_good() -> None:
 
 
 async def test_a_steady_stream_goes_out_merged_and_a_window_apart() -> None:
-    ms = 20
+    ms = 50
     sent = Sent()
     coalescer = DeltaCoalescer(ms / 1000, 1024, sent)
     words = [f"w{i} " for i in range(24)]
-    for word in words:  # one every three quarters of a window
+    for word in words:  # one every fifth of a window (a late wake-up still well within it)
         await coalescer.add(word)
-        await asyncio.sleep(ms * 0.75 / 1000)
+        await asyncio.sleep(ms / 5 / 1000)
     await coalescer.flush()
     assert "".join(sent.texts) == "".join(words)
     assert len(sent.texts) <= 1 + len(words) // 2 + 1
