@@ -118,6 +118,8 @@ def start_stamped_worker(
         str(chats),
         "--barrier-timeout",
         "60",
+        "--frames-to",
+        str(workdir / "frames"),
         *(["--stagger"] if args.stagger else []),
     ]
     env = {**os.environ, "RELAYLINE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
@@ -268,6 +270,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
             log(f"{len(done)} of {len(chats)} answers completed in {t_end - t_start:.1f} s")
             await asyncio.sleep(1)
             stored = await stored_answers(client, auth, chats)
+            frames = int((workdir / "frames").read_text() or 0)
     except BaseException:
         for name in ("stamped-worker.log",):
             with contextlib.suppress(OSError):
@@ -318,6 +321,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "words": args.words,
         "delay": args.delay,
         "stagger": args.stagger,
+        "worker_frames": frames,
         "coalesce_ms": args.coalesce_ms,
         "answered": answered,
         "completed_seen": len(done),
@@ -396,7 +400,8 @@ def report(found: dict[str, Any], command: str) -> str:
             f"{f['chats']} chats x {f['subscribers']} subscribers, {f['words']} words an answer "
             f"{f['delay'] * 1000:.0f} ms apart ({1 / f['delay']:.0f} words/s), streamed over "
             f"{f['streaming_s']:.1f} s; {f['words_seen']} word arrivals measured in "
-            f"{f['events']} `message.delta` events ("
+            f"{f['events']} `message.delta` events ({f['events'] // max(f['subscribers'], 1)} "
+            f"published, from {f['worker_frames']} `turn.delta` frames; "
             + (
                 "default coalescing"
                 if f["coalesce_ms"] is None

@@ -8,9 +8,10 @@ only the model is swapped: each word is ``<µs>;`` — ``time.monotonic_ns() // 
 model yields it, a clock every process on the machine shares — so a subscriber can tell how
 long the word took from the worker to it. ``--barrier N`` holds every answer's first word until
 N answers are waiting (or ``--barrier-timeout`` passed), so that N answers stream at once.
-``--stagger`` starts each answer at a random point of its first word's interval after the
-barrier opens: they still stream at once, but their words do not all leave in the same instant
-(as independent chats' would not).
+``--frames-to PATH`` keeps in PATH the number of ``turn.delta`` frames sent so far (rewritten
+every 0.2 s), for the driver to read after the run. ``--stagger`` starts each answer at a random
+point of its first word's interval after the barrier opens: they still stream at once, but their
+words do not all leave in the same instant (as independent chats' would not).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ async def main() -> None:
     parser.add_argument("--barrier", type=int, default=0)
     parser.add_argument("--barrier-timeout", type=float, default=30.0)
     parser.add_argument("--stagger", action="store_true")
+    parser.add_argument("--frames-to", type=Path)
     args = parser.parse_args()
     settings = WorkerSettings(
         relay_url=args.relay,
@@ -105,7 +107,35 @@ async def main() -> None:
     model = StampedModel(args.words, args.delay, args.barrier, args.barrier_timeout, args.stagger)
     runner = AgentRunner(model, builtin_registry([Path.cwd()]), model="local", max_tool_rounds=0)
     connection = RelayConnection(settings, runner, lambda: "closed", None)
+    if args.frames_to is not None:
+        count_frames(connection, args.frames_to)
     await connection.run(asyncio.Event())
+
+
+def count_frames(connection: RelayConnection, path: Path) -> None:
+    """Count the ``turn.delta`` frames the connection sends, kept in ``path``."""
+    sent = [0]
+    send_text = connection._send_text
+
+    async def counted(text: str) -> None:
+        if text.startswith('{"type":"turn.delta"'):
+            sent[0] += 1
+        await send_text(text)
+
+    connection._send_text = counted  # type: ignore[method-assign]
+
+    async def keep() -> None:
+        part = path.with_suffix(".part")
+        while True:
+            part.write_text(str(sent[0]))
+            part.replace(path)  # whole, for a reader at any moment
+            await asyncio.sleep(0.2)
+
+    task = asyncio.get_running_loop().create_task(keep())
+    KEPT.add(task)
+
+
+KEPT: set[asyncio.Task[None]] = set()
 
 
 if __name__ == "__main__":
