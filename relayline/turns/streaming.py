@@ -12,7 +12,8 @@ last event's window, which held nearly every word and sent it alone); a faster o
 event a window. A worker that coalesces the texts itself by the same rule (its ``hello`` says
 ``coalesces``; each ``turn.assigned`` carries the window as ``coalesce_ms``) sends frames a
 window apart already: for its answers the window here is half, slack for the network's jitter,
-so its frames are published as they come and a flood from it is still bounded.
+and a text closer than that waits only for the rest of it. So its frames are published as they
+come, and a flood from it is still bounded.
 A completion of the OpenAI-compatible gateway has a single reader waiting on each chunk: its
 deltas are published as they come (:attr:`Running.immediate`), and its tool calls right after
 the text before them.
@@ -55,11 +56,16 @@ class DeltaStream:
         else:
             loop = asyncio.get_running_loop()
             window = self.ctx.settings.delta_coalesce_ms / 1000
+            since = loop.time() - running.last_flush
             if running.worker_coalesces:
-                # Its frames are already a window apart where they left: only the network's
-                # jitter brings them closer, and they are not held for that.
+                # Its frames were a window apart where they left: only the network's jitter
+                # brings them closer. One that comes less than half a window after the last
+                # event waits out the rest of that half, no more (it has waited on the worker).
                 window /= 2
-            if loop.time() - running.last_flush >= window:
+                wait = window - since
+            else:
+                wait = window
+            if since >= window:
                 # The answer's last event is a window old: out now, with whatever waited.
                 if self.ctx.coordinator.shared:
                     # A flush awaits the shared store and bus: not on this worker's frame
@@ -70,12 +76,13 @@ class DeltaStream:
                 else:
                     await self.flush(running)
             elif running.flush_handle is None:
-                # Otherwise it waits a window from its own arrival, not from the last event:
-                # a steady stream a little slower than one text a window goes out two texts
-                # an event (the first leaving when the second comes), where waiting out the
-                # rest of the last event's window sent one an event, each of them held.
+                # Otherwise it waits. From a worker that does not coalesce, a whole window from
+                # its own arrival, not the rest of the last event's: a steady stream a little
+                # slower than one text a window goes out two texts an event (the first leaving
+                # when the second comes), where waiting out the rest of the last event's window
+                # sent one an event, each of them held.
                 running.flush_handle = loop.call_later(
-                    window, lambda: self.ctx.spawn(self.flush(running))
+                    wait, lambda: self.ctx.spawn(self.flush(running))
                 )
 
     async def flush(self, running: Running) -> None:

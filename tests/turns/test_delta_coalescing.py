@@ -127,6 +127,25 @@ async def test_a_steady_stream_is_merged_and_its_events_stay_a_window_apart() ->
     assert min(gaps) >= ms / 1000 - 0.002
 
 
+async def test_a_coalescing_workers_text_waits_only_for_the_rest_of_half_a_window() -> None:
+    ctx = Ctx()  # a 40 ms window
+    stream = DeltaStream(cast(TurnContext, ctx))
+    run = running()
+    run.worker_coalesces = True
+    await stream.on_delta(run, "first ")
+    run.last_flush -= 0.025  # half a window (20 ms) has passed: out at once
+    await stream.on_delta(run, "second ")
+    assert ctx.events.sent == [(0, "first "), (6, "second ")] and run.flush_handle is None
+    run.last_flush -= 0.015  # 15 ms ago: held for the 5 ms left of the half, not for 20 or 40
+    await stream.on_delta(run, "third ")
+    assert run.flush_handle is not None
+    assert run.flush_handle.when() - asyncio.get_running_loop().time() <= 0.006
+    ctx.events.arrived.clear()
+    async with asyncio.timeout(5):
+        await ctx.events.arrived.wait()
+    assert ctx.events.sent[-1] == (13, "third ")
+
+
 async def test_size_still_forces_a_flush_within_the_window() -> None:
     ctx = Ctx(chars=10)
     stream = DeltaStream(cast(TurnContext, ctx))
