@@ -118,8 +118,8 @@ def start_stamped_worker(
         str(chats),
         "--barrier-timeout",
         "60",
-        "--frames-to",
-        str(workdir / "frames"),
+        "--figures-to",
+        str(workdir / "worker-figures.json"),
         *(["--stagger"] if args.stagger else []),
     ]
     env = {**os.environ, "RELAYLINE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
@@ -270,7 +270,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
             log(f"{len(done)} of {len(chats)} answers completed in {t_end - t_start:.1f} s")
             await asyncio.sleep(1)
             stored = await stored_answers(client, auth, chats)
-            frames = int((workdir / "frames").read_text() or 0)
+            worker_figures = json.loads((workdir / "worker-figures.json").read_text())
     except BaseException:
         for name in ("stamped-worker.log",):
             with contextlib.suppress(OSError):
@@ -321,7 +321,9 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "words": args.words,
         "delay": args.delay,
         "stagger": args.stagger,
-        "worker_frames": frames,
+        "worker_frames": worker_figures["frames"],
+        "worker_gc": worker_figures["collections"],
+        "worker_gc_longest_ms": worker_figures["longest_ms"],
         "coalesce_ms": args.coalesce_ms,
         "answered": answered,
         "completed_seen": len(done),
@@ -389,6 +391,9 @@ def report(found: dict[str, Any], command: str) -> str:
             f"| the other core: worker / this driver / whole core busy | {f['worker_cpu']:.0%} / "
             f"{f['driver_cpu']:.0%} / {f['cores_busy'].get('1', 0):.0%} (CPU 0 "
             f"{f['cores_busy'].get('0', 0):.0%}) |",
+            "| the worker's collections by generation 0 / 1 / 2, the longest | "
+            + " / ".join(f"{n:,}" for n in f["worker_gc"])
+            + f", {f['worker_gc_longest_ms']:.1f} ms |",
             "| relay's garbage collections while streaming, by generation 0 / 1 / 2 | "
             + " / ".join(f"{f['gc_collections'].get(g, 0):,}" for g in ("0", "1", "2"))
             + " |",

@@ -8,24 +8,30 @@ only the model is swapped: each word is ``<µs>;`` — ``time.monotonic_ns() // 
 model yields it, a clock every process on the machine shares — so a subscriber can tell how
 long the word took from the worker to it. ``--barrier N`` holds every answer's first word until
 N answers are waiting (or ``--barrier-timeout`` passed), so that N answers stream at once.
-``--frames-to PATH`` keeps in PATH the number of ``turn.delta`` frames sent so far (rewritten
-every 0.2 s), for the driver to read after the run. ``--stagger`` starts each answer at a random
-point of its first word's interval after the barrier opens: they still stream at once, but their
-words do not all leave in the same instant (as independent chats' would not).
+``--figures-to PATH`` keeps in PATH (JSON, rewritten every 0.2 s, for the driver to read after
+the run) the number of ``turn.delta`` frames sent, and the worker's garbage collections since
+the barrier opened: how many of each generation, and the longest. ``--stagger`` starts each
+answer at a random point of its first word's interval after the barrier opens: they still
+stream at once, but their words do not all leave in the same instant (as independent chats'
+would not).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from relayline.protocol.generation import Generation
 from relayline.worker.agent import AgentRunner
 from relayline.worker.connection import RelayConnection
+from relayline.worker.daemon import settle_heap
 from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolChoice, ToolSpec, Usage
 from relayline.worker.settings import WorkerSettings
 from relayline.worker.tools.builtins import builtin_registry
@@ -94,7 +100,7 @@ async def main() -> None:
     parser.add_argument("--barrier", type=int, default=0)
     parser.add_argument("--barrier-timeout", type=float, default=30.0)
     parser.add_argument("--stagger", action="store_true")
-    parser.add_argument("--frames-to", type=Path)
+    parser.add_argument("--figures-to", type=Path)
     args = parser.parse_args()
     settings = WorkerSettings(
         relay_url=args.relay,
@@ -107,27 +113,41 @@ async def main() -> None:
     model = StampedModel(args.words, args.delay, args.barrier, args.barrier_timeout, args.stagger)
     runner = AgentRunner(model, builtin_registry([Path.cwd()]), model="local", max_tool_rounds=0)
     connection = RelayConnection(settings, runner, lambda: "closed", None)
-    if args.frames_to is not None:
-        count_frames(connection, args.frames_to)
+    if args.figures_to is not None:
+        keep_figures(connection, model, args.figures_to)
+    settle_heap()  # as relayline worker does once started
     await connection.run(asyncio.Event())
 
 
-def count_frames(connection: RelayConnection, path: Path) -> None:
-    """Count the ``turn.delta`` frames the connection sends, kept in ``path``."""
-    sent = [0]
+def keep_figures(connection: RelayConnection, model: StampedModel, path: Path) -> None:
+    """Count the ``turn.delta`` frames the connection sends and the collections after the barrier
+    opened, kept in ``path``."""
+    figures: dict[str, Any] = {"frames": 0, "collections": [0, 0, 0], "longest_ms": 0.0}
     send_text = connection._send_text
 
     async def counted(text: str) -> None:
         if text.startswith('{"type":"turn.delta"'):
-            sent[0] += 1
+            figures["frames"] += 1
         await send_text(text)
 
     connection._send_text = counted  # type: ignore[method-assign]
+    began = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if not model.opened.is_set():
+            return
+        if phase == "start":
+            began[0] = time.perf_counter()
+            return
+        figures["collections"][info["generation"]] += 1
+        figures["longest_ms"] = max(figures["longest_ms"], (time.perf_counter() - began[0]) * 1e3)
+
+    gc.callbacks.append(timed)
 
     async def keep() -> None:
         part = path.with_suffix(".part")
         while True:
-            part.write_text(str(sent[0]))
+            part.write_text(json.dumps(figures))
             part.replace(path)  # whole, for a reader at any moment
             await asyncio.sleep(0.2)
 
