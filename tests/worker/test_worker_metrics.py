@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import relayline
 import relayline.observability.log_writer  # what `relayline worker` configures: its counter
 from relayline.testing import RelayServer, WsHarness, free_port
 from relayline.worker.daemon import (
+    GC_FULL_EVERY,
     MetricsUnavailable,
     build_connection,
     probe_upstream,
@@ -75,6 +77,18 @@ async def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture(autouse=True)
+def restored_gc() -> Iterator[tuple[int, int, int]]:
+    """``run_worker`` settles the heap of its process (``gc.freeze``, rarer full collections):
+    the tests' process gets its own settings back after each test."""
+    before = gc.get_threshold()
+    try:
+        yield before
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
@@ -453,3 +467,17 @@ async def test_the_agents_model_client_is_counted_the_callers_is_plain(workers: 
         assert failed.value.category == "internal"  # closed: the wrapper closed what it wraps
     finally:
         await upstream.close()
+
+
+async def test_once_started_the_workers_heap_is_frozen_and_full_collections_are_rarer(
+    turn_relay: RelayFactory, workers: Workers, restored_gc: tuple[int, int, int]
+) -> None:
+    assert restored_gc[2] != GC_FULL_EVERY  # the interpreter's own setting before
+    gc.unfreeze()
+    relay = await turn_relay()
+    async with served_worker(workers, relay):
+        async with asyncio.timeout(10):  # /metrics is up before the model is probed
+            while gc.get_threshold()[2] != GC_FULL_EVERY:
+                await asyncio.sleep(0.02)
+        assert gc.get_threshold() == (restored_gc[0], restored_gc[1], GC_FULL_EVERY)
+        assert gc.get_freeze_count() > 0
