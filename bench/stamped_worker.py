@@ -31,7 +31,7 @@ from typing import Any
 from relayline.protocol.generation import Generation
 from relayline.worker.agent import AgentRunner
 from relayline.worker.connection import RelayConnection
-from relayline.worker.daemon import settle_heap
+from relayline.worker.daemon import run_loop, settle_heap
 from relayline.worker.llm.base import ChatMessage, StreamChunk, ToolChoice, ToolSpec, Usage
 from relayline.worker.settings import WorkerSettings
 from relayline.worker.tools.builtins import builtin_registry
@@ -159,4 +159,4 @@ KEPT: set[asyncio.Task[None]] = set()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_loop(main())  # as relayline worker runs

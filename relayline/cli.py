@@ -325,7 +325,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from relayline.observability.error_tracking import init_error_tracking
     from relayline.observability.logging import configure_logging
-    from relayline.worker.daemon import MetricsUnavailable, run_worker
+    from relayline.worker.daemon import MetricsUnavailable, run_loop, run_worker
     from relayline.worker.settings import WorkerSettings
 
     overrides: dict[str, Any] = {
@@ -370,7 +370,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # the worker's error lines reach Sentry through the same logging pipeline and redaction.
     tracking = init_error_tracking(worker_settings.sentry_dsn, settings, component="worker")
     try:
-        asyncio.run(run_worker(worker_settings))
+        run_loop(run_worker(worker_settings))
     except MetricsUnavailable:
         return EXIT_UNAVAILABLE  # run_worker logged why, in one line
     finally:
