@@ -14,7 +14,7 @@ hand over (or, aborting, drop) what is kept first, so the order of bytes and end
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 
 class CorkedTransport:
@@ -76,7 +76,10 @@ def cork(connection: Any) -> bool:
     transport = getattr(connection, "transport", None)
     if isinstance(transport, CorkedTransport):
         return True
-    if not isinstance(transport, asyncio.Transport):
+    # A stream transport: asyncio's, or uvloop's (which are not subclasses of asyncio.Transport).
+    if not isinstance(transport, asyncio.Transport) and not callable(
+        getattr(transport, "get_write_buffer_size", None)
+    ):
         return False
-    connection.transport = CorkedTransport(transport)
+    connection.transport = CorkedTransport(cast(asyncio.Transport, transport))
     return True

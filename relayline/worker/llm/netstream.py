@@ -20,7 +20,7 @@ import collections
 import contextlib
 import ssl
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -82,8 +82,8 @@ class _StreamProtocol(asyncio.Protocol):
             self._timer = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -237,7 +237,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         if wrapped is None:  # pragma: no cover - only when the loop is closing
             raise httpcore.ConnectError("TLS not started")
-        assert isinstance(wrapped, asyncio.Transport)
         protocol.transport = wrapped
         return AsyncioStream(protocol)
 
