@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -176,3 +177,16 @@ async def open_client(settings: Settings, client_ip: str = "127.0.0.1") -> Async
 async def api(make_settings: SettingsFactory) -> AsyncIterator[Api]:
     async for client in open_client(make_settings()):
         yield client
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[tuple[int, int, int]]:
+    """The collector's thresholds before the test (a started relay or worker settles the heap of
+    its process: ``gc.freeze``, rarer full collections); the test process gets them back, and
+    nothing frozen, after it."""
+    before = gc.get_threshold()
+    try:
+        yield before
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

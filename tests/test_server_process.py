@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
 
-import pytest
 from starlette.types import Receive, Scope, Send
 
 from relayline.config import load_settings
@@ -22,16 +20,6 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b""})
-
-
-@pytest.fixture
-def restored_gc() -> Iterator[tuple[int, int, int]]:
-    before = gc.get_threshold()
-    try:
-        yield before
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 async def test_once_started_the_heap_so_far_is_frozen_and_full_collections_are_rarer(

@@ -183,9 +183,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     ``server`` extra; a worker installed alone runs on asyncio's own loop, the same code).
 
     A worker streaming many answers spends much of its time on the loop's timers and callbacks
-    (a timer for each text it holds back, and its model's reads): streaming 1,000 answers
-    (``bench/turns.py --concurrent --stagger``), asyncio's loop in Python was about 40% of the
-    worker's samples, its timer heap alone 8%."""
+    (a timer for each text it holds back, and its model's reads): streaming 1,000 answers,
+    asyncio's loop in Python was about 40% of the worker's samples, its timer heap alone 8%
+    (the command is in docs/benchmarks.md, "The worker runs on uvloop")."""
     try:
         import uvloop
     except ImportError:

@@ -8,6 +8,8 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from relayline.store.turns import Assignment
@@ -22,30 +24,45 @@ def _delta(turn_id: str, text: str) -> dict[str, Any]:
     return {"type": "turn.delta", "turn_id": turn_id, "attempt": 1, "text": text}
 
 
-async def _stream_two(relay_ms: int, fake: FakeWorker, ws: WsHarness, turn_id: str) -> None:
-    """ "a", seen published; then "b", more than half a window later."""
-    await fake.send(_delta(turn_id, "a"))
-    first = await ws.expect("message.delta", 5)
-    assert first["data"]["text"] == "a"
-    await asyncio.sleep(relay_ms / 1000 * 0.55)
-    await fake.send(_delta(turn_id, "b"))
+WINDOW_MS = 2000
+
+
+@asynccontextmanager
+async def _turn(
+    turn_relay: RelayFactory, tenants: Tenants, hello: dict[str, Any]
+) -> AsyncIterator[tuple[FakeWorker, WsHarness, str]]:
+    """A relay with a 2 s window, a chat watched, a fake worker with this ``hello`` extra and the
+    turn it was assigned, after it streamed "a" (seen published) and then, more than half a
+    window later, "b"; yields (worker, watcher, turn id)."""
+    relay = await turn_relay(delta_coalesce_ms=WINDOW_MS, delta_coalesce_chars=100_000)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    async with (
+        WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
+        FakeWorker(relay, hello=hello) as fake,
+    ):
+        turn_id = await post(tenant, chat, "hi")
+        assigned = await fake.expect("turn.assigned")
+        assert assigned["coalesce_ms"] == WINDOW_MS and assigned["coalesce_chars"] == 100_000
+        await fake.send(_delta(turn_id, "a"))
+        first = await ws.expect("message.delta", 5)
+        assert first["data"]["text"] == "a"
+        await asyncio.sleep(WINDOW_MS / 1000 * 0.55)
+        await fake.send(_delta(turn_id, "b"))
+        yield fake, ws, turn_id
+
+
+async def _answer(fake: FakeWorker, ws: WsHarness, turn_id: str) -> str:
+    """End the turn; the stored answer."""
+    await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
+    done = await until_event(ws, "message.completed", turn_id=turn_id)
+    return str(done["data"]["content"])
 
 
 async def test_the_window_travels_in_turn_assigned_and_a_coalescing_workers_frames_go_at_once(
     turn_relay: RelayFactory, tenants: Tenants
 ) -> None:
-    ms = 2000
-    relay = await turn_relay(delta_coalesce_ms=ms, delta_coalesce_chars=100_000)
-    tenant = await tenants.new(relay)
-    chat = await tenant.chat()
-    async with (
-        WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
-        FakeWorker(relay, hello={"coalesces": True}) as fake,
-    ):
-        turn_id = await post(tenant, chat, "hi")
-        assigned = await fake.expect("turn.assigned")
-        assert assigned["coalesce_ms"] == ms and assigned["coalesce_chars"] == 100_000
-        await _stream_two(ms, fake, ws, turn_id)
+    async with _turn(turn_relay, tenants, {"coalesces": True}) as (fake, ws, turn_id):
         # Past half a window: not held for the rest of one (the worker kept it a window apart).
         second = await ws.expect("message.delta", 0.8)
         assert (second["data"]["offset"], second["data"]["text"]) == (1, "b")
@@ -54,31 +71,17 @@ async def test_the_window_travels_in_turn_assigned_and_a_coalescing_workers_fram
         await ws.assert_silent(0.4, type="message.delta")
         third = await ws.expect("message.delta", 5)
         assert (third["data"]["offset"], third["data"]["text"]) == (2, "c")
-        await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
-        done = await until_event(ws, "message.completed", turn_id=turn_id)
-    assert done["data"]["content"] == "abc"
+        assert await _answer(fake, ws, turn_id) == "abc"
 
 
 async def test_a_worker_that_does_not_coalesce_has_its_frames_held_by_the_relay(
     turn_relay: RelayFactory, tenants: Tenants
 ) -> None:
-    ms = 2000
-    relay = await turn_relay(delta_coalesce_ms=ms, delta_coalesce_chars=100_000)
-    tenant = await tenants.new(relay)
-    chat = await tenant.chat()
-    async with (
-        WsHarness(relay, token=tenant.key, topics=[f"chat:{chat}"]) as ws,
-        FakeWorker(relay) as fake,
-    ):
-        turn_id = await post(tenant, chat, "hi")
-        await fake.expect("turn.assigned")
-        await _stream_two(ms, fake, ws, turn_id)
+    async with _turn(turn_relay, tenants, {}) as (fake, ws, turn_id):
         await ws.assert_silent(0.5, type="message.delta")  # a whole window from its arrival
         second = await ws.expect("message.delta", 5)
         assert (second["data"]["offset"], second["data"]["text"]) == (1, "b")
-        await fake.send({"type": "turn.done", "turn_id": turn_id, "attempt": 1, "usage": {}})
-        done = await until_event(ws, "message.completed", turn_id=turn_id)
-    assert done["data"]["content"] == "ab"
+        assert await _answer(fake, ws, turn_id) == "ab"
 
 
 def test_a_completion_is_assigned_no_window() -> None:

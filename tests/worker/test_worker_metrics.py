@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ from tests.fixtures import (
 )
 from tests.worker.llm_fake_upstream import FakeUpstream, answer, status, tool_calls
 
+# run_worker settles the heap of the process it runs in: every test gets the settings back.
+pytestmark = pytest.mark.usefixtures("restored_gc")
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 SOURCE_ROOT = str(Path(relayline.__file__).resolve().parents[1])
 
@@ -77,18 +80,6 @@ async def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@pytest.fixture(autouse=True)
-def restored_gc() -> Iterator[tuple[int, int, int]]:
-    """``run_worker`` settles the heap of its process (``gc.freeze``, rarer full collections):
-    the tests' process gets its own settings back after each test."""
-    before = gc.get_threshold()
-    try:
-        yield before
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
