@@ -3,13 +3,14 @@
 ``relayline serve`` (SQLite, in-process bus, the benches' lifted rate limits) pinned to CPU 0.
 On CPU 1: ``bench/stamped_worker.py`` (relayline's worker with a model that writes into each
 word the time it left, ``--words`` words ``--delay`` apart, every answer's first word held until
-all ``--chats`` answers are waiting, so that they stream at once) and this driver, which watches
-each chat with ``--subscribers`` WebSockets (raw asyncio sockets, frames kept as they arrive and
-read after the run) and posts one message to every chat.
+all ``--chats`` answers are waiting, so that they stream at once) and this driver (on uvloop),
+which watches each chat with ``--subscribers`` WebSockets (raw asyncio sockets, frames kept as
+they arrive and read after the run) and posts one message to every chat.
 
 Reported: relay CPU while the answers stream, its RSS per running turn (RSS at the peak minus
 RSS with every subscriber connected and no turn, over the turns), the delta latency worker →
-subscriber (arrival minus the stamp of every word, p50/p99/max, all subscribers), how many
+subscriber (arrival minus the stamp of every word, p50/p99/max, all subscribers) and, apart, each
+word's wait in the worker before its frame left (its coalescing's and its own delays), how many
 answers streamed at once, and the check: each subscriber's text (its ``message.delta`` events
 placed by offset) equals the stored answer, none lost or doubled.
 """
@@ -324,6 +325,7 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "worker_frames": worker_figures["frames"],
         "worker_gc": worker_figures["collections"],
         "worker_gc_longest_ms": worker_figures["longest_ms"],
+        "worker_held": held_percentiles(worker_figures["held_ms"]),
         "coalesce_ms": args.coalesce_ms,
         "answered": answered,
         "completed_seen": len(done),
@@ -349,6 +351,22 @@ async def run(args: Any, workdir: Path, log: Any) -> dict[str, Any]:
         "overlaps": overlaps,
         **by_second(words),
     }
+
+
+def held_percentiles(counts: list[int]) -> dict[str, int]:
+    """p50 / p99 / max of the words' wait in the worker, from its count per whole millisecond:
+    each the millisecond it began in (the last bucket holds a second or more)."""
+    total = sum(counts)
+    out: dict[str, int] = {}
+    for name, share in (("p50", 0.5), ("p99", 0.99)):
+        rank, seen = max(1, int(total * share + 0.999999)), 0
+        for ms, n in enumerate(counts):
+            seen += n
+            if seen >= rank:
+                out[name] = ms
+                break
+    out["max"] = max((ms for ms, n in enumerate(counts) if n), default=0)
+    return out
 
 
 def by_second(words: list[tuple[int, int]]) -> dict[str, Any]:
@@ -386,6 +404,9 @@ def report(found: dict[str, Any], command: str) -> str:
             f"| answers streaming at once (peak) | {f['peak_streaming']} of {f['chats']} |",
             f"| delta latency worker → subscriber, p50 / p99 / max | {f['p50_ms']:.1f} / "
             f"{f['p99_ms']:.1f} / {f['max_ms']:.1f} ms |",
+            "| of each word, the wait in the worker (model → frame written), p50 / p99 / max | "
+            f"{f['worker_held'].get('p50', 0)} / {f['worker_held'].get('p99', 0)} / "
+            f"{f['worker_held']['max']} ms (whole ms begun) |",
             f"| relay CPU while streaming | {f['relay_cpu']:.0%} of one core "
             f"({f['relay_system_share']:.0%} of it in the kernel) |",
             f"| the other core: worker / this driver / whole core busy | {f['worker_cpu']:.0%} / "

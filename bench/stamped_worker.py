@@ -10,7 +10,10 @@ long the word took from the worker to it. ``--barrier N`` holds every answer's f
 N answers are waiting (or ``--barrier-timeout`` passed), so that N answers stream at once.
 ``--figures-to PATH`` keeps in PATH (JSON, rewritten every 0.2 s, for the driver to read after
 the run) the number of ``turn.delta`` frames sent, and the worker's garbage collections since
-the barrier opened: how many of each generation, and the longest. ``--stagger`` starts each
+the barrier opened: how many of each generation, and the longest; and how long each word
+waited in the worker, from the model's yield to its frame handed to the connection (the words of
+one frame in eight, counted per whole millisecond: the coalescing's wait and the worker's own
+delays). ``--stagger`` starts each
 answer at a random point of its first word's interval after the barrier opens: they still
 stream at once, but their words do not all leave in the same instant (as independent chats'
 would not).
@@ -120,14 +123,25 @@ async def main() -> None:
 
 
 def keep_figures(connection: RelayConnection, model: StampedModel, path: Path) -> None:
-    """Count the ``turn.delta`` frames the connection sends and the collections after the barrier
-    opened, kept in ``path``."""
-    figures: dict[str, Any] = {"frames": 0, "collections": [0, 0, 0], "longest_ms": 0.0}
+    """Count the ``turn.delta`` frames the connection sends, how long their words waited in the
+    worker, and the collections after the barrier opened, kept in ``path``."""
+    held = [0] * 1001  # words by whole ms waited in the worker, the last for 1 s or more
+    figures: dict[str, Any] = {
+        "frames": 0,
+        "collections": [0, 0, 0],
+        "longest_ms": 0.0,
+        "held_ms": held,
+    }
     send_text = connection._send_text
 
     async def counted(text: str) -> None:
         if text.startswith('{"type":"turn.delta"'):
             figures["frames"] += 1
+            if not figures["frames"] & 7:  # one frame in 8: the reading costs the worker's CPU
+                now = time.monotonic_ns() // 1000
+                stamps = text[text.index('"text":"') + 8 : text.rindex(";")]
+                for stamp in stamps.split(";"):
+                    held[min((now - int(stamp)) // 1000, 1000)] += 1
         await send_text(text)
 
     connection._send_text = counted  # type: ignore[method-assign]

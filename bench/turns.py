@@ -775,8 +775,12 @@ def concurrent(args: argparse.Namespace) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     wait_quiet(args.wait_quiet, log)
+    import uvloop
+
     with tempfile.TemporaryDirectory(prefix="relayline-bench-") as tmp:
-        found = asyncio.run(concurrent_turns.run(args, Path(tmp), log))
+        # On uvloop, as the fan-out bench's load generator: this driver shares its core with the
+        # worker, and every CPU second it spends is a wait for the worker's words.
+        found = uvloop.run(concurrent_turns.run(args, Path(tmp), log))
     print(json.dumps(found, indent=1), file=sys.stderr)
     command = ("python bench/turns.py " + shlex.join(sys.argv[1:])).strip()
     print(concurrent_turns.report(found, command))
