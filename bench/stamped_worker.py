@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from relayline.config import load_settings
+from relayline.observability.logging import configure_logging
 from relayline.protocol.generation import Generation
 from relayline.worker.agent import AgentRunner
 from relayline.worker.connection import RelayConnection
@@ -173,4 +175,10 @@ KEPT: set[asyncio.Task[None]] = set()
 
 
 if __name__ == "__main__":
-    run_loop(main())  # as relayline worker runs
+    # As relayline worker logs (RELAYLINE_LOG_LEVEL, the same pipeline and writer thread) and
+    # runs.
+    logging_runtime = configure_logging(load_settings())
+    try:
+        run_loop(main())
+    finally:
+        logging_runtime.close()
