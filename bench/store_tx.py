@@ -121,6 +121,15 @@ async def measure(times: int) -> list[tuple[str, float]]:
                 async def write_three_thread() -> None:
                     await run_write(three_inserts)
 
+                async def write_nothing_thread() -> None:
+                    await run_write(lambda conn: None)
+
+                rows.append(
+                    (
+                        "write transaction, no statement (`run_write`, the store thread)",
+                        await cpu_us(times, write_nothing_thread),
+                    )
+                )
                 rows.append(
                     (
                         "write transaction, three INSERTs (`run_write`, the store thread)",

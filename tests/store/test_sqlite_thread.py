@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, exc, text
+from sqlalchemy import Connection, event, exc, text
 
 from relayline.config import Settings
 from relayline.observability.store_metrics import STORE_STATEMENTS, instrument_engine
@@ -118,6 +118,74 @@ async def test_a_busy_database_fails_with_the_drivers_error_and_the_thread_goes_
         other.close()
     await database.run_write(lambda conn: conn.execute(_INSERT, {"v": "later"}))
     assert await database.run_read(_values) == ["later"]
+
+
+async def test_the_thread_keeps_one_connection_between_its_transactions(
+    database: Database,
+) -> None:
+    """Writes and reads reuse the thread's connection: after the first, no transaction checks
+    one out of the pool (and resets and returns it)."""
+    thread_engine = database.sync_engines[-1]
+    checkouts: list[int] = []
+    listener = lambda dbapi_conn, record, proxy: checkouts.append(id(dbapi_conn))  # noqa: E731
+    event.listen(thread_engine, "checkout", listener)
+    try:
+        await database.run_write(lambda conn: conn.execute(_INSERT, {"v": "a"}))
+        await database.run_read(_values)
+        await database.run_write(lambda conn: conn.execute(_INSERT, {"v": "b"}))
+        assert len(checkouts) <= 1  # the first use opens it (if no test before did)
+    finally:
+        event.remove(thread_engine, "checkout", listener)
+    assert await database.run_read(_values) == ["a", "b"]
+
+
+async def test_a_commit_that_fails_leaves_the_kept_connection_usable(database: Database) -> None:
+    """A deferred foreign key fails at COMMIT, and SQLite then keeps the transaction open: the
+    thread rolls it back, so the kept connection takes the next transaction, and nothing of the
+    failed one is stored."""
+    await database.run_write(
+        lambda conn: conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+    )
+    await database.run_write(
+        lambda conn: conn.execute(
+            text(
+                "CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    )
+
+    def orphan(conn: Connection) -> None:
+        conn.execute(_INSERT, {"v": "with the orphan"})
+        conn.execute(text("INSERT INTO child (p) VALUES (7)"))
+
+    with pytest.raises(exc.IntegrityError, match="FOREIGN KEY"):
+        await database.run_write(orphan)
+    await database.run_write(lambda conn: conn.execute(_INSERT, {"v": "after"}))
+    assert await database.run_read(_values) == ["after"]
+    count = text("SELECT count(*) FROM child")
+    assert await database.run_read(lambda conn: conn.execute(count).scalar()) == 0
+
+
+async def test_an_invalidated_connection_is_replaced_by_the_next_transaction(
+    database: Database,
+) -> None:
+    """SQLAlchemy invalidates a connection on a disconnect error: that transaction fails and
+    stores nothing, and the next one runs on a new connection."""
+
+    def driver_id(conn: Connection) -> int:
+        return id(conn.connection.driver_connection)
+
+    kept = await database.run_read(driver_id)
+
+    def lost(conn: Connection) -> None:
+        conn.execute(_INSERT, {"v": "lost"})
+        conn.invalidate()
+
+    with pytest.raises(exc.SQLAlchemyError):
+        await database.run_write(lost)
+    await database.run_write(lambda conn: conn.execute(_INSERT, {"v": "after"}))
+    assert await database.run_read(_values) == ["after"]
+    assert await database.run_read(driver_id) != kept
 
 
 async def test_a_cancelled_caller_keeps_the_lock_until_its_transaction_has_ended(
