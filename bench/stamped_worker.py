@@ -143,7 +143,7 @@ def keep_figures(connection: RelayConnection, model: StampedModel, path: Path) -
                 now = time.monotonic_ns() // 1000
                 stamps = text[text.index('"text":"') + 8 : text.rindex(";")]
                 for stamp in stamps.split(";"):
-                    held[min((now - int(stamp)) // 1000, 1000)] += 1
+                    held[max(0, min((now - int(stamp)) // 1000, 1000))] += 1
         await send_text(text)
 
     connection._send_text = counted  # type: ignore[method-assign]
