@@ -13,10 +13,9 @@ the run) the number of ``turn.delta`` frames sent, and the worker's garbage coll
 the barrier opened: how many of each generation, and the longest; and how long each word
 waited in the worker, from the model's yield to its frame handed to the connection (the words of
 one frame in eight, counted per whole millisecond: the coalescing's wait and the worker's own
-delays). ``--stagger`` starts each
-answer at a random point of its first word's interval after the barrier opens: they still
-stream at once, but their words do not all leave in the same instant (as independent chats'
-would not).
+delays). ``--stagger`` starts each answer at a random point of its first word's interval after
+the barrier opens: they still stream at once, but their words do not all leave in the same
+instant (as independent chats' would not).
 """
 
 from __future__ import annotations
