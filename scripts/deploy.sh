@@ -23,7 +23,8 @@
 #   RELAYLINE_DEPLOY_SYSTEMCTL  how to call systemctl on the host (default systemctl; e.g.
 #                               "sudo systemctl" when ssh does not log in as root)
 #   RELAYLINE_DEPLOY_INSTALL    a command run on the host in the application folder instead of the
-#                               default install (a venv if missing, then pip install '.[server]');
+#                               default install (a venv if missing, then pip install '.[server]'
+#                               with the versions in constraints.txt);
 #                               it sees RELAYLINE_DEPLOY_DIR and RELAYLINE_DEPLOY_VENV
 #   RELAYLINE_DEPLOY_SSH        the ssh command, also rsync's remote shell (default ssh; e.g.
 #                               "ssh -p 2222 -i ~/.ssh/deploy")
@@ -111,7 +112,7 @@ fi
 case $SMOKE_WAIT_S in
   '' | *[!0-9]*) echo "RELAYLINE_DEPLOY_SMOKE_WAIT_S must be a whole number of seconds" >&2; exit 1 ;;
 esac
-for needed in pyproject.toml README.md relayline/__init__.py relayline/web/static/vendor/vendor.js; do
+for needed in pyproject.toml constraints.txt README.md relayline/__init__.py relayline/web/static/vendor/vendor.js; do
   if [ ! -s "$ROOT/$needed" ]; then
     echo "$ROOT/$needed is missing (the web UI's bundle is built by scripts/build_web.sh)" >&2
     exit 1
@@ -128,7 +129,7 @@ step sync "$ROOT -> $HOST:$APP_DIR"
 # and build leftovers included, is deleted (--delete-excluded), and only there.
 rsync -rlpt --checksum --delete --delete-excluded -e "$SSH" \
   --exclude='__pycache__/' --exclude='*.pyc' --exclude='*.egg-info/' --exclude='.*' \
-  --include='/pyproject.toml' --include='/README.md' --include='/LICENSE' \
+  --include='/pyproject.toml' --include='/constraints.txt' --include='/README.md' --include='/LICENSE' \
   --include='/relayline/***' --include='/scripts/***' --include='/deploy/***' \
   --include='/web/' --include='/web/package.json' --include='/web/package-lock.json' \
   --include='/web/vendor_entry.js' --include='/web/vendor_terminal_entry.js' \
@@ -139,7 +140,7 @@ step install "into $VENV"
 if [ -n "${RELAYLINE_DEPLOY_INSTALL:-}" ]; then
   install_cmd=$RELAYLINE_DEPLOY_INSTALL
 else
-  install_cmd='{ [ -x "$RELAYLINE_DEPLOY_VENV/bin/python" ] || python3 -m venv "$RELAYLINE_DEPLOY_VENV"; } && "$RELAYLINE_DEPLOY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$RELAYLINE_DEPLOY_DIR[server]"'
+  install_cmd='{ [ -x "$RELAYLINE_DEPLOY_VENV/bin/python" ] || python3 -m venv "$RELAYLINE_DEPLOY_VENV"; } && "$RELAYLINE_DEPLOY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$RELAYLINE_DEPLOY_DIR/constraints.txt" "$RELAYLINE_DEPLOY_DIR[server]"'
 fi
 on_host "$(printf 'cd %q && RELAYLINE_DEPLOY_DIR=%q RELAYLINE_DEPLOY_VENV=%q bash -c %q' \
   "$APP_DIR" "$APP_DIR" "$VENV" "set -euo pipefail; $install_cmd")" </dev/null

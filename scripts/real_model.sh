@@ -6,7 +6,7 @@
 # CPU dies with "Illegal instruction" on another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt)
 if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF" "${PIP[@]}" 'llama-cpp-python[server]==0.3.36'
 fi

@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 VENDOR=relayline/web/static/vendor/vendor.js
 TERMINAL=relayline/web/static/vendor/vendor_terminal.js
 if [ ! -s "$VENDOR" ] || [ web/package-lock.json -nt "$VENDOR" ] || [ web/vendor_entry.js -nt "$VENDOR" ] \

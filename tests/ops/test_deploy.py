@@ -165,6 +165,7 @@ async def test_a_deploy_syncs_installs_migrates_restarts_and_smokes(
     app = host.app
     for shipped in (
         "pyproject.toml",
+        "constraints.txt",
         "README.md",
         "relayline/cli.py",
         "relayline/web/static/vendor/vendor.js",
