@@ -8,6 +8,14 @@ left meanwhile goes straight back to the queue; an assigned attempt is held (in
 :class:`RunningTurns`) before its ``turn.assigned`` frame is sent, so none of its frames is
 refused; a turn cancelled between its claim and its assignment is ended as cancelled without
 its worker hearing of it; a failing store is retried after a short pause.
+
+On SQLite, which takes one writer at a time, claims run one after another. On a server store
+(PostgreSQL) a claim's transaction is several round trips that mostly wait, and claims of
+different turns do not block each other (``FOR UPDATE SKIP LOCKED``, as between instances), so
+up to :data:`PARALLEL_CLAIMS` run side by side: each claim that finds a turn lets one more
+start beside it, and the rounds stop when they find nothing. A claim holds a credit of its
+worker while it runs (``WorkerLink.claiming``), so a worker is never given more turns than its
+capacity.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from relayline.turns.workers import WorkerPool
 log = structlog.get_logger("relayline.turns")
 
 RETRY_AFTER_FAILURE_S = 0.5
+# At most this many claims at once on a server store (each holds a pooled connection).
+PARALLEL_CLAIMS = 4
 
 
 class ClaimLoop:
@@ -42,6 +52,7 @@ class ClaimLoop:
         self._kick = asyncio.Event()
         # How an attempt cancelled before it was sent ends (set by the dispatcher).
         self.cancelled: Callable[[Running], Awaitable[None]] | None = None
+        self.parallel = 1 if ctx.db.is_sqlite else PARALLEL_CLAIMS
 
     def kick(self) -> None:
         """Look for claimable turns soon."""
@@ -51,8 +62,29 @@ class ClaimLoop:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            while await self._claim_round():
-                pass
+            if self.parallel == 1:
+                while await self._claim_round():
+                    pass
+            else:
+                await self._claim_side_by_side()
+
+    async def _claim_side_by_side(self) -> None:
+        """Claim rounds until they find nothing: one at first; a round that claimed starts
+        again, with one more beside it while fewer than :attr:`parallel` run."""
+        loop = asyncio.get_running_loop()
+        rounds = {loop.create_task(self._claim_round())}
+        try:
+            while rounds:
+                done, rounds = await asyncio.wait(rounds, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if not finished.result():
+                        continue
+                    rounds.add(loop.create_task(self._claim_round()))
+                    if len(rounds) < self.parallel:
+                        rounds.add(loop.create_task(self._claim_round()))
+        finally:
+            for unfinished in rounds:
+                unfinished.cancel()
 
     async def _claim_round(self) -> bool:
         """Claim one turn for the least loaded worker that can take one; False when none
@@ -71,16 +103,21 @@ class ClaimLoop:
     async def _claim(self, worker: WorkerLink) -> bool:
         """Claim the store's head turn for ``worker``; False when nothing is claimable."""
         settings = self.ctx.settings
-        assignment = await turn_queue.claim_next(
-            self.ctx.db,
-            worker.worker_id,
-            self.ctx.lease_ms,
-            settings.turn_history_messages,
-            settings.turn_history_chars,
-            exclude_chats=set(self.turns.by_chat),
-            include_failed=settings.turn_history_failed,
-            models=worker.models,
-        )
+        worker.claiming += 1
+        try:
+            assignment = await turn_queue.claim_next(
+                self.ctx.db,
+                worker.worker_id,
+                self.ctx.lease_ms,
+                settings.turn_history_messages,
+                settings.turn_history_chars,
+                exclude_chats=set(self.turns.by_chat),
+                include_failed=settings.turn_history_failed,
+                models=worker.models,
+            )
+        finally:
+            # Nothing awaits from here until the turn joins the worker's ``inflight``.
+            worker.claiming -= 1
         if assignment is None:
             return False
         if not self.pool.connected(worker):

@@ -45,6 +45,9 @@ class WorkerLink:
         # ``coalesces``): its frames are published as they come (see turns.streaming).
         self.coalesces = coalesces
         self.inflight: set[str] = set()
+        # Claims running for it: each holds one credit until its turn joins ``inflight`` (or
+        # the store had none), so claims running side by side never exceed its capacity.
+        self.claiming = 0
         self.state: dict[str, Any] = {
             "status": "ready",
             "breaker": "closed",
@@ -60,11 +63,13 @@ class WorkerLink:
 
     @property
     def free(self) -> int:
-        return 0 if self.draining or self.closed else self.capacity - len(self.inflight)
+        if self.draining or self.closed:
+            return 0
+        return self.capacity - len(self.inflight) - self.claiming
 
     @property
     def load(self) -> float:
-        return len(self.inflight) / self.capacity if self.capacity else 1.0
+        return (len(self.inflight) + self.claiming) / self.capacity if self.capacity else 1.0
 
     def describe(self) -> dict[str, Any]:
         return {
