@@ -115,6 +115,16 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection on which each statement commits on its own: no ``BEGIN`` and
+        ``COMMIT`` round trips. For a write that is one statement (data-modifying CTEs), on a
+        server store only: SQLite's writes go through :meth:`run_write`."""
+        if self.is_sqlite:
+            raise RuntimeError("autocommit() is for a server store; SQLite writes use run_write")
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
     async def run_write(self, fn: Callable[[Connection], T]) -> T:
         """``fn(connection)`` as one write transaction, like :meth:`write_core`'s: committed
         when it returns, rolled back when it raises; its result or its exception.

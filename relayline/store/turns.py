@@ -20,6 +20,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy import text as sql_text
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
@@ -290,6 +291,51 @@ _INSERT_METRIC = insert(_METRICS)
 _FORGET_REQUEST = update(TURNS).where(TURNS.c.id == bindparam("p_turn_id")).values(request=None)
 
 
+# :func:`finish` as one PostgreSQL statement (data-modifying CTEs), committed on its own: one
+# round trip instead of ``BEGIN``, three statements and ``COMMIT``. The same fence (the attempt,
+# and the states it may leave: ``p_writable``), the same writes (the metrics row only with
+# ``p_metric``), the same result: the answer's id and seq, or no row. A turn's ``request`` is
+# JSON, where SQLAlchemy stores None as JSON ``null``: a chat turn's is ``null``, and a dropped
+# one becomes ``null`` as the transaction's ``_FORGET_REQUEST`` makes it.
+_FINISH_ONE = sql_text(
+    """WITH fenced_turn AS (
+    SELECT id, request IS NULL OR json_typeof(request) = 'null'
+        OR COALESCE((request ->> 'keep')::boolean, false) AS kept
+    FROM turns
+    WHERE id = :p_turn_id AND attempt = :p_attempt
+        AND state = ANY(CAST(:p_writable AS VARCHAR[]))
+    FOR UPDATE
+), ended AS (
+    UPDATE turns
+    SET state = :p_state, finished_at = :p_now, error_category = :p_category,
+        error_detail = :p_detail,
+        request = CASE WHEN fenced_turn.kept THEN turns.request ELSE CAST('null' AS JSON) END
+    FROM fenced_turn
+    WHERE turns.id = fenced_turn.id
+    RETURNING turns.response_message_id, turns.tenant_id, turns.chat_id, fenced_turn.kept
+), answer AS (
+    UPDATE messages
+    SET content = CASE WHEN ended.kept THEN CAST(:p_content AS TEXT) ELSE '' END,
+        status = :p_status, finish_reason = :p_finish_reason
+    FROM ended
+    WHERE messages.id = ended.response_message_id
+    RETURNING messages.id, messages.seq, ended.tenant_id, ended.chat_id
+), metric AS (
+    INSERT INTO message_metrics (id, message_id, tenant_id, chat_id, first_token_ms,
+        latency_ms, tokens_in, tokens_out, usage_source, status, created_at)
+    SELECT CAST(:m_id AS VARCHAR), answer.id, answer.tenant_id, answer.chat_id,
+        CAST(:m_first_token_ms AS INTEGER), CAST(:m_latency_ms AS INTEGER),
+        CAST(:m_tokens_in AS INTEGER), CAST(:m_tokens_out AS INTEGER),
+        CAST(:m_usage_source AS VARCHAR), CAST(:p_status AS VARCHAR), CAST(:p_now AS BIGINT)
+    FROM answer
+    WHERE CAST(:p_metric AS BOOLEAN)
+)
+SELECT id, seq FROM answer"""
+)
+_WRITABLE = ["running"]
+_WRITABLE_CANCELLED = ["running", "cancelled"]
+
+
 async def finish(
     db: Database,
     turn_id: str,
@@ -308,9 +354,34 @@ async def finish(
     A turn the store already marked cancelled (a cancel request) only takes ``cancelled``: a
     completion or failure that raced the cancel returns None and leaves it cancelled, so the
     store agrees with the ``turn.cancelled`` the chat was told. The turn, its answer and the
-    answer's metrics commit together.
+    answer's metrics commit together: on PostgreSQL as one statement (``_FINISH_ONE``), on
+    SQLite as one transaction on the store's thread.
     """
     now = now_ms()
+    if not db.is_sqlite:
+        measured = metrics or {}
+        params = {
+            "p_turn_id": turn_id,
+            "p_attempt": attempt,
+            "p_writable": _WRITABLE_CANCELLED if state == "cancelled" else _WRITABLE,
+            "p_state": state,
+            "p_now": now,
+            "p_category": category,
+            "p_detail": (detail or "")[:1000] or None,
+            "p_content": text,
+            "p_status": message_status,
+            "p_finish_reason": finish_reason,
+            "p_metric": metrics is not None,
+            "m_id": new_id() if metrics is not None else None,
+            "m_first_token_ms": _int(measured.get("first_token_ms")),
+            "m_latency_ms": _int(measured.get("latency_ms")),
+            "m_tokens_in": _int(measured.get("tokens_in")),
+            "m_tokens_out": _int(measured.get("tokens_out")),
+            "m_usage_source": _str(measured.get("usage_source")),
+        }
+        async with db.autocommit() as conn:
+            row = (await conn.execute(_FINISH_ONE, params)).first()
+        return None if row is None else StoredAnswer(row[0], int(row[1]))
 
     def store(conn: Connection) -> StoredAnswer | None:
         fenced = conn.execute(
