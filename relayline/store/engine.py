@@ -79,13 +79,13 @@ _IDLE_SINCE = "relayline_idle_since"
 
 def ping_idle_connections(engine: Engine, idle_s: float) -> None:
     """Test a pooled connection before use when it sat idle for more than ``idle_s``; a dead
-    one is replaced (the pool tries up to three times), so a request after the server
-    restarted gets a live connection.
+    one is replaced by a new connection (the pool reconnects it on a ``DisconnectionError``),
+    so a request after the server restarted gets a live connection.
 
     In place of ``pool_pre_ping``, which tests every checkout: on asyncpg its ping is three
-    round trips (``BEGIN``, ``;``, ``ROLLBACK``), as many as a turn's one-statement answer
-    costs thrice over, and under load a connection comes back to the pool and out again
-    within milliseconds. A connection used that recently whose server has just gone fails its
+    round trips (``BEGIN``, ``;``, ``ROLLBACK``), three times what storing an answer costs,
+    and under load a connection comes back to the pool and goes out again within
+    milliseconds. A connection used that recently whose server has just gone fails its
     statement instead; SQLAlchemy then invalidates it and every older one in the pool, so one
     request is answered ``503 unavailable`` and the next ones get new connections."""
 
