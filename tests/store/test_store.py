@@ -14,7 +14,8 @@ from sqlalchemy import event, func, inspect, select, text, update
 
 from relayline import api_keys
 from relayline.errors import Conflict, NotFound
-from relayline.store import chats, migrate, tenants, turn_queue
+from relayline.ids import new_id
+from relayline.store import chats, completions, migrate, tenants, turn_queue
 from relayline.store import turns as store_turns
 from relayline.store.database import Database
 from relayline.store.models import Chat, Message, MessageMetric, Tenant, Turn
@@ -233,6 +234,64 @@ async def test_post_user_message_checks_the_chat(db: Database) -> None:
         await chats.post_user_message(db, tenant.id, chat.id, "x", None)
     async with db.read() as session:
         assert (await session.get_one(Chat, chat.id)).last_seq == 0
+
+
+async def test_a_post_to_no_chat_or_a_completions_chat_is_not_found(db: Database) -> None:
+    tenant = await _tenant(db)
+    with pytest.raises(NotFound):
+        await chats.post_user_message(db, tenant.id, new_id(), "x", None)
+    made = await completions.create(
+        db,
+        tenant.id,
+        chat_id=new_id(),
+        model="m",
+        request={"messages": [{"role": "user", "content": "hi"}]},
+        texts=[("user", "hi")],
+        keep=False,
+        correlation_id="c",
+    )
+    with pytest.raises(NotFound):
+        await chats.post_user_message(db, tenant.id, made.chat_id, "x", None)
+    async with db.read() as session:
+        assert (await session.get_one(Chat, made.chat_id)).last_seq == 1
+
+
+async def test_on_postgresql_a_post_is_one_statement(
+    make_settings: SettingsFactory, pg_url: str
+) -> None:
+    db = Database(make_settings(database_url=pg_url))
+    try:
+        await migrate.upgrade(db.engine)
+        await _post_once_on_postgresql(db)
+    finally:
+        await db.dispose()
+
+
+async def _post_once_on_postgresql(db: Database) -> None:
+    tenant = await _tenant(db)
+    chat = await _chat(db, tenant.id)
+    sent: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        posted = await chats.post_user_message(db, tenant.id, chat.id, "hello", "c-1", "req-1")
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+    assert len(sent) == 1 and sent[0].startswith("WITH chat AS"), sent
+    assert posted.created and posted.message.seq == 1 and posted.turn is not None
+    async with db.read() as session:
+        message = await session.get_one(Message, posted.message.id)
+        turn = await session.get_one(Turn, posted.turn.id)
+    assert (message.content, message.client_msg_id, message.turn_id) == ("hello", "c-1", turn.id)
+    assert (turn.state, turn.message_id, turn.correlation_id, turn.request) == (
+        "queued",
+        message.id,
+        "req-1",
+        None,
+    )
 
 
 async def test_a_retry_after_the_chat_was_archived_gets_its_message(db: Database) -> None:
