@@ -105,8 +105,8 @@ _INSERT_TURN = insert(TURNS)
 
 # A post as one PostgreSQL statement (data-modifying CTEs), committed on its own: one round trip
 # instead of ``BEGIN``, three statements and ``COMMIT``. The chat's number is taken only for a
-# chat of the tenant that is not archived (no row otherwise: :func:`_refusal` says why), with
-# the same row lock; a repeated ``client_msg_id`` fails the whole statement on the unique
+# chat of the tenant that is not archived (no row otherwise: a read of the chat then says why),
+# with the same row lock; a repeated ``client_msg_id`` fails the whole statement on the unique
 # constraint, as it rolled back the transaction. A turn's ``request`` is JSON ``null``, as
 # SQLAlchemy writes None.
 _POST_ONE = sql_text(
@@ -165,7 +165,7 @@ async def post_user_message(
     """
     now = now_ms()
 
-    def rows(seq: int) -> PostedMessage:
+    def rows(seq: int) -> tuple[Message, Turn]:
         turn_id = new_id()
         message = Message(
             id=new_id(),
@@ -196,7 +196,7 @@ async def post_user_message(
             finished_at=None,
             lease_expires_at=None,
         )
-        return PostedMessage(message, turn, created=True)
+        return message, turn
 
     def post(conn: Connection) -> PostedMessage:
         row = conn.execute(BUMP_SEQ, {"p_chat_id": chat_id}).first()
@@ -204,15 +204,13 @@ async def post_user_message(
             raise NotFound("chat not found")
         if row.archived_at is not None:
             raise _Refused
-        posted = rows(int(row.last_seq))
-        conn.execute(INSERT_MESSAGE, _columns(posted.message, MESSAGES))
-        conn.execute(_INSERT_TURN, _columns(posted.turn, TURNS))
-        return posted
+        message, turn = rows(int(row.last_seq))
+        conn.execute(INSERT_MESSAGE, _columns(message, MESSAGES))
+        conn.execute(_INSERT_TURN, _columns(turn, TURNS))
+        return PostedMessage(message, turn, created=True)
 
     async def post_one() -> PostedMessage:
-        posted = rows(0)
-        message, turn = posted.message, posted.turn
-        assert turn is not None
+        message, turn = rows(0)  # its seq comes from the statement
         params = {
             "p_chat_id": chat_id,
             "p_tenant_id": tenant_id,
@@ -231,7 +229,7 @@ async def post_user_message(
                     raise NotFound("chat not found")
                 raise _Refused
         message.seq = int(seq)
-        return posted
+        return PostedMessage(message, turn, created=True)
 
     try:
         return await (db.run_write(post) if db.is_sqlite else post_one())
