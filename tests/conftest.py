@@ -16,6 +16,8 @@ import pytest
 
 from relayline.api.app import create_app
 from relayline.config import Settings
+from relayline.store import migrate
+from relayline.store.database import Database
 
 # The relay, worker and client helpers every test directory shares.
 pytest_plugins = ["tests.fixtures"]
@@ -78,6 +80,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'relayline.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of this test's own on each store: for tests that count what the store holds
+    or claim from its queue, which other tests' turns in the run's database would disturb."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'relayline.db'}"
+    url: str = request.getfixturevalue("own_pg_url")
+    return url
+
+
+@asynccontextmanager
+async def migrated(settings: Settings) -> AsyncIterator[Database]:
+    """A ``Database`` for ``settings``, migrated to head, disposed at exit."""
+    database = Database(settings)
+    try:
+        await migrate.upgrade(database.engine)
+        yield database
+    finally:
+        await database.dispose()
 
 
 @pytest.fixture

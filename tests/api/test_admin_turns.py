@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,19 +24,11 @@ SUMMARY = "/v1/admin/turns/summary"
 TURNS = "/v1/admin/turns"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database of this test's own: the counts are exact only when no other test's turns
-    share it."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'relayline.db'}"
-    url: str = request.getfixturevalue("own_pg_url")
-    return url
-
-
 @pytest.fixture
-async def relay(turn_relay: RelayFactory, store_url: str) -> RelayServer:
-    return await turn_relay(database_url=store_url)
+async def relay(turn_relay: RelayFactory, own_db_url: str) -> RelayServer:
+    # A database of this test's own: the counts are exact only when no other test's turns
+    # share it.
+    return await turn_relay(database_url=own_db_url)
 
 
 @pytest.fixture

@@ -10,22 +10,18 @@ import pytest
 from sqlalchemy import event, select
 
 from relayline.ids import new_id
-from relayline.store import chats, completions, migrate, tenants
+from relayline.store import chats, completions, tenants
 from relayline.store import turns as store_turns
 from relayline.store.database import Database
 from relayline.store.models import Message, MessageMetric, Turn
 from relayline.store.turns import Assignment, start_attempt
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, migrated
 
 
 @pytest.fixture
 async def db(make_settings: SettingsFactory, db_url: str) -> AsyncIterator[Database]:
-    database = Database(make_settings(database_url=db_url))
-    try:
-        await migrate.upgrade(database.engine)
+    async with migrated(make_settings(database_url=db_url)) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 async def _started(db: Database, turn_id: str) -> Assignment:
@@ -156,12 +152,8 @@ async def test_a_completion_keeps_its_texts_only_when_its_tenant_does(
 
 @pytest.fixture
 async def pg_db(make_settings: SettingsFactory, pg_url: str) -> AsyncIterator[Database]:
-    database = Database(make_settings(database_url=pg_url))
-    try:
-        await migrate.upgrade(database.engine)
+    async with migrated(make_settings(database_url=pg_url)) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 async def test_on_postgresql_the_outcome_is_one_statement(pg_db: Database) -> None:

@@ -19,7 +19,7 @@ from relayline.store import chats, completions, migrate, tenants, turn_queue
 from relayline.store import turns as store_turns
 from relayline.store.database import Database
 from relayline.store.models import Chat, Message, MessageMetric, Tenant, Turn
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, migrated
 
 
 @pytest.fixture
@@ -259,12 +259,8 @@ async def test_a_post_to_no_chat_or_a_completions_chat_is_not_found(db: Database
 async def test_on_postgresql_a_post_is_one_statement(
     make_settings: SettingsFactory, pg_url: str
 ) -> None:
-    db = Database(make_settings(database_url=pg_url))
-    try:
-        await migrate.upgrade(db.engine)
+    async with migrated(make_settings(database_url=pg_url)) as db:
         await _post_once_on_postgresql(db)
-    finally:
-        await db.dispose()
 
 
 async def _post_once_on_postgresql(db: Database) -> None:

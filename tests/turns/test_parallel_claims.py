@@ -5,7 +5,6 @@ capacity."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +20,6 @@ from tests.fixtures import RelayFactory, Tenants, Workers, answers, completions,
 CHATS = 8
 QUESTIONS = 2
 CAPACITY = 3
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database of this test's own: turns other tests left queued would be claimed too."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'relayline.db'}"
-    url: str = request.getfixturevalue("own_pg_url")
-    return url
 
 
 class ClaimSpy:
@@ -61,11 +51,12 @@ async def test_queued_turns_are_claimed_side_by_side_on_postgres_only(
     turn_relay: RelayFactory,
     tenants: Tenants,
     workers: Workers,
-    store_url: str,
+    own_db_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spy = ClaimSpy(monkeypatch)
-    relay = await turn_relay(database_url=store_url)
+    # A database of its own: turns other tests left queued would be claimed too.
+    relay = await turn_relay(database_url=own_db_url)
     tenant = await tenants.new(relay)
     chats = [await tenant.chat() for _ in range(CHATS)]
     topics = [f"chat:{chat}" for chat in chats]
@@ -85,7 +76,7 @@ async def test_queued_turns_are_claimed_side_by_side_on_postgres_only(
     assert spy.claimed == len(turn_ids)
     # Never more turns at once than the worker's capacity, even with claims side by side.
     assert worker.model.max_active <= CAPACITY
-    if store_url.startswith("sqlite"):
+    if own_db_url.startswith("sqlite"):
         assert spy.peak == 1
     else:
         assert 1 < spy.peak <= min(PARALLEL_CLAIMS, CAPACITY)
