@@ -283,6 +283,9 @@ async def reclaim_expired(
 ) -> list[Reclaimed]:
     """Re-queue running turns whose lease ran out (not those in ``exclude``: held here).
 
+    ``exclude`` is read once the rows are selected, so a live view of what the caller holds
+    also covers a turn it claimed while this waited for the store.
+
     A turn already at ``max_attempts`` fails instead. ``everything`` takes every running turn
     whatever its lease: for a relay that knows it is the only instance (after a restart).
     """

@@ -187,10 +187,13 @@ class LeaseKeeper:
         """Queue again the turns whose instance stopped renewing their lease (it died).
 
         ``everything``: every running turn in the store, for the only instance at start-up.
+        The turns held here are read when the store answers, not when the call starts: one
+        claimed here while this waited for the store (its lease may have run out by then on a
+        slow host) is this instance's, not a dead one's.
         """
         reclaimed = await turn_queue.reclaim_expired(
             self.ctx.db,
-            exclude=set(self.turns.by_turn),
+            exclude=self.turns.by_turn.keys(),
             max_attempts=self.ctx.settings.turn_max_attempts,
             everything=everything,
         )

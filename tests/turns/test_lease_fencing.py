@@ -50,7 +50,7 @@ async def stored_turn(relay: RelayServer, turn_id: str) -> Turn:
 async def test_attempt_taken_over_elsewhere_is_stopped_here_without_store_writes(
     turn_relay: RelayFactory, tenants: Tenants, backend: dict[str, Any]
 ) -> None:
-    relay = await turn_relay(turn_lease_s=0.6, delta_coalesce_ms=0, **backend)
+    relay = await turn_relay(turn_lease_s=1.0, delta_coalesce_ms=0, **backend)
     tenant = await tenants.new(relay)
     chat = await tenant.chat()
     topic = f"chat:{chat}"
@@ -150,3 +150,35 @@ async def test_renewal_extends_only_the_held_attempt_and_reports_the_others(
         soon,
     )
     assert await turn_queue.renew(db, {}, FAR_LEASE_MS) == turn_queue.Renewal()
+
+
+async def test_a_turn_claimed_while_the_sweep_waits_for_the_store_is_not_requeued(
+    turn_relay: RelayFactory, tenants: Tenants
+) -> None:
+    """The sweep reads which turns this instance holds when the store answers it, not when it
+    starts: on a slow host a turn can be claimed here, and its store lease run out, while the
+    sweep waits for SQLite's write lock. That turn is this live instance's, not a dead one's."""
+    relay = await turn_relay(delta_coalesce_ms=0)
+    tenant = await tenants.new(relay)
+    chat = await tenant.chat()
+    dispatcher = dispatcher_of(relay)
+    db = relay.app.http.state.relay.db
+    async with FakeWorker(relay, "holder") as holder:
+        turn_id = await post(tenant, chat, "mine, though slow")
+        assert (await holder.expect("turn.assigned"))["attempt"] == 1
+        running = dispatcher.running[turn_id]
+        async with db.write() as session:
+            await session.execute(
+                update(Turn).where(Turn.id == turn_id).values(lease_expires_at=now_ms() - 1)
+            )
+            # The sweep starts before the claim has put the turn among those held here...
+            del dispatcher.turns.by_turn[turn_id]
+            sweep = asyncio.get_running_loop().create_task(dispatcher.leases.reclaim())
+            await asyncio.sleep(0.05)
+            assert not sweep.done()  # ...waits for the store...
+            dispatcher.turns.by_turn[turn_id] = running  # ...while the claim registers it.
+        await sweep
+        turn = await stored_turn(relay, turn_id)
+        assert (turn.state, turn.attempt, turn.worker_id) == ("running", 1, "holder")
+        assert dispatcher.running[turn_id] is running
+        assert not [f for f in holder.seen if f.get("type") == "turn.cancel"]
