@@ -234,6 +234,13 @@ class LiveRelay:
 
         self.call(seed(), timeout=60)
 
+    def chats(self, key: str) -> list[dict[str, Any]]:
+        with self.http() as http:
+            r = http.get("/v1/chats", headers={"Authorization": f"Bearer {key}"})
+            r.raise_for_status()
+            items: list[dict[str, Any]] = r.json()["items"]
+            return items
+
     def messages(self, key: str, chat_id: str) -> list[dict[str, Any]]:
         with self.http() as http:
             r = http.get(

@@ -1,6 +1,6 @@
 """The chat page in Chromium against a real relay and worker: streaming, Markdown, two tabs,
 reload mid-answer, scrolling, tool approvals, the debug overlay, an answer cut at the length
-limit."""
+limit, a message sent before the page has its chat list."""
 
 from __future__ import annotations
 
@@ -350,3 +350,44 @@ def test_an_answer_cut_at_the_length_limit_says_so(live: LiveRelay, new_page: An
         "Cut at the length limit", use_inner_text=True
     )
     assert page.js_errors == [] and fresh.js_errors == []
+
+
+def test_a_message_sent_before_the_chat_list_arrives_makes_one_chat_and_is_answered(
+    live: LiveRelay, new_page: Any
+) -> None:
+    """Online before its chat list came: what is sent then waits for the page's first opening,
+    which would otherwise replace the new chat with an empty draft."""
+    _, key, token = live.tenant_session()
+    live.model.delay_s = 0.01
+    page = new_page()
+    held: list[tuple[Any, Any]] = []
+    # The list as it is when asked for (no chats yet), handed to the page only later.
+    page.route(re.compile(r"/v1/chats\?limit="), lambda route: held.append((route, route.fetch())))
+    page.goto(f"{live.url}/#session={token}")
+    wait_online(page)
+    for _ in range(100):  # bounded: 5 s
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    send(page, "Typed before the page had its chats")
+    send(page, "Typed before the page had its chats")  # and Enter twice
+    page.wait_for_timeout(300)
+    route, response = held.pop()
+    route.fulfill(response=response)
+    cid = chat_id(page)
+    wait_answers(page, 1)
+    expect(page.locator("#chat-list [data-chat]")).to_have_count(1)
+    expect(page.locator(f'#chat-list [data-chat="{cid}"]')).to_have_attribute(
+        "aria-current", "page"
+    )
+    expect(page.locator("#chat-title")).to_have_text("Typed before the page had its chats")
+    expect(page.locator("#input")).to_have_value("")
+    expect(page.locator(".msg--user")).to_have_count(1)
+    assert [c["id"] for c in live.chats(key)] == [cid]
+    stored = live.messages(key, cid)
+    assert [(m["role"], m["status"]) for m in stored] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert page.js_errors == []

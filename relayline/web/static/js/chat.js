@@ -56,6 +56,15 @@ class ChatApp {
     this.chats = [];
     this.conversation = null;
     this.connection = { state: "idle" };
+    // Settled once the page has its chat list and has opened a chat (or a draft): a message
+    // sent before then waits for it, or the page's first opening would replace its new chat.
+    /** @type {() => void} */
+    this.markLoaded = () => {};
+    /** @type {Promise<void>} */
+    this.loaded = new Promise((resolve) => {
+      this.markLoaded = () => resolve();
+    });
+    this.submitting = false;
     this.notices = new Map();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.socket = new RelaySocket({
@@ -95,17 +104,22 @@ class ChatApp {
     await loadRenderer();
     this.bindUi();
     if (!this.token) {
+      this.markLoaded();
       this.showSignIn();
       return;
     }
     this.bindSocket();
     this.socket.connect();
     const wantedTerminal = terminalFromHash();
-    await Promise.all([this.refreshChats(), this.terminals.start()]);
-    const wanted = chatFromHash();
-    const first = this.chats.find((c) => c.id === wanted) ?? this.chats[0];
-    if (first) await this.openChat(first.id);
-    else this.startDraft();
+    try {
+      await Promise.all([this.refreshChats(), this.terminals.start()]);
+      const wanted = chatFromHash();
+      const first = this.chats.find((c) => c.id === wanted) ?? this.chats[0];
+      if (first) await this.openChat(first.id);
+      else this.startDraft();
+    } finally {
+      this.markLoaded();
+    }
     if (wantedTerminal) await this.terminals.show(wantedTerminal);
   }
 
@@ -397,6 +411,19 @@ class ChatApp {
   }
 
   async submit() {
+    // One at a time: a second Enter while the first message still makes its chat would make
+    // another chat; the text stays in the box until the first is sent.
+    if (this.submitting) return;
+    this.submitting = true;
+    try {
+      await this.loaded;
+      await this.sendInput();
+    } finally {
+      this.submitting = false;
+    }
+  }
+
+  async sendInput() {
     const input = $("input");
     const content = input.value.trim();
     if (!content || content.length > MAX_MESSAGE_CHARS) return;
