@@ -20,11 +20,15 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Connection,
+    Integer,
     Select,
+    String,
     and_,
     bindparam,
+    column,
     exists,
     func,
     or_,
@@ -32,13 +36,15 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import aliased
 
 from relayline.clock import now_ms
+from relayline.ids import new_id
 from relayline.store.chats import TURNS
 from relayline.store.database import Database
 from relayline.store.models import Message, Turn
-from relayline.store.turns import Assignment, start_attempt
+from relayline.store.turns import Assignment, read_history, start_attempt
 
 ACTIVE = ("queued", "running")
 
@@ -74,15 +80,12 @@ def _claimable_heads(models: bool) -> ColumnElement[bool]:
     return and_(turns.c.state == "queued", heads, fits)
 
 
-def _claimable(models: bool, exclude: bool = False, one: bool = False) -> Select[str]:
-    """The claim's query, locking the oldest claimable turn (``one``: the turn
-    ``p_turn_id``, if it still is)."""
+def _claimable(models: bool, exclude: bool = False) -> Select[str]:
+    """The claim's query: the oldest claimable turn."""
     query = select(TURNS.c.id).where(_claimable_heads(models))
     if exclude:
         query = query.where(TURNS.c.chat_id.not_in(bindparam("p_exclude", expanding=True)))
-    if one:
-        query = query.where(TURNS.c.id == bindparam("p_turn_id"))
-    return query.order_by(TURNS.c.id).limit(1).with_for_update(skip_locked=True)
+    return query.order_by(TURNS.c.id).limit(1)
 
 
 def _heads(models: bool) -> Select[str, str]:
@@ -101,7 +104,6 @@ class _Claims:
 
     claimable: Select[str]
     excluding: Select[str]
-    one: Select[str]
     heads: Select[str, str]
 
 
@@ -112,7 +114,6 @@ _CLAIMS = {
     models: _Claims(
         _claimable(models),
         _claimable(models, exclude=True),
-        _claimable(models, one=True),
         _heads(models),
     )
     for models in (False, True)
@@ -123,7 +124,7 @@ _CLAIMS = {
 # each into a parameter of its own, on every claim) cost ~0.6 ms a claim at 1,000; but a chat
 # it holds can head the queue only once its turn has ended in the store (while the outcome is
 # being announced, or after a cancel), which few do at a time. So the first heads are read and
-# the held chats skipped here, and only the chosen turn is locked.
+# the held chats skipped here. (PostgreSQL's claim binds them as one array: no expansion.)
 _EXCLUDE_BOUND = 16
 
 
@@ -134,7 +135,8 @@ def claimable_turn_id(
     models: Collection[str] = (),
 ) -> str | None:
     """The oldest queued turn that heads its chat and that a worker serving ``models`` can
-    answer (a turn that names no model, or one of them), locked for this transaction.
+    answer (a turn that names no model, or one of them): SQLite's claim, whose transaction is
+    the only writer (PostgreSQL's is :data:`_CLAIM_ONE`).
 
     ``exclude_chats``: chats this instance still holds while it stores and announces the
     outcome of their previous turn, so the next one does not overtake that announcement.
@@ -150,18 +152,140 @@ def claimable_turn_id(
         if free is None and len(heads) < limit:
             return None  # every head is a chat left out
         if free is not None:
-            if conn.dialect.name == "sqlite":
-                return str(free)  # one writer: what this transaction read stays as it is
-            locked = conn.execute(claims.one, {**params, "p_turn_id": free}).scalar_one_or_none()
-            if locked is not None:
-                return str(locked)
-        # More held chats at the head than read, or the chosen turn was taken meanwhile
-        # (another instance locked it): the whole query decides.
+            return str(free)  # one writer: what this transaction read stays as it is
+        # More held chats at the head than read: the whole query decides.
         result = conn.execute(claims.excluding, {**params, "p_exclude": list(exclude_chats)})
     else:
         result = conn.execute(claims.claimable, params)
     found = result.scalar_one_or_none()
     return None if found is None else str(found)
+
+
+# :func:`claim_next` as one PostgreSQL statement (data-modifying CTEs), committed on its own:
+# one round trip instead of ``BEGIN``, the head, the attempt, the answer's number and row, the
+# agent and ``COMMIT``. The same choice as :func:`claimable_turn_id` (queued, heading its chat,
+# answerable by the worker, not of a chat in ``p_exclude``; the row locked, or skipped when
+# another claim holds it) and the same writes as :func:`~relayline.store.turns.start_attempt`:
+# the attempt, the worker and the lease; the answer placed at the chat's next number, or an
+# earlier attempt's answer emptied in its place.
+_CLAIM_ONE = sql_text(
+    """WITH head AS (
+    SELECT turns.id FROM turns
+    WHERE turns.state = 'queued'
+        AND NOT EXISTS (
+            SELECT 1 FROM turns AS earlier
+            WHERE earlier.chat_id = turns.chat_id AND earlier.state IN ('queued', 'running')
+                AND earlier.id < turns.id)
+        AND (turns.model IS NULL OR turns.model = ANY(CAST(:p_models AS VARCHAR[])))
+        AND turns.chat_id <> ALL(CAST(:p_exclude AS VARCHAR[]))
+    ORDER BY turns.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), started AS (
+    UPDATE turns
+    SET attempt = turns.attempt + 1, state = 'running', worker_id = :p_worker_id,
+        started_at = :p_now, lease_expires_at = :p_lease_expires_at,
+        response_message_id = COALESCE(turns.response_message_id, :p_answer_id)
+    FROM head
+    WHERE turns.id = head.id
+    RETURNING turns.id, turns.chat_id, turns.tenant_id, turns.attempt, turns.message_id,
+        turns.response_message_id, turns.correlation_id, turns.request
+), numbered AS (
+    UPDATE chats SET last_seq = chats.last_seq + 1
+    FROM started
+    WHERE chats.id = started.chat_id
+        AND started.response_message_id = CAST(:p_answer_id AS VARCHAR)
+    RETURNING chats.last_seq
+), placed AS (
+    INSERT INTO messages (id, chat_id, seq, role, content, status, finish_reason,
+        client_msg_id, turn_id, created_at)
+    SELECT CAST(:p_answer_id AS VARCHAR), started.chat_id, numbered.last_seq, 'assistant', '',
+        'streaming', NULL, NULL, started.id, CAST(:p_now AS BIGINT)
+    FROM started, numbered
+    RETURNING seq
+), restarted AS (
+    UPDATE messages SET content = '', status = 'streaming'
+    FROM started
+    WHERE messages.id = started.response_message_id
+        AND started.response_message_id <> CAST(:p_answer_id AS VARCHAR)
+    RETURNING messages.seq
+)
+SELECT started.id, started.chat_id, started.tenant_id, started.attempt, started.message_id,
+    started.response_message_id, started.correlation_id, started.request,
+    COALESCE((SELECT seq FROM placed), (SELECT seq FROM restarted)) AS answer_seq,
+    (SELECT agent_settings FROM tenants WHERE tenants.id = started.tenant_id) AS agent
+FROM started"""
+).columns(
+    column("id", String),
+    column("chat_id", String),
+    column("tenant_id", String),
+    column("attempt", Integer),
+    column("message_id", String),
+    column("response_message_id", String),
+    column("correlation_id", String),
+    column("request", JSON),
+    column("answer_seq", Integer),
+    column("agent", JSON),
+)
+
+
+async def _claim_one(
+    db: Database,
+    worker_id: str,
+    lease_ms: int,
+    max_messages: int,
+    max_chars: int,
+    exclude_chats: Collection[str],
+    include_failed: bool,
+    models: Collection[str],
+) -> Assignment | None:
+    """:func:`claim_next` on PostgreSQL: the claim in one statement, then the history read."""
+    now = now_ms()
+    params = {
+        "p_models": list(models),
+        "p_exclude": list(exclude_chats),
+        "p_worker_id": worker_id,
+        "p_now": now,
+        "p_lease_expires_at": now + lease_ms,
+        "p_answer_id": new_id(),
+    }
+    async with db.autocommit() as conn:
+        row = (await conn.execute(_CLAIM_ONE, params)).first()
+        if row is None:
+            return None
+        turn_id, chat_id, tenant_id, attempt, question_id, answer_id, correlation_id = row[:7]
+        request, answer_seq, agent = row[7], int(row[8]), row[9]
+        if request is not None:
+            # A completion carries its whole conversation: no history, no agent settings.
+            messages = list(request.get("messages") or [])
+            return Assignment(
+                turn_id,
+                chat_id,
+                tenant_id,
+                attempt,
+                answer_id,
+                answer_seq,
+                messages,
+                {},
+                correlation_id or turn_id,
+                dict(request),
+            )
+        # After the claim's commit, which changed nothing it reads: the answer placed is empty
+        # (left out), and what the chat gets later comes after the question.
+        history = await read_history(
+            conn, chat_id, question_id, answer_seq, max_messages, max_chars, include_failed
+        )
+    return Assignment(
+        turn_id,
+        chat_id,
+        tenant_id,
+        attempt,
+        answer_id,
+        answer_seq,
+        history,
+        dict(agent) if agent else {},
+        correlation_id or turn_id,
+    )
 
 
 async def claim_next(
@@ -176,7 +300,18 @@ async def claim_next(
     models: Collection[str] = (),
 ) -> Assignment | None:
     """Claim the head turn for ``worker_id`` (serving ``models``) and start its next attempt,
-    in one transaction."""
+    in one transaction (on PostgreSQL one statement, then a read of the history)."""
+    if not db.is_sqlite:
+        return await _claim_one(
+            db,
+            worker_id,
+            lease_ms,
+            max_messages,
+            max_chars,
+            exclude_chats,
+            include_failed,
+            models,
+        )
 
     def claim(conn: Connection) -> Assignment | None:
         turn_id = claimable_turn_id(conn, exclude_chats=exclude_chats, models=models)

@@ -3,11 +3,13 @@ so a stale worker (an earlier attempt) can never overwrite the answer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
     Boolean,
     Connection,
+    Row,
     Select,
     Table,
     Update,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import text as sql_text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayline.clock import now_ms
 from relayline.ids import new_id
@@ -225,19 +228,41 @@ def history(
     feeding it back would have the model continue or imitate a broken reply; an operator who
     wants it anyway sets ``RELAYLINE_TURN_HISTORY_FAILED`` (``include_failed``).
     """
-    rows = conn.execute(
-        _HISTORY,
-        {
-            "p_chat_id": chat_id,
-            "p_question_id": question_id,
-            "p_answer_seq": answer_seq,
-            "p_include_failed": include_failed,
-            "p_limit": max_messages,
-        },
-    )
+    params = _history_params(chat_id, question_id, answer_seq, max_messages, include_failed)
+    return _picked(conn.execute(_HISTORY, params).all(), max_chars)
+
+
+async def read_history(
+    conn: AsyncConnection,
+    chat_id: str,
+    question_id: str,
+    answer_seq: int,
+    max_messages: int,
+    max_chars: int,
+    include_failed: bool = False,
+) -> list[dict[str, str]]:
+    """:func:`history`, on an async connection."""
+    params = _history_params(chat_id, question_id, answer_seq, max_messages, include_failed)
+    return _picked((await conn.execute(_HISTORY, params)).all(), max_chars)
+
+
+def _history_params(
+    chat_id: str, question_id: str, answer_seq: int, max_messages: int, include_failed: bool
+) -> dict[str, object]:
+    return {
+        "p_chat_id": chat_id,
+        "p_question_id": question_id,
+        "p_answer_seq": answer_seq,
+        "p_include_failed": include_failed,
+        "p_limit": max_messages,
+    }
+
+
+def _picked(rows: Sequence[Row[str, str]], max_chars: int) -> list[dict[str, str]]:
+    """The newest-first ``rows`` within ``max_chars``, in conversation order."""
     picked: list[dict[str, str]] = []
     total = 0
-    for role, content in rows.all():
+    for role, content in rows:
         if total + len(content) > max_chars:
             break  # oldest are dropped first: we walk newest to oldest
         total += len(content)

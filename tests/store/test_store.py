@@ -336,13 +336,11 @@ async def test_a_claim_leaves_out_held_chats(
         held |= {chat_id for _, chat_id in posted}
     else:
         held |= {chat_id for _, chat_id in posted[:held_heads]}
-    claimed = await db.run_write(
-        lambda conn: turn_queue.claimable_turn_id(conn, exclude_chats=held)
-    )
+    claimed = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000, exclude_chats=held)
     if expect == "none":
         assert claimed is None
     else:
-        assert claimed == posted[held_heads][0]
+        assert claimed is not None and claimed.turn_id == posted[held_heads][0]
     async with db.write() as session:  # leave nothing claimable behind for other tests
         await session.execute(
             update(Turn)
@@ -370,10 +368,8 @@ async def test_a_claim_leaving_out_many_chats_skips_a_turn_another_instance_lock
     held = set(others) | {f"no-such-chat-{i}" for i in range(40)}
     async with db.engine.connect() as other, other.begin():
         await other.execute(select(Turn.id).where(Turn.id == posted[0]).with_for_update())
-        claimed = await db.run_write(
-            lambda conn: turn_queue.claimable_turn_id(conn, exclude_chats=held)
-        )
-    assert claimed == posted[1]
+        claimed = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000, exclude_chats=held)
+    assert claimed is not None and claimed.turn_id == posted[1]
     async with db.write() as session:
         await session.execute(update(Turn).where(Turn.id.in_(posted)).values(state="cancelled"))
 
@@ -429,6 +425,114 @@ async def test_a_new_attempt_reuses_its_answer_and_fences_the_old_one(db: Databa
         tenant.id,
     )
     assert last_seq == 2  # one question, one answer: the retry took no new seq
+
+
+async def test_a_claim_starts_the_oldest_head_with_its_history_and_agent(
+    make_settings: SettingsFactory, own_db_url: str
+) -> None:
+    """What a claim hands the worker, on both stores (one statement and a read on
+    PostgreSQL): the oldest turn heading its chat, its new answer placed at the chat's next
+    number, the conversation up to its question (not what was asked after it), the tenant's
+    agent settings, the correlation id; a completion only to a worker serving its model."""
+    async with migrated(make_settings(database_url=own_db_url)) as db:
+        tenant = await _tenant(db)
+        async with db.write() as session:
+            (await session.get_one(Tenant, tenant.id)).agent_settings = {"model": "m1", "tools": []}
+        chat = await _chat(db, tenant.id)
+        first = await chats.post_user_message(db, tenant.id, chat.id, "one", None, "req-1")
+        assert first.turn is not None
+        claimed = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000)
+        assert claimed is not None and claimed.turn_id == first.turn.id
+        assert await store_turns.finish(
+            db,
+            claimed.turn_id,
+            claimed.attempt,
+            state="completed",
+            text="answer one",
+            message_status="complete",
+        )
+        second = await chats.post_user_message(db, tenant.id, chat.id, "two", None)
+        third = await chats.post_user_message(db, tenant.id, chat.id, "three", None)
+        assert second.turn is not None and third.turn is not None
+        made = await completions.create(
+            db,
+            tenant.id,
+            chat_id=new_id(),
+            model="gpt-x",
+            request={"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]},
+            texts=[("user", "hi")],
+            keep=True,
+            correlation_id="c-9",
+        )
+
+        claimed = await turn_queue.claim_next(db, "w2", 30_000, 50, 10_000)
+        assert claimed is not None
+        assert (claimed.turn_id, claimed.chat_id, claimed.tenant_id, claimed.attempt) == (
+            second.turn.id,
+            chat.id,
+            tenant.id,
+            1,
+        )
+        assert claimed.message_seq == 5  # after "one", its answer, "two" and "three"
+        assert claimed.history == [
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "answer one"},
+            {"role": "user", "content": "two"},
+        ]
+        assert claimed.agent == {"model": "m1", "tools": []}
+        assert claimed.correlation_id == second.turn.id and claimed.request is None
+        # "three" waits behind "two"; the completion only for a worker serving its model.
+        assert await turn_queue.claim_next(db, "w3", 30_000, 50, 10_000) is None
+        completion = await turn_queue.claim_next(db, "w3", 30_000, 50, 10_000, models=["gpt-x"])
+        assert completion is not None and completion.turn_id == made.turn_id
+        assert completion.history == [{"role": "user", "content": "hi"}]
+        assert (completion.agent, completion.correlation_id) == ({}, "c-9")
+        assert completion.request is not None and completion.request["model"] == "gpt-x"
+        async with db.read() as session:
+            answer = await session.get_one(Message, claimed.message_id)
+            turn = await session.get_one(Turn, claimed.turn_id)
+            last_seq = (await session.get_one(Chat, chat.id)).last_seq
+        assert (answer.seq, answer.role, answer.status, answer.turn_id) == (
+            5,
+            "assistant",
+            "streaming",
+            claimed.turn_id,
+        )
+        assert (turn.state, turn.worker_id, turn.response_message_id) == (
+            "running",
+            "w2",
+            answer.id,
+        )
+        assert turn.lease_expires_at is not None and turn.started_at is not None
+        assert turn.lease_expires_at - turn.started_at == 30_000
+        assert last_seq == 5
+
+
+async def test_on_postgresql_a_claim_is_one_statement_and_a_read(
+    make_settings: SettingsFactory, own_pg_url: str
+) -> None:
+    async with migrated(make_settings(database_url=own_pg_url)) as db:
+        tenant = await _tenant(db)
+        chat = await _chat(db, tenant.id)
+        posted = await chats.post_user_message(db, tenant.id, chat.id, "hello", None)
+        assert posted.turn is not None
+        sent: list[str] = []
+
+        def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            sent.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+        try:
+            claimed = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000)
+            nothing = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000)
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+        assert claimed is not None and claimed.turn_id == posted.turn.id and nothing is None
+        assert claimed.history == [{"role": "user", "content": "hello"}]
+        # The claim, the history; then a claim that finds nothing: one statement.
+        assert len(sent) == 3, sent
+        assert sent[0].startswith("WITH head AS") and sent[2].startswith("WITH head AS")
+        assert sent[1].startswith("SELECT")
 
 
 async def test_list_messages_pages_by_seq(db: Database) -> None:
