@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cpu_quota import PERIOD_US
 from servers import ADMIN_KEY, ROOT, Server, machine, start_relay, versions
 from websockets.asyncio.client import ClientConnection, connect
 from wsclient import busy_share, cpu_busy
@@ -329,10 +330,15 @@ async def throughput_cluster(
     """``count`` relays on one PostgreSQL and Redis (all on CPU 0), ``--workers`` workers (on
     CPU 1) spread round robin over them; turns posted round robin to the relays."""
     import instances
+    from cpu_quota import Quota
 
     servers = instances.start_cluster(count, workdir, env)
     workers: list[subprocess.Popen[bytes]] = []
+    quota = Quota(profile["relay_cpu"]) if profile.get("relay_cpu") else None
     try:
+        if quota is not None:
+            for server in servers:
+                quota.add(server.proc.pid)
         key = servers[0].publish_token
         auth = {"Authorization": f"Bearer {key}"}
         for n in range(profile["workers"]):
@@ -373,6 +379,8 @@ async def throughput_cluster(
                     "workers": sum(used[w.pid] for w in workers),
                 }
                 result["instances"] = count
+                if quota is not None:
+                    result["throttled_s"] = quota.throttled_s()
                 log(
                     f"{count} instance(s): {result['turns_per_s']:.0f} turns/s, relays "
                     f"{result['cpu']['relays']:.0%} of a core"
@@ -390,32 +398,44 @@ async def throughput_cluster(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.wait(15)
         instances.stop_all(servers)
+        if quota is not None:
+            quota.close()
 
 
 def cluster_report(results: list[dict[str, Any]], profile: dict[str, Any], command: str) -> str:
     base = results[0]["turns_per_s"]
+    quota = bool(profile.get("relay_cpu"))
     lines = [
         f"Command: `{command}` ({time.strftime('%Y-%m-%d')}).",
         "",
         "| relay instances | turns/s | vs one | relays' CPU (cores) | workers' CPU (cores) "
-        "| failed / refused |",
-        "|---|---|---|---|---|---|",
+        "| failed / refused |" + (" relays held by their quota (s) |" if quota else ""),
+        "|---|---|---|---|---|---|" + ("---|" if quota else ""),
     ]
     for r in results:
         lines.append(
             f"| {r['instances']} | {r['turns_per_s']:.0f} | {r['turns_per_s'] / base:.2f}x "
             f"| {r['cpu']['relays']:.2f} | {r['cpu']['workers']:.2f} "
             f"| {r['failed']} / {r['refused']} |"
+            + (f" {r['throttled_s']:.1f} |" if "throttled_s" in r else "")
         )
     lines += [
         "",
         f"{profile['turns']} turns over {profile['chats']} chats, {profile['workers']} workers "
         f"(built-in model at zero delay, capacity {profile['capacity']} each) spread round robin "
         "over the instances, posts round robin to the instances, one subscriber on the first. "
-        "Every relay pinned to CPU 0 (one core shared by the instances: the same budget in every "
-        "case), workers and driver on CPU 1; PostgreSQL and Redis are the machine's services "
-        "(not pinned).",
+        "Every relay pinned to CPU 0, workers and driver on CPU 1; PostgreSQL and Redis are the "
+        "machine's services (not pinned).",
     ]
+    share = profile.get("relay_cpu")
+    if share:
+        lines[-1] += (
+            f" Each relay in a CPU cgroup of its own with a quota of {share:g} of a core "
+            f"(bench/cpu_quota.py, a {PERIOD_US // 1000} ms period): every instance gets the "
+            "same share, so N instances have N times one's CPU."
+        )
+    else:
+        lines[-1] += " The instances share CPU 0: the same budget in every case."
     return "\n".join(lines)
 
 
@@ -678,6 +698,13 @@ def main() -> None:
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--workers", type=int, default=3, help="with --instances")
+    parser.add_argument(
+        "--relay-cpu",
+        type=float,
+        metavar="SHARE",
+        help="with --instances: each relay gets SHARE of a core (a CPU cgroup quota of its own; "
+        "root), so N instances have N times one's CPU",
+    )
     parser.add_argument("--chats", type=int, default=1000, help="with --concurrent")
     parser.add_argument("--subscribers", type=int, default=2, help="with --concurrent")
     parser.add_argument("--words", type=int, default=300, help="with --concurrent: per answer")
@@ -701,9 +728,17 @@ def main() -> None:
     if args.concurrent:
         concurrent(args)
         return
+    if args.relay_cpu and not args.instances:
+        parser.error("--relay-cpu goes with --instances")
     if args.instances:
         if not args.postgres:
             parser.error("--instances needs --postgres")
+        if args.relay_cpu:
+            from cpu_quota import available
+
+            why = available()
+            if why is not None:
+                parser.error(f"--relay-cpu: {why}")
         cluster(args)
         return
     profile = {
@@ -734,6 +769,7 @@ def cluster(args: argparse.Namespace) -> None:
     profile = {
         **PROFILES["quick" if args.quick else "full"],
         "workers": args.workers,
+        "relay_cpu": args.relay_cpu,
         "profile_to": args.profile,  # the first instance's
     }
     pin(1)
