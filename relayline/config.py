@@ -59,8 +59,11 @@ class Settings(BaseSettings):
 
     # Store
     database_url: str = "sqlite:///./relayline.db"
-    db_pool_size: int = Field(10, ge=1, le=200)
-    db_max_overflow: int = Field(5, ge=0, le=200)
+    # Connections beyond the pool (overflow) are opened for one use and closed after it: under
+    # sustained load each use costs a PostgreSQL backend's start, which slows the relay and the
+    # server, which raises the load. So the pool takes the load and overflow is off by default.
+    db_pool_size: int = Field(20, ge=1, le=200)
+    db_max_overflow: int = Field(0, ge=0, le=200)
     db_pool_timeout_s: float = Field(10.0, gt=0, le=120)
     db_connect_timeout_s: float = Field(5.0, gt=0, le=120)
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, le=120_000)
