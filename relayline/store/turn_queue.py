@@ -16,6 +16,7 @@ not renew), so that it stops them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ from relayline.ids import new_id
 from relayline.store.chats import TURNS
 from relayline.store.database import Database
 from relayline.store.models import Message, Turn
-from relayline.store.turns import Assignment, read_history, start_attempt
+from relayline.store.turns import Assignment, read_history, requeue, start_attempt
 
 ACTIVE = ("queued", "running")
 
@@ -272,9 +273,16 @@ async def _claim_one(
             )
         # After the claim's commit, which changed nothing it reads: the answer placed is empty
         # (left out), and what the chat gets later comes after the question.
-        history = await read_history(
-            conn, chat_id, question_id, answer_seq, max_messages, max_chars, include_failed
-        )
+        try:
+            history = await read_history(
+                conn, chat_id, question_id, answer_seq, max_messages, max_chars, include_failed
+            )
+        except Exception:
+            # The claim is committed: hand the turn back now rather than when its lease runs
+            # out (the store may be away; then the lease does it).
+            with contextlib.suppress(Exception):
+                await requeue(db, turn_id, attempt)
+            raise
     return Assignment(
         turn_id,
         chat_id,

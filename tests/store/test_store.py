@@ -535,6 +535,38 @@ async def test_on_postgresql_a_claim_is_one_statement_and_a_read(
         assert sent[1].startswith("SELECT")
 
 
+async def test_on_postgresql_a_claim_whose_history_cannot_be_read_hands_the_turn_back(
+    make_settings: SettingsFactory, own_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's statement committed, the read after it failed: the turn is queued again at
+    once (not when its lease runs out), and the next claim takes it with the same answer."""
+    async with migrated(make_settings(database_url=own_pg_url)) as db:
+        tenant = await _tenant(db)
+        chat = await _chat(db, tenant.id)
+        posted = await chats.post_user_message(db, tenant.id, chat.id, "hello", None)
+        assert posted.turn is not None
+
+        async def unreadable(*_: object, **__: object) -> list[dict[str, str]]:
+            raise ConnectionResetError("the store went away")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(turn_queue, "read_history", unreadable)
+            with pytest.raises(ConnectionResetError):
+                await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000)
+        async with db.read() as session:
+            turn = await session.get_one(Turn, posted.turn.id)
+        assert (turn.state, turn.attempt, turn.worker_id, turn.lease_expires_at) == (
+            "queued",
+            1,
+            None,
+            None,
+        )
+        again = await turn_queue.claim_next(db, "w2", 30_000, 50, 10_000)
+        assert again is not None and (again.turn_id, again.attempt) == (posted.turn.id, 2)
+        assert again.message_id == turn.response_message_id
+        assert again.history == [{"role": "user", "content": "hello"}]
+
+
 async def test_list_messages_pages_by_seq(db: Database) -> None:
     tenant = await _tenant(db)
     chat, other = await _chat(db, tenant.id), await _chat(db, tenant.id)
