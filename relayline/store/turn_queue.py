@@ -168,7 +168,8 @@ def claimable_turn_id(
 # answerable by the worker, not of a chat in ``p_exclude``; the row locked, or skipped when
 # another claim holds it) and the same writes as :func:`~relayline.store.turns.start_attempt`:
 # the attempt, the worker and the lease; the answer placed at the chat's next number, or an
-# earlier attempt's answer emptied in its place.
+# earlier attempt's answer emptied in its place. ``p_now`` is read before the statement, which
+# may take a turn posted a moment after it: the start is never before the turn's creation.
 _CLAIM_ONE = sql_text(
     """WITH head AS (
     SELECT turns.id FROM turns
@@ -185,12 +186,14 @@ _CLAIM_ONE = sql_text(
 ), started AS (
     UPDATE turns
     SET attempt = turns.attempt + 1, state = 'running', worker_id = :p_worker_id,
-        started_at = :p_now, lease_expires_at = :p_lease_expires_at,
+        started_at = GREATEST(CAST(:p_now AS BIGINT), turns.created_at),
+        lease_expires_at = GREATEST(CAST(:p_now AS BIGINT), turns.created_at)
+            + CAST(:p_lease_ms AS BIGINT),
         response_message_id = COALESCE(turns.response_message_id, :p_answer_id)
     FROM head
     WHERE turns.id = head.id
     RETURNING turns.id, turns.chat_id, turns.tenant_id, turns.attempt, turns.message_id,
-        turns.response_message_id, turns.correlation_id, turns.request
+        turns.response_message_id, turns.correlation_id, turns.request, turns.started_at
 ), numbered AS (
     UPDATE chats SET last_seq = chats.last_seq + 1
     FROM started
@@ -201,7 +204,7 @@ _CLAIM_ONE = sql_text(
     INSERT INTO messages (id, chat_id, seq, role, content, status, finish_reason,
         client_msg_id, turn_id, created_at)
     SELECT CAST(:p_answer_id AS VARCHAR), started.chat_id, numbered.last_seq, 'assistant', '',
-        'streaming', NULL, NULL, started.id, CAST(:p_now AS BIGINT)
+        'streaming', NULL, NULL, started.id, started.started_at
     FROM started, numbered
     RETURNING seq
 ), restarted AS (
@@ -241,13 +244,12 @@ async def _claim_one(
     models: Collection[str],
 ) -> Assignment | None:
     """:func:`claim_next` on PostgreSQL: the claim in one statement, then the history read."""
-    now = now_ms()
     params = {
         "p_models": list(models),
         "p_exclude": list(exclude_chats),
         "p_worker_id": worker_id,
-        "p_now": now,
-        "p_lease_expires_at": now + lease_ms,
+        "p_now": now_ms(),
+        "p_lease_ms": lease_ms,
         "p_answer_id": new_id(),
     }
     async with db.autocommit() as conn:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event, func, inspect, select, text, update
 
 from relayline import api_keys
+from relayline.clock import now_ms
 from relayline.errors import Conflict, NotFound
 from relayline.ids import new_id
 from relayline.store import chats, completions, migrate, tenants, turn_queue
@@ -565,6 +566,31 @@ async def test_on_postgresql_a_claim_whose_history_cannot_be_read_hands_the_turn
         assert again is not None and (again.turn_id, again.attempt) == (posted.turn.id, 2)
         assert again.message_id == turn.response_message_id
         assert again.history == [{"role": "user", "content": "hello"}]
+
+
+async def test_on_postgresql_a_claim_never_starts_a_turn_before_it_was_posted(
+    make_settings: SettingsFactory, own_pg_url: str
+) -> None:
+    """The claim reads the clock before its statement, which may take a turn posted a moment
+    later: the attempt's start, its lease and its answer's creation are never before the
+    turn's (a queued time below zero). The post is made to look 5 s late."""
+    async with migrated(make_settings(database_url=own_pg_url)) as db:
+        tenant = await _tenant(db)
+        chat = await _chat(db, tenant.id)
+        posted = await chats.post_user_message(db, tenant.id, chat.id, "hello", None)
+        assert posted.turn is not None
+        later = now_ms() + 5_000
+        async with db.write() as session:
+            await session.execute(
+                update(Turn).where(Turn.id == posted.turn.id).values(created_at=later)
+            )
+        claimed = await turn_queue.claim_next(db, "w1", 30_000, 50, 10_000)
+        assert claimed is not None
+        async with db.read() as session:
+            turn = await session.get_one(Turn, posted.turn.id)
+            answer = await session.get_one(Message, claimed.message_id)
+        assert turn.started_at == later and turn.lease_expires_at == later + 30_000
+        assert answer.created_at == later
 
 
 async def test_list_messages_pages_by_seq(db: Database) -> None:
