@@ -261,30 +261,21 @@ async def _claim_one(
         if request is not None:
             # A completion carries its whole conversation: no history, no agent settings.
             messages = list(request.get("messages") or [])
-            return Assignment(
-                turn_id,
-                chat_id,
-                tenant_id,
-                attempt,
-                answer_id,
-                answer_seq,
-                messages,
-                {},
-                correlation_id or turn_id,
-                dict(request),
-            )
-        # After the claim's commit, which changed nothing it reads: the answer placed is empty
-        # (left out), and what the chat gets later comes after the question.
-        try:
-            history = await read_history(
-                conn, chat_id, question_id, answer_seq, max_messages, max_chars, include_failed
-            )
-        except Exception:
-            # The claim is committed: hand the turn back now rather than when its lease runs
-            # out (the store may be away; then the lease does it).
-            with contextlib.suppress(Exception):
-                await requeue(db, turn_id, attempt)
-            raise
+            request, agent = dict(request), {}
+        else:
+            # After the claim's commit, which changed nothing it reads: the answer placed is
+            # empty (left out), and what the chat gets later comes after the question.
+            try:
+                messages = await read_history(
+                    conn, chat_id, question_id, answer_seq, max_messages, max_chars, include_failed
+                )
+            except Exception:
+                # The claim is committed: hand the turn back now rather than when its lease
+                # runs out (the store may be away; then the lease does it).
+                with contextlib.suppress(Exception):
+                    await requeue(db, turn_id, attempt)
+                raise
+            agent = dict(agent) if agent else {}
     return Assignment(
         turn_id,
         chat_id,
@@ -292,9 +283,10 @@ async def _claim_one(
         attempt,
         answer_id,
         answer_seq,
-        history,
-        dict(agent) if agent else {},
+        messages,
+        agent,
         correlation_id or turn_id,
+        request,
     )
 
 

@@ -25,12 +25,8 @@ from tests.conftest import SettingsFactory, migrated
 
 @pytest.fixture
 async def db(make_settings: SettingsFactory, db_url: str) -> AsyncIterator[Database]:
-    database = Database(make_settings(database_url=db_url))
-    try:
-        await migrate.upgrade(database.engine)
+    async with migrated(make_settings(database_url=db_url)) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 async def _tenant(db: Database, name: str = "acme") -> Tenant:
