@@ -736,6 +736,8 @@ def main() -> None:
         if args.relay_cpu:
             from cpu_quota import available
 
+            if not 0.01 <= args.relay_cpu <= 64:
+                parser.error("--relay-cpu: between 0.01 and 64 cores")
             why = available()
             if why is not None:
                 parser.error(f"--relay-cpu: {why}")
