@@ -23,6 +23,8 @@ PROGRAMS = "; ".join(
     [
         "echo=/bin/echo hello-terminal",
         "cat=/bin/cat",
+        # cat without the terminal's echo, which says when its echo is off.
+        "quietcat=/bin/sh -c 'stty -echo && echo echo-off && exec cat'",
         "sh=/bin/sh",
         f"stubborn={STUBBORN}",
         "yes=/usr/bin/yes",
