@@ -28,6 +28,14 @@ V2 = Path("/sys/fs/cgroup")
 # and costs it CPU: a relay on SQLite held to 0.3 of a core over 10 ms periods spent 7.9 ms of
 # CPU a turn, over 100 ms periods 4.5 ms, as much as without a quota (4.8 ms).
 PERIOD_US = 100_000
+SHARE_MIN, SHARE_MAX = 0.01, 64.0
+
+
+def share_error(share: float) -> str | None:
+    """None when ``share`` (of one core) can be a quota; otherwise what is wrong with it."""
+    if not SHARE_MIN <= share <= SHARE_MAX:
+        return f"share: between {SHARE_MIN:g} and {SHARE_MAX:g} cores"
+    return None
 
 
 def _root() -> tuple[Path, int] | None:
@@ -57,8 +65,9 @@ class Quota:
     def __init__(
         self, share: float, name: str = "relayline-bench", period_us: int = PERIOD_US
     ) -> None:
-        if not 0.01 <= share <= 64:
-            raise ValueError("share: between 0.01 and 64 cores")
+        wrong = share_error(share)
+        if wrong is not None:
+            raise ValueError(wrong)
         if not 1_000 <= period_us <= 1_000_000:
             raise ValueError("period: between 1 and 1,000 ms")
         found = _root()
@@ -109,7 +118,9 @@ class Quota:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Hold a running process to a share of a core.")
-    parser.add_argument("--share", type=float, required=True, help="of one core, 0.01..64")
+    parser.add_argument(
+        "--share", type=float, required=True, help=f"of one core, {SHARE_MIN:g}..{SHARE_MAX:g}"
+    )
     parser.add_argument("--period-ms", type=int, default=PERIOD_US // 1000, help="1..1000")
     parser.add_argument("--match", required=True, help="part of the process's command line")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long, at most 3600")

@@ -734,11 +734,9 @@ def main() -> None:
         if not args.postgres:
             parser.error("--instances needs --postgres")
         if args.relay_cpu:
-            from cpu_quota import available
+            from cpu_quota import available, share_error
 
-            if not 0.01 <= args.relay_cpu <= 64:
-                parser.error("--relay-cpu: between 0.01 and 64 cores")
-            why = available()
+            why = share_error(args.relay_cpu) or available()
             if why is not None:
                 parser.error(f"--relay-cpu: {why}")
         cluster(args)
