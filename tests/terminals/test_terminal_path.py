@@ -143,6 +143,36 @@ async def test_terminate_kills_stubborn_grandchildren_after_the_grace(setup: Set
     assert not setup.worker.connection.terminals.sessions  # type: ignore[union-attr]
 
 
+def switches(pid: int) -> int:
+    """How often ``pid`` was switched out (it slept or was preempted) since it started."""
+    with open(f"/proc/{pid}/status") as status:
+        return sum(
+            int(line.split()[1])
+            for line in status
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+        )
+
+
+@pytest.mark.skipif(not HAVE_PROC, reason="needs Linux /proc")
+async def test_a_running_programs_supervisor_sleeps_until_the_program_ends(setup: Setup) -> None:
+    # The supervisor once looked through /proc twenty times a second for as long as the program
+    # ran: a share of a CPU per open terminal, and a wait for every keystroke that met it.
+    async with setup.ws() as ws:
+        terminal = await setup.open("cat")
+        topic = f"term:{terminal}"
+        await ws.subscribe(topic)
+        sid = setup.sid_of(terminal)  # the supervisor's pid
+        await eventually(lambda: len(session_pids(sid)) >= 2)  # the supervisor and cat
+        await asyncio.sleep(0.2)  # past the program's start
+        before = switches(sid)
+        await asyncio.sleep(1.0)
+        assert switches(sid) - before <= 2  # asleep the whole second (a poll woke it 20 times)
+        # Asleep, it still learns at once that the program ended, and ends the session.
+        await ws.send_op("term.input", topic=topic, data="\x04")  # Ctrl-D: cat reads EOF
+        exited = await ws.expect("term.exited", 10, topic=topic)
+        assert exited["data"] == {"reason": "exited", "status": 0}
+
+
 async def test_open_refusals_have_stable_codes(setup: Setup) -> None:
     http, auth = setup.tenant.http, setup.tenant.auth
     r = await http.post(
