@@ -37,6 +37,23 @@ _encode_data = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow
 _ENVELOPE_KEYS: Final = frozenset({"v", "id", "topic", "type", "seq", "ts", "data"})
 
 
+class EncodedData(dict[str, Any]):
+    """Event data that arrives already encoded: a dict like any other for server-side
+    consumers, and ``encoded``, its JSON object text, which goes into the frame as it is.
+
+    For data relayed as received, such as a terminal's output from its worker: its text was
+    checked while it was decoded (:func:`json.decoder.scanstring`), and encoding it again would
+    cost more than everything else the relay does with it. Whoever makes one vouches that
+    ``encoded`` is a JSON object equal to the dict's contents.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, data: dict[str, Any], encoded: str) -> None:
+        super().__init__(data)
+        self.encoded = encoded
+
+
 class Event(NamedTuple):
     """One published event: the parsed fields plus its wire ``frame``, encoded once.
 
@@ -89,7 +106,8 @@ def encode_frame_parts(
             + _encode_str(type)
             + ',"seq":'
         ).encode()
-        tail = (',"ts":' + str(int(ts)) + ',"data":' + _encode_data(data) + "}").encode()
+        encoded = data.encoded if isinstance(data, EncodedData) else _encode_data(data)
+        tail = (',"ts":' + str(int(ts)) + ',"data":' + encoded + "}").encode()
     except (TypeError, ValueError) as exc:
         # UnicodeEncodeError (lone surrogates) is a ValueError too.
         raise ValidationFailed(f"event data is not JSON-serializable: {exc}") from None

@@ -24,9 +24,10 @@ import structlog
 
 from relayline.bus.base import Bus
 from relayline.config import Settings
-from relayline.envelope import now_ms
+from relayline.envelope import EncodedData, now_ms
 from relayline.errors import ValidationFailed
 from relayline.observability import terminal_metrics as m
+from relayline.protocol import term_output
 from relayline.protocol.limits import TERM_MAX_SIZE, TERM_MIN_SIZE
 from relayline.protocol.names import ErrorCode, EventType, TermExitReason, WorkerFrame
 from relayline.tasks import cancel_all
@@ -213,10 +214,33 @@ class LocalSessions:
         host.programs, host.capacity, host.sessions = parsed
         self.programs_seen |= host.programs
 
-    async def frame(self, link: WorkerLink, frame: dict[str, Any]) -> None:
-        session_id = frame.get("id")
+    def _run_by(self, link: WorkerLink, session_id: object) -> TerminalRecord | None:
+        """The live session ``session_id`` when ``link`` runs it; None for one it does not
+        run (any more), whose frames are ignored."""
         record = self.registry.get(session_id) if isinstance(session_id, str) else None
         if record is None or not record.live or record.worker_id != link.worker_id:
+            return None
+        return record
+
+    raw_prefix: str | None = term_output.PREFIX
+
+    async def raw_frame(self, link: WorkerLink, text: str) -> bool:
+        """A plain ``term.output`` read without a full decode (:mod:`relayline.protocol.
+        term_output`): its text goes into the event as the worker encoded it."""
+        parsed = term_output.parse(text)
+        if parsed is None:
+            return False
+        session_id, data, literal = parsed
+        record = self._run_by(link, session_id)
+        if record is not None:
+            m.OUTPUT_BYTES.inc(len(data))
+            encoded = EncodedData({"data": data}, '{"data":' + literal + "}")
+            await self.publish(record, EventType.TERM_OUTPUT, encoded)
+        return True
+
+    async def frame(self, link: WorkerLink, frame: dict[str, Any]) -> None:
+        record = self._run_by(link, frame.get("id"))
+        if record is None:
             return  # a session this link does not run (any more)
         kind = frame.get("type")
         if kind == WorkerFrame.TERM_OUTPUT:

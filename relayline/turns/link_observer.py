@@ -17,6 +17,15 @@ class LinkObserver(Protocol):
     frame_types: frozenset[str]
     """The worker frame types this observer handles (and no other observer does)."""
 
+    raw_prefix: str | None
+    """Frames whose text starts with this are offered to :meth:`raw_frame` first, before they
+    are decoded (None: none are)."""
+
+    async def raw_frame(self, link: WorkerLink, text: str) -> bool:
+        """A frame that starts with :attr:`raw_prefix`, as text; True when it was handled
+        (it is then not decoded nor handed on), False to have it decoded and handled as any
+        other."""
+
     def attached(self, link: WorkerLink, hello: dict[str, Any]) -> None:
         """A worker connected and said ``hello`` (before any other frame of it is handled)."""
 

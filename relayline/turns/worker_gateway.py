@@ -67,6 +67,7 @@ class WorkerGateway:
         self.bus = bus
         self.observers = tuple(observers)
         self._claimed = {kind: o for o in self.observers for kind in o.frame_types}
+        self._raw = tuple((o.raw_prefix, o) for o in self.observers if o.raw_prefix)
 
     async def authenticate(self, scope: Scope) -> str:
         headers: dict[str, str] = {
@@ -189,6 +190,12 @@ class WorkerGateway:
         )
         return link, frame
 
+    async def _raw_frame(self, link: WorkerLink, text: str) -> bool:
+        for prefix, observer in self._raw:
+            if text.startswith(prefix):
+                return await observer.raw_frame(link, text)
+        return False
+
     async def _serve(self, link: WorkerLink, receive: Receive) -> None:
         dispatcher = self.dispatcher
         loop = asyncio.get_running_loop()
@@ -204,8 +211,11 @@ class WorkerGateway:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
+            text = message.get("text") or "null"
+            if self._raw and await self._raw_frame(link, text):
+                continue
             try:
-                frame: Any = jsoncodec.loads(message.get("text") or "null")
+                frame: Any = jsoncodec.loads(text)
             except ValueError as exc:
                 detail = str(exc) if isinstance(exc, JsonTooDeep) else "frame is not JSON"
                 link.send(

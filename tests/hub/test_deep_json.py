@@ -167,3 +167,25 @@ async def test_worker_frames_whose_type_is_not_a_string_are_refused_cleanly(
             assert (await worker.expect("error"))["code"] == "unknown_type"
         await worker.ws.send(json.dumps({"type": "nonsense"}))  # still connected and heard
         assert (await worker.expect("error"))["code"] == "unknown_type"
+
+
+async def test_broken_terminal_output_frames_are_refused_as_any_frame_is(
+    turn_relay: RelayFactory,
+) -> None:
+    # Frames laid out as a worker's terminal output are read without a full decode; one that is
+    # not JSON gets the same error as any other, and the link stays.
+    relay = await turn_relay()
+    async with FakeWorker(relay) as worker:
+        assert worker.ws is not None
+        for text in (
+            '{"type":"term.output","id":"T","data":"bad \\q escape"}',
+            '{"type":"term.output","id":"T","data":"raw \x01 control"}',
+            '{"type":"term.output","id":"T","data":"unterminated}',
+        ):
+            await worker.ws.send(text)
+            error = await worker.expect("error")
+            assert error["code"] == "invalid_json", text
+        # Well formed, for a session this worker does not run: ignored, as before.
+        await worker.ws.send('{"type":"term.output","id":"T","data":"x"}')
+        await worker.ws.send(json.dumps({"type": "nonsense"}))  # still connected and heard
+        assert (await worker.expect("error"))["code"] == "unknown_type"

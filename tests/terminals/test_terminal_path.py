@@ -66,6 +66,20 @@ async def test_typing_echoes_back_to_a_websocket_viewer(setup: Setup) -> None:
         assert "héllo wörld" in await output_until(ws, topic, "héllo wörld\r\n")
 
 
+async def test_output_with_escapes_quotes_and_control_characters_arrives_as_printed(
+    setup: Setup,
+) -> None:
+    # The relay hands the worker's encoded text on as it came: nothing in it may change.
+    async with setup.ws() as ws:
+        terminal = await setup.open("sh")
+        topic = f"term:{terminal}"
+        await ws.subscribe(topic)
+        command = "printf '\\033[31mr\\303\\266d\\033[0m \"q\" \\\\ \\001\\t<%s>\\n' end\n"
+        printed = '\x1b[31mröd\x1b[0m "q" \\ \x01\t<end>\r\n'
+        await ws.send_op("term.input", topic=topic, data=command)
+        assert printed in await output_until(ws, topic, printed)
+
+
 async def test_a_program_that_ends_reports_its_status(setup: Setup) -> None:
     async with setup.ws() as ws:
         terminal = await setup.open("sh")
