@@ -86,6 +86,8 @@ class LocalSessions:
     frame_types: frozenset[str] = frozenset(
         {WorkerFrame.TERM_OUTPUT, WorkerFrame.TERM_STATE, WorkerFrame.TERM_EXITED}
     )
+    # Plain output is read before it is decoded: see raw_frame.
+    raw_prefix: str | None = term_output.PREFIX
 
     def __init__(
         self, settings: Settings, bus: Bus, directory: TerminalDirectory, instance_id: str
@@ -221,8 +223,6 @@ class LocalSessions:
         if record is None or not record.live or record.worker_id != link.worker_id:
             return None
         return record
-
-    raw_prefix: str | None = term_output.PREFIX
 
     async def raw_frame(self, link: WorkerLink, text: str) -> bool:
         """A plain ``term.output`` read without a full decode (:mod:`relayline.protocol.
