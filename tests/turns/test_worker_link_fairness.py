@@ -41,6 +41,7 @@ def gateway() -> WorkerGateway:
     gw = WorkerGateway.__new__(WorkerGateway)
     gw.dispatcher = cast(Any, None)
     gw._claimed = {}
+    gw._raw = ()
     gw.observers = []
     return gw
 
