@@ -9,20 +9,30 @@ import pytest
 
 from relayline.envelope import EncodedData, decode_event, encode_frame
 from relayline.protocol import term_output
-from relayline.worker.terminals.output import split_output
+from relayline.worker.terminals.outbox import TerminalOutbox
+from relayline.worker.terminals.output import TerminalOutput
 
 TEXTS = [
     "hello\r\n",
     '\x1b[31mröd\x1b[0m "quoted" back\\slash\ttab 日本語 🙂\r\n',
     "\x00\x07\x08\x7f",
-    "",
 ]
 
 
+async def worker_frames(text: str) -> list[str]:
+    """The frames a worker's session output sends for ``text`` printed by its program."""
+    outbox = TerminalOutbox(max_bytes=1 << 20)
+    output = TerminalOutput(
+        "01TERMINAL", 80, 24, outbox, flush_s=0.0, flush_chars=1 << 16, after_flush=lambda: None
+    )
+    output.take(text.encode())
+    output.flush()
+    return list(outbox.queued)
+
+
 @pytest.mark.parametrize("text", TEXTS)
-def test_the_workers_own_frames_are_read_and_their_string_kept_as_sent(text: str) -> None:
-    base = {"type": "term.output", "id": "01TERMINAL"}
-    (frame,) = split_output(base, text)  # what the worker sends
+async def test_the_workers_own_frames_are_read_and_their_string_kept_as_sent(text: str) -> None:
+    (frame,) = await worker_frames(text)
     parsed = term_output.parse(frame)
     assert parsed is not None
     session_id, data, literal = parsed
