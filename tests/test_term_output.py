@@ -51,6 +51,7 @@ async def test_the_workers_own_frames_are_read_and_their_string_kept_as_sent(tex
         '{"type":"term.output","id":"T","data":"x","snapshot":true,"cols":80,"rows":24}',
         '{"type":"term.output","id":"T","data":"x"} ',
         '{"type":"term.output","id":"T\\u0041","data":"x"}',
+        '{"type":"term.output","id":"T\x01","data":"x"}',
         '{"type":"term.output","id":"T","data":5}',
         # two data keys: the event must not carry what follows the first string
         '{"type":"term.output","id":"T","data":"a","data":"b"}',

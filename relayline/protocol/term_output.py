@@ -7,7 +7,8 @@ the viewers' event cost the relay more than everything else it does with it. :fu
 reads a frame of exactly that layout: it checks and decodes the text's JSON string
 (:func:`json.decoder.scanstring`, the decoder's own C routine: the same checks as
 :func:`json.loads`) and hands back the string as it came, which the event can carry as it is.
-Anything else (another key order, spaces, a snapshot, an id with an escape) is not read here:
+Anything else (another key order, spaces, a snapshot, an id with an escape or a control
+character) is not read here:
 it is decoded as any other frame, with the same outcome.
 """
 
@@ -36,8 +37,8 @@ def parse(text: str) -> tuple[str, str, str] | None:
     if id_end < 0 or not text.startswith(_DATA, id_end):
         return None
     session_id = text[start:id_end]
-    if "\\" in session_id:
-        return None
+    if "\\" in session_id or not session_id.isprintable():
+        return None  # an escape, or a character JSON refuses unescaped: the full decode judges
     literal_start = id_end + len(_DATA) - 1  # the string's opening quote
     try:
         data, literal_end = _scanstring(text, literal_start + 1)

@@ -190,11 +190,12 @@ class WorkerGateway:
         )
         return link, frame
 
-    async def _raw_frame(self, link: WorkerLink, text: str) -> bool:
+    def _raw_reader(self, text: str) -> LinkObserver | None:
+        """The observer that reads ``text`` before it is decoded, if any."""
         for prefix, observer in self._raw:
             if text.startswith(prefix):
-                return await observer.raw_frame(link, text)
-        return False
+                return observer
+        return None
 
     async def _serve(self, link: WorkerLink, receive: Receive) -> None:
         dispatcher = self.dispatcher
@@ -212,7 +213,9 @@ class WorkerGateway:
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text") or "null"
-            if self._raw and await self._raw_frame(link, text):
+            # Checked without a coroutine: every turn delta passes here.
+            reader = self._raw_reader(text) if self._raw else None
+            if reader is not None and await reader.raw_frame(link, text):
                 continue
             try:
                 frame: Any = jsoncodec.loads(text)

@@ -181,6 +181,7 @@ async def test_broken_terminal_output_frames_are_refused_as_any_frame_is(
             '{"type":"term.output","id":"T","data":"bad \\q escape"}',
             '{"type":"term.output","id":"T","data":"raw \x01 control"}',
             '{"type":"term.output","id":"T","data":"unterminated}',
+            '{"type":"term.output","id":"T\x01","data":"x"}',
         ):
             await worker.ws.send(text)
             error = await worker.expect("error")
