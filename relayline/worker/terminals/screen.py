@@ -109,7 +109,7 @@ def _line_local_runs(text: str) -> Iterator[tuple[int, int]]:
     if (
         len(raw.translate(None, _ENDS_RUN_BYTES)) == len(raw)
         and (text.isascii() or _C1_UTF8.search(raw) is None)
-        and _OTHER_ESC.search(text) is None
+        and ("\x1b" not in text or _OTHER_ESC.search(text) is None)
     ):
         yield 0, len(text)  # all of it: a flood's usual batch
         return
@@ -228,8 +228,11 @@ class ScreenMirror:
             if cut < 0:
                 return start
         cut += 2  # after the CR LF: the start of a line
-        if text.count("\n", start, cut) < rows:
-            return start
+        line = start
+        for _ in range(rows):  # at least rows lines before the cut (not counted beyond)
+            line = text.find("\n", line, cut) + 1
+            if not line:
+                return start
         self._carry_pen(text, start, cut)
         screen.cursor.x = 0
         screen.cursor.y = rows - 1
@@ -238,6 +241,8 @@ class ScreenMirror:
     def _carry_pen(self, text: str, start: int, end: int) -> None:
         """Set the pen as the SGR sequences of ``text[start:end]`` would have: those from
         the last reset on (pens already worked out are remembered)."""
+        if text.find("\x1b", start, end) < 0:
+            return  # no SGR at all: the pen stays as it is
         screen = self._screen
         since = max(text.rfind(reset, start, end) for reset in _RESETS)
         pens = self._pens
