@@ -27,7 +27,8 @@ async def worker_frames(text: str) -> list[str]:
     )
     output.take(text.encode())
     output.flush()
-    return list(outbox.queued)
+    # As the relay reads them: a text frame's UTF-8, decoded.
+    return [f.decode() if isinstance(f, bytes) else f for f in outbox.queued]
 
 
 @pytest.mark.parametrize("text", TEXTS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import secrets
@@ -179,7 +180,8 @@ class RelayConnection:
             self.connected.set()
             log.info("relay_connected", worker_id=self.worker_id, relay=self.relay)
             if self.terminals is not None:
-                self.terminals.link_up(ws.send)
+                # Terminal frames come as str or as UTF-8 bytes: text frames either way.
+                self.terminals.link_up(functools.partial(ws.send, text=True))
             ticker = asyncio.create_task(self._tick())
             stopper = asyncio.create_task(self._stop_when(stop))
             try:

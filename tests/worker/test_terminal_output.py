@@ -7,7 +7,12 @@ import asyncio
 import json
 from typing import Any
 
-from relayline.worker.terminals.output import FRAME_MAX_BYTES, TerminalOutput, split_output
+from relayline.worker.terminals.output import (
+    FRAME_MAX_BYTES,
+    TerminalOutput,
+    escape,
+    split_output,
+)
 
 
 class Frames:
@@ -16,7 +21,7 @@ class Frames:
     def __init__(self) -> None:
         self.pushed: list[dict[str, Any]] = []
 
-    def push_encoded(self, text: str) -> None:
+    def push_encoded(self, text: str | bytes) -> None:
         self.pushed.append(json.loads(text))
 
     @property
@@ -62,10 +67,33 @@ async def test_a_full_window_goes_at_once_and_frames_stay_within_the_limit() -> 
     # Control characters take six bytes in JSON: a frame of them is split to fit.
     pieces = split_output({"type": "term.output", "id": "t"}, "\x1b" * 30_000)
     assert len(pieces) > 1
-    assert all(len(p.encode()) <= FRAME_MAX_BYTES for p in pieces)
+    assert all(len(p) <= FRAME_MAX_BYTES for p in pieces)
     assert "".join(json.loads(p)["data"] for p in pieces) == "\x1b" * 30_000
     wide = split_output({"type": "term.output", "id": "t"}, "漢" * 30_000)  # 3 bytes each
-    assert all(len(p.encode()) <= FRAME_MAX_BYTES for p in wide) and len(wide) > 1
+    assert all(len(p) <= FRAME_MAX_BYTES for p in wide) and len(wide) > 1
+    assert "".join(json.loads(p)["data"] for p in wide) == "漢" * 30_000
+
+
+def test_frames_are_the_json_the_standard_encoder_gives() -> None:
+    texts = [
+        "plain",
+        'quote " backslash \\ slash /',
+        "".join(chr(c) for c in range(0x20)) + "\x7f\x80\x9f",
+        "é 漢 🙂 \u2028\u2029",
+        "",
+    ]
+    for text in texts:
+        (frame,) = split_output({"type": "term.output", "id": "t"}, text)
+        assert json.loads(frame) == {"type": "term.output", "id": "t", "data": text}
+        assert frame.decode() == json.dumps(
+            {"type": "term.output", "id": "t", "data": text},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+    # A lone surrogate cannot be UTF-8: it is escaped, and the frame stays valid UTF-8.
+    assert escape("a\ud800b") == b'"a\\ud800b"'
+    (frame,) = split_output({"type": "term.output", "id": "t", "snapshot": True}, "\udfff")
+    assert frame == b'{"type":"term.output","id":"t","snapshot":true,"data":"\\udfff"}'
 
 
 async def test_the_output_after_a_key_is_typed_goes_at_once() -> None:

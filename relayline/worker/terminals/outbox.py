@@ -26,7 +26,9 @@ import structlog
 
 log = structlog.get_logger("relayline.worker.terminals")
 
-Send = Callable[[str], Awaitable[None]]
+# A frame's JSON: str, or bytes already in UTF-8 (sent as a text frame all the same).
+Frame = str | bytes
+Send = Callable[[Frame], Awaitable[None]]
 
 
 def encode(frame: dict[str, Any]) -> str:
@@ -38,7 +40,7 @@ class TerminalOutbox:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.queued: deque[str] = deque()
+        self.queued: deque[Frame] = deque()
         self.queued_bytes = 0
         self._send: Send | None = None
         self._wake = asyncio.Event()
@@ -60,8 +62,8 @@ class TerminalOutbox:
     def push(self, frame: dict[str, Any]) -> None:
         self.push_encoded(encode(frame))
 
-    def push_encoded(self, text: str) -> None:
-        """Queue a frame already encoded as JSON (see :func:`encode`)."""
+    def push_encoded(self, text: Frame) -> None:
+        """Queue a frame already encoded as JSON (see :func:`encode`; bytes: in UTF-8)."""
         self.queued.append(text)
         self.queued_bytes += len(text)
         self._idle.clear()

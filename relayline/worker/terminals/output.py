@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from relayline.protocol.names import WorkerFrame
 from relayline.worker.terminals.outbox import TerminalOutbox, encode
@@ -24,17 +27,26 @@ from relayline.worker.terminals.screen import ScreenMirror
 FRAME_MAX_BYTES = 48 * 1024  # a term.output frame's JSON, well within the relay's frame limit
 
 
-def split_output(frame: dict[str, Any], text: str) -> list[str]:
-    """``term.output`` frames carrying ``text``, JSON-encoded, each within
-    :data:`FRAME_MAX_BYTES` (at most four bytes a character in UTF-8: most texts are checked
-    by their length alone)."""
+def escape(text: str) -> bytes:
+    """``text`` as a JSON string, in UTF-8 (what :func:`json.dumps` with ``ensure_ascii=False``
+    gives, at several times its speed). A lone surrogate, which UTF-8 cannot carry, is escaped
+    as ``\\udXXX``."""
+    try:
+        return orjson.dumps(text)
+    except orjson.JSONEncodeError:
+        return json.dumps(text).encode()
+
+
+def split_output(frame: dict[str, Any], text: str) -> list[bytes]:
+    """``term.output`` frames carrying ``text`` as their last key, ``data``: JSON in UTF-8,
+    each within :data:`FRAME_MAX_BYTES`."""
+    head = encode(frame)[:-1].encode() + b',"data":'
     pieces = [text]
-    frames: list[str] = []
+    frames: list[bytes] = []
     while pieces:
         piece = pieces.pop()
-        encoded = encode({**frame, "data": piece})
-        fits = len(encoded) * 4 <= FRAME_MAX_BYTES or len(encoded.encode()) <= FRAME_MAX_BYTES
-        if fits or len(piece) < 2:
+        encoded = b"%b%b}" % (head, escape(piece))
+        if len(encoded) <= FRAME_MAX_BYTES or len(piece) < 2:
             frames.append(encoded)
         else:
             middle = len(piece) // 2
