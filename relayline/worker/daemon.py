@@ -22,6 +22,7 @@ from relayline.worker.llm.breaker import CircuitBreaker
 from relayline.worker.llm.instrumented import InstrumentedLLM
 from relayline.worker.llm.local import LocalModel
 from relayline.worker.llm.openai_compat import OpenAICompatClient, RetryPolicy, Timeouts
+from relayline.worker.malloc import keep_freed_memory
 from relayline.worker.settings import WorkerSettings
 from relayline.worker.terminals.host import HostSettings, TerminalHost
 from relayline.worker.terminals.programs import describe
@@ -171,11 +172,14 @@ def settle_heap() -> None:
     leaves the garbage collector's view, and full collections are considered less often
     (:data:`GC_FULL_EVERY`). Every full collection is a pause of every answer the worker streams:
     streaming 1,000 answers for 10 s (``bench/turns.py --concurrent --stagger``), the worker held
-    2 or 3 of 60 to 65 ms before this, and none after (its longest collection 12 to 13 ms)."""
+    2 or 3 of 60 to 65 ms before this, and none after (its longest collection 12 to 13 ms).
+
+    And memory the worker frees stays with it for its next frames (:mod:`.malloc`)."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, GC_FULL_EVERY)
+    keep_freed_memory()
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
