@@ -7,8 +7,8 @@ of its own, unmapped on free (128 KiB each by default, both raised as it goes). 
 program that floods its output passes through the worker in pieces of tens to hundreds of KB
 (PTY reads, frames, the screen mirror's batches), each freed a moment later: the heap shrank
 and grew again for each, and every page of it came back as a page fault (about a thousand per
-MiB of output, a third of the worker's CPU per MiB; docs/benchmarks.md, Terminals). With the
-thresholds below, the same run takes no page faults after its first frames.
+MiB of output, a fifth to a quarter of the worker's CPU per MiB; docs/benchmarks.md, Terminals).
+With the thresholds below, the same run takes no page faults after its first frames.
 
 The cost: up to :data:`TRIM_THRESHOLD` bytes of freed memory stay with the process, and a
 block of up to :data:`MMAP_THRESHOLD` comes from the heap.
