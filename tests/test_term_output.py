@@ -62,12 +62,21 @@ async def test_the_workers_own_frames_are_read_and_their_string_kept_as_sent(tex
         '{"type":"term.output","id":"T","data":"raw \x01 control"}',
         '{"type":"term.output","id":"T","data":"unterminated}',
         '{"type":"term.output","id":"T","data":"x"}}',
+        '{"type":"term.output","id":"T","data":"}',
+        '{"type":"term.output","id":"T","data":"a" "b"}',
         '{"type":"term.output","id":"T',
         '{"type":"term.output","id":"T"}',
     ],
 )
 def test_anything_but_the_exact_layout_is_left_to_the_full_decode(frame: str) -> None:
     assert term_output.parse(frame) is None
+
+
+def test_an_escaped_lone_surrogate_is_read_as_json_allows_and_kept_as_sent() -> None:
+    # orjson refuses it; the standard library's reader judges it, as json.loads would.
+    frame = '{"type":"term.output","id":"T","data":"a\\ud800b"}'
+    assert term_output.parse(frame) == ("T", "a\ud800b", '"a\\ud800b"')
+    assert json.loads(frame)["data"] == "a\ud800b"
 
 
 def test_encoded_data_goes_into_the_frame_as_it_is() -> None:

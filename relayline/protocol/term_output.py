@@ -4,12 +4,14 @@ The worker writes a plain output frame (no snapshot) as compact JSON, keys in th
 ``{"type":"term.output","id":"<session>","data":"<text>"}``. A flood of output is most of the
 bytes a relay handles for a terminal, and decoding each frame only to encode its text again for
 the viewers' event cost the relay more than everything else it does with it. :func:`parse`
-reads a frame of exactly that layout: it checks and decodes the text's JSON string
-(:func:`json.decoder.scanstring`, the decoder's own C routine: the same checks as
-:func:`json.loads`) and hands back the string as it came, which the event can carry as it is.
-Anything else (another key order, spaces, a snapshot, an id with an escape or a control
-character) is not read here:
-it is decoded as any other frame, with the same outcome.
+reads a frame of exactly that layout: it checks and decodes the text's JSON string and hands
+back the string as it came, which the event can carry as it is. The check is orjson's (strict
+JSON; about three times as fast on a flood's lines as the standard library's string reader,
+which writes out the text between each CR LF escape on its own); a string orjson refuses is
+judged again by the standard library's reader (:func:`json.decoder.scanstring`, what
+:func:`json.loads` uses), which also takes an escaped lone surrogate, as JSON allows. Anything
+else (another key order, spaces, a snapshot, an id with an escape or a control character) is
+not read here: it is decoded as any other frame, with the same outcome.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import json.decoder
 from collections.abc import Callable
 
+import orjson
+
 from relayline.protocol.names import WorkerFrame
 
-# The decoder's string reader (its C routine in CPython): (text, index after the opening
-# quote) -> (the string, index after the closing quote); strict, as json.loads.
+# The standard decoder's string reader (its C routine in CPython): (text, index after the
+# opening quote) -> (the string, index after the closing quote); strict, as json.loads.
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 PREFIX = '{"type":"' + WorkerFrame.TERM_OUTPUT + '","id":"'
@@ -40,10 +44,19 @@ def parse(text: str) -> tuple[str, str, str] | None:
     if "\\" in session_id or not session_id.isprintable():
         return None  # an escape, or a character JSON refuses unescaped: the full decode judges
     literal_start = id_end + len(_DATA) - 1  # the string's opening quote
+    if not text.endswith('"}') or len(text) - literal_start < 3:
+        return None
+    # From one quote to the other: valid JSON there is one string, nothing before or after it.
+    literal = text[literal_start:-1]
     try:
-        data, literal_end = _scanstring(text, literal_start + 1)
-    except ValueError:  # an unterminated string, a bad escape, a control character
+        data = orjson.loads(literal)
+    except orjson.JSONDecodeError:
+        try:  # a lone surrogate's escape; otherwise a quote inside, a bad escape, a control
+            data, literal_end = _scanstring(text, literal_start + 1)
+        except ValueError:
+            return None
+        if literal_end != len(text) - 1:
+            return None
+    if not isinstance(data, str):
         return None
-    if literal_end != len(text) - 1 or text[literal_end] != "}":
-        return None
-    return session_id, data, text[literal_start:literal_end]
+    return session_id, data, literal
