@@ -42,8 +42,8 @@ class EncodedData(dict[str, Any]):
     consumers, and ``encoded``, its JSON object text, which goes into the frame as it is.
 
     For data relayed as received, such as a terminal's output from its worker: its text was
-    checked while it was decoded (:func:`json.decoder.scanstring`), and encoding it again would
-    cost more than everything else the relay does with it. Whoever makes one vouches that
+    checked while it was decoded (:mod:`relayline.protocol.term_output`), and encoding it again
+    would cost more than everything else the relay does with it. Whoever makes one vouches that
     ``encoded`` is a JSON object equal to the dict's contents.
     """
 
